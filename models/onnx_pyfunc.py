@@ -1,0 +1,105 @@
+"""MLflow pyfunc that serves the bundled ONNX model(s) with ONNX Runtime.
+
+``mlflow.pyfunc.load_model("models:/NAME@champion").predict(pd.DataFrame({"text": [...]}))`` returns
+one row per text: ``label``, ``confidence`` and ``probabilities`` (in ``labels`` order), plus one
+``proba_<label>`` column per class. CUDA EP is used when onnxruntime has it, else CPU; on CPU the
+INT8 variant is preferred when it was bundled. ``model_config={"variant": ..., "device": ...}`` at
+load time overrides both.
+
+Imports only numpy, pandas, onnxruntime, tokenizers and mlflow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from models.onnx_runtime import FastTokenizer, create_session, cuda_available, predict_proba_ids, session_device
+
+VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx", "pruned": "model.pruned.onnx"}
+MAX_TEXTS = 10_000
+
+
+class PredictInputError(ValueError):
+    """Malformed predict input (kept local so a deployed model needs only this package)."""
+
+
+def choose_variant(available: list[str], device: str, requested: str = "auto") -> str:
+    if requested != "auto":
+        if requested not in available:
+            raise PredictInputError(f"variant {requested!r} is not bundled with this model; bundled: {available}")
+        return requested
+    order = ["fp16", "fp32", "pruned", "int8"] if device == "cuda" else ["int8", "fp32", "pruned", "fp16"]
+    for name in order:
+        if name in available:
+            return name
+    raise PredictInputError(f"no ONNX variant bundled (found {available})")
+
+
+def texts_from_input(model_input: Any) -> list[str]:
+    if isinstance(model_input, pd.DataFrame):
+        if "text" not in model_input.columns:
+            if model_input.shape[1] == 1:
+                col = model_input.iloc[:, 0]
+            else:
+                raise PredictInputError(f"input DataFrame needs a 'text' column; got columns {list(model_input.columns)}")
+        else:
+            col = model_input["text"]
+        values = col.tolist()
+    elif isinstance(model_input, pd.Series):
+        values = model_input.tolist()
+    elif isinstance(model_input, dict) and "text" in model_input:
+        values = model_input["text"]
+        values = [values] if isinstance(values, str) else list(values)
+    elif isinstance(model_input, str):
+        values = [model_input]
+    elif isinstance(model_input, (list, tuple, np.ndarray)):
+        values = list(model_input)
+    else:
+        raise PredictInputError(f"unsupported input type {type(model_input).__name__}; pass a DataFrame with a 'text' column")
+    bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
+    if bad:
+        raise PredictInputError(f"every text must be a string; rows {bad[:10]} are not (e.g. {values[bad[0]]!r})")
+    if len(values) > MAX_TEXTS:
+        raise PredictInputError(f"{len(values)} texts in one call; send at most {MAX_TEXTS}")
+    return values
+
+
+class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        self.labels: list[str] = list(meta["labels"])
+        self.max_length = int(meta["max_length"])
+        cfg = dict(context.model_config or {})
+        device = cfg.get("device", "auto")
+        device = ("cuda" if cuda_available() else "cpu") if device == "auto" else device
+        available = [v for v in VARIANT_FILES if v in context.artifacts]
+        self.variant = choose_variant(available, device, cfg.get("variant", "auto"))
+        self.session = create_session(context.artifacts[self.variant], device=device)
+        self.device = session_device(self.session)
+        self.tokenizer = FastTokenizer(context.artifacts["tokenizer"], self.max_length)
+        self.batch_size = int(cfg.get("batch_size", 64))
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        ids = self.tokenizer.encode(texts)
+        return predict_proba_ids(self.session, ids, self.tokenizer.pad_id, self.batch_size)
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        texts = texts_from_input(model_input)
+        proba = self.predict_proba(texts)
+        idx = proba.argmax(axis=1) if len(texts) else np.zeros(0, dtype=int)
+        out = pd.DataFrame({
+            "label": [self.labels[i] for i in idx],
+            "confidence": proba.max(axis=1).astype(float) if len(texts) else np.zeros(0),
+            "probabilities": [row.astype(float).tolist() for row in proba],
+        })
+        for j, lab in enumerate(self.labels):
+            out[f"proba_{lab}"] = proba[:, j].astype(float) if len(texts) else np.zeros(0)
+        return out

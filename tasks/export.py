@@ -1,0 +1,128 @@
+"""ONNX export (dynamic batch/sequence axes, labels in metadata) and PyTorch↔ORT parity."""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from config.errors import ExportError, ParityError
+from config.schema import ExportConfig
+from models.onnx_runtime import create_session, pad_batch, predict_proba_ids, run_logits, softmax
+from tasks.train import encode, predict_proba
+
+
+class _LogitsOnly(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def export_onnx(model: torch.nn.Module, tokenizer, labels: list[str], path: Path, cfg: ExportConfig,
+                max_length: int, sample_texts: Sequence[str] = ("an example sentence", "another, longer example sentence here")) -> Path:
+    """Export an fp32 CPU copy of ``model`` to a single self-contained ONNX file and check it."""
+    import onnx
+
+    cpu = _LogitsOnly(copy.deepcopy(model).float().cpu().eval())
+    texts = (list(sample_texts) * 2)[:2]  # two rows of different lengths: nothing specializes on them
+    ids = encode(tokenizer, texts, max_length)
+    input_ids, mask = (torch.from_numpy(a) for a in pad_batch(ids, tokenizer.pad_token_id))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if cfg.exporter == "dynamo":
+                batch = torch.export.Dim("batch", min=1, max=4096)
+                seq = torch.export.Dim("sequence", min=1, max=max(max_length, 2))
+                torch.onnx.export(
+                    cpu, (input_ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+                    output_names=["logits"], dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+                    opset_version=cfg.opset, dynamo=True, external_data=False, verbose=False,
+                )
+            else:
+                torch.onnx.export(
+                    cpu, (input_ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+                    output_names=["logits"], opset_version=cfg.opset, dynamo=False,
+                    dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                                  "logits": {0: "batch"}},
+                )
+    except Exception as e:  # noqa: BLE001 - exporter errors are many and deep
+        raise ExportError(f"torch.onnx.export ({cfg.exporter}) failed: {e}. Try --set export.exporter=torchscript") from e
+    add_metadata(path, {"labels": json.dumps(labels), "max_length": str(max_length), "producer": "forgeline",
+                        "outputs": "logits", "pad_token_id": str(tokenizer.pad_token_id)})
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"onnx.checker rejected {path}: {e}") from e
+    return path
+
+
+def add_metadata(path: Path, props: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    existing = {p.key: p for p in model.metadata_props}
+    for k, v in props.items():
+        if k in existing:
+            existing[k].value = v
+        else:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = k, v
+    onnx.save(model, str(path))
+
+
+@dataclass
+class ParityReport:
+    ok: bool
+    max_abs_prob_diff: float
+    max_abs_logit_diff: float
+    argmax_agreement: float
+    rows: int
+    atol: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_parity(model: torch.nn.Module, tokenizer, onnx_path: Path, texts: Sequence[str], max_length: int,
+                 cfg: ExportConfig, batch_size: int = 32, raise_on_fail: bool = True) -> ParityReport:
+    """Compare PyTorch (fp32, CPU) and ONNX Runtime (CPU) on real batches of ``texts``."""
+    texts = list(texts)[: cfg.parity_batches * batch_size]
+    if not texts:
+        raise ParityError("no texts to check parity on; the test split is empty")
+    cpu = copy.deepcopy(model).float().cpu().eval()
+    session = create_session(onnx_path, device="cpu")
+    ids = encode(tokenizer, texts, max_length)
+    logit_diff = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(ids), batch_size):
+            input_ids, mask = pad_batch(ids[start : start + batch_size], tokenizer.pad_token_id)
+            ref = cpu(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+            got = run_logits(session, input_ids, mask)
+            logit_diff = max(logit_diff, float(np.abs(ref - got).max()))
+    ref_p = predict_proba(cpu, tokenizer, texts, max_length, batch_size, "cpu")
+    got_p = predict_proba_ids(session, ids, tokenizer.pad_token_id, batch_size)
+    prob_diff = float(np.abs(ref_p - got_p).max())
+    agree = float((ref_p.argmax(1) == got_p.argmax(1)).mean())
+    ok = bool(np.isfinite(prob_diff) and prob_diff <= cfg.parity_atol)
+    report = ParityReport(ok=ok, max_abs_prob_diff=prob_diff, max_abs_logit_diff=logit_diff,
+                          argmax_agreement=agree, rows=len(texts), atol=cfg.parity_atol)
+    if not ok and raise_on_fail:
+        raise ParityError(
+            f"ONNX model {onnx_path} differs from PyTorch: max |Δprob| {prob_diff:.3g} > export.parity_atol "
+            f"{cfg.parity_atol:g} over {len(texts)} test rows (argmax agreement {agree:.1%}). The export is wrong or "
+            "the file was altered; re-export, or try --set export.exporter=torchscript."
+        )
+    return report
+
+
+__all__ = ["ParityReport", "add_metadata", "check_parity", "export_onnx", "softmax"]

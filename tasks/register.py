@@ -1,0 +1,174 @@
+"""Register the ONNX bundle as an MLflow pyfunc model version and run the champion gate.
+
+Every new version gets alias ``challenger`` and tags (data fingerprint, config hash, git commit,
+metrics, variants). ``champion`` moves to it only when the gate passes: parity ok and macro-F1 not
+below the current champion's by more than ``registry.f1_tolerance``. The decision and its reason are
+written to the version's tags, the run's tags and ``gate.json`` in the run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from config.errors import RegistryError
+from config.schema import RegistryConfig
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+@dataclass
+class ChampionInfo:
+    version: str
+    macro_f1: float | None
+
+
+@dataclass
+class GateDecision:
+    promote: bool
+    reason: str
+    candidate_macro_f1: float
+    champion_version: str | None = None
+    champion_macro_f1: float | None = None
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    model_uri: str
+    aliases: list[str]
+    decision: GateDecision
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return d
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=MODELS_DIR.parent, capture_output=True, text=True, timeout=5)
+        sha = out.stdout.strip()
+        if out.returncode != 0 or not sha:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=MODELS_DIR.parent,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def decide_promotion(candidate_macro_f1: float, parity_ok: bool, champion: ChampionInfo | None,
+                     tolerance: float) -> GateDecision:
+    """Pure gate: no I/O, so it can be tested exhaustively."""
+    if not parity_ok:
+        return GateDecision(False, "parity check failed: ONNX model disagrees with PyTorch", candidate_macro_f1,
+                            champion.version if champion else None, champion.macro_f1 if champion else None)
+    if champion is None:
+        return GateDecision(True, f"no champion yet; first model with parity ok (macro-F1 {candidate_macro_f1:.4f})",
+                            candidate_macro_f1)
+    if champion.macro_f1 is None:
+        return GateDecision(True, f"champion v{champion.version} has no macro-F1 recorded; replacing it",
+                            candidate_macro_f1, champion.version, None)
+    gap = champion.macro_f1 - candidate_macro_f1
+    if gap > tolerance:
+        return GateDecision(
+            False,
+            f"macro-F1 {candidate_macro_f1:.4f} is {gap:.4f} below champion v{champion.version} "
+            f"({champion.macro_f1:.4f}), more than registry.f1_tolerance {tolerance:g}",
+            candidate_macro_f1, champion.version, champion.macro_f1,
+        )
+    return GateDecision(
+        True,
+        f"macro-F1 {candidate_macro_f1:.4f} vs champion v{champion.version} {champion.macro_f1:.4f} "
+        f"(tolerance {tolerance:g}): promoted",
+        candidate_macro_f1, champion.version, champion.macro_f1,
+    )
+
+
+def current_champion(client: MlflowClient, name: str) -> ChampionInfo | None:
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    raw = (mv.tags or {}).get("metric.test_macro_f1")
+    return ChampionInfo(version=str(mv.version), macro_f1=float(raw) if raw not in (None, "") else None)
+
+
+def log_pyfunc(run_id: str, bundle: dict[str, Path], meta: dict[str, Any], registered_name: str,
+               input_example: list[str]) -> tuple[str, str]:
+    """Log the ONNX bundle as a pyfunc model in ``run_id`` and register it; returns (model_uri, version)."""
+    import mlflow
+    import mlflow.pyfunc
+    import onnxruntime
+    import pandas as pd
+    import tokenizers
+    from mlflow.models import infer_signature
+
+    from models.onnx_pyfunc import OnnxTextClassifier
+
+    meta_path = bundle["tokenizer"].parent / "forgeline_meta.json"
+    meta_path.write_text(json.dumps(meta, indent=2))
+    artifacts = {k: str(v) for k, v in bundle.items()}
+    artifacts["meta"] = str(meta_path)
+    example = pd.DataFrame({"text": input_example})
+    from types import SimpleNamespace
+
+    probe = OnnxTextClassifier()  # a loaded instance holds an ORT session: used for the signature only
+    probe.load_context(SimpleNamespace(artifacts=artifacts, model_config={"device": "cpu"}))
+    signature = infer_signature(example, probe.predict(None, example))
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=OnnxTextClassifier(),
+            artifacts=artifacts,
+            code_paths=[str(MODELS_DIR)],
+            pip_requirements=[f"onnxruntime>={onnxruntime.__version__.split('+')[0]}", f"tokenizers=={tokenizers.__version__}",
+                              "numpy", "pandas", f"mlflow=={mlflow.__version__}"],
+            signature=signature,
+            input_example=example,
+            registered_model_name=registered_name,
+            metadata={"labels": meta["labels"], "variants": meta["variants"]},
+        )
+    if info.registered_model_version is None:
+        raise RegistryError(f"MLflow did not register {registered_name}; check the tracking server's registry")
+    return info.model_uri, str(info.registered_model_version)
+
+
+def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bundle: dict[str, Path],
+                      meta: dict[str, Any], metrics: dict[str, float], tags: dict[str, str], parity_ok: bool,
+                      input_example: list[str]) -> Registration:
+    name = cfg.model_name
+    champion = current_champion(client, name)
+    try:
+        model_uri, version = log_pyfunc(run_id, bundle, meta, name, input_example)
+    except MlflowException as e:
+        raise RegistryError(f"registering {name} failed: {e}") from e
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, str(v))
+    for k, v in metrics.items():
+        client.set_model_version_tag(name, version, f"metric.{k}", f"{v:.6f}")
+    client.set_registered_model_alias(name, CHALLENGER, version)
+
+    decision = decide_promotion(metrics["test_macro_f1"], parity_ok, champion, cfg.f1_tolerance)
+    aliases = [CHALLENGER]
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        client.delete_registered_model_alias(name, CHALLENGER)
+        aliases = [CHAMPION]
+    gate_tags = {"gate.decision": "promoted" if decision.promote else "kept_challenger", "gate.reason": decision.reason}
+    for k, v in gate_tags.items():
+        client.set_model_version_tag(name, version, k, v)
+        client.set_tag(run_id, k, v)
+    client.set_tag(run_id, "registered_model", f"{name}/{version}")
+    client.log_dict(run_id, asdict(decision) | {"version": version, "aliases": aliases}, "gate.json")
+    client.update_model_version(name, version, description=f"forgeline: {decision.reason}")
+    return Registration(name=name, version=version, model_uri=f"models:/{name}/{version}", aliases=aliases, decision=decision)

@@ -1,0 +1,221 @@
+"""Fine-tune the classifier: dynamic padding, AdamW + linear warmup, early stopping on val macro-F1.
+
+CUDA uses bf16 autocast; CPU trains in fp32. The best epoch is saved as safetensors and reloaded
+at the end, so what later stages see is the best checkpoint, not the last epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from config.schema import PipelineConfig, TrainConfig
+from models.classifier import build_classifier, load_checkpoint, load_tokenizer
+from tasks.split import Splits
+
+MetricsLogger = Callable[[dict[str, float], int], None]
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    tokenizer: object
+    labels: list[str]
+    checkpoint_dir: Path
+    device: str
+    best_epoch: int
+    best_val_macro_f1: float
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    samples_per_second: float = 0.0
+    tokens_per_second: float = 0.0
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def resolve_device(choice: str) -> str:
+    if choice == "cuda" and not torch.cuda.is_available():
+        from config.errors import ConfigError
+
+        raise ConfigError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def autocast_for(device: str):
+    if device == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+
+def collate(pad_id: int, ids: list[list[int]], device: str) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence in the batch (dynamic padding)."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[i, : len(x)] = 1
+    return {"input_ids": input_ids.to(device, non_blocking=True), "attention_mask": mask.to(device, non_blocking=True)}
+
+
+@torch.inference_mode()
+def predict_proba(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64,
+                  device: str | None = None) -> np.ndarray:
+    """Class probabilities for ``texts``, batching by length to keep padding small."""
+    device = device or next(model.parameters()).device.type
+    model.eval()
+    ids = encode(tokenizer, texts, max_length)
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate(tokenizer.pad_token_id, [ids[i] for i in idx], device)
+        with autocast_for(device):
+            logits = model(**batch).logits
+        out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    return out
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = {"fused": True} if next(model.parameters()).is_cuda else {}
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, **kwargs)
+
+
+def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir: Path,
+                log: MetricsLogger | None = None) -> TrainResult:
+    tcfg = cfg.train
+    set_seed(cfg.seed)
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
+    device = resolve_device(tcfg.device)
+    tokenizer = load_tokenizer(cfg.model)
+    model = build_classifier(cfg.model, labels).to(device)
+    label_to_id = {lab: i for i, lab in enumerate(labels)}
+
+    train_ids = encode(tokenizer, splits.train["text"].tolist(), cfg.model.max_length)
+    train_y = torch.tensor([label_to_id[x] for x in splits.train["label"]], dtype=torch.long)
+    val_texts = splits.val["text"].tolist()
+    val_y = np.array([label_to_id[x] for x in splits.val["label"]])
+
+    steps_per_epoch = math.ceil(len(train_ids) / tcfg.batch_size)
+    total_steps = steps_per_epoch * tcfg.epochs
+    if tcfg.max_steps:
+        total_steps = min(total_steps, tcfg.max_steps)
+    optimizer = _optimizer(model, tcfg)
+    warmup = int(tcfg.warmup_ratio * total_steps)
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    ckpt = out_dir / "checkpoint"
+    rng = np.random.default_rng(cfg.seed)
+    log = log or (lambda metrics, step: None)
+
+    best_f1, best_epoch, bad_epochs, step, seen, tokens = -1.0, 0, 0, 0, 0, 0
+    history: list[dict[str, float]] = []
+    stopped_early = False
+    t0 = time.perf_counter()
+    for epoch in range(1, tcfg.epochs + 1):
+        model.train()
+        perm = rng.permutation(len(train_ids))
+        batches = [perm[i : i + tcfg.batch_size] for i in range(0, len(perm), tcfg.batch_size)]
+        bar = _progress(batches, tcfg.progress_bar, f"epoch {epoch}/{tcfg.epochs}")
+        running = 0.0
+        n_batches = 0
+        for idx in bar:
+            batch = collate(tokenizer.pad_token_id, [train_ids[i] for i in idx], device)
+            y = train_y[idx].to(device, non_blocking=True)
+            with autocast_for(device):
+                logits = model(**batch).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seen += len(idx)
+            tokens += int(batch["attention_mask"].sum())
+            loss_value = float(loss.detach())
+            running += loss_value
+            n_batches += 1
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+            if step % 10 == 0:
+                log({"train_loss": loss_value, "learning_rate": scheduler.get_last_lr()[0]}, step)
+            if tcfg.max_steps and step >= tcfg.max_steps:
+                break
+        proba = predict_proba(model, tokenizer, val_texts, cfg.model.max_length, tcfg.eval_batch_size, device)
+        pred = proba.argmax(1)
+        val_loss = float(-np.log(np.clip(proba[np.arange(len(val_y)), val_y], 1e-12, None)).mean())
+        record = {
+            "epoch": float(epoch),
+            "train_loss_epoch": running / max(1, n_batches),
+            "val_loss": val_loss,
+            "val_accuracy": float(accuracy_score(val_y, pred)),
+            "val_macro_f1": float(f1_score(val_y, pred, average="macro", labels=list(range(len(labels))), zero_division=0)),
+        }
+        history.append(record)
+        log({k: v for k, v in record.items() if k != "epoch"}, epoch)
+        if record["val_macro_f1"] > best_f1:
+            best_f1, best_epoch, bad_epochs = record["val_macro_f1"], epoch, 0
+            model.save_pretrained(ckpt, safe_serialization=True)
+            tokenizer.save_pretrained(ckpt)
+        else:
+            bad_epochs += 1
+            if bad_epochs >= tcfg.patience:
+                stopped_early = epoch < tcfg.epochs
+                break
+        if tcfg.max_steps and step >= tcfg.max_steps:
+            break
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    best = load_checkpoint(ckpt).to(device).eval()
+    return TrainResult(
+        model=best, tokenizer=tokenizer, labels=labels, checkpoint_dir=ckpt, device=device,
+        best_epoch=best_epoch, best_val_macro_f1=best_f1, steps=step, history=history,
+        stopped_early=stopped_early, train_seconds=seconds,
+        samples_per_second=seen / seconds if seconds else 0.0,
+        tokens_per_second=tokens / seconds if seconds else 0.0,
+    )
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="batch", leave=False)
