@@ -57,6 +57,8 @@ def _quiet_libraries() -> None:
     except ImportError:  # pragma: no cover
         pass
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 

@@ -12,6 +12,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def quiet_transformers() -> None:
+    """No per-load weight reports or shard progress bars in pipeline logs."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def base_model_dir(base: str) -> Path:
     """Folder holding config.json, weights and tokenizer for ``model.base``."""
     if base == "minilm":
@@ -40,6 +48,7 @@ def build_classifier(cfg: ModelConfig, labels: list[str]):
     """A transformers sequence classifier with ``len(labels)`` outputs and label names in its config."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    quiet_transformers()
     path = base_model_dir(cfg.base)
     hf_cfg = AutoConfig.from_pretrained(path, local_files_only=True)
     hf_cfg.num_labels = len(labels)

@@ -72,8 +72,16 @@ def quantize_int8(onnx_path: Path, out_path: Path) -> Path:
     """Dynamic INT8 quantization (weights int8, activations quantized at run time) for CPU serving."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    import logging
+
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(str(onnx_path), str(out_path), weight_type=QuantType.QInt8, per_channel=False)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs a generic pre-processing hint on the root logger
+    try:
+        quantize_dynamic(str(onnx_path), str(out_path), weight_type=QuantType.QInt8, per_channel=False)
+    finally:
+        root.setLevel(level)
     # quantize_dynamic drops nothing we rely on, but keep the metadata (labels) explicitly.
     from models.onnx_runtime import model_metadata
     from tasks.export import add_metadata

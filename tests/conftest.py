@@ -1,0 +1,89 @@
+"""Shared fixtures: small real datasets, a 1-layer MiniLM fine-tuned once per session, MLflow stores."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from config.loader import load_config  # noqa: E402
+from config.schema import PipelineConfig  # noqa: E402
+
+POS = ["love", "great", "wonderful", "excellent", "happy", "fantastic", "amazing", "brilliant"]
+NEG = ["hate", "awful", "terrible", "horrible", "sad", "dreadful", "disgusting", "miserable"]
+THINGS = ["this car", "the ride", "my commute", "the new model", "autonomous driving", "the app",
+          "the service", "the trip", "this update", "the future"]
+
+
+def sentiment_rows(n_per_class: int = 100, seed: int = 0) -> pd.DataFrame:
+    """Unique, clearly separable two-class sentences (learnable by a 1-layer model in a few epochs)."""
+    rng = random.Random(seed)
+    rows, seen = [], set()
+    for label, words in (("positive", POS), ("negative", NEG)):
+        while sum(1 for r in rows if r["label"] == label) < n_per_class:
+            text = f"{rng.choice(THINGS)} is {rng.choice(words)} and {rng.choice(words)} #{rng.randint(0, 9999)}"
+            if text not in seen:
+                seen.add(text)
+                rows.append({"text": text, "label": label})
+    rng.shuffle(rows)
+    return pd.DataFrame(rows)
+
+
+def small_config(tmp: Path, data_path: Path, *extra: str) -> PipelineConfig:
+    overrides = [
+        "data.source=file", f"data.path={data_path}", "data.encoding=utf-8", "data.label_column=label",
+        "data.labels=[negative, positive]", "data.sample_rows=null", "data.min_rows_per_class=5",
+        "data.max_invalid_fraction=0.2", "split.val_fraction=0.2", "split.test_fraction=0.25",
+        "train.epochs=5", "train.learning_rate=5.0e-4", "train.patience=2", "train.batch_size=16",
+        "compress.max_accuracy_drop=0.2", f"tracking.workdir={tmp / 'state'}", "tracking.tracking_uri=null",
+        *extra,
+    ]
+    return load_config("tiny", overrides)
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("session")
+
+
+@pytest.fixture(scope="session")
+def sentiment_csv(session_dir) -> Path:
+    path = session_dir / "sentiment.csv"
+    sentiment_rows().to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained(session_dir, sentiment_csv):
+    """(cfg, splits, TrainResult) for a 1-layer MiniLM fine-tuned on the separable dataset."""
+    from tasks.data import load_and_validate
+    from tasks.split import split_dataset
+    from tasks.train import train_model
+
+    cfg = small_config(session_dir, sentiment_csv)
+    data = load_and_validate(cfg.data, session_dir / "data", cfg.seed)
+    splits = split_dataset(data.valid, cfg.split, cfg.seed)
+    result = train_model(splits, data.labels, cfg, session_dir / "train")
+    return cfg, splits, result
+
+
+@pytest.fixture(scope="session")
+def exported(session_dir, trained):
+    from tasks.export import export_onnx
+
+    cfg, splits, result = trained
+    path = export_onnx(result.model, result.tokenizer, result.labels, session_dir / "onnx" / "model.onnx",
+                       cfg.export, cfg.model.max_length, splits.test["text"].tolist()[:2])
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -1,0 +1,103 @@
+"""End to end: the Prefect flow against a real (temporary) Prefect API and a real MLflow SQLite store."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+from config.errors import DataValidationError
+from flows.training import training_flow
+from tests.conftest import sentiment_rows
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def overrides(tmp, data_path, *extra):
+    return [
+        "data.source=file", f"data.path={data_path}", "data.encoding=utf-8", "data.label_column=label",
+        "data.labels=[negative, positive]", "data.sample_rows=null", "data.min_rows_per_class=5",
+        "data.max_invalid_fraction=0.2", "split.val_fraction=0.2", "split.test_fraction=0.25",
+        "train.epochs=5", "train.learning_rate=5.0e-4", "train.patience=2", "train.batch_size=16",
+        "compress.max_accuracy_drop=0.2", f"tracking.workdir={tmp / 'state'}",
+        f"tracking.tracking_uri=sqlite:///{tmp / 'mlflow.db'}", "registry.model_name=e2e", *extra,
+    ]
+
+
+def test_pipeline_end_to_end(prefect_api, tmp_path):
+    data = tmp_path / "data.csv"
+    df = sentiment_rows()
+    # a few bad rows: quarantined, below the failure threshold
+    bad = pd.DataFrame({"text": ["", "ok", df.loc[0, "text"].upper()], "label": ["positive", "negative", "negative"]})
+    pd.concat([df, bad], ignore_index=True).to_csv(data, index=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    first = training_flow(config="tiny", overrides=overrides(tmp_path, data))
+    assert first["promoted"] and first["version"] == "1"
+    assert first["metrics"]["test_macro_f1"] >= 0.8
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    champion = mlflow.pyfunc.load_model("models:/e2e@champion")
+    out = champion.predict(pd.DataFrame({"text": ["the ride is wonderful and excellent", "the app is awful and dreadful"]}))
+    assert list(out["label"]) == ["positive", "negative"]
+    assert out["probabilities"].map(len).eq(2).all()
+
+    client = MlflowClient(uri, uri)
+    run = client.get_run(first["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["data.quarantined_rows"] == 3
+    for key in ("test_accuracy", "test_macro_precision", "test_macro_recall", "test_macro_f1", "test_roc_auc_ovr",
+                "variant.int8.size_bytes", "variant.int8.accuracy_delta", "parity.max_abs_prob_diff", "val_macro_f1"):
+        assert key in run.data.metrics, key
+    artifacts = {a.path for a in client.list_artifacts(first["run_id"])}
+    assert {"data", "eval", "summary.md", "gate.json", "config.json", "checkpoint", "onnx", "compression"} <= artifacts
+    assert {a.path for a in client.list_artifacts(first["run_id"], "eval")} >= {"eval/test_confusion_matrix.png"}
+    quarantine = client.download_artifacts(first["run_id"], "data/quarantine.csv", str(tmp_path))
+    assert len(pd.read_csv(quarantine)) == 3
+    version = client.get_model_version("e2e", "1")
+    for tag in ("data_fingerprint", "config_hash", "git_commit", "metric.test_macro_f1", "gate.reason"):
+        assert version.tags.get(tag), tag
+
+    # a worse model: registered, stays challenger, reason logged
+    second = training_flow(config="tiny", overrides=overrides(tmp_path, data, "train.learning_rate=1.0e-12", "train.epochs=1"))
+    assert not second["promoted"] and second["version"] == "2"
+    assert str(client.get_model_version_by_alias("e2e", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("e2e", "challenger").version) == "2"
+    assert "below champion v1" in client.get_run(second["run_id"]).data.tags["gate.reason"]
+
+    # the summary is a Prefect markdown artifact, read back through the Prefect REST API
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    body = {"artifacts": {"key": {"any_": ["forgeline-e2e"]}}, "flow_runs": {}, "task_runs": {}, "limit": 10,
+            "offset": 0, "sort": "CREATED_DESC"}
+    resp = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body, timeout=30)
+    resp.raise_for_status()
+    found = [SimpleNamespace(**a) for a in resp.json()]
+    assert found and "kept as challenger" in (found[0].data or "")
+
+
+def test_bad_dataset_fails_before_training_and_registers_nothing(prefect_api, tmp_path):
+    data = tmp_path / "bad.csv"
+    df = sentiment_rows(30)
+    bad = pd.DataFrame({"text": ["   "] * 30, "label": ["positive"] * 30})
+    pd.concat([df, bad], ignore_index=True).to_csv(data, index=False)
+    with pytest.raises(DataValidationError, match="above data.max_invalid_fraction"):
+        training_flow(config="tiny", overrides=overrides(tmp_path, data))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    assert client.search_registered_models() == []
+    runs = client.search_runs([client.get_experiment_by_name("forgeline").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert runs[0].data.tags["validation.passed"] == "false"
+    assert "train.steps" not in runs[0].data.metrics
+    assert "data/quarantine.csv" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "data")}

@@ -1,0 +1,35 @@
+import numpy as np
+
+from tasks.train import predict_proba, train_model
+
+
+def test_training_learns_and_saves_best_checkpoint(trained):
+    cfg, splits, result = trained
+    files = {p.name for p in result.checkpoint_dir.iterdir()}
+    assert "model.safetensors" in files and "tokenizer.json" in files
+    assert not any(name.endswith(".bin") for name in files)
+    assert result.best_val_macro_f1 == max(h["val_macro_f1"] for h in result.history)
+    assert result.history[result.best_epoch - 1]["val_macro_f1"] == result.best_val_macro_f1
+    # separable data: the fine-tuned 1-layer model must beat chance clearly
+    proba = predict_proba(result.model, result.tokenizer, splits.test["text"].tolist(), cfg.model.max_length)
+    y = np.array([result.labels.index(x) for x in splits.test["label"]])
+    assert (proba.argmax(1) == y).mean() >= 0.8
+    assert np.allclose(proba.sum(1), 1.0, atol=1e-5)
+    assert result.history[-1]["train_loss_epoch"] < result.history[0]["train_loss_epoch"]
+
+
+def test_early_stopping_stops_when_val_f1_stalls(tmp_path, trained):
+    cfg, splits, _ = trained
+    # a learning rate this small cannot change predictions: val macro-F1 never improves after epoch 1
+    stall = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 5, "patience": 1, "learning_rate": 1e-12})})
+    result = train_model(splits, ["negative", "positive"], stall, tmp_path)
+    assert result.stopped_early and len(result.history) == 2 and result.best_epoch == 1
+
+
+def test_max_steps_and_seed_make_runs_repeatable(tmp_path, trained):
+    cfg, splits, _ = trained
+    short = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 3, "epochs": 1})})
+    a = train_model(splits, ["negative", "positive"], short, tmp_path / "a")
+    b = train_model(splits, ["negative", "positive"], short, tmp_path / "b")
+    assert a.steps == 3 == b.steps
+    assert a.history[0]["val_loss"] == b.history[0]["val_loss"]
