@@ -78,10 +78,21 @@ def quantize_int8(onnx_path: Path, out_path: Path) -> Path:
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs a generic pre-processing hint on the root logger
-    try:
-        quantize_dynamic(str(onnx_path), str(out_path), weight_type=QuantType.QInt8, per_channel=False)
-    finally:
-        root.setLevel(level)
+    import tempfile
+
+    import onnx
+
+    # Drop the exporter's intermediate shape annotations: some exporter versions write value_info that
+    # onnx shape inference (run inside quantize_dynamic) contradicts. Inference recomputes them.
+    model = onnx.load(str(onnx_path))
+    del model.graph.value_info[:]
+    with tempfile.TemporaryDirectory() as tmp:
+        stripped = Path(tmp) / "model.onnx"
+        onnx.save(model, str(stripped))
+        try:
+            quantize_dynamic(str(stripped), str(out_path), weight_type=QuantType.QInt8, per_channel=False)
+        finally:
+            root.setLevel(level)
     # quantize_dynamic drops nothing we rely on, but keep the metadata (labels) explicitly.
     from models.onnx_runtime import model_metadata
     from tasks.export import add_metadata

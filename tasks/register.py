@@ -136,6 +136,7 @@ def log_pyfunc(run_id: str, bundle: dict[str, Path], meta: dict[str, Any], regis
             signature=signature,
             input_example=example,
             registered_model_name=registered_name,
+            model_config={"variant": "auto", "device": "auto", "batch_size": 64},
             metadata={"labels": meta["labels"], "variants": meta["variants"]},
         )
     if info.registered_model_version is None:

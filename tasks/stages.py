@@ -139,13 +139,19 @@ def compress_stage(ctx: RunContext, trained: TrainResult, splits: Splits, onnx_p
                            cfg.model.max_length, sample_texts=texts[:2])
         variants.append(cmp.make_variant("pruned", path, metrics, base_metrics, cfg.compress,
                                          extra={"sparsity": cmp.sparsity(pruned)}))
+    int8_path = None
     if cfg.compress.quantize_int8:
-        path = cmp.quantize_int8(onnx_path, out / "model.int8.onnx")
-        session = create_session(path, device="cpu")
+        try:
+            int8_path = cmp.quantize_int8(onnx_path, out / "model.int8.onnx")
+        except Exception as e:  # noqa: BLE001 - an optional variant; the fp32 model is still good
+            log.warning("INT8 quantization failed, variant not registered: %s", e)
+            ctx.tracker.tags({"variant.int8.error": f"{type(e).__name__}: {e}"[:4000]})
+    if int8_path is not None:
+        session = create_session(int8_path, device="cpu")
         ids = encode(trained.tokenizer, texts, cfg.model.max_length)
         proba = predict_proba_ids(session, ids, trained.tokenizer.pad_token_id, cfg.train.eval_batch_size)
         metrics = evaluate_probabilities(y, proba, trained.labels, ctx.run_dir / "eval", "test_int8").metrics
-        variants.append(cmp.make_variant("int8", path, metrics, base_metrics, cfg.compress))
+        variants.append(cmp.make_variant("int8", int8_path, metrics, base_metrics, cfg.compress))
     for v in variants:
         ctx.tracker.metrics({f"variant.{v.name}.size_bytes": v.size_bytes, f"variant.{v.name}.gzip_bytes": v.gzip_bytes,
                              f"variant.{v.name}.accuracy": v.metrics["accuracy"],

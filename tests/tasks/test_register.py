@@ -95,3 +95,5 @@ def test_registered_champion_predicts_labels_and_probabilities(mlflow_uri, bundl
     assert list(out["label"]) == ["positive", "negative"]
     assert all(abs(sum(p) - 1) < 1e-5 for p in out["probabilities"])
     assert {"proba_negative", "proba_positive", "confidence"} <= set(out.columns)
+    pinned = mlflow.pyfunc.load_model("models:/m@champion", model_config={"variant": "fp32", "device": "cpu"})
+    assert pinned.unwrap_python_model().variant == "fp32"
