@@ -137,3 +137,21 @@ class PipelineConfig(_Section):
 
         walk("", self.model_dump(mode="json"))
         return out
+
+
+class ServeConfig(_Section):
+    """`forgeline serve`: which registered model, and the HTTP server's limits."""
+
+    model: str = Field(..., description="NAME@alias or NAME/version")
+    tracking_uri: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    device: str = "auto"
+    variant: str = "auto"
+    max_batch_size: int = Field(64, ge=1, le=4096)
+    max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
+    max_texts_per_request: int = Field(256, ge=1)
+    max_text_chars: int = Field(10_000, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1)
+    poll_interval_s: float = Field(10.0, gt=0.0)
+    warmup_texts: list[str] = Field(default_factory=lambda: ["warm-up request", "a second, somewhat longer warm-up text"])

@@ -23,6 +23,20 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
+    serve = sub.add_parser("serve", help="serve a registered model over HTTP (micro-batching, hot swap)")
+    serve.add_argument("--model", "-m", required=True, help="NAME@alias (e.g. forgeline-sentiment@champion) or NAME/VERSION")
+    serve.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, "
+                       "else the embedded store in .forgeline)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="serving option, e.g. --set max_batch_size=32 --set poll_interval_s=5")
+    load = sub.add_parser("loadtest", help="bounded load test of a running server on this machine")
+    load.add_argument("--url", default="http://127.0.0.1:8080")
+    load.add_argument("--concurrency", type=int, default=8)
+    load.add_argument("--requests", type=int, default=2000)
+    load.add_argument("--texts-per-request", type=int, default=1)
+    load.add_argument("--json", dest="json_out", default=None, help="write the result as JSON to this file")
     show = sub.add_parser("config", help="print the resolved config")
     show.add_argument("--config", "-c", default=None)
     show.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -57,6 +71,43 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from config.errors import ConfigError
+    from config.loader import parse_override
+    from config.schema import ServeConfig
+
+    values: dict = {"model": args.model, "tracking_uri": args.tracking_uri, "host": args.host, "port": args.port}
+    for item in args.overrides:
+        parts, value = parse_override(item)
+        values[".".join(parts)] = value
+    try:
+        cfg = ServeConfig(**values)
+    except ValidationError as e:
+        raise ConfigError("forgeline serve: " + "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
+    from models.serving import parse_model_ref, serve
+
+    try:
+        parse_model_ref(cfg.model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return serve(cfg)
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    import json
+
+    from models.loadtest import run_load
+
+    result = run_load(args.url, args.concurrency, args.requests, args.texts_per_request)
+    print(json.dumps(result, indent=2))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    return 0 if result["errors"] == 0 else 1
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -71,7 +122,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "ui": cmd_ui, "config": cmd_config}[args.command](args)
+        return {"run": cmd_run, "ui": cmd_ui, "config": cmd_config, "serve": cmd_serve,
+                "loadtest": cmd_loadtest}[args.command](args)
     except ForgelineError as e:
         print(f"forgeline: error: {e}", file=sys.stderr)
         return 2

@@ -87,3 +87,32 @@ def exported(session_dir, trained):
 @pytest.fixture
 def mlflow_uri(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def bundle(tmp_path, trained, exported):
+    """ONNX + tokenizer files of the session model, laid out as the register stage bundles them."""
+    import shutil
+
+    _, _, result = trained
+    d = tmp_path / "bundle"
+    d.mkdir()
+    shutil.copy(exported, d / "model.onnx")
+    shutil.copy(result.checkpoint_dir / "tokenizer.json", d / "tokenizer.json")
+    return {"fp32": d / "model.onnx", "tokenizer": d / "tokenizer.json"}, result.labels
+
+
+def register_version(client, bundle, labels, f1, parity_ok=True, name="m"):
+    """Register the bundle as a new version of ``name`` through the real gate; returns (Registration, run_id)."""
+    from config.schema import RegistryConfig
+    from tasks.register import register_and_gate
+
+    exp = client.get_experiment_by_name("t") or client.get_experiment(client.create_experiment("t"))
+    run = client.create_run(exp.experiment_id)
+    files, _ = bundle
+    meta = {"labels": labels, "max_length": 32, "variants": ["fp32"]}
+    reg = register_and_gate(client, run.info.run_id, RegistryConfig(model_name=name, f1_tolerance=0.01), files, meta,
+                            {"test_macro_f1": f1, "test_accuracy": f1}, {"data_fingerprint": "abc", "config_hash": "h"},
+                            parity_ok, ["great ride", "awful trip"])
+    client.set_terminated(run.info.run_id)
+    return reg, run.info.run_id

@@ -6,7 +6,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from config.schema import RegistryConfig
-from tasks.register import ChampionInfo, decide_promotion, register_and_gate
+from tasks.register import ChampionInfo, decide_promotion
+from tests.conftest import register_version
 
 
 @pytest.mark.parametrize(
@@ -31,40 +32,16 @@ def test_gate_refuses_worse_model_just_beyond_tolerance():
     assert decide_promotion(0.7901, True, ChampionInfo("1", 0.80), 0.01).promote is True
 
 
-@pytest.fixture
-def bundle(tmp_path, trained, exported):
-    import shutil
-
-    _, _, result = trained
-    d = tmp_path / "bundle"
-    d.mkdir()
-    shutil.copy(exported, d / "model.onnx")
-    shutil.copy(result.checkpoint_dir / "tokenizer.json", d / "tokenizer.json")
-    return {"fp32": d / "model.onnx", "tokenizer": d / "tokenizer.json"}, result.labels
-
-
-def _register(client, bundle, labels, f1, parity_ok=True):
-    exp = client.get_experiment_by_name("t") or client.get_experiment(client.create_experiment("t"))
-    run = client.create_run(exp.experiment_id)
-    files, _ = bundle
-    meta = {"labels": labels, "max_length": 32, "variants": ["fp32"]}
-    reg = register_and_gate(client, run.info.run_id, RegistryConfig(model_name="m", f1_tolerance=0.01), files, meta,
-                            {"test_macro_f1": f1, "test_accuracy": f1}, {"data_fingerprint": "abc", "config_hash": "h"},
-                            parity_ok, ["great ride", "awful trip"])
-    client.set_terminated(run.info.run_id)
-    return reg, run.info.run_id
-
-
 def test_champion_moves_only_through_the_gate(mlflow_uri, bundle):
     mlflow.set_tracking_uri(mlflow_uri)
     mlflow.set_registry_uri(mlflow_uri)
     client = MlflowClient(mlflow_uri, mlflow_uri)
     files, labels = bundle
 
-    first, _ = _register(client, bundle, labels, 0.80)
+    first, _ = register_version(client, bundle, labels, 0.80)
     assert first.version == "1" and first.aliases == ["champion"]
 
-    worse, worse_run = _register(client, bundle, labels, 0.60)
+    worse, worse_run = register_version(client, bundle, labels, 0.60)
     assert worse.aliases == ["challenger"] and not worse.decision.promote
     assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("m", "challenger").version) == "2"
@@ -75,11 +52,11 @@ def test_champion_moves_only_through_the_gate(mlflow_uri, bundle):
     assert "below champion v1" in run_tags["gate.reason"]
     assert "gate.json" in [a.path for a in client.list_artifacts(worse_run)]
 
-    broken, _ = _register(client, bundle, labels, 0.99, parity_ok=False)
+    broken, _ = register_version(client, bundle, labels, 0.99, parity_ok=False)
     assert not broken.decision.promote
     assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
 
-    better, _ = _register(client, bundle, labels, 0.85)
+    better, _ = register_version(client, bundle, labels, 0.85)
     assert better.aliases == ["champion"]
     assert str(client.get_model_version_by_alias("m", "champion").version) == better.version
 
@@ -89,7 +66,7 @@ def test_registered_champion_predicts_labels_and_probabilities(mlflow_uri, bundl
     mlflow.set_registry_uri(mlflow_uri)
     client = MlflowClient(mlflow_uri, mlflow_uri)
     _, labels = bundle
-    _register(client, bundle, labels, 0.8)
+    register_version(client, bundle, labels, 0.8)
     model = mlflow.pyfunc.load_model("models:/m@champion")
     out = model.predict(pd.DataFrame({"text": ["this car is wonderful and amazing", "the trip is awful and horrible"]}))
     assert list(out["label"]) == ["positive", "negative"]
