@@ -266,3 +266,12 @@ def test_model_refs(ref, expected):
 def test_bad_model_refs(ref):
     with pytest.raises(ValueError, match="NAME@alias"):
         parse_model_ref(ref)
+
+
+def test_serving_path_imports_without_torch_or_transformers():
+    """The serving image installs docker/requirements-serve.txt only: no torch, no transformers."""
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+            "import flows.cli, models.serving, models.onnx_pyfunc, models.loadtest, tasks.tracking\n"
+            "flows.cli._parser().parse_args(['serve', '-m', 'x@champion'])\nprint('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

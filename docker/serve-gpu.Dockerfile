@@ -1,0 +1,23 @@
+# GPU serving image: ONNX Runtime CUDA EP (onnxruntime-gpu, CUDA 13 build) on an NVIDIA runtime.
+#   docker build -f docker/serve-gpu.Dockerfile -t forgeline-serve:gpu .
+#   docker run --gpus all -p 8080:8080 -e MLFLOW_TRACKING_URI=http://mlflow:5000 -e MODEL=forgeline-sentiment@champion forgeline-serve:gpu
+FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false \
+    MODEL=forgeline-sentiment@champion PORT=8080 VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/venv
+WORKDIR /app
+COPY docker/requirements-serve.txt /tmp/requirements-serve.txt
+RUN pip install -r /tmp/requirements-serve.txt onnxruntime-gpu==1.31.1
+COPY pyproject.toml README.md ./
+COPY config config
+COPY flows flows
+COPY models models
+COPY tasks tasks
+RUN pip install --no-deps . && useradd --create-home forgeline
+USER forgeline
+EXPOSE 8080
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=3s --start-period=90s \
+  CMD python -c "import urllib.request,os;urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"PORT\"]}/readyz',timeout=2)"
+CMD ["sh", "-c", "exec forgeline serve --model \"$MODEL\" --host 0.0.0.0 --port \"$PORT\" --set device=cuda"]
