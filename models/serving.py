@@ -106,6 +106,16 @@ class RegistrySource:
         return model
 
 
+async def cancel_task(task: asyncio.Task | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
 # --- micro-batching ----------------------------------------------------------------------------------
 @dataclass
 class _Pending:
@@ -181,12 +191,7 @@ class MicroBatcher:
         deadline = time.monotonic() + timeout
         while not self.queue.empty() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_task(self._task)
         self.executor.shutdown(wait=True)
 
 
@@ -255,12 +260,7 @@ class Watcher:
                 log.warning("registry poll failed, still serving the current model: %s", e)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_task(self._task)
 
 
 # --- request validation ------------------------------------------------------------------------------
