@@ -81,6 +81,8 @@ class CompressConfig(_Section):
     prune_amount: float = Field(0.3, ge=0.0, lt=1.0)
     """Fraction of all Linear weights zeroed by global magnitude pruning."""
     quantize_int8: bool = True
+    fp16: bool = True
+    """fp16 ONNX variant (served on CUDA); its accuracy is measured like the others."""
     max_accuracy_drop: float = Field(0.02, ge=0.0, le=1.0)
     """Variants whose test accuracy drops more than this (absolute) are not registered."""
 

@@ -78,12 +78,23 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def run_logits(session, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+def run_logits(session, input_ids: np.ndarray, attention_mask: np.ndarray, io_binding: bool | None = None) -> np.ndarray:
+    """Logits for one padded batch. On CUDA (or when asked) inputs and outputs go through IOBinding:
+    one host→device copy per input, the output allocated by ORT on the host, no intermediate copies."""
     names = {i.name for i in session.get_inputs()}
     feed = {"input_ids": input_ids, "attention_mask": attention_mask}
     if "token_type_ids" in names:
         feed["token_type_ids"] = np.zeros_like(input_ids)
-    return np.asarray(session.run(["logits"], feed)[0], dtype=np.float32)
+    if io_binding is None:
+        io_binding = session_device(session) == "cuda"
+    if not io_binding:
+        return np.asarray(session.run(["logits"], feed)[0], dtype=np.float32)
+    binding = session.io_binding()
+    for name, value in feed.items():
+        binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    binding.bind_output("logits", "cpu")
+    session.run_with_iobinding(binding)
+    return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
 
 
 def predict_proba_ids(session, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:

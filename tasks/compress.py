@@ -101,6 +101,19 @@ def quantize_int8(onnx_path: Path, out_path: Path) -> Path:
     return out_path
 
 
+def convert_fp16(onnx_path: Path, out_path: Path) -> Path:
+    """fp16 weights and activations for GPU serving; inputs (ids, mask) and logits stay as they are."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(onnx_path))
+    del model.graph.value_info[:]
+    half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(half, str(out_path))
+    return out_path
+
+
 def make_variant(name: str, path: Path | None, metrics: dict[str, float], base: dict[str, float],
                  cfg: CompressConfig, size_bytes: int | None = None, extra: dict[str, float] | None = None) -> Variant:
     acc_delta = metrics["accuracy"] - base["accuracy"]

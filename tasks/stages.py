@@ -122,6 +122,7 @@ def export_stage(ctx: RunContext, trained: TrainResult, splits: Splits) -> tuple
 # --- 5. compress -----------------------------------------------------------------------------------
 def compress_stage(ctx: RunContext, trained: TrainResult, splits: Splits, onnx_path: Path,
                    base: EvalResult) -> list[cmp.Variant]:
+    from models.onnx_pyfunc import VARIANT_FILES
     from models.onnx_runtime import create_session, predict_proba_ids
     from tasks.train import encode
 
@@ -135,23 +136,26 @@ def compress_stage(ctx: RunContext, trained: TrainResult, splits: Splits, onnx_p
         pruned = cmp.prune_global(trained.model, cfg.compress.prune_amount)
         proba = predict_proba(pruned, trained.tokenizer, texts, cfg.model.max_length, cfg.train.eval_batch_size, "cpu")
         metrics = evaluate_probabilities(y, proba, trained.labels, ctx.run_dir / "eval", "test_pruned").metrics
-        path = export_onnx(pruned, trained.tokenizer, trained.labels, out / "model.pruned.onnx", cfg.export,
+        path = export_onnx(pruned, trained.tokenizer, trained.labels, out / VARIANT_FILES["pruned"], cfg.export,
                            cfg.model.max_length, sample_texts=texts[:2])
         variants.append(cmp.make_variant("pruned", path, metrics, base_metrics, cfg.compress,
                                          extra={"sparsity": cmp.sparsity(pruned)}))
-    int8_path = None
-    if cfg.compress.quantize_int8:
+    ids = encode(trained.tokenizer, texts, cfg.model.max_length)
+    converters = [("int8", cfg.compress.quantize_int8, cmp.quantize_int8, "cpu"),
+                  ("fp16", cfg.compress.fp16, cmp.convert_fp16, "auto")]
+    for name, enabled, convert, device in converters:
+        if not enabled:
+            continue
         try:
-            int8_path = cmp.quantize_int8(onnx_path, out / "model.int8.onnx")
+            path = convert(onnx_path, out / VARIANT_FILES[name])
+            session = create_session(path, device=device)
+            proba = predict_proba_ids(session, ids, trained.tokenizer.pad_token_id, cfg.train.eval_batch_size)
         except Exception as e:  # noqa: BLE001 - an optional variant; the fp32 model is still good
-            log.warning("INT8 quantization failed, variant not registered: %s", e)
-            ctx.tracker.tags({"variant.int8.error": f"{type(e).__name__}: {e}"[:4000]})
-    if int8_path is not None:
-        session = create_session(int8_path, device="cpu")
-        ids = encode(trained.tokenizer, texts, cfg.model.max_length)
-        proba = predict_proba_ids(session, ids, trained.tokenizer.pad_token_id, cfg.train.eval_batch_size)
-        metrics = evaluate_probabilities(y, proba, trained.labels, ctx.run_dir / "eval", "test_int8").metrics
-        variants.append(cmp.make_variant("int8", int8_path, metrics, base_metrics, cfg.compress))
+            log.warning("%s variant failed, not registered: %s", name, e)
+            ctx.tracker.tags({f"variant.{name}.error": f"{type(e).__name__}: {e}"[:4000]})
+            continue
+        metrics = evaluate_probabilities(y, proba, trained.labels, ctx.run_dir / "eval", f"test_{name}").metrics
+        variants.append(cmp.make_variant(name, path, metrics, base_metrics, cfg.compress))
     for v in variants:
         ctx.tracker.metrics({f"variant.{v.name}.size_bytes": v.size_bytes, f"variant.{v.name}.gzip_bytes": v.gzip_bytes,
                              f"variant.{v.name}.accuracy": v.metrics["accuracy"],

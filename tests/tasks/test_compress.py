@@ -53,3 +53,16 @@ def test_pruning_zero_amount_changes_nothing(trained):
     for name, value in result.model.state_dict().items():
         assert torch.equal(value.cpu(), after[name].cpu()), name
     assert np.isclose(cmp.sparsity(pruned), cmp.sparsity(result.model))
+
+
+def test_fp16_variant_is_half_size_and_close(tmp_path, trained, exported):
+    cfg, splits, result = trained
+    half = cmp.convert_fp16(exported, tmp_path / "model.fp16.onnx")
+    assert half.stat().st_size < exported.stat().st_size * 0.6
+    ids = encode(result.tokenizer, splits.test["text"].tolist(), cfg.model.max_length)
+    p32 = predict_proba_ids(create_session(exported, "cpu"), ids, result.tokenizer.pad_token_id)
+    p16 = predict_proba_ids(create_session(half, "cpu"), ids, result.tokenizer.pad_token_id)
+    assert np.abs(p32 - p16).max() < 1e-2 and cmp.agreement(p32, p16) >= 0.95
+    from models.onnx_runtime import model_metadata
+
+    assert model_metadata(half)["labels"] == model_metadata(exported)["labels"]
