@@ -134,20 +134,26 @@ class MicroBatcher:
         self.model: LoadedModel | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self.in_flight = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="micro-batcher")
 
     async def submit(self, texts: list[str]) -> tuple[np.ndarray, LoadedModel]:
         fut = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Pending(texts, fut, time.perf_counter()))
-        return await fut
+        self.in_flight += 1
+        try:
+            await self.queue.put(_Pending(texts, fut, time.perf_counter()))
+            return await fut
+        finally:
+            self.in_flight -= 1
 
     async def _collect(self) -> list[_Pending]:
         first = await self.queue.get()
         batch, count = [first], len(first.texts)
         deadline = time.perf_counter() + self.max_wait
-        while count < self.max_batch:
+        # A lone request (nothing else outstanding) runs at once instead of waiting out max_wait.
+        while count < self.max_batch and self.in_flight > 1:
             remaining = deadline - time.perf_counter()
             try:
                 item = self.queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self.queue.get(), remaining)
