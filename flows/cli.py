@@ -31,6 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="serving option, e.g. --set max_batch_size=32 --set poll_interval_s=5")
+    dep = sub.add_parser("deploy", help="deploy the training flow to the Prefect server at $PREFECT_API_URL")
+    dep.add_argument("--config", "-c", default=None)
+    dep.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    dep.add_argument("--name", default="scheduled-training")
+    dep.add_argument("--pool", default="forgeline", help="process work pool (created if missing)")
+    dep.add_argument("--cron", default="0 3 * * *", help="cron schedule; 'none' for trigger-only")
+    dep.add_argument("--timezone", default="UTC")
+    dep.add_argument("--gpu-slots", type=int, default=1, help="trainings allowed at once on this GPU pool")
     load = sub.add_parser("loadtest", help="bounded load test of a running server on this machine")
     load.add_argument("--url", default="http://127.0.0.1:8080")
     load.add_argument("--concurrency", type=int, default=8)
@@ -96,6 +104,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(cfg)
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from flows.deploy import deploy
+
+    cron = None if args.cron.lower() == "none" else args.cron
+    result = deploy(args.config, args.overrides, args.name, args.pool, cron, args.timezone, args.gpu_slots)
+    print(f"deployed {result.name} (id {result.deployment_id}) on pool {result.pool!r}, schedule: {result.cron or 'none'}")
+    print(f"start a worker:   prefect worker start --pool {result.pool}")
+    print(f"trigger a run:    prefect deployment run '{result.name}'")
+    return 0
+
+
 def cmd_loadtest(args: argparse.Namespace) -> int:
     import json
 
@@ -123,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"run": cmd_run, "ui": cmd_ui, "config": cmd_config, "serve": cmd_serve,
-                "loadtest": cmd_loadtest}[args.command](args)
+                "loadtest": cmd_loadtest, "deploy": cmd_deploy}[args.command](args)
     except ForgelineError as e:
         print(f"forgeline: error: {e}", file=sys.stderr)
         return 2

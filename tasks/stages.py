@@ -246,13 +246,13 @@ def summary_stage(ctx: RunContext, markdown: str) -> str:
     return markdown
 
 
-def _wrap(fn, name: str):
-    return task(fn, name=name, cache_policy=NO_CACHE, persist_result=False)
+def _wrap(fn, name: str, tags: tuple[str, ...] = ()):
+    return task(fn, name=name, cache_policy=NO_CACHE, persist_result=False, tags=list(tags))
 
 
 validate_task = _wrap(validate_stage, "validate-data")
 split_task = _wrap(split_stage, "split")
-train_task = _wrap(train_stage, "train")
+train_task = _wrap(train_stage, "train", tags=("gpu",))  # tag concurrency limit: one training per GPU
 evaluate_task = _wrap(evaluate_stage, "evaluate")
 export_task = _wrap(export_stage, "export-onnx")
 compress_task = _wrap(compress_stage, "compress")

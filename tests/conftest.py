@@ -36,8 +36,9 @@ def sentiment_rows(n_per_class: int = 100, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def small_config(tmp: Path, data_path: Path, *extra: str) -> PipelineConfig:
-    overrides = [
+def small_overrides(tmp: Path, data_path: Path, *extra: str) -> list[str]:
+    """``tiny`` preset overrides for the separable two-class CSV at ``data_path``."""
+    return [
         "data.source=file", f"data.path={data_path}", "data.encoding=utf-8", "data.label_column=label",
         "data.labels=[negative, positive]", "data.sample_rows=null", "data.min_rows_per_class=5",
         "data.max_invalid_fraction=0.2", "split.val_fraction=0.2", "split.test_fraction=0.25",
@@ -45,7 +46,16 @@ def small_config(tmp: Path, data_path: Path, *extra: str) -> PipelineConfig:
         "compress.max_accuracy_drop=0.2", f"tracking.workdir={tmp / 'state'}", "tracking.tracking_uri=null",
         *extra,
     ]
-    return load_config("tiny", overrides)
+
+
+def flow_overrides(tmp: Path, data_path: Path, *extra: str) -> list[str]:
+    """As small_overrides, tracking into ``tmp/mlflow.db`` and registering model ``e2e``."""
+    return small_overrides(tmp, data_path, f"tracking.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
+                           "registry.model_name=e2e", *extra)
+
+
+def small_config(tmp: Path, data_path: Path, *extra: str) -> PipelineConfig:
+    return load_config("tiny", small_overrides(tmp, data_path, *extra))
 
 
 @pytest.fixture(scope="session")

@@ -12,24 +12,13 @@ from prefect.testing.utilities import prefect_test_harness
 
 from config.errors import DataValidationError
 from flows.training import training_flow
-from tests.conftest import sentiment_rows
+from tests.conftest import flow_overrides, sentiment_rows
 
 
 @pytest.fixture(scope="module")
 def prefect_api():
     with prefect_test_harness(server_startup_timeout=120):
         yield
-
-
-def overrides(tmp, data_path, *extra):
-    return [
-        "data.source=file", f"data.path={data_path}", "data.encoding=utf-8", "data.label_column=label",
-        "data.labels=[negative, positive]", "data.sample_rows=null", "data.min_rows_per_class=5",
-        "data.max_invalid_fraction=0.2", "split.val_fraction=0.2", "split.test_fraction=0.25",
-        "train.epochs=5", "train.learning_rate=5.0e-4", "train.patience=2", "train.batch_size=16",
-        "compress.max_accuracy_drop=0.2", f"tracking.workdir={tmp / 'state'}",
-        f"tracking.tracking_uri=sqlite:///{tmp / 'mlflow.db'}", "registry.model_name=e2e", *extra,
-    ]
 
 
 def test_pipeline_end_to_end(prefect_api, tmp_path):
@@ -40,7 +29,7 @@ def test_pipeline_end_to_end(prefect_api, tmp_path):
     pd.concat([df, bad], ignore_index=True).to_csv(data, index=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
-    first = training_flow(config="tiny", overrides=overrides(tmp_path, data))
+    first = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data))
     assert first["promoted"] and first["version"] == "1"
     assert first["metrics"]["test_macro_f1"] >= 0.8
 
@@ -68,7 +57,7 @@ def test_pipeline_end_to_end(prefect_api, tmp_path):
         assert version.tags.get(tag), tag
 
     # a worse model: registered, stays challenger, reason logged
-    second = training_flow(config="tiny", overrides=overrides(tmp_path, data, "train.learning_rate=1.0e-12", "train.epochs=1"))
+    second = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, "train.learning_rate=1.0e-12", "train.epochs=1"))
     assert not second["promoted"] and second["version"] == "2"
     assert str(client.get_model_version_by_alias("e2e", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("e2e", "challenger").version) == "2"
@@ -92,7 +81,7 @@ def test_bad_dataset_fails_before_training_and_registers_nothing(prefect_api, tm
     bad = pd.DataFrame({"text": ["   "] * 30, "label": ["positive"] * 30})
     pd.concat([df, bad], ignore_index=True).to_csv(data, index=False)
     with pytest.raises(DataValidationError, match="above data.max_invalid_fraction"):
-        training_flow(config="tiny", overrides=overrides(tmp_path, data))
+        training_flow(config="tiny", overrides=flow_overrides(tmp_path, data))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri, uri)
     assert client.search_registered_models() == []
