@@ -107,6 +107,8 @@ class TrackingConfig(_Section):
     tracking_uri: str | None = None
     """None: $MLFLOW_TRACKING_URI if set, else sqlite:///<workdir>/mlflow.db."""
     experiment: str = "forgeline"
+    cache: bool = True
+    """Reuse stage outputs from <workdir>/cache when data fingerprint, stage config and code are unchanged."""
 
 
 class PipelineConfig(_Section):

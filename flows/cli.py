@@ -59,8 +59,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     result = training_flow(config=args.config, overrides=args.overrides)
     print(result["summary"])
-    print(f"\nmodels:/{result['model_name']}@{'champion' if result['promoted'] else 'challenger'} "
-          f"= version {result['version']} ({result['reason']})")
+    aliases = ", ".join(f"@{a}" for a in result["aliases"]) or "no alias"
+    print(f"\nmodels:/{result['model_name']}/{result['version']} ({aliases}): {result['reason']}")
+    if result["cached_stages"]:
+        print(f"reused from cache: {', '.join(result['cached_stages'])}")
     print(f"MLflow store: {cfg.tracking.tracking_uri or os.environ.get('MLFLOW_TRACKING_URI') or Path(cfg.tracking.workdir).resolve() / 'mlflow.db'}"
           "  (browse: forgeline ui)")
     return 0

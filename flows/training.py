@@ -24,6 +24,7 @@ from tasks.stages import (
     train_task,
     validate_task,
 )
+from tasks.cache import StageCache
 from tasks.tracking import Tracker, ensure_experiment, resolve_tracking_uri
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,6 +39,7 @@ class PipelineResult:
     aliases: list[str]
     promoted: bool
     reason: str
+    cached_stages: list[str]
     metrics: dict[str, float]
     summary: str
 
@@ -80,7 +82,9 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     tracker = Tracker(client=client, run_id=run.info.run_id, tracking_uri=tracking_uri)
     run_dir = Path(cfg.tracking.workdir).resolve() / "runs" / run.info.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(cfg=cfg, run_dir=run_dir, tracker=tracker)
+    cache = StageCache(Path(cfg.tracking.workdir).resolve() / "cache", enabled=cfg.tracking.cache)
+    ctx = RunContext(cfg=cfg, run_dir=run_dir, tracker=tracker, cache=cache)
+    tracker.tags({"forgeline.code_version": cache.code})
     tracker.params(cfg.flat())
     tracker.json(cfg.model_dump(mode="json"), "config.json")
     logger.info("MLflow run %s at %s; local files in %s", run.info.run_id, tracking_uri, run_dir)
@@ -102,6 +106,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         status = "FINISHED"
         return PipelineResult(run_id=run.info.run_id, model_name=reg.name, version=reg.version, aliases=reg.aliases,
                               promoted=reg.decision.promote, reason=reg.decision.reason,
+                              cached_stages=[k for k, hit in ctx.hits.items() if hit],
                               metrics={f"test_{k}": v for k, v in evaluation.metrics.items()}, summary=md)
     except BaseException as e:
         client.set_tag(run.info.run_id, "forgeline.error", f"{type(e).__name__}: {e}"[:5000])

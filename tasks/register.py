@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from config.errors import RegistryError
 from config.schema import RegistryConfig
 
+CACHE_KEY_TAG = "forgeline.cache_key"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -173,3 +174,30 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
     client.log_dict(run_id, asdict(decision) | {"version": version, "aliases": aliases}, "gate.json")
     client.update_model_version(name, version, description=f"forgeline: {decision.reason}")
     return Registration(name=name, version=version, model_uri=f"models:/{name}/{version}", aliases=aliases, decision=decision)
+
+
+def find_registered(client: MlflowClient, name: str, cache_key: str) -> str | None:
+    """The version of ``name`` that an identical earlier run registered (same cache key), if any."""
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    for mv in versions:
+        if (mv.tags or {}).get(CACHE_KEY_TAG) == cache_key:
+            return str(mv.version)
+    return None
+
+
+def reuse_registration(client: MlflowClient, run_id: str, name: str, version: str) -> Registration:
+    """An unchanged re-run: no new version, aliases untouched; the run records which version it matches."""
+    mv = client.get_model_version(name, version)
+    aliases = list(mv.aliases or [])
+    reason = f"unchanged inputs, config and code: identical to registered version {version}; nothing registered"
+    decision = GateDecision(promote=False, reason=reason,
+                            candidate_macro_f1=float((mv.tags or {}).get("metric.test_macro_f1", "nan")))
+    client.set_tag(run_id, "gate.decision", "unchanged")
+    client.set_tag(run_id, "gate.reason", reason)
+    client.set_tag(run_id, "registered_model", f"{name}/{version}")
+    client.log_dict(run_id, asdict(decision) | {"version": version, "aliases": aliases}, "gate.json")
+    return Registration(name=name, version=version, model_uri=f"models:/{name}/{version}", aliases=aliases,
+                        decision=decision)

@@ -4,7 +4,7 @@ what it produced to MLflow; the ``*_task`` objects at the bottom are the thin Pr
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +15,22 @@ from prefect.cache_policies import NO_CACHE
 from config.errors import DataValidationError
 from config.schema import PipelineConfig
 from tasks import compress as cmp
-from tasks.data import ValidationResult, load_and_validate, report_markdown
+from models.classifier import load_checkpoint
+from tasks.cache import StageCache
+from tasks.data import ValidationResult, dataset_path, file_fingerprint, load_and_validate, report_markdown
 from tasks.evaluate import EvalResult, evaluate_probabilities
 from tasks.export import ParityReport, check_parity, export_onnx
-from tasks.register import Registration, git_commit, register_and_gate
+from tasks.register import (
+    CACHE_KEY_TAG,
+    Registration,
+    find_registered,
+    git_commit,
+    register_and_gate,
+    reuse_registration,
+)
 from tasks.split import Splits, split_dataset
 from tasks.tracking import Tracker
-from tasks.train import TrainResult, predict_proba, train_model
+from tasks.train import TrainResult, predict_proba, resolve_device, train_model
 
 log = logging.getLogger("forgeline")
 
@@ -31,7 +40,26 @@ class RunContext:
     cfg: PipelineConfig
     run_dir: Path
     tracker: Tracker
-    notes: dict[str, Any] = field(default_factory=dict)
+    cache: StageCache | None = None
+    keys: dict[str, str] = field(default_factory=dict)
+    hits: dict[str, bool] = field(default_factory=dict)
+
+    def lookup(self, stage: str, *parts: Any, after: str | None = None) -> tuple[Any, Path] | None:
+        """Compute this stage's key, chained on the key of ``after`` (default: the stage before), and
+        return the cache hit, if any."""
+        previous = [self.keys[after]] if after else list(self.keys.values())[-1:]
+        cache = self.cache or StageCache(self.run_dir / "cache", enabled=False)
+        self.keys[stage] = cache.key(stage, *previous, *parts)
+        hit = cache.get(stage, self.keys[stage])
+        self.hits[stage] = hit is not None
+        self.tracker.tags({f"cache.{stage}": "hit" if hit else "miss", f"cache.{stage}.key": self.keys[stage]})
+        if hit:
+            log.info("stage %s: cache hit (%s), skipped", stage, self.keys[stage])
+        return hit
+
+    def store(self, stage: str, value: Any, files: dict[str, Path] | None = None, rewrite=None) -> None:
+        if self.cache is not None:
+            self.cache.put(stage, self.keys[stage], value, files, rewrite)
 
 
 def label_ids(labels: list[str], values) -> np.ndarray:
@@ -40,7 +68,17 @@ def label_ids(labels: list[str], values) -> np.ndarray:
 
 
 # --- 1. validate -----------------------------------------------------------------------------------
+VALIDATION_FILES = ("validation_report.json", "validation_report.md", "quarantine.csv")
+
+
 def validate_stage(ctx: RunContext) -> ValidationResult:
+    fingerprint = file_fingerprint(dataset_path(ctx.cfg.data))
+    hit = ctx.lookup("validate", fingerprint, ctx.cfg.data.model_dump(mode="json"), ctx.cfg.seed)
+    if hit:
+        result, entry = hit
+        _log_validation(ctx, result.report, entry)
+        ctx.tracker.tags({"validation.passed": "true"})
+        return result
     out = ctx.run_dir / "data"
     try:
         result = load_and_validate(ctx.cfg.data, out, ctx.cfg.seed)
@@ -51,6 +89,7 @@ def validate_stage(ctx: RunContext) -> ValidationResult:
         raise
     _log_validation(ctx, result.report, out)
     ctx.tracker.tags({"validation.passed": "true"})
+    ctx.store("validate", result, {name: out / name for name in VALIDATION_FILES if (out / name).exists()})
     return result
 
 
@@ -60,22 +99,42 @@ def _log_validation(ctx: RunContext, report: dict[str, Any], out: Path) -> None:
     t.params({"data.fingerprint": report["fingerprint"]})
     t.metrics({"data.rows": report["rows"], "data.valid_rows": report["valid_rows"],
                "data.quarantined_rows": report["quarantined_rows"], "data.invalid_fraction": report["invalid_fraction"]})
-    for name in ("validation_report.json", "validation_report.md", "quarantine.csv"):
+    for name in VALIDATION_FILES:
         if (out / name).exists():
             t.artifact(out / name, "data")
 
 
 # --- 2. split --------------------------------------------------------------------------------------
 def split_stage(ctx: RunContext, data: ValidationResult) -> Splits:
-    splits = split_dataset(data.valid, ctx.cfg.split, ctx.cfg.seed)
+    hit = ctx.lookup("split", ctx.cfg.split.model_dump(mode="json"), ctx.cfg.seed)
+    splits = hit[0] if hit else split_dataset(data.valid, ctx.cfg.split, ctx.cfg.seed)
+    if not hit:
+        ctx.store("split", splits)
     ctx.tracker.metrics({f"split.{k}": v for k, v in splits.sizes().items()})
     ctx.tracker.tags({"split.leakage_check": "passed"})
     return splits
 
 
 # --- 3. train --------------------------------------------------------------------------------------
+def _train_key_parts(cfg: PipelineConfig) -> tuple:
+    train = cfg.train.model_dump(mode="json", exclude={"progress_bar", "num_threads"})
+    return cfg.model.model_dump(mode="json"), train, cfg.seed, resolve_device(cfg.train.device)
+
+
 def train_stage(ctx: RunContext, splits: Splits, labels: list[str]) -> TrainResult:
-    result = train_model(splits, labels, ctx.cfg, ctx.run_dir, log=ctx.tracker.metrics)
+    hit = ctx.lookup("train", *_train_key_parts(ctx.cfg))
+    if hit:
+        stored, entry = hit
+        device = resolve_device(ctx.cfg.train.device)
+        ckpt = entry / "checkpoint"
+        from transformers import AutoTokenizer
+
+        result = replace(stored, model=load_checkpoint(ckpt).to(device).eval(),
+                         tokenizer=AutoTokenizer.from_pretrained(ckpt, local_files_only=True), device=device)
+    else:
+        result = train_model(splits, labels, ctx.cfg, ctx.run_dir, log=ctx.tracker.metrics)
+        ctx.store("train", replace(result, model=None, tokenizer=None), {"checkpoint": result.checkpoint_dir},
+                  lambda v, entry: replace(v, checkpoint_dir=entry / "checkpoint"))
     ctx.tracker.metrics({
         "train.best_epoch": result.best_epoch, "train.best_val_macro_f1": result.best_val_macro_f1,
         "train.steps": result.steps, "train.seconds": result.train_seconds,
@@ -87,11 +146,18 @@ def train_stage(ctx: RunContext, splits: Splits, labels: list[str]) -> TrainResu
 
 
 # --- 4. evaluate -----------------------------------------------------------------------------------
-def evaluate_stage(ctx: RunContext, trained: TrainResult, splits: Splits) -> tuple[EvalResult, np.ndarray]:
-    proba = predict_proba(trained.model, trained.tokenizer, splits.test["text"].tolist(), ctx.cfg.model.max_length,
-                          ctx.cfg.train.eval_batch_size)
-    y = label_ids(trained.labels, splits.test["label"])
-    result = evaluate_probabilities(y, proba, trained.labels, ctx.run_dir / "eval", "test")
+def evaluate_stage(ctx: RunContext, trained: TrainResult, splits: Splits) -> tuple[EvalResult, np.ndarray | None]:
+    hit = ctx.lookup("evaluate", ctx.cfg.train.eval_batch_size)
+    proba = None
+    if hit:
+        result = hit[0]
+    else:
+        proba = predict_proba(trained.model, trained.tokenizer, splits.test["text"].tolist(), ctx.cfg.model.max_length,
+                              ctx.cfg.train.eval_batch_size)
+        y = label_ids(trained.labels, splits.test["label"])
+        result = evaluate_probabilities(y, proba, trained.labels, ctx.run_dir / "eval", "test")
+        ctx.store("evaluate", result, {p.name: p for p in result.artifacts},
+                  lambda v, entry: replace(v, artifacts=[entry / p.name for p in v.artifacts]))
     ctx.tracker.metrics({f"test_{k}": v for k, v in result.metrics.items()})
     for lab, vals in result.per_class.items():
         ctx.tracker.metrics({f"test_f1.{lab}": vals["f1-score"]})
@@ -103,11 +169,16 @@ def evaluate_stage(ctx: RunContext, trained: TrainResult, splits: Splits) -> tup
 # --- 6. export (runs before compression: INT8 quantizes the exported graph) -------------------------
 def export_stage(ctx: RunContext, trained: TrainResult, splits: Splits) -> tuple[Path, ParityReport]:
     cfg = ctx.cfg
-    texts = splits.test["text"].tolist()
-    path = export_onnx(trained.model, trained.tokenizer, trained.labels, ctx.run_dir / "onnx" / "model.onnx",
-                       cfg.export, cfg.model.max_length, sample_texts=texts[:2])
-    parity = check_parity(trained.model, trained.tokenizer, path, texts, cfg.model.max_length, cfg.export,
-                          raise_on_fail=False)
+    # export hangs off the train key, not evaluate's: evaluation settings do not change the graph
+    hit = ctx.lookup("export", cfg.export.model_dump(mode="json"), after="train")
+    if hit:
+        (path, parity), _ = hit
+    else:
+        texts = splits.test["text"].tolist()
+        path = export_onnx(trained.model, trained.tokenizer, trained.labels, ctx.run_dir / "onnx" / "model.onnx",
+                           cfg.export, cfg.model.max_length, sample_texts=texts[:2])
+        parity = check_parity(trained.model, trained.tokenizer, path, texts, cfg.model.max_length, cfg.export,
+                              raise_on_fail=False)
     ctx.tracker.metrics({"parity.max_abs_prob_diff": parity.max_abs_prob_diff,
                          "parity.max_abs_logit_diff": parity.max_abs_logit_diff,
                          "parity.argmax_agreement": parity.argmax_agreement,
@@ -115,12 +186,41 @@ def export_stage(ctx: RunContext, trained: TrainResult, splits: Splits) -> tuple
     ctx.tracker.tags({"parity.ok": str(parity.ok)})
     ctx.tracker.json(parity.to_dict(), "onnx/parity.json")
     if not parity.ok:
-        check_parity(trained.model, trained.tokenizer, path, texts, cfg.model.max_length, cfg.export)  # raises
+        check_parity(trained.model, trained.tokenizer, path, splits.test["text"].tolist(), cfg.model.max_length,
+                     cfg.export)  # raises with the full explanation
+    if not hit:
+        ctx.store("export", (path, parity), {"model.onnx": path},
+                  lambda v, entry: (entry / "model.onnx", v[1]))
     return path, parity
 
 
 # --- 5. compress -----------------------------------------------------------------------------------
 def compress_stage(ctx: RunContext, trained: TrainResult, splits: Splits, onnx_path: Path,
+                   base: EvalResult) -> list[cmp.Variant]:
+    cfg = ctx.cfg
+    hit = ctx.lookup("compress", cfg.compress.model_dump(mode="json"), ctx.keys.get("evaluate"))
+    if hit:
+        variants = hit[0]
+    else:
+        variants = _make_variants(ctx, trained, splits, onnx_path, base)
+        ctx.store("compress", variants, {v.path.name: v.path for v in variants if v.path},
+                  lambda vs, entry: [replace(v, path=entry / v.path.name if v.path else None) for v in vs])
+    for v in variants:
+        ctx.tracker.metrics({f"variant.{v.name}.size_bytes": v.size_bytes, f"variant.{v.name}.gzip_bytes": v.gzip_bytes,
+                             f"variant.{v.name}.accuracy": v.metrics["accuracy"],
+                             f"variant.{v.name}.macro_f1": v.metrics["macro_f1"],
+                             f"variant.{v.name}.accuracy_delta": v.accuracy_delta,
+                             f"variant.{v.name}.within_budget": float(v.within_budget)}
+                            | {f"variant.{v.name}.{k}": val for k, val in v.extra.items()})
+    ctx.tracker.json([v.summary() for v in variants], "compression/variants.json")
+    for v in variants:
+        if not v.within_budget:
+            log.warning("variant %s dropped: accuracy %.4f is %.4f below fp32, budget %.4f", v.name,
+                        v.metrics["accuracy"], -v.accuracy_delta, cfg.compress.max_accuracy_drop)
+    return variants
+
+
+def _make_variants(ctx: RunContext, trained: TrainResult, splits: Splits, onnx_path: Path,
                    base: EvalResult) -> list[cmp.Variant]:
     from models.onnx_pyfunc import VARIANT_FILES
     from models.onnx_runtime import create_session, predict_proba_ids
@@ -156,18 +256,6 @@ def compress_stage(ctx: RunContext, trained: TrainResult, splits: Splits, onnx_p
             continue
         metrics = evaluate_probabilities(y, proba, trained.labels, ctx.run_dir / "eval", f"test_{name}").metrics
         variants.append(cmp.make_variant(name, path, metrics, base_metrics, cfg.compress))
-    for v in variants:
-        ctx.tracker.metrics({f"variant.{v.name}.size_bytes": v.size_bytes, f"variant.{v.name}.gzip_bytes": v.gzip_bytes,
-                             f"variant.{v.name}.accuracy": v.metrics["accuracy"],
-                             f"variant.{v.name}.macro_f1": v.metrics["macro_f1"],
-                             f"variant.{v.name}.accuracy_delta": v.accuracy_delta,
-                             f"variant.{v.name}.within_budget": float(v.within_budget)}
-                            | {f"variant.{v.name}.{k}": val for k, val in v.extra.items()})
-    ctx.tracker.json([v.summary() for v in variants], "compression/variants.json")
-    for v in variants:
-        if not v.within_budget:
-            log.warning("variant %s dropped: accuracy %.4f is %.4f below fp32, budget %.4f", v.name,
-                        v.metrics["accuracy"], -v.accuracy_delta, cfg.compress.max_accuracy_drop)
     return variants
 
 
@@ -177,6 +265,14 @@ def register_stage(ctx: RunContext, trained: TrainResult, splits: Splits, evalua
     from models.onnx_pyfunc import VARIANT_FILES
 
     cfg = ctx.cfg
+    cache = ctx.cache or StageCache(ctx.run_dir / "cache", enabled=False)
+    key = cache.key("register", ctx.keys.get("compress"), cfg.registry.model_name)
+    existing = find_registered(ctx.tracker.client, cfg.registry.model_name, key) if cache.enabled else None
+    if existing is not None:
+        ctx.hits["register"] = True
+        ctx.tracker.tags({"cache.register": "hit"})
+        return reuse_registration(ctx.tracker.client, ctx.tracker.run_id, cfg.registry.model_name, existing)
+    ctx.hits["register"] = False
     bundle_dir = ctx.run_dir / "bundle"
     bundle: dict[str, Path] = {}
     kept = [v for v in variants if v.within_budget and v.path is not None]
@@ -188,7 +284,8 @@ def register_stage(ctx: RunContext, trained: TrainResult, splits: Splits, evalua
     metrics = {f"test_{k}": v for k, v in evaluation.metrics.items()}
     tags = {"data_fingerprint": fingerprint, "config_hash": cfg.config_hash(), "git_commit": git_commit(),
             "variants": ",".join(meta["variants"]), "parity_ok": str(parity.ok),
-            "parity_max_abs_prob_diff": f"{parity.max_abs_prob_diff:.3g}", "mlflow_run_id": ctx.tracker.run_id}
+            "parity_max_abs_prob_diff": f"{parity.max_abs_prob_diff:.3g}", "mlflow_run_id": ctx.tracker.run_id,
+            CACHE_KEY_TAG: key}
     reg = register_and_gate(ctx.tracker.client, ctx.tracker.run_id, cfg.registry, bundle, meta, metrics, tags,
                             parity.ok, splits.test["text"].tolist()[:3])
     return reg
@@ -202,7 +299,7 @@ def summary_markdown(ctx: RunContext, data: ValidationResult, splits: Splits, tr
         f"# forgeline training run `{ctx.tracker.run_id}`",
         "",
         f"**Model** `{reg.name}` version **{reg.version}** → alias **{', '.join(reg.aliases)}**  ",
-        f"**Gate**: {'promoted to champion' if reg.decision.promote else 'kept as challenger'} — {reg.decision.reason}",
+        f"**Gate**: {_gate_word(ctx, reg)} — {reg.decision.reason}",
         "",
         "## Test metrics (PyTorch fp32)",
         "| accuracy | macro P | macro R | macro F1 | ROC-AUC (OvR) |",
@@ -222,6 +319,9 @@ def summary_markdown(ctx: RunContext, data: ValidationResult, splits: Splits, tr
         f"**Parity** (ORT vs PyTorch, {parity.rows} test rows): max |Δprob| {parity.max_abs_prob_diff:.2e} "
         f"(tolerance {parity.atol:g}), argmax agreement {parity.argmax_agreement:.1%}",
         "",
+        f"**Cache**: reused {', '.join(k for k, h in ctx.hits.items() if h) or 'nothing'}; "
+        f"ran {', '.join(k for k, h in ctx.hits.items() if not h) or 'nothing'}",
+        "",
         f"**Training**: {trained.device}, best epoch {trained.best_epoch}, {trained.steps} steps, "
         f"{trained.samples_per_second:.1f} samples/s, early stop: {trained.stopped_early}",
         "",
@@ -231,6 +331,12 @@ def summary_markdown(ctx: RunContext, data: ValidationResult, splits: Splits, tr
         report_markdown(data.report),
     ]
     return "\n".join(lines)
+
+
+def _gate_word(ctx: RunContext, reg: Registration) -> str:
+    if ctx.hits.get("register"):
+        return "unchanged"
+    return "promoted to champion" if reg.decision.promote else "kept as challenger"
 
 
 def summary_stage(ctx: RunContext, markdown: str) -> str:

@@ -90,3 +90,33 @@ def test_bad_dataset_fails_before_training_and_registers_nothing(prefect_api, tm
     assert runs[0].data.tags["validation.passed"] == "false"
     assert "train.steps" not in runs[0].data.metrics
     assert "data/quarantine.csv" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "data")}
+
+
+def test_cached_rerun_skips_stages_and_registers_nothing_new(prefect_api, tmp_path):
+    data = tmp_path / "data.csv"
+    sentiment_rows().to_csv(data, index=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+
+    first = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, "train.epochs=2"))
+    assert first["cached_stages"] == [] and first["version"] == "1"
+
+    # unchanged: every stage comes from the cache, registration is idempotent
+    again = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, "train.epochs=2"))
+    assert again["cached_stages"] == ["validate", "split", "train", "evaluate", "export", "compress", "register"]
+    assert again["version"] == "1" and len(client.search_model_versions("name='e2e'")) == 1
+    tags = client.get_run(again["run_id"]).data.tags
+    assert tags["cache.train"] == "hit" and tags["gate.decision"] == "unchanged"
+    assert again["metrics"] == first["metrics"]
+    assert "test_macro_f1" in client.get_run(again["run_id"]).data.metrics  # the cached run still reports
+
+    # a compression change: upstream stages reused, compression and registration run again
+    changed = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, "train.epochs=2",
+                                                                    "compress.prune_amount=0.1"))
+    assert changed["cached_stages"] == ["validate", "split", "train", "evaluate", "export"]
+    assert changed["version"] == "2"
+
+    # new data: everything downstream of validation runs again
+    sentiment_rows(seed=5).to_csv(data, index=False)
+    fresh = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, "train.epochs=2"))
+    assert fresh["cached_stages"] == [] and fresh["version"] == "3"
