@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -102,8 +103,8 @@ class RegistryConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    workdir: str = ".forgeline"
-    """Local state: MLflow SQLite store, artifacts, checkpoints, quarantine files."""
+    workdir: str = Field(default_factory=lambda: os.environ.get("FORGELINE_WORKDIR", ".forgeline"))
+    """($FORGELINE_WORKDIR, else .forgeline) Local state: MLflow SQLite store, artifacts, checkpoints, quarantine files."""
     tracking_uri: str | None = None
     """None: $MLFLOW_TRACKING_URI if set, else sqlite:///<workdir>/mlflow.db."""
     experiment: str = "forgeline"

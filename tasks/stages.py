@@ -352,16 +352,41 @@ def summary_stage(ctx: RunContext, markdown: str) -> str:
     return markdown
 
 
-def _wrap(fn, name: str, tags: tuple[str, ...] = ()):
-    return task(fn, name=name, cache_policy=NO_CACHE, persist_result=False, tags=list(tags))
+def retry_on_io(task, task_run, state) -> bool:
+    """Retry only transient I/O failures (files, network, tracking server), never bad data or config."""
+    import httpx
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    from config.errors import ForgelineError
+
+    try:
+        state.result()
+    except ForgelineError:
+        return False
+    except (OSError, MlflowException, requests.RequestException, httpx.HTTPError):
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+    return False
 
 
-validate_task = _wrap(validate_stage, "validate-data")
+def _wrap(fn, name: str, tags: tuple[str, ...] = (), io_retries: int = 0):
+    from prefect.tasks import exponential_backoff
+
+    kwargs = {}
+    if io_retries:
+        kwargs = {"retries": io_retries, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+                  "retry_jitter_factor": 0.5, "retry_condition_fn": retry_on_io}
+    return task(fn, name=name, cache_policy=NO_CACHE, persist_result=False, tags=list(tags), **kwargs)
+
+
+validate_task = _wrap(validate_stage, "validate-data", io_retries=3)
 split_task = _wrap(split_stage, "split")
 train_task = _wrap(train_stage, "train", tags=("gpu",))  # tag concurrency limit: one training per GPU
 evaluate_task = _wrap(evaluate_stage, "evaluate")
 export_task = _wrap(export_stage, "export-onnx")
 compress_task = _wrap(compress_stage, "compress")
-register_task = _wrap(register_stage, "register")
-summary_task = _wrap(summary_stage, "summary")
+register_task = _wrap(register_stage, "register", io_retries=3)  # idempotent: cache key tag
+summary_task = _wrap(summary_stage, "summary", io_retries=2)
 

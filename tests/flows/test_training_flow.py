@@ -120,3 +120,12 @@ def test_cached_rerun_skips_stages_and_registers_nothing_new(prefect_api, tmp_pa
     sentiment_rows(seed=5).to_csv(data, index=False)
     fresh = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, "train.epochs=2"))
     assert fresh["cached_stages"] == [] and fresh["version"] == "3"
+
+    # a failing run (parity outside tolerance) leaves the registry as it was
+    from config.errors import ParityError
+
+    champion_before = str(client.get_model_version_by_alias("e2e", "champion").version)
+    with pytest.raises(ParityError):
+        training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, "train.epochs=2", "export.parity_atol=1e-12"))
+    assert len(client.search_model_versions("name='e2e'")) == 3
+    assert str(client.get_model_version_by_alias("e2e", "champion").version) == champion_before
