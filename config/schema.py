@@ -102,6 +102,15 @@ class RegistryConfig(_Section):
     """A challenger is promoted unless its macro-F1 is more than this below the champion's."""
 
 
+class DriftConfig(_Section):
+    """Drift check of new data against the champion's training data (scheduled retraining)."""
+
+    sample_size: int = Field(256, ge=16)
+    label_tv_threshold: float = Field(0.1, ge=0.0, le=1.0)
+    length_ks_threshold: float = Field(0.15, ge=0.0, le=1.0)
+    embedding_cosine_threshold: float = Field(0.03, ge=0.0, le=2.0)
+
+
 class TrackingConfig(_Section):
     workdir: str = Field(default_factory=lambda: os.environ.get("FORGELINE_WORKDIR", ".forgeline"))
     """($FORGELINE_WORKDIR, else .forgeline) Local state: MLflow SQLite store, artifacts, checkpoints, quarantine files."""
@@ -122,10 +131,11 @@ class PipelineConfig(_Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
     def config_hash(self) -> str:
         """Stable hash of everything that changes the trained model (not where it is tracked)."""
-        payload = self.model_dump(mode="json", exclude={"tracking"})
+        payload = self.model_dump(mode="json", exclude={"tracking", "drift"})
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="serving option, e.g. --set max_batch_size=32 --set poll_interval_s=5")
+    drift = sub.add_parser("drift", help="compare the configured data with the champion's training data")
+    drift.add_argument("--config", "-c", default=None)
+    drift.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     dep = sub.add_parser("deploy", help="deploy the training flow to the Prefect server at $PREFECT_API_URL")
     dep.add_argument("--config", "-c", default=None)
     dep.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -106,6 +109,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(cfg)
 
 
+def cmd_drift(args: argparse.Namespace) -> int:
+    import json
+
+    from config.loader import load_config
+    from flows.training import check_drift
+
+    report = check_drift(load_config(args.config, args.overrides))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     from flows.deploy import deploy
 
@@ -144,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"run": cmd_run, "ui": cmd_ui, "config": cmd_config, "serve": cmd_serve,
-                "loadtest": cmd_loadtest, "deploy": cmd_deploy}[args.command](args)
+                "loadtest": cmd_loadtest, "deploy": cmd_deploy,
+                "drift": cmd_drift}[args.command](args)
     except ForgelineError as e:
         print(f"forgeline: error: {e}", file=sys.stderr)
         return 2

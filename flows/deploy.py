@@ -19,7 +19,7 @@ from config.errors import ConfigError
 from config.loader import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
-ENTRYPOINT = "flows/training.py:training_flow"
+ENTRYPOINT = "flows/training.py:retraining_flow"  # drift check first, train only when needed
 GPU_TAG = "gpu"
 
 
@@ -69,4 +69,4 @@ def deploy(config: str | None, overrides: list[str], name: str = "scheduled-trai
         concurrency_limit=1, tags=["forgeline"], description="forgeline scheduled retraining",
     )
     deployment_id = deployment.apply(work_pool_name=pool)
-    return DeployResult(deployment_id=str(deployment_id), name=f"forgeline-training/{name}", pool=pool, cron=cron)
+    return DeployResult(deployment_id=str(deployment_id), name=f"forgeline-retraining/{name}", pool=pool, cron=cron)

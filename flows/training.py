@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.cache_policies import NO_CACHE
 
 from config.loader import load_config
 from config.schema import PipelineConfig
@@ -120,3 +121,70 @@ def training_flow(config: str | None = None, overrides: list[str] | None = None)
     """Prefect entry point: ``config`` is a preset name or YAML path, ``overrides`` are ``key=value``."""
     cfg = load_config(config, overrides)
     return run_pipeline(cfg).to_dict()
+
+
+def check_drift(cfg: PipelineConfig) -> dict[str, Any]:
+    """Compare the configured data with the champion's training data; record the decision in MLflow
+    (experiment ``<experiment>-drift``) and return it. Bad data raises before anything is decided."""
+    import tempfile
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from tasks.data import load_and_validate
+    from tasks.drift import build_profile, compare, load_champion_profile, DriftReport
+
+    _quiet_libraries()
+    uri = resolve_tracking_uri(cfg.tracking)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri, uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment + "-drift")
+    exp_id = exp.experiment_id if exp else ensure_experiment(
+        client, cfg.tracking.model_copy(update={"experiment": cfg.tracking.experiment + "-drift"}), uri)
+    run = client.create_run(exp_id, run_name=f"drift-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = load_and_validate(cfg.data, Path(tmp) / "data", cfg.seed)
+            champion = load_champion_profile(client, cfg.registry.model_name, Path(tmp) / "ref")
+            if champion is None:
+                report = DriftReport(retrain=True, reasons=[f"no champion of {cfg.registry.model_name} with a "
+                                                            "training-data profile"])
+            else:
+                version, ref, ref_emb = champion
+                current, cur_emb = build_profile(data.valid, data.labels, cfg.drift, cfg.model, cfg.seed)
+                report = compare(ref, ref_emb, current, cur_emb, cfg.drift)
+                report.champion_version = version
+        metrics = {k: getattr(report, k) for k in ("label_tv", "length_ks", "embedding_cosine") if getattr(report, k) is not None}
+        tracker = Tracker(client=MlflowClient(uri, uri), run_id=run.info.run_id, tracking_uri=uri)
+        tracker.metrics({f"drift.{k}": v for k, v in metrics.items()})
+        tracker.tags({"drift.decision": "retrain" if report.retrain else "skip", "drift.reason": "; ".join(report.reasons),
+                      "data.fingerprint": data.fingerprint, "drift.champion_version": report.champion_version or "none"})
+        tracker.json(report.to_dict(), "drift_report.json")
+        client.set_terminated(run.info.run_id, "FINISHED")
+    except BaseException:
+        MlflowClient(uri, uri).set_terminated(run.info.run_id, "FAILED")
+        raise
+    return report.to_dict() | {"drift_run_id": run.info.run_id}
+
+
+@flow(name="forgeline-retraining", log_prints=True, persist_result=False)
+def retraining_flow(config: str | None = None, overrides: list[str] | None = None, force: bool = False) -> dict[str, Any]:
+    """Scheduled entry point: drift check against the champion's training data, then train only if needed."""
+    from prefect import task
+    from prefect.artifacts import create_markdown_artifact
+
+    cfg = load_config(config, overrides)
+    logger = get_run_logger()
+    drift = task(check_drift, name="drift-check", persist_result=False, cache_policy=NO_CACHE)(cfg)
+    decision = "retrain" if (drift["retrain"] or force) else "skip"
+    logger.info("drift check: %s (%s)", decision, "; ".join(drift["reasons"]))
+    md = (f"# forgeline drift check: **{decision}**\n\n" + "\n".join(f"- {r}" for r in drift["reasons"]) +
+          f"\n\nlabel TV {drift['label_tv']}, length KS {drift['length_ks']}, embedding cosine {drift['embedding_cosine']}"
+          f" (champion v{drift['champion_version']})\n")
+    try:
+        create_markdown_artifact(markdown=md, key="forgeline-drift", description="drift decision")
+    except Exception:  # noqa: BLE001
+        pass
+    if decision == "skip":
+        return {"retrained": False, "drift": drift}
+    return {"retrained": True, "drift": drift, "training": run_pipeline(cfg).to_dict()}

@@ -106,10 +106,21 @@ def _log_validation(ctx: RunContext, report: dict[str, Any], out: Path) -> None:
 
 # --- 2. split --------------------------------------------------------------------------------------
 def split_stage(ctx: RunContext, data: ValidationResult) -> Splits:
-    hit = ctx.lookup("split", ctx.cfg.split.model_dump(mode="json"), ctx.cfg.seed)
-    splits = hit[0] if hit else split_dataset(data.valid, ctx.cfg.split, ctx.cfg.seed)
-    if not hit:
-        ctx.store("split", splits)
+    """Split, then profile the training split (labels, lengths, embeddings) for later drift checks."""
+    from tasks.drift import build_profile, save_profile
+
+    hit = ctx.lookup("split", ctx.cfg.split.model_dump(mode="json"), ctx.cfg.seed,
+                     ctx.cfg.drift.sample_size, ctx.cfg.model.base)
+    if hit:
+        splits, entry = hit
+        profile_dir = entry / "drift"
+    else:
+        splits = split_dataset(data.valid, ctx.cfg.split, ctx.cfg.seed)
+        profile, emb = build_profile(splits.train, data.labels, ctx.cfg.drift, ctx.cfg.model, ctx.cfg.seed)
+        profile_dir = ctx.run_dir / "drift"
+        save_profile(profile, emb, profile_dir)
+        ctx.store("split", splits, {"drift": profile_dir})
+    ctx.tracker.artifact(profile_dir, "drift")
     ctx.tracker.metrics({f"split.{k}": v for k, v in splits.sizes().items()})
     ctx.tracker.tags({"split.leakage_check": "passed"})
     return splits

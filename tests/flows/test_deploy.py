@@ -79,10 +79,10 @@ def test_deploy_trigger_and_worker_registers_a_version(prefect_server, tmp_path)
         deploy_cmd += ["--set", o]
     out = subprocess.run(deploy_cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "deployed forgeline-training/ci" in out.stdout
+    assert "deployed forgeline-retraining/ci" in out.stdout
 
     with httpx.Client(base_url=url, timeout=30) as api:
-        dep = api.get("/deployments/name/forgeline-training/ci").json()
+        dep = api.get("/deployments/name/forgeline-retraining/ci").json()
         assert dep["work_pool_name"] == "ci-pool" and dep["global_concurrency_limit"]["limit"] == 1
         assert dep["parameters"]["config"] == "tiny"
         schedules = dep["schedules"]

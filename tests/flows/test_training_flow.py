@@ -129,3 +129,31 @@ def test_cached_rerun_skips_stages_and_registers_nothing_new(prefect_api, tmp_pa
         training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, "train.epochs=2", "export.parity_atol=1e-12"))
     assert len(client.search_model_versions("name='e2e'")) == 3
     assert str(client.get_model_version_by_alias("e2e", "champion").version) == champion_before
+
+
+def test_retraining_flow_trains_only_on_drift(prefect_api, tmp_path):
+    from flows.training import retraining_flow
+
+    data = tmp_path / "data.csv"
+    sentiment_rows().to_csv(data, index=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    sets = flow_overrides(tmp_path, data, "train.epochs=2", "drift.sample_size=64")
+
+    first = retraining_flow(config="tiny", overrides=sets)
+    assert first["retrained"] and "no champion" in first["drift"]["reasons"][0]
+
+    # fresh rows from the same distribution: no drift, no training, registry untouched
+    sentiment_rows(seed=11).to_csv(data, index=False)
+    same = retraining_flow(config="tiny", overrides=sets)
+    assert not same["retrained"] and same["drift"]["champion_version"] == "1"
+    assert len(client.search_model_versions("name='e2e'")) == 1
+    drift_run = client.get_run(same["drift"]["drift_run_id"])
+    assert drift_run.data.tags["drift.decision"] == "skip" and "drift.embedding_cosine" in drift_run.data.metrics
+
+    # the label mix moves: retrain
+    df = sentiment_rows(seed=12)
+    pd.concat([df[df.label == "positive"], df[df.label == "negative"].head(20)]).to_csv(data, index=False)
+    moved = retraining_flow(config="tiny", overrides=sets)
+    assert moved["retrained"] and any("label distribution" in r for r in moved["drift"]["reasons"])
+    assert moved["training"]["version"] == "2"
