@@ -142,11 +142,13 @@ class MicroBatcher:
     async def submit(self, texts: list[str]) -> tuple[np.ndarray, LoadedModel]:
         fut = asyncio.get_running_loop().create_future()
         self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
         try:
             await self.queue.put(_Pending(texts, fut, time.perf_counter()))
             return await fut
         finally:
             self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
 
     async def _collect(self) -> list[_Pending]:
         first = await self.queue.get()
@@ -195,7 +197,7 @@ class MicroBatcher:
         """Answer everything queued, then stop the batching loop."""
         self._stopping = True
         deadline = time.monotonic() + timeout
-        while not self.queue.empty() and time.monotonic() < deadline:
+        while (not self.queue.empty() or self.in_flight) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         await cancel_task(self._task)
         self.executor.shutdown(wait=True)
@@ -218,6 +220,8 @@ class Metrics:
         self.swap_failures = Counter("forgeline_model_swap_failures", "Failed model loads while polling",
                                      registry=self.registry)
         self.ready = Gauge("forgeline_ready", "1 when serving traffic", registry=self.registry)
+        self.in_flight = Gauge("forgeline_in_flight_requests", "Predict requests waiting for or in inference",
+                               registry=self.registry)
 
 
 # --- hot swap ----------------------------------------------------------------------------------------
