@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="serving option, e.g. --set max_batch_size=32 --set poll_interval_s=5")
+    bench = sub.add_parser("bench", help="side-by-side inference/training benchmark of a registered version")
+    bench.add_argument("--model", "-m", required=True, help="NAME@alias or NAME/VERSION")
+    bench.add_argument("--tracking-uri", default=None)
+    bench.add_argument("--json", dest="json_out", default=None)
+    bench.add_argument("--quick", action="store_true", help="tiny shapes and few iterations (smoke test)")
     drift = sub.add_parser("drift", help="compare the configured data with the champion's training data")
     drift.add_argument("--config", "-c", default=None)
     drift.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -109,6 +114,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(cfg)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from config.schema import TrackingConfig
+    from tasks.bench import run_bench, table
+    from tasks.tracking import resolve_tracking_uri
+
+    uri = args.tracking_uri or resolve_tracking_uri(TrackingConfig())
+    result = run_bench(args.model, uri, quick=args.quick)
+    print(table(result["inference"]))
+    print("training:", json.dumps(result["training"]))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_drift(args: argparse.Namespace) -> int:
     import json
 
@@ -155,11 +176,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     args = _parser().parse_args(argv)
     try:
         return {"run": cmd_run, "ui": cmd_ui, "config": cmd_config, "serve": cmd_serve,
                 "loadtest": cmd_loadtest, "deploy": cmd_deploy,
-                "drift": cmd_drift}[args.command](args)
+                "drift": cmd_drift, "bench": cmd_bench}[args.command](args)
     except ForgelineError as e:
         print(f"forgeline: error: {e}", file=sys.stderr)
         return 2
