@@ -75,6 +75,11 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1)
     progress_bar: bool = True
+    length_grouping: bool = True
+    """Batches of similar-length texts (shuffled in groups of 50 batches, batch order shuffled): far
+    less padding, the same examples per epoch."""
+    compile: bool = False
+    """torch.compile the model (CUDA only). Compilation takes ~1 min; pays off on long runs."""
 
 
 class CompressConfig(_Section):
@@ -90,7 +95,11 @@ class CompressConfig(_Section):
 
 class ExportConfig(_Section):
     opset: int = Field(18, ge=14)
-    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    exporter: Literal["dynamo", "torchscript"] = "torchscript"
+    """torchscript (with eager attention) gives a graph onnxruntime fuses into Attention ops; the dynamo
+    exporter's graph from transformers 5.x does not fuse attention."""
+    optimize: bool = True
+    """Fuse attention, embeddings+LayerNorm and GELU with onnxruntime's transformer optimizer."""
     parity_atol: float = Field(1e-3, gt=0.0)
     """Max absolute difference of class probabilities between PyTorch and ONNX Runtime."""
     parity_batches: int = Field(4, ge=1)

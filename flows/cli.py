@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--tracking-uri", default=None)
     bench.add_argument("--json", dest="json_out", default=None)
     bench.add_argument("--quick", action="store_true", help="tiny shapes and few iterations (smoke test)")
+    bench.add_argument("--data", default=None, help="texts for the real-length inputs (CSV/JSONL/Parquet); "
+                       "default: the default preset's corpus")
+    bench.add_argument("--train-steps", type=int, default=None, help="timed optimizer steps per training case")
     drift = sub.add_parser("drift", help="compare the configured data with the champion's training data")
     drift.add_argument("--config", "-c", default=None)
     drift.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -122,9 +125,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tasks.tracking import resolve_tracking_uri
 
     uri = args.tracking_uri or resolve_tracking_uri(TrackingConfig())
-    result = run_bench(args.model, uri, quick=args.quick)
+    result = run_bench(args.model, uri, quick=args.quick, data_path=args.data, train_steps=args.train_steps)
     print(table(result["inference"]))
-    print("training:", json.dumps(result["training"]))
+    for row in result["training"]:
+        print("training:", json.dumps(row))
+    for target, check in result["targets"].items():
+        print(f"target {target}: {check['value']} -> {'met' if check['met'] else 'not measurable here' if check['met'] is None else 'NOT met'}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2))
     return 0

@@ -19,7 +19,15 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from models.onnx_runtime import FastTokenizer, create_session, cuda_available, predict_proba_ids, session_device
+from models.onnx_runtime import (
+    CudaGraphRunner,
+    FastTokenizer,
+    create_session,
+    cuda_available,
+    predict_proba_graphs,
+    predict_proba_ids,
+    session_device,
+)
 
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx", "pruned": "model.pruned.onnx"}
 MAX_TEXTS = 10_000
@@ -80,15 +88,24 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
         device = ("cuda" if cuda_available() else "cpu") if device == "auto" else device
         available = [v for v in VARIANT_FILES if v in context.artifacts]
         self.variant = choose_variant(available, device, cfg.get("variant", "auto"))
-        self.session = create_session(context.artifacts[self.variant], device=device)
+        # On CUDA the model is replayed as CUDA graphs (bucketed shapes, captured on first use): no
+        # per-kernel launch cost. model_config {"cuda_graphs": false} turns it off.
+        self.graphs: CudaGraphRunner | None = None
+        if device == "cuda" and bool(cfg.get("cuda_graphs", True)):
+            self.graphs = CudaGraphRunner(context.artifacts[self.variant], len(self.labels))
+            self.session = self.graphs.session
+        else:
+            self.session = create_session(context.artifacts[self.variant], device=device)
         self.device = session_device(self.session)
         self.tokenizer = FastTokenizer(context.artifacts["tokenizer"], self.max_length)
-        self.batch_size = int(cfg.get("batch_size", 64))
+        self.batch_size = int(cfg.get("batch_size", 256 if self.device == "cuda" else 64))
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         ids = self.tokenizer.encode(texts)
+        if self.graphs is not None:
+            return predict_proba_graphs(self.graphs, ids, self.tokenizer.pad_id, self.batch_size, self.max_length)
         return predict_proba_ids(self.session, ids, self.tokenizer.pad_id, self.batch_size)
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:

@@ -69,7 +69,8 @@ def prune_global(model: torch.nn.Module, amount: float) -> torch.nn.Module:
 
 
 def quantize_int8(onnx_path: Path, out_path: Path) -> Path:
-    """Dynamic INT8 quantization (weights int8, activations quantized at run time) for CPU serving."""
+    """Dynamic INT8 quantization (weights int8 per channel, activations quantized at run time) for CPU
+    serving. Fused Attention becomes QAttention, EmbedLayerNormalization QEmbedLayerNormalization."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     import logging
@@ -90,7 +91,11 @@ def quantize_int8(onnx_path: Path, out_path: Path) -> Path:
         stripped = Path(tmp) / "model.onnx"
         onnx.save(model, str(stripped))
         try:
-            quantize_dynamic(str(stripped), str(out_path), weight_type=QuantType.QInt8, per_channel=False)
+            # per-channel weight scales: a smaller accuracy cost than per-tensor at the same speed. The
+            # fused contrib ops (Attention, EmbedLayerNormalization) have no ONNX type inference, so
+            # tensors after them default to float.
+            quantize_dynamic(str(stripped), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         finally:
             root.setLevel(level)
     # quantize_dynamic drops nothing we rely on, but keep the metadata (labels) explicitly.

@@ -150,6 +150,7 @@ def train_stage(ctx: RunContext, splits: Splits, labels: list[str]) -> TrainResu
         "train.best_epoch": result.best_epoch, "train.best_val_macro_f1": result.best_val_macro_f1,
         "train.steps": result.steps, "train.seconds": result.train_seconds,
         "train.samples_per_second": result.samples_per_second, "train.tokens_per_second": result.tokens_per_second,
+        "train.step_samples_per_second": result.step_samples_per_second,
     })
     ctx.tracker.tags({"train.device": result.device, "train.stopped_early": str(result.stopped_early)})
     ctx.tracker.artifact(result.checkpoint_dir, "checkpoint")

@@ -74,6 +74,22 @@ def test_pipeline_end_to_end(prefect_api, tmp_path):
     found = [SimpleNamespace(**a) for a in resp.json()]
     assert found and "kept as challenger" in (found[0].data or "")
 
+    # forgeline bench on the champion: every CPU engine on the same inputs, logged to the version's run
+    import json
+
+    from flows.cli import main
+
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "-m", "e2e@champion", "--tracking-uri", uri, "--quick", "--data", str(data),
+                 "--json", str(out_json)]) == 0
+    result = json.loads(out_json.read_text())
+    ok = {(r["engine"], r["seq"]) for r in result["inference"] if "error" not in r}
+    assert {("torch_eager_fp32_cpu", "16"), ("ort_fp32_cpu", "real"), ("ort_int8_cpu", "real"), ("pyfunc_registry", "real")} <= ok
+    assert ("pyfunc_registry", "16") not in ok
+    assert result["targets"]["fused_attention_nodes>=6"] == {"value": 1, "met": False}  # the tiny preset has 1 layer
+    assert [t["seq"] for t in result["training"]] == [16, "real"]
+    assert [a.path for a in client.list_artifacts(first["run_id"], "bench")]
+
 
 def test_bad_dataset_fails_before_training_and_registers_nothing(prefect_api, tmp_path):
     data = tmp_path / "bad.csv"

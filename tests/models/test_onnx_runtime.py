@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from models.onnx_runtime import FastTokenizer, create_session, pad_batch, run_logits, session_device, softmax
 
@@ -17,3 +18,61 @@ def test_io_binding_matches_plain_run(trained, exported):
 def test_softmax_is_stable():
     p = softmax(np.array([[1000.0, 0.0], [-1000.0, 1000.0]], dtype=np.float32))
     assert np.allclose(p, [[1, 0], [0, 1]]) and np.isfinite(p).all()
+
+
+def test_cpu_sessions_leave_skip_layernorm_and_bias_gelu_unfused(tmp_path, trained, exported):
+    """What the CPU session runs (its optimized graph, saved by onnxruntime): Attention stays fused,
+    Skip+LayerNorm and bias+GELU stay as LayerNormalization / Gelu, which are faster on CPU."""
+    import onnx
+    import onnxruntime as ort
+
+    from models.onnx_runtime import CPU_DISABLED_FUSIONS, CPU_EP
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "as_run.onnx")
+
+    def ops(disabled):
+        ort.InferenceSession(str(exported), opts, providers=[CPU_EP], disabled_optimizers=list(disabled))
+        return {n.op_type for n in onnx.load(str(tmp_path / "as_run.onnx")).graph.node}
+
+    assert "SkipLayerNormalization" in ops(())  # what onnxruntime would do by default
+    as_run = ops(CPU_DISABLED_FUSIONS)
+    assert "Attention" in as_run and "SkipLayerNormalization" not in as_run and "BiasGelu" not in as_run
+    assert create_session(exported, device="cpu").get_providers() == [CPU_EP]
+
+
+def test_cuda_graph_runner_needs_cuda(exported):
+    from models.onnx_runtime import CudaGraphRunner, cuda_available
+
+    if cuda_available():
+        pytest.skip("CUDA present: covered by tests/gpu_smoke.py")
+    with pytest.raises(RuntimeError, match="CUDAExecutionProvider"):
+        CudaGraphRunner(exported, 3)
+
+
+def test_bucketed_batches_give_the_same_probabilities(trained, exported):
+    """predict_proba_graphs pads batches to power-of-two rows and widths to multiples of 16; padding
+    must not change any answer. A CPU session stands in for the CUDA graph runner's call."""
+    from models.onnx_runtime import bucket, pad_to_shape, predict_proba_graphs, predict_proba_ids
+
+    _, splits, result = trained
+    session = create_session(exported, device="cpu")
+    shapes = []
+
+    class Runner:
+        num_labels = len(result.labels)
+
+        def __call__(self, input_ids, mask):
+            shapes.append(input_ids.shape)
+            return run_logits(session, input_ids, mask)
+
+    tok = FastTokenizer(result.checkpoint_dir / "tokenizer.json", 32)
+    ids = tok.encode(splits.test["text"].tolist()[:23])
+    got = predict_proba_graphs(Runner(), ids, tok.pad_id, max_batch=8, max_length=32)
+    want = predict_proba_ids(session, ids, tok.pad_id, batch_size=8)
+    assert np.abs(got - want).max() < 1e-5
+    assert {b for b, _ in shapes} <= {1, 2, 4, 8} and {w for _, w in shapes} <= {16, 32}
+    assert bucket(3, [1, 2, 4, 8]) == 4 and bucket(9, [1, 2, 4, 8]) == 8
+    padded, mask = pad_to_shape(np.array([[101, 5, 102]]), np.array([[1, 1, 1]]), 2, 4, 0)
+    assert padded.tolist() == [[101, 5, 102, 0], [101, 5, 102, 0]] and mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 0]]

@@ -32,6 +32,10 @@ def test_int8_variant_is_smaller_and_close(tmp_path, trained, exported):
     from models.onnx_runtime import model_metadata
 
     assert model_metadata(q)["labels"] == model_metadata(exported)["labels"]
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+    assert {"QAttention", "MatMulInteger"} <= ops, "the fused graph is quantized, attention included"
 
 
 def test_budget_decides_which_variants_are_registered(tmp_path):

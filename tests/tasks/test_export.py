@@ -53,3 +53,49 @@ def test_tampered_onnx_fails_parity(tmp_path, trained, exported):
                           cfg.export, raise_on_fail=False)
     assert not report.ok and report.max_abs_prob_diff > cfg.export.parity_atol
     assert np.isfinite(report.max_abs_logit_diff)
+
+
+def test_exported_graph_has_fused_attention_per_layer(trained, exported):
+    from tasks.export import fused_operators
+
+    _, _, result = trained
+    ops = fused_operators(exported)
+    layers = result.model.config.num_hidden_layers
+    assert ops["Attention"] == layers and ops["EmbedLayerNormalization"] == 1
+    assert json.loads(model_metadata(exported)["fused_operators"])["Attention"] == layers
+
+
+def test_default_minilm_fuses_all_six_attention_blocks_and_keeps_parity(tmp_path):
+    """The full 6-layer MiniLM (untrained head is enough for the graph): >= 6 fused Attention nodes,
+    the same answers as PyTorch on a right-padded batch, and no shape subgraph left to run on the host."""
+    import torch
+
+    from config.schema import ExportConfig, ModelConfig
+    from models.classifier import build_classifier, load_tokenizer
+    from tasks.export import export_onnx, fused_operators
+
+    labels = ["negative", "neutral", "positive"]
+    model = build_classifier(ModelConfig(), labels).eval()
+    tok = load_tokenizer(ModelConfig())
+    path = export_onnx(model, tok, labels, tmp_path / "model.onnx", ExportConfig(), 64)
+    ops = fused_operators(path)
+    assert ops["Attention"] >= 6 and ops["EmbedLayerNormalization"] == 1 and ops["Gelu"] == 6
+    graph_ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert not graph_ops & {"Shape", "ConstantOfShape", "Expand", "Where"}, graph_ops
+    texts = ["a short one", "a much longer sentence that needs quite a few more tokens than the first"]
+    input_ids, mask = pad_batch(encode(tok, texts, 64), tok.pad_token_id)
+    with torch.inference_mode():
+        ref = model(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+    got = run_logits(create_session(path, device="cpu"), input_ids, mask)
+    assert np.abs(ref - got).max() < 1e-4
+
+
+def test_dynamo_exporter_and_unoptimized_export_still_work(tmp_path, trained):
+    from tasks.export import export_onnx, fused_operators
+
+    cfg, splits, result = trained
+    for name, overrides in (("dynamo", {"exporter": "dynamo"}), ("plain", {"optimize": False})):
+        path = export_onnx(result.model, result.tokenizer, result.labels, tmp_path / f"{name}.onnx",
+                           cfg.export.model_copy(update=overrides), cfg.model.max_length)
+        assert fused_operators(path)["Attention"] == 0
+        assert check_parity(result.model, result.tokenizer, path, splits.test["text"], cfg.model.max_length, cfg.export).ok

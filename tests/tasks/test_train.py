@@ -33,3 +33,33 @@ def test_max_steps_and_seed_make_runs_repeatable(tmp_path, trained):
     b = train_model(splits, ["negative", "positive"], short, tmp_path / "b")
     assert a.steps == 3 == b.steps
     assert a.history[0]["val_loss"] == b.history[0]["val_loss"]
+
+
+def test_length_grouped_batches_cover_every_example_once_with_less_padding():
+    from tasks.train import make_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 128, size=1000).tolist()
+    grouped = make_batches(lengths, 32, np.random.default_rng(1), group_by_length=True)
+    plain = make_batches(lengths, 32, np.random.default_rng(1), group_by_length=False)
+    for batches in (grouped, plain):
+        assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+        assert all(len(b) <= 32 for b in batches)
+
+    def padded(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    assert padded(grouped) < 0.7 * padded(plain)
+    # batch order is shuffled: not sorted by length across the epoch
+    widths = [max(lengths[i] for i in b) for b in grouped]
+    assert widths != sorted(widths) and widths != sorted(widths, reverse=True)
+    again = make_batches(lengths, 32, np.random.default_rng(1), group_by_length=True)
+    assert all(np.array_equal(a, b) for a, b in zip(grouped, again))
+
+
+def test_collate_pads_right_to_a_multiple():
+    from tasks.train import collate
+
+    out = collate(0, [[5, 6, 7], [8]], "cpu", multiple=8)
+    assert out["input_ids"].tolist() == [[5, 6, 7, 0, 0, 0, 0, 0], [8, 0, 0, 0, 0, 0, 0, 0]]
+    assert out["attention_mask"].sum(1).tolist() == [3, 1]
