@@ -103,7 +103,12 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        ids = self.tokenizer.encode(texts)
+        return self.predict_proba_token_ids(self.tokenizer.encode(texts))
+
+    def predict_proba_token_ids(self, ids: list[list[int]]) -> np.ndarray:
+        """The model part of ``predict``: unpadded token ids in, probabilities out."""
+        if not ids:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
         if self.graphs is not None:
             return predict_proba_graphs(self.graphs, ids, self.tokenizer.pad_id, self.batch_size, self.max_length)
         return predict_proba_ids(self.session, ids, self.tokenizer.pad_id, self.batch_size)

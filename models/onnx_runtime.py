@@ -217,4 +217,6 @@ class FastTokenizer:
         self.pad_id = 0 if pad is None else pad
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(list(texts))]
+        # encode_batch_fast skips character offsets, which nothing here uses (tokenizers >= 0.20)
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        return [e.ids for e in encode(list(texts))]

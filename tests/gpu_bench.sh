@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue-3 GPU benchmark, run by hand on a CUDA machine (not by CI); results go to $OUT.
-#   bash tests/gpu_bench.sh train   # two 30K-row runs: length-grouped batches (default) and plain random batches
+#   bash tests/gpu_bench.sh train   # 30K-row runs: eager (registers the champion) and compiled with CUDA graphs
+#                                   # (RANDOM_BATCHES=1: also one without length grouping)
 #   bash tests/gpu_bench.sh bench   # forgeline bench on the champion of the first run
 set -u
 OUT=${OUT:-/tmp}
@@ -26,10 +27,17 @@ case "${1:-}" in
   train)
     python3 -m flows.cli run "${BIG[@]}" > "$OUT/run_grouped.log" 2>&1; echo "grouped run exit $?"
     report forgeline-sentiment | tee "$OUT/run_grouped.json"
-    python3 -m flows.cli run "${BIG[@]}" --set train.length_grouping=false --set registry.model_name=baseline-random-batches \
-      --set compress.prune=false --set compress.quantize_int8=false --set compress.fp16=false > "$OUT/run_random.log" 2>&1
-    echo "random-batches run exit $?"
-    report baseline-random-batches | tee "$OUT/run_random.json"
+    NOVARIANTS=(--set compress.prune=false --set compress.quantize_int8=false --set compress.fp16=false)
+    python3 -m flows.cli run "${BIG[@]}" "${NOVARIANTS[@]}" --set train.compile=true --set registry.model_name=compiled \
+      > "$OUT/run_compiled.log" 2>&1
+    echo "compiled (CUDA graphs) run exit $?"
+    report compiled | tee "$OUT/run_compiled.json"
+    if [ -n "${RANDOM_BATCHES:-}" ]; then
+      python3 -m flows.cli run "${BIG[@]}" "${NOVARIANTS[@]}" --set train.length_grouping=false \
+        --set registry.model_name=baseline-random-batches > "$OUT/run_random.log" 2>&1
+      echo "random-batches run exit $?"
+      report baseline-random-batches | tee "$OUT/run_random.json"
+    fi
     ;;
   bench)
     python3 -m flows.cli bench -m forgeline-sentiment@champion --tracking-uri "$URI" --json "$OUT/bench.json" 2>&1 \

@@ -84,7 +84,8 @@ def test_pipeline_end_to_end(prefect_api, tmp_path):
                  "--json", str(out_json)]) == 0
     result = json.loads(out_json.read_text())
     ok = {(r["engine"], r["seq"]) for r in result["inference"] if "error" not in r}
-    assert {("torch_eager_fp32_cpu", "16"), ("ort_fp32_cpu", "real"), ("ort_int8_cpu", "real"), ("pyfunc_registry", "real")} <= ok
+    assert {("torch_eager_fp32_cpu", "16"), ("ort_fp32_cpu", "real"), ("ort_int8_cpu", "real"), ("pyfunc_registry", "real"),
+            ("pyfunc_registry_model", "real")} <= ok
     assert ("pyfunc_registry", "16") not in ok
     assert result["targets"]["fused_attention_nodes>=6"] == {"value": 1, "met": False}  # the tiny preset has 1 layer
     assert [t["seq"] for t in result["training"]] == [16, "real"]
