@@ -220,7 +220,8 @@ def bench_training(model_cfg, labels: list[str], batch: int, seq: int, steps: in
     for f in feeds:
         by_shape.setdefault(tuple(f["input_ids"].shape), f)
     t_compile = time.perf_counter()
-    for f in list(by_shape.values()) * 3:  # compiled: each shape compiles and records its graphs here
+    warm = list(by_shape.values()) * 3 if compile else feeds[:3]
+    for f in warm:  # compiled: each shape compiles and records its graphs here
         step(f["input_ids"], f["attention_mask"], y)
     sync()
     warm_s = time.perf_counter() - t_compile
