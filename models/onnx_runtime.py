@@ -6,6 +6,7 @@ nor transformers.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,33 +111,45 @@ def bucket(n: int, buckets: Sequence[int]) -> int:
     return buckets[-1]
 
 
-def pad_to_shape(input_ids: np.ndarray, mask: np.ndarray, rows: int, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Grow a padded batch to ``rows`` x ``width``: extra columns are padding, extra rows copy row 0
-    (a real row: no all-padding row reaches attention). Callers drop the extra rows' outputs."""
-    b, w = input_ids.shape
-    ids = np.full((rows, width), pad_id, dtype=np.int64)
-    m = np.zeros((rows, width), dtype=np.int64)
-    ids[:b, :w], m[:b, :w] = input_ids, mask
-    ids[b:], m[b:] = ids[0], m[0]
-    return ids, m
+def pad_rows(rows: Sequence[Sequence[int]], shape: tuple[int, int], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token id rows into a right-padded ``shape`` (rows, width) batch in a few numpy operations.
+    Extra rows copy row 0 (a real row: no all-padding row reaches attention); callers drop their
+    outputs."""
+    n = len(rows)
+    total, width = shape
+    lengths = np.empty(total, dtype=np.int64)
+    lengths[:n] = np.fromiter(map(len, rows), dtype=np.int64, count=n)
+    lengths[n:] = lengths[0]
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths[:n].sum()))
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    input_ids = np.full(shape, pad_id, dtype=np.int64)
+    input_ids[:n][mask[:n]] = flat
+    input_ids[n:] = input_ids[0]
+    return input_ids, mask.astype(np.int64)
 
 
 def predict_proba_graphs(runner: CudaGraphRunner, ids: Sequence[Sequence[int]], pad_id: int, max_batch: int,
                          max_length: int, width_step: int = 16) -> np.ndarray:
     """Like ``predict_proba_ids`` but on CUDA graphs: batches are padded up to power-of-two sizes and
-    widths to multiples of ``width_step``, so a handful of captured shapes serve every request."""
+    widths to multiples of ``width_step``, so a handful of captured shapes serve every request. Up to
+    ``max_batch`` texts go in one batch as they come; more are sorted by length first."""
     batches = [1 << i for i in range(max_batch.bit_length()) if (1 << i) <= max_batch]
     if batches[-1] != max_batch:
         batches.append(max_batch)
     widths = sorted({min(max_length, w) for w in range(width_step, max_length + width_step, width_step)})
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    out = np.zeros((len(ids), runner.num_labels), dtype=np.float32)
-    for start in range(0, len(order), max_batch):
-        idx = order[start : start + max_batch]
-        input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
-        rows, width = bucket(len(idx), batches), bucket(input_ids.shape[1], widths)
-        logits = runner(*pad_to_shape(input_ids, mask, rows, width, pad_id))
-        out[idx] = softmax(logits[: len(idx)])
+    out = np.empty((len(ids), runner.num_labels), dtype=np.float32)
+    if len(ids) <= max_batch:
+        chunks = [(None, ids)]
+    else:
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        chunks = [(idx, [ids[i] for i in idx]) for idx in (order[s : s + max_batch] for s in range(0, len(order), max_batch))]
+    for idx, rows in chunks:
+        shape = (bucket(len(rows), batches), bucket(max(map(len, rows)), widths))
+        proba = softmax(runner(*pad_rows(rows, shape, pad_id))[: len(rows)])
+        if idx is None:
+            out[:] = proba
+        else:
+            out[idx] = proba
     return out
 
 
@@ -156,13 +169,8 @@ def labels_from_metadata(meta: dict[str, str]) -> list[str]:
 
 
 def pad_batch(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    width = max(len(x) for x in ids)
-    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(ids), width), dtype=np.int64)
-    for i, x in enumerate(ids):
-        input_ids[i, : len(x)] = x
-        mask[i, : len(x)] = 1
-    return input_ids, mask
+    """Right-pad to the longest row."""
+    return pad_rows(ids, (len(ids), max(len(x) for x in ids)), pad_id)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -54,7 +54,7 @@ def test_cuda_graph_runner_needs_cuda(exported):
 def test_bucketed_batches_give_the_same_probabilities(trained, exported):
     """predict_proba_graphs pads batches to power-of-two rows and widths to multiples of 16; padding
     must not change any answer. A CPU session stands in for the CUDA graph runner's call."""
-    from models.onnx_runtime import bucket, pad_to_shape, predict_proba_graphs, predict_proba_ids
+    from models.onnx_runtime import bucket, pad_rows, predict_proba_graphs, predict_proba_ids
 
     _, splits, result = trained
     session = create_session(exported, device="cpu")
@@ -69,10 +69,14 @@ def test_bucketed_batches_give_the_same_probabilities(trained, exported):
 
     tok = FastTokenizer(result.checkpoint_dir / "tokenizer.json", 32)
     ids = tok.encode(splits.test["text"].tolist()[:23])
-    got = predict_proba_graphs(Runner(), ids, tok.pad_id, max_batch=8, max_length=32)
     want = predict_proba_ids(session, ids, tok.pad_id, batch_size=8)
+    got = predict_proba_graphs(Runner(), ids, tok.pad_id, max_batch=8, max_length=32)  # 23 texts: sorted, 3 batches
     assert np.abs(got - want).max() < 1e-5
-    assert {b for b, _ in shapes} <= {1, 2, 4, 8} and {w for _, w in shapes} <= {16, 32}
+    assert {b for b, _ in shapes} <= {1, 2, 4, 8} and {w for _, w in shapes} <= {16, 32} and len(shapes) == 3
+    shapes.clear()
+    got = predict_proba_graphs(Runner(), ids[:5], tok.pad_id, max_batch=8, max_length=32)  # one batch as it comes
+    assert np.abs(got - want[:5]).max() < 1e-5 and shapes[0][0] == 8
     assert bucket(3, [1, 2, 4, 8]) == 4 and bucket(9, [1, 2, 4, 8]) == 8
-    padded, mask = pad_to_shape(np.array([[101, 5, 102]]), np.array([[1, 1, 1]]), 2, 4, 0)
-    assert padded.tolist() == [[101, 5, 102, 0], [101, 5, 102, 0]] and mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 0]]
+    padded, mask = pad_rows([[101, 5, 102], [101, 102]], (3, 4), 0)
+    assert padded.tolist() == [[101, 5, 102, 0], [101, 102, 0, 0], [101, 5, 102, 0]]
+    assert mask.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 0]]
