@@ -200,9 +200,9 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path, registry):
     srv = Server(uri, "m/1", "max_wait_ms=1000", log=tmp_path / "drain.log")
     codes: list = []
 
-    def one() -> None:
+    def one(texts=("the trip is sad and miserable",)) -> None:
         try:
-            codes.append(post(srv.url, json.dumps({"texts": ["the trip is sad and miserable"]})).status_code)
+            codes.append(post(srv.url, json.dumps({"texts": list(texts)})).status_code)
         except httpx.ConnectError:
             codes.append("refused")  # arrived after shutdown began: never accepted, so never lost
         except httpx.HTTPError as e:
@@ -212,7 +212,10 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path, registry):
         text = httpx.get(f"{srv.url}/metrics").text
         return float(next(line.split()[1] for line in text.splitlines() if line.startswith("forgeline_in_flight_requests ")))
 
-    threads = [threading.Thread(target=one) for _ in range(8)]
+    # a full batch of long texts keeps the inference thread busy, so the small requests arriving
+    # meanwhile are not "lone": they wait in the 1 s batching window however fast the model is
+    heavy = ["a long and winding review of the trip, " * 12] * 256
+    threads = [threading.Thread(target=one, args=(heavy,))] + [threading.Thread(target=one) for _ in range(8)]
     for t in threads:
         t.start()
     deadline = time.time() + 30
