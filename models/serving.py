@@ -226,8 +226,16 @@ class Metrics:
 
 # --- hot swap ----------------------------------------------------------------------------------------
 class Watcher:
-    def __init__(self, source: RegistrySource, batcher: MicroBatcher, metrics: Metrics, interval: float) -> None:
+    """Polls the registry and swaps in new versions.
+
+    A new version normally loads and warms on a side thread while the old one keeps serving. With
+    ``exclusive`` (the model runs as CUDA graphs) it loads on the inference thread instead: a CUDA
+    graph capture must not overlap CUDA work from another thread, so requests wait out the load."""
+
+    def __init__(self, source: RegistrySource, batcher: MicroBatcher, metrics: Metrics, interval: float,
+                 exclusive: bool = False) -> None:
         self.source, self.batcher, self.metrics, self.interval = source, batcher, metrics, interval
+        self.exclusive = exclusive
         self._lock = threading.Lock()
         self._task: asyncio.Task | None = None
 
@@ -262,7 +270,7 @@ class Watcher:
         while True:
             try:
                 await asyncio.sleep(self.interval)
-                await loop.run_in_executor(None, self.check_once)
+                await loop.run_in_executor(self.batcher.executor if self.exclusive else None, self.check_once)
             except asyncio.CancelledError:
                 return
             except Exception as e:  # noqa: BLE001 - keep serving the current model
@@ -318,6 +326,7 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None):
         watcher = Watcher(src, batcher, metrics, cfg.poll_interval_s)
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(None, watcher.load_initial)
+        watcher.exclusive = getattr(model.impl, "graphs", None) is not None
         log.info("serving %s v%s (%s on %s)", model.name, model.version, model.impl.variant, model.impl.device)
         batcher.start()
         watcher.start()

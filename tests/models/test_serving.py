@@ -289,3 +289,43 @@ def test_serving_path_imports_without_torch_or_transformers():
             "flows.cli._parser().parse_args(['serve', '-m', 'x@champion'])\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_new_versions_load_on_the_inference_thread_when_exclusive(exclusive):
+    """With CUDA graphs (exclusive) a swap loads on the single inference thread, never beside it."""
+    import asyncio
+
+    from models.serving import LoadedModel, Metrics, MicroBatcher, Watcher
+
+    class Source:  # stands in for the registry: versions "1" then "2"
+        name = "m"
+
+        def __init__(self):
+            self.version, self.threads = "1", []
+
+        def current_version(self):
+            return self.version, None
+
+        def load(self, version, run_id):
+            self.threads.append(threading.current_thread().name)
+            return LoadedModel(name="m", version=version, run_id=run_id, impl=None)
+
+    async def scenario():
+        source = Source()
+        batcher = MicroBatcher(8, 1.0, Metrics())
+        watcher = Watcher(source, batcher, batcher.metrics, interval=0.01, exclusive=exclusive)
+        watcher.load_initial()
+        source.version = "2"
+        watcher.start()
+        for _ in range(500):
+            if batcher.model.version == "2":
+                break
+            await asyncio.sleep(0.01)
+        await watcher.stop()
+        batcher.executor.shutdown(wait=True)
+        return batcher.model.version, source.threads[-1]
+
+    version, thread = asyncio.run(scenario())
+    assert version == "2"
+    assert thread.startswith("infer") == exclusive
