@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from config.schema import RegistryConfig
 from tasks.register import ChampionInfo, decide_promotion
 from tests.conftest import register_version
 
