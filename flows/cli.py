@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--tracking-uri", default=None)
     bench.add_argument("--json", dest="json_out", default=None)
     bench.add_argument("--quick", action="store_true", help="tiny shapes and few iterations (smoke test)")
+    bench.add_argument("--no-train", dest="train", action="store_false", help="inference engines only, no training runs")
     bench.add_argument("--data", default=None, help="texts for the real-length inputs (CSV/JSONL/Parquet); "
                        "default: the default preset's corpus")
     bench.add_argument("--train-steps", type=int, default=None, help="timed optimizer steps per training case")
@@ -125,7 +126,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tasks.tracking import resolve_tracking_uri
 
     uri = args.tracking_uri or resolve_tracking_uri(TrackingConfig())
-    result = run_bench(args.model, uri, quick=args.quick, data_path=args.data, train_steps=args.train_steps)
+    result = run_bench(args.model, uri, quick=args.quick, data_path=args.data, train_steps=args.train_steps, train=args.train)
     print(table(result["inference"]))
     for row in result["training"]:
         print("training:", json.dumps(row))

@@ -49,6 +49,22 @@ def choose_variant(available: list[str], device: str, requested: str = "auto") -
     raise PredictInputError(f"no ONNX variant bundled (found {available})")
 
 
+DEFAULT_BATCH_SIZE = {"cuda": 256, "cpu": 64}
+
+
+def batch_size_for(value: Any, device: str) -> int:
+    """``model_config["batch_size"]``: a positive int, or "auto" (256 on CUDA, 64 on CPU)."""
+    if value is None or value == "auto":
+        return DEFAULT_BATCH_SIZE.get(device, 64)
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        size = 0
+    if isinstance(value, bool) or size < 1 or str(size) != str(value).strip():
+        raise PredictInputError(f"model_config batch_size must be a positive integer or 'auto'; got {value!r}")
+    return size
+
+
 def texts_from_input(model_input: Any) -> list[str]:
     if isinstance(model_input, pd.DataFrame):
         if "text" not in model_input.columns:
@@ -98,7 +114,7 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
             self.session = create_session(context.artifacts[self.variant], device=device)
         self.device = session_device(self.session)
         self.tokenizer = FastTokenizer(context.artifacts["tokenizer"], self.max_length)
-        self.batch_size = int(cfg.get("batch_size", 256 if self.device == "cuda" else 64))
+        self.batch_size = batch_size_for(cfg.get("batch_size", "auto"), self.device)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         if not texts:

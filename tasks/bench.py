@@ -144,6 +144,28 @@ def pyfunc_model_engine(pyfunc_model):
     return run, (lambda: None)
 
 
+def pyfunc_breakdown(pyfunc_model, x: BenchInputs, iters: int = 100) -> dict[str, Any] | None:
+    """Where the registry pyfunc's model path spends one call on ``x`` (CUDA graphs only): host
+    padding into the bucket shape, the captured graph (copies in and out included) and the softmax,
+    each timed alone (p50 ms) in this process."""
+    from models.onnx_runtime import graph_shape, pad_rows, softmax
+
+    impl = pyfunc_model.unwrap_python_model()
+    runner = getattr(impl, "graphs", None)
+    if runner is None or x.token_ids is None or len(x.token_ids) > impl.batch_size:
+        return None  # one captured graph per call only
+    rows = x.token_ids
+    shape = graph_shape(len(rows), max(map(len, rows)), impl.batch_size, impl.max_length)
+    ids, mask = pad_rows(rows, shape, impl.tokenizer.pad_id)
+    logits = runner(ids, mask)
+    parts = {"pad_rows": lambda: pad_rows(rows, shape, impl.tokenizer.pad_id), "graph_replay": lambda: runner(ids, mask),
+             "softmax": lambda: softmax(logits), "model_path": lambda: impl.predict_proba_token_ids(rows)}
+    out: dict[str, Any] = {"batch": len(rows), "shape": list(shape), "max_batch": impl.batch_size}
+    for name, fn in parts.items():
+        out[f"{name}_p50_ms"] = summarize(time_fn(fn, lambda: None, 10, iters), len(rows))["p50_ms"]
+    return out
+
+
 def bench_engines(engines: dict[str, tuple], shapes: list[tuple[int, int]] | None = None, warmup: int = 5,
                   iters: int = 30, inputs: list[tuple[str, BenchInputs]] | None = None,
                   rounds: int = 1) -> list[dict[str, Any]]:
@@ -291,14 +313,17 @@ def check_targets(rows: list[dict[str, Any]], training: list[dict[str, Any]], fu
     real = max((t["samples_per_s"] for t in training if t.get("device") == "cuda" and t.get("seq") == "real"), default=None)
     ratio = round(real / REFERENCE_TRAIN_SAMPLES_PER_S, 2) if real else None
     out["train_real_lengths_vs_10.6k>=2x"] = {"value": ratio, "met": None if ratio is None else ratio >= 2.0}
-    worst = None
-    for batch in (1, 64, 256):
-        py = _p50(rows, "pyfunc_registry_model", batch, "real")
-        harness = [v for v in (_p50(rows, "ort_fp16_cuda_iobinding", batch, "real"), _p50(rows, "ort_fp16_cuda_graph", batch, "real")) if v]
-        if py and harness:
-            ratio = round(py / min(harness), 2)
-            worst = ratio if worst is None else max(worst, ratio)
-    out["pyfunc_model_within_20pct_of_harness_ort"] = {"value": worst, "met": None if worst is None else worst <= 1.2}
+    # the registry pyfunc's model path against the harness: the issue's engine (ORT fp16, CUDA EP,
+    # IOBinding) decides the target; the stricter CUDA-graph harness engine is reported beside it
+    for key, engine in (("pyfunc_model_within_20pct_of_harness_ort", "ort_fp16_cuda_iobinding"),
+                        ("pyfunc_model_vs_cuda_graph_harness<=1.2x", "ort_fp16_cuda_graph")):
+        worst = None
+        for batch in (1, 64, 256):
+            py, harness = _p50(rows, "pyfunc_registry_model", batch, "real"), _p50(rows, engine, batch, "real")
+            if py and harness:
+                ratio = round(py / harness, 2)
+                worst = ratio if worst is None else max(worst, ratio)
+        out[key] = {"value": worst, "met": None if worst is None else worst <= 1.2}
     return out
 
 
@@ -333,7 +358,7 @@ def load_texts(data_path: str | None, limit: int = 5000, seed: int = 0) -> list[
 
 
 def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path: str | None = None,
-              train_steps: int | None = None) -> dict[str, Any]:
+              train_steps: int | None = None, train: bool = True) -> dict[str, Any]:
     """Benchmark one registered version (``NAME@alias`` or ``NAME/VERSION``) and log the result to it."""
     import copy
     import json
@@ -372,6 +397,7 @@ def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path:
 
         rows: list[dict[str, Any]] = []
         graph_check = None
+        breakdown: list[dict[str, Any] | None] = []
         cpu_threads = os.cpu_count() if not cuda else min(os.cpu_count() or 1, 8)
         torch.set_num_threads(cpu_threads)
         cpu_engines: dict[str, tuple] = {"torch_eager_fp32_cpu": torch_engine(copy.deepcopy(base), "cpu", False),
@@ -397,20 +423,24 @@ def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path:
             gpu_engines["pyfunc_registry_model"] = pyfunc_model_engine(pyfunc)
             gpu_engines["pyfunc_registry"] = pyfunc_engine(pyfunc)
             real = [("real", real_inputs(texts, ids, b, tok.pad_id)) for b in (1, 64, 256)]
-            rows += bench_engines(gpu_engines, [(1, 128), (64, 128), (256, 128)], warmup=20, iters=200, inputs=real)
+            rows += bench_engines(gpu_engines, [(1, 128), (64, 128), (256, 128)], warmup=20, iters=200, inputs=real,
+                                  rounds=2)
+            breakdown = [pyfunc_breakdown(pyfunc, x) for _, x in real]
             if "model.fp16.onnx" in files:
                 graph_check = check_cuda_graphs(files["model.fp16.onnx"], len(labels),
                                                 [x for _, x in real] + [make_inputs(b, 128) for b in (1, 64, 256)])
         device = "cuda" if cuda else "cpu"
         steps = train_steps or (2 if quick else (50 if cuda else 3))
         train_cfg = (256, 128) if cuda else ((4, 16) if quick else (32, 64))
-        training = [bench_training(ModelConfig(), labels, *train_cfg, steps, device)]
-        if cuda:
-            training.append(bench_training(ModelConfig(), labels, *train_cfg, steps, device, compile=True))
-        training.append(bench_training(ModelConfig(), labels, train_cfg[0], 0, steps, device, real_ids=ids, pad_id=tok.pad_id))
-        if cuda:
-            training.append(bench_training(ModelConfig(), labels, train_cfg[0], 0, steps, device, compile=True,
-                                           real_ids=ids, pad_id=tok.pad_id))
+        training: list[dict[str, Any]] = []
+        if train:
+            training.append(bench_training(ModelConfig(), labels, *train_cfg, steps, device))
+            if cuda:
+                training.append(bench_training(ModelConfig(), labels, *train_cfg, steps, device, compile=True))
+            training.append(bench_training(ModelConfig(), labels, train_cfg[0], 0, steps, device, real_ids=ids, pad_id=tok.pad_id))
+            if cuda:
+                training.append(bench_training(ModelConfig(), labels, train_cfg[0], 0, steps, device, compile=True,
+                                               real_ids=ids, pad_id=tok.pad_id))
     int8_f1, fp32_f1 = run_metrics.get("variant.int8.macro_f1"), run_metrics.get("variant.fp32.macro_f1")
     int8_delta = round(int8_f1 - fp32_f1, 4) if int8_f1 is not None and fp32_f1 is not None else None
     targets = check_targets(rows, training, fused_attention, int8_delta, cuda)
@@ -419,7 +449,9 @@ def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path:
               "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
               "pyfunc_variant": getattr(pyfunc.unwrap_python_model(), "variant", None),
               "fused_operators": json.loads(meta.get("fused_operators", "{}")),
-              "inference": rows, "training": training, "targets": targets}
+              "python_threads": sorted(t.name for t in __import__("threading").enumerate()),
+              "inference": rows, "pyfunc_breakdown": [b for b in breakdown if b],
+              "training": training, "targets": targets}
     client.log_dict(mv.run_id, result, f"bench/bench-{time.strftime('%Y%m%d-%H%M%S')}.json")
     client.set_model_version_tag(name, str(mv.version), "bench.last", json.dumps(
         {r["engine"] + f"@b{r['batch']}s{r['seq']}": r.get("p50_ms") for r in rows})[:5000])

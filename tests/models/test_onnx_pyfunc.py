@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.onnx_pyfunc import OnnxTextClassifier, PredictInputError, choose_variant, texts_from_input
+from models.onnx_pyfunc import OnnxTextClassifier, PredictInputError, batch_size_for, choose_variant, texts_from_input
 
 
 @pytest.mark.parametrize(
@@ -46,6 +46,15 @@ def test_variant_choice():
     assert choose_variant(["fp32", "int8"], "cpu", "fp32") == "fp32"
     with pytest.raises(PredictInputError, match="not bundled"):
         choose_variant(["fp32"], "cpu", "int8")
+
+
+def test_batch_size_from_model_config():
+    assert batch_size_for("auto", "cuda") == 256 and batch_size_for("auto", "cpu") == 64
+    assert batch_size_for(None, "cpu") == 64
+    assert batch_size_for(32, "cuda") == 32 and batch_size_for("128", "cpu") == 128
+    for bad in (0, -4, "many", 2.5, True):
+        with pytest.raises(PredictInputError, match="positive integer or 'auto'"):
+            batch_size_for(bad, "cpu")
 
 
 def test_pyfunc_predicts_from_bundled_files(tmp_path, trained, exported):

@@ -54,7 +54,7 @@ def test_cuda_graph_runner_needs_cuda(exported):
 def test_bucketed_batches_give_the_same_probabilities(trained, exported):
     """predict_proba_graphs pads batches to power-of-two rows and widths to multiples of 16; padding
     must not change any answer. A CPU session stands in for the CUDA graph runner's call."""
-    from models.onnx_runtime import bucket, pad_rows, predict_proba_graphs, predict_proba_ids
+    from models.onnx_runtime import bucket, graph_shape, pad_rows, predict_proba_graphs, predict_proba_ids
 
     _, splits, result = trained
     session = create_session(exported, device="cpu")
@@ -80,3 +80,7 @@ def test_bucketed_batches_give_the_same_probabilities(trained, exported):
     padded, mask = pad_rows([[101, 5, 102], [101, 102]], (3, 4), 0)
     assert padded.tolist() == [[101, 5, 102, 0], [101, 102, 0, 0], [101, 5, 102, 0]]
     assert mask.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 0]]
+    full, full_mask = pad_rows([[101, 5, 102], [101, 102]], (2, 3), 0)  # no extra rows
+    assert full.tolist() == [[101, 5, 102], [101, 102, 0]] and full_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert graph_shape(256, 62, 256, 128) == (256, 64) and graph_shape(3, 130, 256, 128) == (4, 128)
+    assert graph_shape(100, 20, 96, 128) == (96, 32)  # a max_batch that is no power of two is a bucket itself

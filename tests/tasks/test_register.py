@@ -71,5 +71,9 @@ def test_registered_champion_predicts_labels_and_probabilities(mlflow_uri, bundl
     assert list(out["label"]) == ["positive", "negative"]
     assert all(abs(sum(p) - 1) < 1e-5 for p in out["probabilities"])
     assert {"proba_negative", "proba_positive", "confidence"} <= set(out.columns)
+    # the batch size follows the device at load time (256 on CUDA, 64 on CPU), not the training machine
+    assert model.model_config["batch_size"] == "auto"
+    impl = model.unwrap_python_model()
+    assert impl.batch_size == (256 if impl.device == "cuda" else 64)
     pinned = mlflow.pyfunc.load_model("models:/m@champion", model_config={"variant": "fp32", "device": "cpu"})
     assert pinned.unwrap_python_model().variant == "fp32"
