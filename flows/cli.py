@@ -67,7 +67,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from config.loader import load_config
 
     cfg = load_config(args.config, args.overrides)  # fail fast, before any server starts
+    from flows.embedded import start_temporary_server
     from flows.training import training_flow
+
+    start_temporary_server()  # own session: Ctrl-C stops the flow, which can still report it
 
     result = training_flow(config=args.config, overrides=args.overrides)
     print(result["summary"])
@@ -109,12 +112,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValidationError as e:
         raise ConfigError("forgeline serve: " + "; ".join(
             f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
-    from models.serving import parse_model_ref, serve
+    from models.serving import RegistrySource, parse_model_ref, serve
 
     try:
         parse_model_ref(cfg.model)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    RegistrySource(cfg).current_version()  # fail here, with the store's contents, not in server start-up
     return serve(cfg)
 
 
@@ -192,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     except ForgelineError as e:
         print(f"forgeline: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("forgeline: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

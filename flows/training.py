@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import ExternalSignal
 
 from config.loader import load_config
 from config.schema import PipelineConfig
@@ -110,6 +111,8 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
                               cached_stages=[k for k, hit in ctx.hits.items() if hit],
                               metrics={f"test_{k}": v for k, v in evaluation.metrics.items()}, summary=md)
     except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, ExternalSignal)):
+            status = "KILLED"  # interrupted (Ctrl-C, SIGTERM, cancellation), not a failure of the pipeline
         client.set_tag(run.info.run_id, "forgeline.error", f"{type(e).__name__}: {e}"[:5000])
         raise
     finally:

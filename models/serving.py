@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,51 @@ def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
     raise ValueError(f"model reference {ref!r}: use NAME@alias (e.g. my-model@champion) or NAME/VERSION")
 
 
+def open_registry(uri: str):
+    """An MlflowClient on ``uri``. A SQLite store must already exist: MLflow would otherwise create an
+    empty one, and a typo in the path would read as "no such model"."""
+    from mlflow.tracking import MlflowClient
+
+    from config.errors import RegistryError
+
+    if uri.startswith("sqlite:///"):
+        db = uri.removeprefix("sqlite:///").split("?", 1)[0]
+        if db and db != ":memory:" and not os.path.exists(db):
+            raise RegistryError(f"no MLflow store at {uri}: {db} does not exist. Pass --tracking-uri (or set "
+                                "MLFLOW_TRACKING_URI) to the store `forgeline run` wrote, e.g. sqlite:///.forgeline/mlflow.db")
+    return MlflowClient(uri, uri)
+
+
+def resolve_version(client, uri: str, name: str, alias: str | None, version: str | None):
+    """The registered ModelVersion for ``NAME@alias`` / ``NAME/VERSION``, or a RegistryError that
+    says what the store does hold (models, versions, aliases)."""
+    from mlflow.exceptions import MlflowException
+
+    from config.errors import RegistryError
+
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException:
+        try:
+            names = sorted(m.name for m in client.search_registered_models(max_results=50))
+        except MlflowException:
+            names = []
+        held = f"registered models there: {names}" if names else "it holds no registered model (run `forgeline run` first)"
+        raise RegistryError(f"no registered model {name!r} in {uri}; {held}. "
+                            "Pass --tracking-uri or set MLFLOW_TRACKING_URI for another store") from None
+    try:
+        if alias is not None:
+            return client.get_model_version_by_alias(name, alias)
+        return client.get_model_version(name, version)
+    except MlflowException:
+        if alias is not None:
+            aliases = sorted(getattr(registered, "aliases", {}) or {})
+            raise RegistryError(f"model {name!r} has no alias @{alias} in {uri}; its aliases: "
+                                f"{['@' + a for a in aliases] or 'none'}. Use one of them or NAME/VERSION") from None
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        raise RegistryError(f"model {name!r} has no version {version} in {uri}; its versions: {versions}") from None
+
+
 # --- model loading -----------------------------------------------------------------------------------
 @dataclass
 class LoadedModel:
@@ -77,21 +123,16 @@ class RegistrySource:
     """Resolves the configured reference to a version and loads that version through MLflow."""
 
     def __init__(self, cfg: ServeConfig) -> None:
-        from mlflow.tracking import MlflowClient
-
         from tasks.tracking import resolve_tracking_uri
         from config.schema import TrackingConfig
 
         self.cfg = cfg
         self.name, self.alias, self.version = parse_model_ref(cfg.model)
         self.uri = cfg.tracking_uri or resolve_tracking_uri(TrackingConfig())
-        self.client = MlflowClient(self.uri, self.uri)
+        self.client = open_registry(self.uri)
 
     def current_version(self) -> tuple[str, str | None]:
-        if self.version is not None:
-            mv = self.client.get_model_version(self.name, self.version)
-        else:
-            mv = self.client.get_model_version_by_alias(self.name, self.alias)
+        mv = resolve_version(self.client, self.uri, self.name, self.alias, self.version)
         return str(mv.version), mv.run_id
 
     def load(self, version: str, run_id: str | None) -> LoadedModel:

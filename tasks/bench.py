@@ -367,17 +367,20 @@ def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path:
 
     import mlflow
     import torch
-    from mlflow.tracking import MlflowClient
 
+    from config.errors import ConfigError
     from config.schema import ModelConfig
     from models.classifier import load_checkpoint, quiet_transformers
     from models.onnx_runtime import FastTokenizer, model_metadata
-    from models.serving import parse_model_ref
+    from models.serving import open_registry, parse_model_ref, resolve_version
 
     quiet_transformers()
-    name, alias, version = parse_model_ref(model_ref)
-    client = MlflowClient(tracking_uri, tracking_uri)
-    mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    try:
+        name, alias, version = parse_model_ref(model_ref)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    client = open_registry(tracking_uri)
+    mv = resolve_version(client, tracking_uri, name, alias, version)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     cuda = torch.cuda.is_available()

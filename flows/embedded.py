@@ -1,0 +1,66 @@
+"""Prefect's temporary API server for `forgeline run`, started so that Ctrl-C reaches the flow only.
+
+With no ``PREFECT_API_URL`` Prefect starts a temporary server as a child process in the caller's
+process group. Ctrl-C in a terminal (SIGINT) or ``timeout``/``kill -- -PGID`` (SIGTERM) then reaches
+that server too: it dies at once, and the interrupted flow spends minutes retrying to report its
+crash to an API that is gone. Here the server runs in its own session, so the signal reaches only
+the flow, which reports the crash and exits; the server is stopped at exit as before, and is sent
+SIGTERM by the kernel if this process is killed outright (Linux ``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import subprocess
+import sys
+from typing import Any
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+class _OwnSession:
+    """``subprocess`` as seen by Prefect's server module, with Popen starting a new session."""
+
+    Popen = functools.partial(subprocess.Popen, start_new_session=True, preexec_fn=_die_with_parent)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+
+def start_temporary_server() -> str | None:
+    """Start Prefect's temporary server in its own session unless an API URL is configured.
+
+    Returns the API URL of the started server, or None when ``PREFECT_API_URL`` points elsewhere
+    (a real server: nothing to start)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return None  # a real server, or none allowed: Prefect's own behaviour applies
+    import prefect.server.api.server as server_module
+
+    server = server_module.SubprocessASGIServer()  # the instance every Prefect client in this process uses
+    if not server.running:
+        server_module.subprocess = _OwnSession()
+        try:
+            server.start()
+        finally:
+            server_module.subprocess = subprocess
+    return server.api_url
+
+
+def server_pid() -> int | None:
+    """PID of the temporary server started here (None when none runs)."""
+    import prefect.server.api.server as server_module
+
+    proc = server_module.SubprocessASGIServer().server_process
+    return proc.pid if proc is not None and proc.poll() is None else None
+
