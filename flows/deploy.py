@@ -50,7 +50,13 @@ async def _ensure_pool_and_limit(pool: str, gpu_slots: int) -> None:
 def deploy(config: str | None, overrides: list[str], name: str = "scheduled-training", pool: str = "forgeline",
            cron: str | None = "0 3 * * *", timezone: str = "UTC", gpu_slots: int = 1) -> DeployResult:
     """Register (or update) the deployment; validates the config first so a bad preset never gets scheduled."""
+    from prefect.settings import PREFECT_API_URL
+
     load_config(config, overrides)
+    if not PREFECT_API_URL.value():
+        # without it Prefect would deploy to a temporary server that is gone when this command exits
+        raise ConfigError("PREFECT_API_URL is not set: start a server (`prefect server start`) and "
+                          "`export PREFECT_API_URL=http://127.0.0.1:4200/api`, then deploy again")
     if cron is not None:
         from prefect.client.schemas.schedules import CronSchedule
 

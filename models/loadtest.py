@@ -20,11 +20,16 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
 def run_load(url: str, concurrency: int, requests: int, texts_per_request: int = 1, timeout_s: float = 30.0) -> dict:
+    from config.errors import ConfigError
+
     host = urlparse(url).hostname or ""
     if host not in LOOPBACK and not host.startswith("127."):
-        raise ValueError(f"load tests only target this machine's loopback; got host {host!r}")
-    if concurrency < 1 or requests < 1 or texts_per_request < 1:
-        raise ValueError("concurrency, requests and texts-per-request must be >= 1")
+        raise ConfigError(f"load tests only target this machine's loopback; got host {host!r} "
+                          "(use --url http://127.0.0.1:PORT)")
+    bad = {k: v for k, v in (("--concurrency", concurrency), ("--requests", requests),
+                             ("--texts-per-request", texts_per_request)) if v < 1}
+    if bad:
+        raise ConfigError(", ".join(f"{k} {v}" for k, v in bad.items()) + ": each must be at least 1")
     return asyncio.run(_run(url.rstrip("/"), concurrency, requests, texts_per_request, timeout_s))
 
 

@@ -138,3 +138,13 @@ def test_pipeline_against_a_real_mlflow_server(tmp_path):
         assert out.loc[0, "label"] in {"positive", "negative"}
     finally:
         stop(server)
+
+
+def test_deploy_without_a_server_url_is_an_error_not_a_temporary_deployment(tmp_path):
+    """Without PREFECT_API_URL Prefect would deploy to a temporary server that exits with the command."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "deploy"], cwd=Path(__file__).resolve().parents[2],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "PREFECT_API_URL is not set" in out.stderr
+    assert "Starting temporary server" not in out.stdout + out.stderr

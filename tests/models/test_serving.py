@@ -157,6 +157,12 @@ def test_concurrent_requests_are_micro_batched(server):
     total = float(next(line.split()[1] for line in metrics.splitlines() if line.startswith("forgeline_batch_texts_sum")))
     assert total >= 24 and count < total, "concurrent single-text requests should share batches"
 
+    from models.loadtest import run_load  # the bounded load generator against the same server
+
+    result = run_load(server.url, concurrency=4, requests=40, texts_per_request=2)
+    assert result["errors"] == 0 and result["statuses"] == {200: 40}, result
+    assert result["versions"] == {"1": 40} and result["texts_per_s"] > 0, result
+
 
 def test_hot_swap_under_concurrent_load_has_zero_failures(server, registry, bundle):
     _, client = registry
