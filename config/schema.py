@@ -177,8 +177,8 @@ class ServeConfig(_Section):
     tracking_uri: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    device: str = "auto"
-    variant: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    variant: Literal["auto", "fp32", "fp16", "int8", "pruned"] = "auto"
     max_batch_size: int = Field(64, ge=1, le=4096)
     max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
     max_texts_per_request: int = Field(256, ge=1)

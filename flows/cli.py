@@ -119,6 +119,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     RegistrySource(cfg).current_version()  # fail here, with the store's contents, not in server start-up
+    if cfg.device == "cuda":
+        from models.onnx_runtime import cuda_available
+
+        if not cuda_available():
+            raise ConfigError("--set device=cuda: onnxruntime has no CUDAExecutionProvider here; install "
+                              "onnxruntime-gpu (see docker/) or use device=cpu / auto")
     return serve(cfg)
 
 

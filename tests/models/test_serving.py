@@ -304,6 +304,22 @@ def test_serve_and_bench_refuse_unknown_models_with_what_the_store_holds(registr
         assert "['m']" in err or "['@champion']" in err or "[1]" in err, err
 
 
+@pytest.mark.parametrize("option, needle", [
+    ("variant=fp16x", "variant: Input should be"),
+    ("device=gpu", "device: Input should be"),
+    ("device=cuda", "no CUDAExecutionProvider"),
+])
+def test_serve_refuses_bad_device_and_variant_before_starting(registry, capsys, option, needle):
+    from flows.cli import main
+    from models.onnx_runtime import cuda_available
+
+    if option == "device=cuda" and cuda_available():
+        pytest.skip("this machine has the CUDA execution provider")
+    uri, _ = registry
+    assert main(["serve", "-m", "m@champion", "--tracking-uri", uri, "--set", option]) == 2
+    assert needle in capsys.readouterr().err
+
+
 def test_a_missing_sqlite_store_is_an_error_not_a_new_empty_store(tmp_path, capsys):
     from flows.cli import main
 
