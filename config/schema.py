@@ -65,6 +65,9 @@ class ModelConfig(_Section):
     max_length: int = Field(128, ge=8, le=512)
     num_layers: int | None = Field(None, ge=1)
     """Keep only the first N encoder layers (small models for tests and smoke runs)."""
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    """Hidden, attention and classifier dropout while fine-tuning; None keeps the base model's (0.1
+    for MiniLM). 0 saves the dropout masks' time and memory on the GPU."""
 
 
 class TrainConfig(_Section):
@@ -84,6 +87,9 @@ class TrainConfig(_Section):
     length_grouping: bool = True
     """Batches of similar-length texts (shuffled in groups of 50 batches, batch order shuffled): far
     less padding, the same examples per epoch."""
+    freeze_embeddings: bool = False
+    """Keep the token-embedding table (about half of MiniLM's parameters) fixed: no gradient, no
+    optimizer state for it."""
     compile: bool = False
     """CUDA only: torch.compile with CUDA graphs (mode reduce-overhead), widths padded to multiples of
     32. Compiling takes about 20 s per distinct batch shape; pays off on long runs."""

@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-train", dest="train", action="store_false", help="inference engines only, no training runs")
     bench.add_argument("--data", default=None, help="texts for the real-length inputs (CSV/JSONL/Parquet); "
                        "default: the default preset's corpus")
+    bench.add_argument("--text-column", default="text", help="column of --data holding the texts (default: text)")
     bench.add_argument("--train-steps", type=int, default=None, help="timed optimizer steps per training case")
     drift = sub.add_parser("drift", help="compare the configured data with the champion's training data")
     drift.add_argument("--config", "-c", default=None)
@@ -136,7 +137,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tasks.tracking import resolve_tracking_uri
 
     uri = args.tracking_uri or resolve_tracking_uri(TrackingConfig())
-    result = run_bench(args.model, uri, quick=args.quick, data_path=args.data, train_steps=args.train_steps, train=args.train)
+    result = run_bench(args.model, uri, quick=args.quick, data_path=args.data, train_steps=args.train_steps, train=args.train,
+                       text_column=args.text_column)
     print(table(result["inference"]))
     for row in result["training"]:
         print("training:", json.dumps(row))

@@ -56,8 +56,19 @@ def build_classifier(cfg: ModelConfig, labels: list[str]):
     hf_cfg.label2id = {lab: i for i, lab in enumerate(labels)}
     if cfg.num_layers is not None:
         hf_cfg.num_hidden_layers = min(cfg.num_layers, hf_cfg.num_hidden_layers)
+    if cfg.dropout is not None:
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            if hasattr(hf_cfg, key):
+                setattr(hf_cfg, key, cfg.dropout)
     model = AutoModelForSequenceClassification.from_pretrained(path, config=hf_cfg, local_files_only=True)
     return model
+
+
+def freeze_token_embeddings(model) -> int:
+    """Stop training the token-embedding table; returns how many parameters were frozen."""
+    table = model.get_input_embeddings()
+    table.weight.requires_grad_(False)
+    return table.weight.numel()
 
 
 def load_checkpoint(path: Path):

@@ -340,25 +340,35 @@ def check_cuda_graphs(path: Path, num_labels: int, inputs: list[BenchInputs]) ->
     return {"shapes": [list(s) for s in runner.shapes], "max_abs_logit_diff": worst, "ok": worst < 1e-2}
 
 
-def load_texts(data_path: str | None, limit: int = 5000, seed: int = 0) -> list[str]:
-    """Real texts for the real-length inputs: ``data_path`` (CSV/JSONL/Parquet with a text column) or
-    the default preset's embedded corpus; validated the same way as for training."""
+def load_texts(data_path: str | None, limit: int = 5000, seed: int = 0, text_column: str = "text") -> list[str]:
+    """Real texts for the real-length inputs: the ``text_column`` of ``data_path`` (CSV/JSONL/Parquet;
+    no labels needed, empty cells skipped) or the default preset's corpus, validated as for training."""
     import tempfile
 
+    from config.errors import DataLoadError
     from config.loader import load_config
-    from tasks.data import load_and_validate
+    from config.schema import DataConfig
+    from tasks.data import dataset_path, load_and_validate, read_table
 
-    overrides = [f"data.path={data_path}"] if data_path else []
-    cfg = load_config("default", overrides)
-    with tempfile.TemporaryDirectory() as tmp:
-        data = load_and_validate(cfg.data, Path(tmp), cfg.seed)
-    texts = data.valid["text"].tolist()
+    if data_path:
+        dcfg = DataConfig(source="file", path=data_path, text_column=text_column, label_column=text_column)
+        frame = read_table(dataset_path(dcfg), dcfg, check_columns=False)
+        if text_column not in frame.columns:
+            raise DataLoadError(f"{data_path}: no column {text_column!r}; columns are {list(frame.columns)}. "
+                                "Pass --text-column")
+        texts = [t for t in frame[text_column] if isinstance(t, str) and t.strip()]
+        if not texts:
+            raise DataLoadError(f"{data_path}: no non-empty texts in column {text_column!r}")
+    else:
+        cfg = load_config("default")
+        with tempfile.TemporaryDirectory() as tmp:
+            texts = load_and_validate(cfg.data, Path(tmp), cfg.seed).valid["text"].tolist()
     rng = np.random.default_rng(seed)
     return [texts[i] for i in rng.permutation(len(texts))[:limit]]
 
 
 def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path: str | None = None,
-              train_steps: int | None = None, train: bool = True) -> dict[str, Any]:
+              train_steps: int | None = None, train: bool = True, text_column: str = "text") -> dict[str, Any]:
     """Benchmark one registered version (``NAME@alias`` or ``NAME/VERSION``) and log the result to it."""
     import copy
     import json
@@ -385,7 +395,7 @@ def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path:
     mlflow.set_registry_uri(tracking_uri)
     cuda = torch.cuda.is_available()
     run_metrics = client.get_run(mv.run_id).data.metrics
-    texts = load_texts(data_path, limit=300 if quick else 5000)
+    texts = load_texts(data_path, limit=300 if quick else 5000, text_column=text_column)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}", dst_path=f"{tmp}/model"))
         ckpt = Path(client.download_artifacts(mv.run_id, "checkpoint", f"{tmp}/ckpt"))

@@ -96,8 +96,10 @@ def _decode_cell(value: Any, encoding: str) -> Any:
     return value
 
 
-def read_table(path: Path, cfg: DataConfig) -> pd.DataFrame:
-    """Read the raw table with every cell as read (text columns as str, nulls as None)."""
+def read_table(path: Path, cfg: DataConfig, check_columns: bool = True) -> pd.DataFrame:
+    """Read the raw table with every cell as read (text columns as str, nulls as None).
+
+    ``check_columns``: fail unless the configured text and label columns are present."""
     fmt = _format(path, cfg)
     try:
         if fmt == "csv":
@@ -130,8 +132,8 @@ def read_table(path: Path, cfg: DataConfig) -> pd.DataFrame:
         raise
     except (OSError, ValueError, pd.errors.ParserError) as e:
         raise DataLoadError(f"cannot read {path} as {fmt}: {e}") from e
-    missing = [c for c in (cfg.text_column, cfg.label_column) if c not in df.columns]
-    if missing:
+    missing = [c for c in dict.fromkeys((cfg.text_column, cfg.label_column)) if c not in df.columns]
+    if missing and check_columns:
         raise DataLoadError(
             f"{path}: column(s) {missing} not found; columns are {list(df.columns)}. "
             "Set data.text_column / data.label_column to match."

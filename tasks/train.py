@@ -19,7 +19,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from config.schema import PipelineConfig, TrainConfig
-from models.classifier import build_classifier, load_checkpoint, load_tokenizer
+from models.classifier import build_classifier, freeze_token_embeddings, load_checkpoint, load_tokenizer
 from tasks.split import Splits
 
 MetricsLogger = Callable[[dict[str, float], int], None]
@@ -144,6 +144,8 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
     device = resolve_device(tcfg.device)
     tokenizer = load_tokenizer(cfg.model)
     model = build_classifier(cfg.model, labels).to(device)
+    if tcfg.freeze_embeddings:
+        freeze_token_embeddings(model)
     forward, compiled = model, tcfg.compile and device == "cuda"
     multiple = 8 if device == "cuda" else 1  # tensor-core friendly widths, fewer distinct shapes
     if compiled:
@@ -164,6 +166,7 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
     if tcfg.max_steps:
         total_steps = min(total_steps, tcfg.max_steps)
     optimizer = _optimizer(model, tcfg)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     warmup = int(tcfg.warmup_ratio * total_steps)
 
     def lr_lambda(step: int) -> float:
@@ -197,7 +200,7 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
                 logits = forward(**batch).logits
             loss = torch.nn.functional.cross_entropy(logits.float(), y)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -4,6 +4,7 @@ Needs only PyTorch and transformers (random MiniLM-shaped weights), no project d
     python3 tests/gpu_train_probe.py                  # sdpa kernels, eager/compiled, with/without mask, profiles
     python3 tests/gpu_train_probe.py v2               # + bf16 weights with an fp32 master copy
     python3 tests/gpu_train_probe.py autotune         # max-autotune (slow to compile: minutes)
+    python3 tests/gpu_train_probe.py v3               # model.dropout=0 / train.freeze_embeddings, alone and with v2
 Results: $OUT/train_probe.json; docs/benchmarks.md § issue 3 has the numbers."""
 import os, sys, time, json
 import torch
@@ -41,18 +42,25 @@ def attn_micro():
             res[name] = f"{type(e).__name__}: {str(e)[:100]}"
     return res
 
-def run(name, mask_none, mode="reduce-overhead", steps=50, profile=False, master=False, attn_drop=None):
+def run(name, mask_none, mode="reduce-overhead", steps=50, profile=False, master=False, attn_drop=None,
+        drop=None, freeze_emb=False):
     import copy
     torch.manual_seed(0)
     c = BertConfig(**cfg.to_dict())
     if attn_drop is not None: c.attention_probs_dropout_prob = attn_drop
+    if drop is not None:  # what model.dropout sets
+        c.hidden_dropout_prob = c.attention_probs_dropout_prob = c.classifier_dropout = drop
     model = BertForSequenceClassification(c)
+    if freeze_emb:  # what train.freeze_embeddings does
+        model.get_input_embeddings().weight.requires_grad_(False)
     model = model.to(dev).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-5, fused=(dev == "cuda"))
     work = model
     if master:
         work = copy.deepcopy(model).to(torch.bfloat16).train()
-        mp = list(model.parameters()); hp = list(work.parameters())
+        mp = [p for p in model.parameters() if p.requires_grad]
+        hp = [h for p, h in zip(model.parameters(), work.parameters()) if p.requires_grad]
         for p in mp: p.grad = torch.zeros_like(p)
     fwd = torch.compile(work, mode=mode, dynamic=False) if mode else work
     ids = torch.randint(1000, 30000, (B, S), device=dev)
@@ -69,7 +77,7 @@ def run(name, mask_none, mode="reduce-overhead", steps=50, profile=False, master
         if master:
             torch._foreach_copy_([p.grad for p in mp], [h.grad for h in hp])
             for h in hp: h.grad = None
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step(); opt.zero_grad(set_to_none=not master)
         if master:
             with torch.no_grad(): torch._foreach_copy_(hp, mp)
@@ -107,8 +115,17 @@ if "v2" in which:
     run("bf16master_mask", False, master=True)
     run("bf16master_mask_attndrop0", False, master=True, attn_drop=0.0)
     run("bf16master_profile", False, mode="default", steps=20, profile=True, master=True)
+if "v3" in which:
+    run("compiled_mask", False)
+    run("drop0", False, drop=0.0)
+    run("freeze_emb", False, freeze_emb=True)
+    run("drop0_freeze_emb", False, drop=0.0, freeze_emb=True)
+    run("bf16master_drop0_freeze_emb", False, master=True, drop=0.0, freeze_emb=True)
+    run("bf16master_drop0_freeze_emb_profile", False, mode="default", steps=20, profile=True, master=True,
+        drop=0.0, freeze_emb=True)
 if "cpucheck" in which:
     run("cpu_master", False, mode=None, steps=2, master=True)
+    run("cpu_master_drop0_freeze", False, mode=None, steps=2, master=True, drop=0.0, freeze_emb=True)
 if "autotune" in which:
     run("bf16master_autotune", False, mode="max-autotune", master=True)
 json.dump(out, open(os.path.join(os.environ.get("OUT", "/tmp"), "train_probe.json"), "w"), indent=1)

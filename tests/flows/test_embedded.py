@@ -29,10 +29,12 @@ def test_interrupting_a_run_stops_it_promptly_and_marks_the_mlflow_run_killed(tm
     Prefect server must outlive it long enough for the flow to report the crash; before, the server died
     first and the flow retried against it for minutes."""
     log = tmp_path / "run.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
+    # no API URL (so the temporary server starts) and no MLflow URI left behind by earlier tests
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "MLFLOW_"))}
     env |= {"PYTHONUNBUFFERED": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "run", "--config", "tiny", "--set", f"tracking.workdir={tmp_path / 'wd'}"],
+        [sys.executable, "-m", "flows.cli", "run", "--config", "tiny", "--set", f"tracking.workdir={tmp_path / 'wd'}",
+         "--set", f"tracking.tracking_uri=sqlite:///{tmp_path / 'wd' / 'mlflow.db'}"],
         cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, not a background job
     )

@@ -47,3 +47,20 @@ def test_gpu_targets_from_rows_without_training():
     assert out["pyfunc_model_within_20pct_of_harness_ort"] == {"value": 1.13, "met": True}
     assert out["pyfunc_model_vs_cuda_graph_harness<=1.2x"] == {"value": 1.24, "met": False}
     assert out["train_b256s128_vs_10.6k>=2x"]["met"] is None and out["int8_macro_f1_drop<=0.01"]["met"] is None
+
+
+def test_real_length_texts_come_from_the_given_file_and_column(tmp_path):
+    import pandas as pd
+    import pytest
+
+    from config.errors import DataLoadError
+    from tasks.bench import load_texts
+
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame({"review": ["great phone", "", "battery died fast", None], "stars": [5, 1, 1, 2]}).to_csv(path, index=False)
+    texts = load_texts(str(path), text_column="review")
+    assert sorted(texts) == ["battery died fast", "great phone"]  # empty cells skipped, no labels needed
+    with pytest.raises(DataLoadError, match=r"no column 'text'; columns are \['review', 'stars'\]. Pass --text-column"):
+        load_texts(str(path))
+    with pytest.raises(DataLoadError, match="does not exist"):
+        load_texts(str(tmp_path / "nope.csv"))

@@ -35,6 +35,28 @@ def test_max_steps_and_seed_make_runs_repeatable(tmp_path, trained):
     assert a.history[0]["val_loss"] == b.history[0]["val_loss"]
 
 
+def test_frozen_embeddings_stay_fixed_and_dropout_setting_reaches_the_model(tmp_path, trained):
+    import torch
+
+    from models.classifier import build_classifier
+
+    cfg, splits, _ = trained
+    labels = ["negative", "positive"]
+    variant = cfg.model_copy(update={
+        "model": cfg.model.model_copy(update={"dropout": 0.0}),
+        "train": cfg.train.model_copy(update={"max_steps": 3, "epochs": 1, "freeze_embeddings": True}),
+    })
+    before = build_classifier(variant.model, labels)
+    result = train_model(splits, labels, variant, tmp_path)
+    after = result.model
+    assert torch.equal(after.get_input_embeddings().weight, before.get_input_embeddings().weight)
+    moved = [n for (n, a), b in zip(after.named_parameters(), before.parameters()) if not torch.equal(a, b)]
+    assert moved and not any("word_embeddings" in n for n in moved)
+    assert after.config.hidden_dropout_prob == 0.0 == after.config.attention_probs_dropout_prob
+    assert before.config.hidden_dropout_prob == 0.0
+    assert build_classifier(cfg.model, labels).config.hidden_dropout_prob == 0.1  # default: the base model's
+
+
 def test_length_grouped_batches_cover_every_example_once_with_less_padding():
     from tasks.train import make_batches
 
