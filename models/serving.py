@@ -61,6 +61,9 @@ def open_registry(uri: str):
 
     from config.errors import RegistryError
 
+    from tasks.tracking import require_reachable
+
+    require_reachable(uri)
     if uri.startswith("sqlite:///"):
         db = uri.removeprefix("sqlite:///").split("?", 1)[0]
         if db and db != ":memory:" and not os.path.exists(db):

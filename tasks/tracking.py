@@ -30,6 +30,26 @@ def resolve_tracking_uri(cfg: TrackingConfig) -> str:
     return f"sqlite:///{workdir / 'mlflow.db'}"
 
 
+def require_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail at once when an http(s) tracking server does not answer. MLflow's client would retry for
+    minutes before the first stage failed."""
+    from urllib.parse import urlparse
+
+    from config.errors import ConfigError
+
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    import socket
+
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname or "", port), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"MLflow tracking server {uri} is not reachable ({e.strerror or e}); start it, or fix "
+                          "tracking.tracking_uri / $MLFLOW_TRACKING_URI / --tracking-uri") from None
+
+
 def ensure_experiment(client: MlflowClient, cfg: TrackingConfig, tracking_uri: str) -> str:
     exp = client.get_experiment_by_name(cfg.experiment)
     if exp is not None:
