@@ -1,11 +1,12 @@
 """Manual GPU probe (not CI): the pyfunc model path against the harness engines, per width.
 
-Run from the repository root with onnxruntime-gpu installed (tests/ must not shadow config/):
-    python3 -c "import runpy; runpy.run_path('tests/gpu_pyfunc_probe.py', run_name='__main__')"
+Run from the repository root with onnxruntime-gpu installed:
+    python3 tests/gpu_pyfunc_probe.py
 PROBE_QUICK=1: only b64/b256 against both harness engines, pyfunc path with max batch 256 and 64.
 Results: $OUT/pyfunc_probe*.json; docs/benchmarks.md § issue 3 has the numbers."""
 import json, os, sys, time, tempfile
 from pathlib import Path
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repository root, so tests/config does not shadow config/
 import numpy as np
 import torch
 from transformers import BertConfig, BertForSequenceClassification
