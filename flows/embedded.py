@@ -6,11 +6,14 @@ that server too: it dies at once, and the interrupted flow spends minutes retryi
 crash to an API that is gone. Here the server runs in its own session, so the signal reaches only
 the flow, which reports the crash and exits; the server is stopped at exit as before, and is sent
 SIGTERM by the kernel if this process is killed outright (Linux ``PR_SET_PDEATHSIG``).
+
+The temporary server's telemetry is off unless ``PREFECT_SERVER_ANALYTICS_ENABLED`` says otherwise:
+it lives for one run, and offline it printed a "Failed to send telemetry" ERROR into every run's log.
 """
 
 from __future__ import annotations
 
-import functools
+import os
 import signal
 import subprocess
 import sys
@@ -27,10 +30,19 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
             pass
 
 
-class _OwnSession:
-    """``subprocess`` as seen by Prefect's server module, with Popen starting a new session."""
+ANALYTICS_ENV = "PREFECT_SERVER_ANALYTICS_ENABLED"
 
-    Popen = functools.partial(subprocess.Popen, start_new_session=True, preexec_fn=_die_with_parent)
+
+def _popen_own_session(*args: Any, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[Any]:
+    env = dict(os.environ if env is None else env)
+    env.setdefault(ANALYTICS_ENV, "false")
+    return subprocess.Popen(*args, env=env, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
+
+
+class _OwnSession:
+    """``subprocess`` as seen by Prefect's server module: Popen starts a new session, telemetry off."""
+
+    Popen = staticmethod(_popen_own_session)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(subprocess, name)

@@ -60,3 +60,20 @@ def test_interrupting_a_run_stops_it_promptly_and_marks_the_mlflow_run_killed(tm
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs] == ["KILLED"]
     assert runs[0].data.tags["forgeline.error"].startswith(("KeyboardInterrupt", "TerminationSignal"))
+
+
+@pytest.mark.parametrize("user_value, expected", [(None, "false"), ("true", "true")], ids=["default", "user-set"])
+def test_temporary_server_runs_without_telemetry_unless_the_user_asks(user_value, expected):
+    """Offline, the server's telemetry printed a 'Failed to send telemetry' ERROR into every run's log."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS"))}
+    if user_value is not None:
+        env["PREFECT_SERVER_ANALYTICS_ENABLED"] = user_value
+    script = (
+        "from flows.embedded import start_temporary_server, server_pid\n"
+        "assert start_temporary_server()\n"
+        "environ = open(f'/proc/{server_pid()}/environ', 'rb').read().split(b'\\0')\n"
+        "print([e.decode().split('=', 1)[1].lower() for e in environ if e.startswith(b'PREFECT_SERVER_ANALYTICS_ENABLED=')])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == repr([expected])
