@@ -122,6 +122,10 @@ class RegistryConfig(_Section):
     model_name: str = Field("forgeline-text-classifier", min_length=1)
     f1_tolerance: float = Field(0.01, ge=0.0, le=1.0)
     """A challenger is promoted unless its macro-F1 is more than this below the champion's."""
+    min_gain_over_chance: float | None = Field(0.05, ge=0.0, le=1.0)
+    """Promotion also needs test macro-F1 at least this far above chance (1/K for K classes: random guessing
+    by the class frequencies; always predicting the most frequent class scores less), so a model that
+    learned nothing never becomes champion, not even the first one. None: no floor."""
 
 
 class DriftConfig(_Section):

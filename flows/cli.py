@@ -89,10 +89,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from config.loader import load_config
-    from tasks.tracking import resolve_tracking_uri
+    from config.errors import ConfigError
+    from tasks.tracking import require_reachable, resolve_tracking_uri, sqlite_file
 
     cfg = load_config(args.config, args.overrides)
     uri = resolve_tracking_uri(cfg.tracking)
+    require_reachable(uri)
+    db = sqlite_file(uri)
+    if db is not None and not Path(db).exists():  # mlflow ui would create an empty store and show nothing
+        raise ConfigError(f"no MLflow store at {db}: nothing has been tracked there. Run `forgeline run` first, or point "
+                          "at the store with --set tracking.workdir=DIR ($FORGELINE_WORKDIR) or $MLFLOW_TRACKING_URI")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     if uri.startswith("sqlite:"):
         cmd += ["--default-artifact-root", (Path(cfg.tracking.workdir).resolve() / "mlartifacts").as_uri()]

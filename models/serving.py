@@ -61,14 +61,13 @@ def open_registry(uri: str):
 
     from config.errors import RegistryError
 
-    from tasks.tracking import require_reachable
+    from tasks.tracking import require_reachable, sqlite_file
 
     require_reachable(uri)
-    if uri.startswith("sqlite:///"):
-        db = uri.removeprefix("sqlite:///").split("?", 1)[0]
-        if db and db != ":memory:" and not os.path.exists(db):
-            raise RegistryError(f"no MLflow store at {uri}: {db} does not exist. Pass --tracking-uri (or set "
-                                "MLFLOW_TRACKING_URI) to the store `forgeline run` wrote, e.g. sqlite:///.forgeline/mlflow.db")
+    db = sqlite_file(uri)
+    if db is not None and not os.path.exists(db):
+        raise RegistryError(f"no MLflow store at {uri}: {db} does not exist. Pass --tracking-uri (or set "
+                            "MLFLOW_TRACKING_URI) to the store `forgeline run` wrote, e.g. sqlite:///.forgeline/mlflow.db")
     return MlflowClient(uri, uri)
 
 

@@ -50,6 +50,14 @@ def require_reachable(uri: str, timeout_s: float = 5.0) -> None:
                           "tracking.tracking_uri / $MLFLOW_TRACKING_URI / --tracking-uri") from None
 
 
+def sqlite_file(uri: str) -> str | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores and in-memory SQLite)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return db if db and db != ":memory:" else None
+
+
 def ensure_experiment(client: MlflowClient, cfg: TrackingConfig, tracking_uri: str) -> str:
     exp = client.get_experiment_by_name(cfg.experiment)
     if exp is not None:

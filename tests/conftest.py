@@ -112,8 +112,9 @@ def bundle(tmp_path, trained, exported):
     return {"fp32": d / "model.onnx", "tokenizer": d / "tokenizer.json"}, result.labels
 
 
-def register_version(client, bundle, labels, f1, parity_ok=True, name="m"):
-    """Register the bundle as a new version of ``name`` through the real gate; returns (Registration, run_id)."""
+def register_version(client, bundle, labels, f1, parity_ok=True, name="m", **registry):
+    """Register the bundle as a new version of ``name`` through the real gate; returns (Registration, run_id).
+    ``registry``: further RegistryConfig fields."""
     from config.schema import RegistryConfig
     from tasks.register import register_and_gate
 
@@ -121,7 +122,8 @@ def register_version(client, bundle, labels, f1, parity_ok=True, name="m"):
     run = client.create_run(exp.experiment_id)
     files, _ = bundle
     meta = {"labels": labels, "max_length": 32, "variants": ["fp32"]}
-    reg = register_and_gate(client, run.info.run_id, RegistryConfig(model_name=name, f1_tolerance=0.01), files, meta,
+    reg = register_and_gate(client, run.info.run_id, RegistryConfig(model_name=name, f1_tolerance=0.01, **registry), files,
+                            meta,
                             {"test_macro_f1": f1, "test_accuracy": f1}, {"data_fingerprint": "abc", "config_hash": "h"},
                             parity_ok, ["great ride", "awful trip"])
     client.set_terminated(run.info.run_id)

@@ -1,11 +1,15 @@
 """Registration and the champion gate against a real MLflow SQLite store."""
 
+import json
+from pathlib import Path
+
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tasks.register import ChampionInfo, decide_promotion
+from tasks.register import ChampionInfo, chance_macro_f1, decide_promotion
 from tests.conftest import register_version
 
 
@@ -24,6 +28,53 @@ from tests.conftest import register_version
 def test_gate(candidate, parity, champion, promote, needle):
     d = decide_promotion(candidate, parity, champion, tolerance=0.01)
     assert d.promote is promote and needle in d.reason
+
+
+@pytest.mark.parametrize(
+    "candidate,champion,promote,needle",
+    [
+        (0.3261, None, False, "not 0.05 (registry.min_gain_over_chance) above chance, 0.3333"),  # always one class
+        (0.3834, None, True, "no champion yet"),
+        (0.36, ChampionInfo("1", 0.365), False, "above chance"),  # within tolerance of a champion that is no better
+        (0.30, ChampionInfo("1", 0.80), False, "below champion v1"),  # the bigger problem is named first
+        (0.36, ChampionInfo("1", None), False, "above chance"),
+    ],
+)
+def test_gate_keeps_a_model_at_chance_level_from_becoming_champion(candidate, champion, promote, needle):
+    d = decide_promotion(candidate, True, champion, 0.01, chance_macro_f1=1 / 3, min_gain_over_chance=0.05)
+    assert d.promote is promote and needle in d.reason
+    assert (d.chance_macro_f1, d.min_gain_over_chance) == (1 / 3, 0.05)
+    assert decide_promotion(candidate, True, champion, 0.01, 1 / 3, None).promote is (champion is None or candidate > 0.35)
+
+
+def test_chance_is_one_over_the_number_of_classes_and_no_label_blind_guess_beats_it():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    y = rng.choice(3, size=20_000, p=[0.7, 0.2, 0.1])
+    assert chance_macro_f1(3) == pytest.approx(1 / 3)
+    guesses = {"always the most frequent": np.zeros_like(y), "uniform": rng.integers(0, 3, size=y.size),
+               "by class frequency": rng.choice(3, size=y.size, p=[0.7, 0.2, 0.1])}
+    for name, pred in guesses.items():
+        assert f1_score(y, pred, average="macro") <= chance_macro_f1(3) + 0.01, name
+
+
+def test_a_first_model_at_chance_level_is_registered_but_not_champion(mlflow_uri, bundle):
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_registry_uri(mlflow_uri)
+    client = MlflowClient(mlflow_uri, mlflow_uri)
+    _, labels = bundle  # two classes: chance is 0.5
+    reg, run_id = register_version(client, bundle, labels, 0.52)
+    assert reg.aliases == ["challenger"] and not reg.decision.promote
+    with pytest.raises(Exception, match="champion"):
+        client.get_model_version_by_alias("m", "champion")
+    reason = client.get_model_version("m", reg.version).tags["gate.reason"]
+    assert "above chance, 0.5000" in reason and "train.epochs" in reason
+    gate = json.loads(Path(client.download_artifacts(run_id, "gate.json")).read_text())
+    assert gate["chance_macro_f1"] == 0.5 and gate["min_gain_over_chance"] == 0.05
+    # a learned model becomes the first champion; the floor can be turned off
+    assert register_version(client, bundle, labels, 0.56)[0].aliases == ["champion"]
+    assert register_version(client, bundle, labels, 0.52, name="n", min_gain_over_chance=None)[0].aliases == ["champion"]
 
 
 def test_gate_refuses_worse_model_just_beyond_tolerance():
