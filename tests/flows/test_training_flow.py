@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import mlflow
@@ -44,6 +45,12 @@ def test_pipeline_end_to_end(prefect_api, tmp_path):
     run = client.get_run(first["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.metrics["data.quarantined_rows"] == 3
+    # the data is a run input (the MLflow UI's Datasets column): file, digest, row counts
+    (used,) = run.inputs.dataset_inputs
+    assert used.dataset.name == "data.csv" and run.data.tags["data.fingerprint"].startswith(used.dataset.digest)
+    assert mlflow.data.get_source(used).to_dict() == {"uri": data.resolve().as_uri()}
+    assert json.loads(used.dataset.profile)["quarantined_rows"] == 3
+    assert {t.key: t.value for t in used.tags} == {"mlflow.data.context": "training"}
     for key in ("test_accuracy", "test_macro_precision", "test_macro_recall", "test_macro_f1", "test_roc_auc_ovr",
                 "variant.int8.size_bytes", "variant.int8.accuracy_delta", "parity.max_abs_prob_diff", "val_macro_f1"):
         assert key in run.data.metrics, key
@@ -75,8 +82,6 @@ def test_pipeline_end_to_end(prefect_api, tmp_path):
     assert found and "kept as challenger" in (found[0].data or "")
 
     # forgeline bench on the champion: every CPU engine on the same inputs, logged to the version's run
-    import json
-
     from flows.cli import main
 
     out_json = tmp_path / "bench.json"
@@ -105,6 +110,7 @@ def test_bad_dataset_fails_before_training_and_registers_nothing(prefect_api, tm
     runs = client.search_runs([client.get_experiment_by_name("forgeline").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert runs[0].data.tags["validation.passed"] == "false"
+    assert [d.dataset.name for d in runs[0].inputs.dataset_inputs] == ["bad.csv"]  # which data failed
     assert "train.steps" not in runs[0].data.metrics
     assert "data/quarantine.csv" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "data")}
 
