@@ -11,7 +11,7 @@ import json
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -36,6 +36,11 @@ class DataConfig(_Section):
     """Above this fraction of quarantined rows the flow fails before training."""
     sample_rows: int | None = Field(None, ge=10)
     """Stratified, seeded subsample of the valid rows (keeps CPU runs short)."""
+
+    @field_validator("path")
+    @classmethod
+    def _expand_home(cls, value: str | None) -> str | None:
+        return os.path.expanduser(value) if value else value
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
@@ -145,6 +150,11 @@ class TrackingConfig(_Section):
     experiment: str = "forgeline"
     cache: bool = True
     """Reuse stage outputs from <workdir>/cache when data fingerprint, stage config and code are unchanged."""
+
+    @field_validator("workdir")
+    @classmethod
+    def _expand_home(cls, value: str) -> str:
+        return os.path.expanduser(value)
 
 
 class PipelineConfig(_Section):

@@ -68,8 +68,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from config.loader import load_config
 
     cfg = load_config(args.config, args.overrides)  # fail fast, before any server starts
-    from tasks.tracking import require_reachable, resolve_tracking_uri
+    from tasks.tracking import ensure_workdir, require_reachable, resolve_tracking_uri
 
+    ensure_workdir(cfg.tracking)
     require_reachable(resolve_tracking_uri(cfg.tracking))
     from flows.embedded import start_temporary_server
     from flows.training import training_flow

@@ -27,7 +27,7 @@ from tasks.stages import (
     validate_task,
 )
 from tasks.cache import StageCache
-from tasks.tracking import Tracker, ensure_experiment, resolve_tracking_uri
+from tasks.tracking import Tracker, ensure_experiment, ensure_workdir, resolve_tracking_uri
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -74,6 +74,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
 
     _quiet_libraries()
     logger = get_run_logger()
+    workdir = ensure_workdir(cfg.tracking)  # before the MLflow run: an unusable workdir leaves no run behind
     tracking_uri = resolve_tracking_uri(cfg.tracking)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -82,9 +83,9 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     run = client.create_run(experiment_id, run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={"forgeline.config_hash": cfg.config_hash(), "forgeline.model_name": cfg.registry.model_name})
     tracker = Tracker(client=client, run_id=run.info.run_id, tracking_uri=tracking_uri)
-    run_dir = Path(cfg.tracking.workdir).resolve() / "runs" / run.info.run_id
+    run_dir = workdir / "runs" / run.info.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    cache = StageCache(Path(cfg.tracking.workdir).resolve() / "cache", enabled=cfg.tracking.cache)
+    cache = StageCache(workdir / "cache", enabled=cfg.tracking.cache)
     ctx = RunContext(cfg=cfg, run_dir=run_dir, tracker=tracker, cache=cache)
     tracker.tags({"forgeline.code_version": cache.code})
     tracker.params(cfg.flat())

@@ -25,9 +25,23 @@ def resolve_tracking_uri(cfg: TrackingConfig) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    workdir = Path(cfg.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{workdir / 'mlflow.db'}"
+    return f"sqlite:///{ensure_workdir(cfg) / 'mlflow.db'}"
+
+
+def ensure_workdir(cfg: TrackingConfig) -> Path:
+    """The workdir (run files, stage cache, the default SQLite store), created if needed; a ConfigError
+    when it cannot be created or written."""
+    from config.errors import ConfigError
+
+    workdir = Path(cfg.workdir).expanduser().resolve()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if not os.access(workdir, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise ConfigError(f"tracking.workdir {workdir} cannot be used: {e.strerror or e}. Set tracking.workdir "
+                          "(--set tracking.workdir=DIR or $FORGELINE_WORKDIR) to a writable directory") from None
+    return workdir
 
 
 def require_reachable(uri: str, timeout_s: float = 5.0) -> None:

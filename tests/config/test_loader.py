@@ -70,6 +70,13 @@ def test_a_path_with_the_bundled_corpus_source_is_an_error_not_ignored():
     assert load_config("default", ["data.source=file", "data.path=my.csv"]).data.path == "my.csv"
 
 
+def test_home_in_paths_is_expanded(monkeypatch, tmp_path: Path):
+    """YAML and --set values are not expanded by a shell: '~/data.csv' would be a folder named '~'."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config("tiny", ["data.source=file", "data.path=~/data.csv", "tracking.workdir=~/fl"])
+    assert (cfg.data.path, cfg.tracking.workdir) == (str(tmp_path / "data.csv"), str(tmp_path / "fl"))
+
+
 def test_not_a_mapping(tmp_path: Path):
     f = tmp_path / "list.yaml"
     f.write_text("- a\n- b\n")

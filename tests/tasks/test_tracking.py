@@ -7,7 +7,8 @@ import socket
 import pytest
 
 from config.errors import ConfigError
-from tasks.tracking import require_reachable
+from config.schema import TrackingConfig
+from tasks.tracking import ensure_workdir, require_reachable
 
 
 def closed_port() -> int:
@@ -34,3 +35,17 @@ def test_run_with_an_unreachable_server_stops_before_the_flow_starts(capsys):
     captured = capsys.readouterr()
     assert f"MLflow tracking server {uri} is not reachable" in captured.err
     assert "Starting temporary server" not in captured.out + captured.err
+
+
+def test_an_unusable_workdir_is_a_config_error_before_anything_starts(tmp_path, capsys):
+    from flows.cli import main
+
+    (tmp_path / "a-file").write_text("")
+    workdir = tmp_path / "a-file" / "wd"
+    with pytest.raises(ConfigError, match="cannot be used: Not a directory"):
+        ensure_workdir(TrackingConfig(workdir=str(workdir)))
+    assert main(["run", "--config", "tiny", "--set", f"tracking.workdir={workdir}", "--set", "tracking.tracking_uri=null"]) == 2
+    captured = capsys.readouterr()
+    assert "tracking.workdir" in captured.err and "writable directory" in captured.err
+    assert "Starting temporary server" not in captured.out + captured.err
+    assert ensure_workdir(TrackingConfig(workdir=str(tmp_path / "new" / "wd"))).is_dir()
