@@ -42,6 +42,18 @@ class DataConfig(_Section):
     def _expand_home(cls, value: str | None) -> str | None:
         return os.path.expanduser(value) if value else value
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _numeric_labels(cls, value: object) -> object:
+        """``labels: [0, 1]`` means the label values 0 and 1, which the data loader reads as "0" and "1"."""
+        def as_label(v: object) -> object:
+            if isinstance(v, bool):
+                return v  # YAML yes/no/true/false: ambiguous, left to fail with the type error
+            if isinstance(v, int) or (isinstance(v, float) and v.is_integer()):
+                return str(int(v))
+            return v
+        return [as_label(v) for v in value] if isinstance(value, list) else value
+
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
         if self.source == "file" and not self.path:

@@ -77,6 +77,12 @@ def test_home_in_paths_is_expanded(monkeypatch, tmp_path: Path):
     assert (cfg.data.path, cfg.tracking.workdir) == (str(tmp_path / "data.csv"), str(tmp_path / "fl"))
 
 
+def test_numeric_labels_match_the_data_as_read(tmp_path: Path):
+    assert load_config("tiny", ["data.labels=[0, 1, 2.0]"]).data.labels == ["0", "1", "2"]
+    with pytest.raises(ConfigError, match="data.labels"):
+        load_config("tiny", ["data.labels=[true, false]"])
+
+
 def test_not_a_mapping(tmp_path: Path):
     f = tmp_path / "list.yaml"
     f.write_text("- a\n- b\n")
