@@ -220,15 +220,37 @@ def find_registered(client: MlflowClient, name: str, cache_key: str) -> str | No
     return None
 
 
-def reuse_registration(client: MlflowClient, run_id: str, name: str, version: str) -> Registration:
-    """An unchanged re-run: no new version, aliases untouched; the run records which version it matches."""
+def reuse_registration(client: MlflowClient, run_id: str, cfg: RegistryConfig, version: str,
+                       n_labels: int) -> Registration:
+    """An unchanged re-run: no new version. The gate runs again on that version with the current registry
+    settings (they are not part of the cache key), so a version kept as challenger under the old settings
+    is promoted when the new ones let it through; a champion stays as it is."""
+    name = cfg.model_name
     mv = client.get_model_version(name, version)
     aliases = list(mv.aliases or [])
-    reason = f"unchanged inputs, config and code: identical to registered version {version}; nothing registered"
-    decision = GateDecision(promote=False, reason=reason,
-                            candidate_macro_f1=float((mv.tags or {}).get("metric.test_macro_f1", "nan")))
-    client.set_tag(run_id, "gate.decision", "unchanged")
-    client.set_tag(run_id, "gate.reason", reason)
+    tags = mv.tags or {}
+    same = f"same data, pipeline settings and code as registered version {version}; nothing registered"
+    candidate = float(tags.get("metric.test_macro_f1", "nan"))
+    decision = GateDecision(promote=False, reason=same, candidate_macro_f1=candidate)
+    word = "unchanged"
+    if CHAMPION not in aliases:
+        gate = decide_promotion(candidate, tags.get("parity_ok") == "True", current_champion(client, name),
+                                cfg.f1_tolerance, chance_macro_f1(n_labels), cfg.min_gain_over_chance)
+        if gate.promote:
+            client.set_registered_model_alias(name, CHAMPION, version)
+            if CHALLENGER in aliases:
+                client.delete_registered_model_alias(name, CHALLENGER)
+            aliases = [a for a in aliases if a != CHALLENGER] + [CHAMPION]
+            gate.reason = f"{same}; the gate, run again with the current registry settings, promoted it: {gate.reason}"
+            word = "promoted"
+            for k, v in {"gate.decision": "promoted", "gate.reason": gate.reason}.items():
+                client.set_model_version_tag(name, version, k, v)
+            client.update_model_version(name, version, description=f"forgeline: {gate.reason}")
+        else:
+            gate.reason = f"{same}; still not champion: {gate.reason}"
+        decision = gate
+    client.set_tag(run_id, "gate.decision", word)
+    client.set_tag(run_id, "gate.reason", decision.reason)
     client.set_tag(run_id, "registered_model", f"{name}/{version}")
     client.log_dict(run_id, asdict(decision) | {"version": version, "aliases": aliases}, "gate.json")
     return Registration(name=name, version=version, model_uri=f"models:/{name}/{version}", aliases=aliases,

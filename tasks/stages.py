@@ -289,7 +289,7 @@ def register_stage(ctx: RunContext, trained: TrainResult, splits: Splits, evalua
     if existing is not None:
         ctx.hits["register"] = True
         ctx.tracker.tags({"cache.register": "hit"})
-        return reuse_registration(ctx.tracker.client, ctx.tracker.run_id, cfg.registry.model_name, existing)
+        return reuse_registration(ctx.tracker.client, ctx.tracker.run_id, cfg.registry, existing, len(trained.labels))
     ctx.hits["register"] = False
     bundle_dir = ctx.run_dir / "bundle"
     bundle: dict[str, Path] = {}
@@ -353,7 +353,7 @@ def summary_markdown(ctx: RunContext, data: ValidationResult, splits: Splits, tr
 
 def _gate_word(ctx: RunContext, reg: Registration) -> str:
     if ctx.hits.get("register"):
-        return "unchanged"
+        return "unchanged, now promoted to champion" if reg.decision.promote else "unchanged"
     return "promoted to champion" if reg.decision.promote else "kept as challenger"
 
 

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tasks.register import ChampionInfo, chance_macro_f1, decide_promotion
+from config.schema import RegistryConfig
+from tasks.register import ChampionInfo, chance_macro_f1, decide_promotion, reuse_registration
 from tests.conftest import register_version
 
 
@@ -128,3 +129,32 @@ def test_registered_champion_predicts_labels_and_probabilities(mlflow_uri, bundl
     assert impl.batch_size == (256 if impl.device == "cuda" else 64)
     pinned = mlflow.pyfunc.load_model("models:/m@champion", model_config={"variant": "fp32", "device": "cpu"})
     assert pinned.unwrap_python_model().variant == "fp32"
+
+
+def test_an_unchanged_rerun_runs_the_gate_again_with_the_current_registry_settings(mlflow_uri, bundle):
+    """The registry settings are not part of the cache key: relaxing the floor and running again must not
+    answer 'unchanged' and leave the identical version stuck as challenger."""
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_registry_uri(mlflow_uri)
+    client = MlflowClient(mlflow_uri, mlflow_uri)
+    _, labels = bundle
+    first, _ = register_version(client, bundle, labels, 0.52)  # 2 classes: not 0.05 above chance
+    assert first.aliases == ["challenger"]
+    client.set_model_version_tag("m", first.version, "parity_ok", "True")  # as the register stage tags it
+    exp = client.get_experiment_by_name("t").experiment_id
+
+    same = reuse_registration(client, client.create_run(exp).info.run_id, RegistryConfig(model_name="m"), first.version, 2)
+    assert not same.decision.promote and same.aliases == ["challenger"]
+    assert "nothing registered; still not champion" in same.decision.reason and "above chance" in same.decision.reason
+
+    run_id = client.create_run(exp).info.run_id
+    relaxed = reuse_registration(client, run_id, RegistryConfig(model_name="m", min_gain_over_chance=None), first.version, 2)
+    assert relaxed.decision.promote and relaxed.aliases == ["champion"]
+    assert str(client.get_model_version_by_alias("m", "champion").version) == first.version
+    assert client.get_run(run_id).data.tags["gate.decision"] == "promoted"
+    assert client.get_model_version("m", first.version).tags["gate.decision"] == "promoted"
+    assert len(client.search_model_versions("name='m'")) == 1
+
+    again = reuse_registration(client, client.create_run(exp).info.run_id, RegistryConfig(model_name="m"), first.version, 2)
+    assert not again.decision.promote and again.aliases == ["champion"]  # a champion stays champion
+    assert again.decision.reason.endswith("nothing registered")
