@@ -251,10 +251,16 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42) -> Validat
             f"{len(quarantine)} of {len(raw)} rows ({invalid_fraction:.1%}) failed validation, above "
             f"data.max_invalid_fraction={cfg.max_invalid_fraction:.1%}"
         )
+    if len(labels) < 2:
+        problems.append(
+            f"the valid rows hold {len(labels)} distinct label(s) ({', '.join(map(repr, labels)) or 'none'}) in column "
+            f"{cfg.label_column!r}; a classifier needs at least two. Check data.label_column, or set data.labels"
+        )
     if small:
         problems.append(
-            "classes below data.min_rows_per_class=" f"{cfg.min_rows_per_class}: "
-            + ", ".join(f"{k!r} has {v}" for k, v in small.items())
+            f"{len(small)} of {len(labels)} classes below data.min_rows_per_class={cfg.min_rows_per_class}: "
+            + ", ".join(f"{k!r} has {v}" for k, v in list(small.items())[:10])
+            + (f", and {len(small) - 10} more (is data.label_column {cfg.label_column!r} the label?)" if len(small) > 10 else "")
         )
     report: dict[str, Any] = {
         "source": str(path),
@@ -293,6 +299,12 @@ def stratified_sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return sample.sort_index()
 
 
+def _per_class(counts: dict[str, int], sep: str, limit: int = 20) -> str:
+    """Class counts for messages: the first ``limit`` (all are in validation_report.json)."""
+    shown = ", ".join(f"{k}{sep}{v}" for k, v in list(counts.items())[:limit])
+    return shown + (f", … {len(counts) - limit} more classes" if len(counts) > limit else "")
+
+
 def report_text(report: dict[str, Any]) -> str:
     lines = [
         f"  rows: {report['rows']}, valid: {report['valid_rows']}, quarantined: {report['quarantined_rows']} "
@@ -300,7 +312,7 @@ def report_text(report: dict[str, Any]) -> str:
     ]
     for reason, n in report["reasons"].items():
         lines.append(f"    {reason:<16} {n:>7}  {REASONS.get(reason, reason)}")
-    lines.append("  valid rows per class: " + ", ".join(f"{k}={v}" for k, v in report["rows_per_class"].items()))
+    lines.append("  valid rows per class: " + _per_class(report["rows_per_class"], "="))
     lines.append(f"  quarantine file: {report['quarantine_file']}")
     return "\n".join(lines)
 
@@ -317,6 +329,6 @@ def report_markdown(report: dict[str, Any]) -> str:
         "|---|---:|---|",
     ]
     md += [f"| {r} | {n} | {REASONS.get(r, r)} |" for r, n in report["reasons"].items()]
-    md += ["", "Valid rows per class: " + ", ".join(f"{k}: {v}" for k, v in report["rows_per_class"].items())]
+    md += ["", "Valid rows per class: " + _per_class(report["rows_per_class"], ": ")]
     md += [f"- {p}" for p in report["problems"]]
     return "\n".join(md) + "\n"

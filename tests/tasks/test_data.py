@@ -110,6 +110,15 @@ def test_class_below_min_rows_fails(tmp_path: Path):
         load_and_validate(cfg_for(path, min_rows_per_class=5), tmp_path / "out")
 
 
+def test_an_id_column_as_label_gives_a_short_error(tmp_path: Path):
+    path = write_csv(tmp_path / "ids.csv", [(f"sentence number {i}", f"id-{i}") for i in range(500)])
+    with pytest.raises(DataValidationError) as e:
+        load_and_validate(cfg_for(path, labels=None), tmp_path / "out")
+    msg = str(e.value)
+    assert "500 of 500 classes below data.min_rows_per_class=5" in msg and "and 490 more" in msg
+    assert len(msg) < 2000
+
+
 def test_missing_column_is_a_clear_error(tmp_path: Path):
     path = tmp_path / "x.csv"
     path.write_text("body,label\nhello,pos\n")
@@ -137,6 +146,14 @@ def test_labels_inferred_when_not_configured(tmp_path: Path):
     path = write_csv(tmp_path / "d.csv", GOOD)
     result = load_and_validate(cfg_for(path, labels=None), tmp_path / "out")
     assert result.labels == ["neg", "pos"]
+
+
+def test_a_single_class_fails_before_training_with_the_report_kept(tmp_path: Path):
+    """A wrong label column (or a one-class export) trained and registered a one-class 'classifier'."""
+    path = write_csv(tmp_path / "one.csv", [(f"great movie number {i}", "pos") for i in range(30)])
+    with pytest.raises(DataValidationError, match=r"1 distinct label\(s\) \('pos'\) in column 'label'.*at least two"):
+        load_and_validate(cfg_for(path, labels=None), tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "validation_report.json").read_text())["passed"] is False
 
 
 def test_fingerprint_follows_file_content(tmp_path: Path):
