@@ -127,6 +127,18 @@ def training_flow(config: str | None = None, overrides: list[str] | None = None)
     return run_pipeline(cfg).to_dict()
 
 
+def _challenger_note(client: Any, model_name: str) -> str | None:
+    """Why the latest challenger is not champion, for the drift decision ("no champion" alone reads as
+    "never trained")."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(model_name, "challenger")
+    except MlflowException:
+        return None
+    return f"v{mv.version} is challenger: {(mv.tags or {}).get('gate.reason', 'no gate reason recorded')}"
+
+
 def check_drift(cfg: PipelineConfig) -> dict[str, Any]:
     """Compare the configured data with the champion's training data; record the decision in MLflow
     (experiment ``<experiment>-drift``) and return it. Bad data raises before anything is decided."""
@@ -151,8 +163,9 @@ def check_drift(cfg: PipelineConfig) -> dict[str, Any]:
             data = load_and_validate(cfg.data, Path(tmp) / "data", cfg.seed)
             champion = load_champion_profile(client, cfg.registry.model_name, Path(tmp) / "ref")
             if champion is None:
-                report = DriftReport(retrain=True, reasons=[f"no champion of {cfg.registry.model_name} with a "
-                                                            "training-data profile"])
+                reason = f"no champion of {cfg.registry.model_name} with a training-data profile"
+                challenger = _challenger_note(client, cfg.registry.model_name)
+                report = DriftReport(retrain=True, reasons=[reason + (f" ({challenger})" if challenger else "")])
             else:
                 version, ref, ref_emb = champion
                 current, cur_emb = build_profile(data.valid, data.labels, cfg.drift, cfg.model, cfg.seed)

@@ -185,3 +185,20 @@ def test_retraining_flow_trains_only_on_drift(prefect_api, tmp_path):
     moved = retraining_flow(config="tiny", overrides=sets)
     assert moved["retrained"] and any("label distribution" in r for r in moved["drift"]["reasons"])
     assert moved["training"]["version"] == "2"
+
+
+def test_drift_check_without_a_champion_says_why_the_challenger_is_not_one(tmp_path, mlflow_uri, bundle):
+    """"no champion" alone reads as "never trained" when a model was kept below the gate."""
+    from flows.training import check_drift
+    from tests.conftest import register_version, small_config
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_registry_uri(mlflow_uri)
+    client = MlflowClient(mlflow_uri, mlflow_uri)
+    _, labels = bundle
+    register_version(client, bundle, labels, 0.52)  # two classes: not above chance, stays challenger
+    data = tmp_path / "data.csv"
+    sentiment_rows().to_csv(data, index=False)
+    cfg = small_config(tmp_path, data, f"tracking.tracking_uri={mlflow_uri}", "registry.model_name=m")
+    (reason,) = check_drift(cfg)["reasons"]
+    assert reason.startswith("no champion of m") and "v1 is challenger: macro-F1 0.5200 is not 0.05" in reason
