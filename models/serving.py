@@ -138,12 +138,17 @@ class RegistrySource:
         return str(mv.version), mv.run_id
 
     def load(self, version: str, run_id: str | None) -> LoadedModel:
+        import tempfile
+
         import mlflow.pyfunc
 
         mlflow.set_registry_uri(self.uri)
         mlflow.set_tracking_uri(self.uri)
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{self.name}/{version}",
-                                          model_config={"device": self.cfg.device, "variant": self.cfg.variant})
+        # MLflow would download into a temporary folder it never removes (about 150 MB a version, each hot
+        # swap); the sessions and the tokenizer are in memory once loaded, so the files can go
+        with tempfile.TemporaryDirectory(prefix="forgeline-model-") as tmp:
+            pyfunc = mlflow.pyfunc.load_model(f"models:/{self.name}/{version}", dst_path=tmp,
+                                              model_config={"device": self.cfg.device, "variant": self.cfg.variant})
         model = LoadedModel(name=self.name, version=version, run_id=run_id, impl=pyfunc.unwrap_python_model())
         model.impl.predict_proba(self.cfg.warmup_texts)  # warm-up: first-run allocations, kernel selection
         return model

@@ -406,7 +406,7 @@ def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path:
         ids = tok.encode(texts)
         base = load_checkpoint(ckpt).float().eval()
         labels = [base.config.id2label[i] for i in range(base.config.num_labels)]
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{mv.version}")
+        pyfunc = mlflow.pyfunc.load_model(str(model_dir))  # the download above: nothing left behind in /tmp
 
         rows: list[dict[str, Any]] = []
         graph_check = None

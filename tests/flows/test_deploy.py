@@ -135,7 +135,8 @@ def test_pipeline_against_a_real_mlflow_server(tmp_path):
 
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-        out = mlflow.pyfunc.load_model("models:/e2e@champion").predict(pd.DataFrame({"text": ["the ride is wonderful"]}))
+        (tmp_path / "dl").mkdir()  # not MLflow's default: a temporary folder it never removes
+        out = mlflow.pyfunc.load_model("models:/e2e@champion", dst_path=str(tmp_path / "dl")).predict(pd.DataFrame({"text": ["the ride is wonderful"]}))
         assert out.loc[0, "label"] in {"positive", "negative"}
     finally:
         stop(server)

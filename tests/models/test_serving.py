@@ -377,3 +377,31 @@ def test_new_versions_load_on_the_inference_thread_when_exclusive(exclusive):
     version, thread = asyncio.run(scenario())
     assert version == "2"
     assert thread.startswith("infer") == exclusive
+
+
+def test_loading_a_version_from_a_tracking_server_leaves_no_download_behind(tmp_path, bundle, monkeypatch):
+    """From an MLflow server (how the serving images run), MLflow downloads the version into a temporary
+    folder it never removes: about 150 MB for every load, so every hot swap, piled up in /tmp."""
+    import tempfile
+
+    from models.serving import RegistrySource
+    from tests.flows.test_deploy import BIN, free_port as any_port, start, stop
+
+    port = any_port()
+    server = start([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                    "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+                    "--workers", "1"], tmp_path / "mlflow.log", dict(os.environ), f"http://127.0.0.1:{port}/health")
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        register_version(MlflowClient(uri, uri), bundle, bundle[1], 0.80)
+        tmp = tmp_path / "tmp"
+        tmp.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+        source = RegistrySource(ServeConfig(model="m@champion", tracking_uri=uri))
+        model = source.load(*source.current_version())
+        assert [p for p in tmp.rglob("*.onnx")] == []
+        assert model.impl.predict_proba(["the ride is wonderful"]).shape == (1, 2)  # served from memory
+    finally:
+        stop(server)
