@@ -110,6 +110,14 @@ class TrainConfig(_Section):
     compile: bool = False
     """CUDA only: torch.compile with CUDA graphs (mode reduce-overhead), widths padded to multiples of
     32. Compiling takes about 20 s per distinct batch shape; pays off on long runs."""
+    precision: Literal["auto", "amp", "bf16"] = "auto"
+    """CUDA only (CPU trains in fp32). "bf16": forward and backward run on a bf16 copy of the weights
+    and AdamW updates fp32 master weights, which are what is saved; activations stay bf16, so the
+    LayerNorm/residual kernels move half the bytes of autocast. "amp": fp32 weights under bf16
+    autocast. "auto" is "bf16"."""
+    attention: Literal["auto", "sdpa"] = "auto"
+    """CUDA only. "auto": batches of at most 128 tokens run forgeline's fused Triton attention
+    (models/short_attention.py), longer ones PyTorch sdpa; "sdpa": always PyTorch sdpa."""
 
 
 class CompressConfig(_Section):

@@ -1,11 +1,14 @@
 """Fine-tune the classifier: dynamic padding, AdamW + linear warmup, early stopping on val macro-F1.
 
-CUDA uses bf16 autocast; CPU trains in fp32. The best epoch is saved as safetensors and reloaded
+On CUDA, forward and backward run in bf16 (a bf16 copy of the weights with fp32 master weights for
+AdamW, or bf16 autocast: ``train.precision``) with the fused short-sequence attention
+(``train.attention``); CPU trains in fp32. The best epoch is saved as safetensors and reloaded
 at the end, so what later stages see is the best checkpoint, not the last epoch.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -19,6 +22,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from config.schema import PipelineConfig, TrainConfig
+from models import short_attention
 from models.classifier import build_classifier, freeze_token_embeddings, load_checkpoint, load_tokenizer
 from tasks.split import Splits
 
@@ -124,6 +128,82 @@ def predict_proba(model, tokenizer, texts: Sequence[str], max_length: int, batch
     return out
 
 
+class Bf16Master:
+    """A bf16 working copy of ``model`` runs forward and backward; ``model`` keeps the fp32 master
+    weights that the optimizer updates (and that are saved and evaluated)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.work = copy.deepcopy(model).to(torch.bfloat16)
+        self.pairs = [(p, w) for p, w in zip(model.parameters(), self.work.parameters()) if p.requires_grad]
+
+    def grads_to_master(self) -> None:
+        """Move the working copy's gradients into fp32 master gradients (kept between steps)."""
+        dst, src = [], []
+        for p, w in self.pairs:
+            if w.grad is None:
+                p.grad = None  # unused this step: the optimizer skips it
+                continue
+            if p.grad is None:
+                p.grad = torch.empty_like(p)
+            dst.append(p.grad)
+            src.append(w.grad)
+            w.grad = None
+        if dst:
+            torch._foreach_copy_(dst, src)
+
+    @torch.no_grad()
+    def master_to_work(self) -> None:
+        torch._foreach_copy_([w for _, w in self.pairs], [p for p, _ in self.pairs])
+
+
+class TrainStep:
+    """One optimizer step as the training stage runs it: forward and backward (compiled with CUDA
+    graphs when ``train.compile``), grad-norm clip at 1.0, AdamW. ``forgeline bench`` times this."""
+
+    def __init__(self, model: torch.nn.Module, tcfg: TrainConfig, device: str):
+        self.model, self.device = model, device
+        if tcfg.freeze_embeddings:
+            freeze_token_embeddings(model)
+        cuda = device == "cuda"
+        self.fused_attention = cuda and tcfg.attention == "auto" and short_attention.enable(model)
+        self.master = Bf16Master(model) if cuda and tcfg.precision in ("auto", "bf16") else None
+        work = self.master.work if self.master else model
+        self.compiled = tcfg.compile and cuda
+        # static shapes replayed as CUDA graphs: no per-kernel launch cost, which bounds small-model
+        # steps. Widths are padded to multiples of 32, so max_length/32 shapes are compiled.
+        self.forward = torch.compile(work, mode="reduce-overhead", dynamic=False) if self.compiled else work
+        self.width_multiple = 32 if self.compiled else (8 if cuda else 1)  # tensor-core friendly widths
+        self.optimizer = _optimizer(model, tcfg)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.master else ("amp" if self.device == "cuda" else "fp32")
+
+    def train(self) -> None:
+        self.model.train()
+        if self.master:
+            self.master.work.train()
+
+    def __call__(self, batch: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        if self.compiled:
+            torch.compiler.cudagraph_mark_step_begin()
+        with nullcontext() if self.master else autocast_for(self.device):
+            logits = self.forward(**batch).logits
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        loss.backward()
+        if self.master:
+            self.master.grads_to_master()
+        torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
+        self.optimizer.step()
+        if self.master:
+            self.master.master_to_work()  # master grads are overwritten next step, not zeroed
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -144,15 +224,7 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
     device = resolve_device(tcfg.device)
     tokenizer = load_tokenizer(cfg.model)
     model = build_classifier(cfg.model, labels).to(device)
-    if tcfg.freeze_embeddings:
-        freeze_token_embeddings(model)
-    forward, compiled = model, tcfg.compile and device == "cuda"
-    multiple = 8 if device == "cuda" else 1  # tensor-core friendly widths, fewer distinct shapes
-    if compiled:
-        # static shapes replayed as CUDA graphs: no per-kernel launch cost, which bounds small-model
-        # steps. Widths are padded to multiples of 32, so max_length/32 shapes are compiled.
-        forward = torch.compile(model, mode="reduce-overhead", dynamic=False)
-        multiple = 32
+    train_step = TrainStep(model, tcfg, device)
     label_to_id = {lab: i for i, lab in enumerate(labels)}
 
     train_ids = encode(tokenizer, splits.train["text"].tolist(), cfg.model.max_length)
@@ -165,8 +237,6 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
     total_steps = steps_per_epoch * tcfg.epochs
     if tcfg.max_steps:
         total_steps = min(total_steps, tcfg.max_steps)
-    optimizer = _optimizer(model, tcfg)
-    trainable = [p for p in model.parameters() if p.requires_grad]
     warmup = int(tcfg.warmup_ratio * total_steps)
 
     def lr_lambda(step: int) -> float:
@@ -174,7 +244,7 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
             return (step + 1) / max(1, warmup)
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(train_step.optimizer, lr_lambda)
     ckpt = out_dir / "checkpoint"
     rng = np.random.default_rng(cfg.seed)
     log = log or (lambda metrics, step: None)
@@ -185,32 +255,24 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
     t0 = time.perf_counter()
     train_time = 0.0
     for epoch in range(1, tcfg.epochs + 1):
-        model.train()
+        train_step.train()
         t_epoch = time.perf_counter()
         batches = make_batches(train_len, tcfg.batch_size, rng, tcfg.length_grouping)
         bar = _progress(batches, tcfg.progress_bar, f"epoch {epoch}/{tcfg.epochs}")
         running = torch.zeros((), device=device)
         n_batches = 0
         for idx in bar:
-            batch = collate(tokenizer.pad_token_id, [train_ids[i] for i in idx], device, multiple)
+            batch = collate(tokenizer.pad_token_id, [train_ids[i] for i in idx], device, train_step.width_multiple)
             y = train_y[idx].to(device, non_blocking=True)
-            if compiled:
-                torch.compiler.cudagraph_mark_step_begin()
-            with autocast_for(device):
-                logits = forward(**batch).logits
-            loss = torch.nn.functional.cross_entropy(logits.float(), y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
+            loss = train_step(batch, y)
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             step += 1
             seen += len(idx)
             tokens += sum(train_len[i] for i in idx)
-            running += loss.detach()  # no host sync per step: the GPU runs ahead of Python
+            running += loss  # no host sync per step: the GPU runs ahead of Python
             n_batches += 1
             if step % 10 == 0:
-                loss_value = float(loss.detach())
+                loss_value = float(loss)
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{loss_value:.4f}")
                 log({"train_loss": loss_value, "learning_rate": scheduler.get_last_lr()[0]}, step)

@@ -25,6 +25,7 @@ def test_a_failing_engine_is_reported_not_fatal():
 def test_training_throughput(trained):
     cfg, _, result = trained
     out = bench_training(cfg.model, result.labels, batch=4, seq=16, steps=2, device="cpu")
+    assert (out["precision"], out["fused_attention"], out["compiled"]) == ("fp32", False, False)  # the CPU recipe
     assert out["samples_per_s"] > 0 and out["tokens_per_s"] == round(out["samples_per_s"] * 16, 1) or out["tokens_per_s"] > 0
 
 
@@ -47,6 +48,18 @@ def test_gpu_targets_from_rows_without_training():
     assert out["pyfunc_model_within_20pct_of_harness_ort"] == {"value": 1.13, "met": True}
     assert out["pyfunc_model_vs_cuda_graph_harness<=1.2x"] == {"value": 1.24, "met": False}
     assert out["train_b256s128_vs_10.6k>=2x"]["met"] is None and out["int8_macro_f1_drop<=0.01"]["met"] is None
+
+
+def test_training_target_is_judged_on_the_default_recipe_not_frozen_embeddings():
+    from tasks.bench import check_targets
+
+    rows = [{"device": "cuda", "seq": 128, "samples_per_s": 20000.0, "freeze_embeddings": False},
+            {"device": "cuda", "seq": 128, "samples_per_s": 22000.0, "freeze_embeddings": True},
+            {"device": "cuda", "seq": "real", "samples_per_s": 35000.0, "freeze_embeddings": False}]
+    out = check_targets([], rows, fused_attention=6, int8_macro_f1_delta=None, cuda=True)
+    assert out["train_b256s128_vs_10.6k>=2x"] == {"value": 1.89, "met": False}
+    assert out["train_b256s128_frozen_embeddings_vs_10.6k (not the default recipe)"] == {"value": 2.08, "met": None}
+    assert out["train_real_lengths_vs_10.6k>=2x"] == {"value": 3.3, "met": True}
 
 
 def test_real_length_texts_come_from_the_given_file_and_column(tmp_path):

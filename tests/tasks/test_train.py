@@ -85,3 +85,66 @@ def test_collate_pads_right_to_a_multiple():
     out = collate(0, [[5, 6, 7], [8]], "cpu", multiple=8)
     assert out["input_ids"].tolist() == [[5, 6, 7, 0, 0, 0, 0, 0], [8, 0, 0, 0, 0, 0, 0, 0]]
     assert out["attention_mask"].sum(1).tolist() == [3, 1]
+
+
+def _tiny_classifier():
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=128, num_labels=2))
+
+
+def test_bf16_master_weights_take_the_update_in_fp32_and_refresh_the_bf16_copy():
+    import torch
+
+    from models.classifier import freeze_token_embeddings
+    from tasks.train import Bf16Master
+
+    model = _tiny_classifier()
+    freeze_token_embeddings(model)
+    master = Bf16Master(model)
+    assert all(w.dtype == torch.bfloat16 for w in master.work.parameters())
+    assert len(master.pairs) == sum(p.requires_grad for p in model.parameters())  # frozen table: no pair
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.randint(5, 100, (4, 10), generator=torch.Generator().manual_seed(0))
+    master.work(input_ids=ids).logits.float().sum().backward()
+    master.grads_to_master()
+    trained = [p for p, _ in master.pairs]
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trained)
+    assert all(w.grad is None for w in master.work.parameters())  # nothing left on the working copy
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    master.master_to_work()
+    changed = [not torch.equal(a, b) for a, b in zip(model.parameters(), before)]
+    assert any(changed) and not changed[0]  # word embeddings (first parameter) stay fixed
+    assert all(torch.equal(w, p.to(torch.bfloat16)) for p, w in zip(model.parameters(), master.work.parameters()))
+
+
+def test_cpu_training_step_stays_fp32_with_stock_attention():
+    import torch
+
+    from config.schema import TrainConfig
+    from tasks.train import TrainStep
+
+    model = _tiny_classifier()
+    step = TrainStep(model, TrainConfig(), "cpu")  # precision/attention "auto": CUDA-only choices
+    assert (step.precision, step.fused_attention, step.master, step.width_multiple) == ("fp32", False, None, 1)
+    assert model.config._attn_implementation == "sdpa"
+    ids = torch.randint(5, 100, (4, 10), generator=torch.Generator().manual_seed(0))
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = step({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, torch.tensor([0, 1, 0, 1]))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), before))
+    assert all(p.grad is None for p in model.parameters())  # zeroed for the next step
+
+
+def test_unknown_precision_is_a_config_error():
+    import pytest
+
+    from config.errors import ConfigError
+    from config.loader import load_config
+
+    with pytest.raises(ConfigError, match=r"train.precision.*'auto', 'amp' or 'bf16' \(got 'fp8'\)"):
+        load_config("tiny", ["train.precision=fp8"])
