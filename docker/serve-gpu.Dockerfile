@@ -10,10 +10,7 @@ WORKDIR /app
 COPY docker/requirements-serve.txt /tmp/requirements-serve.txt
 RUN pip install -r /tmp/requirements-serve.txt onnxruntime-gpu==1.31.1
 COPY pyproject.toml README.md ./
-COPY config config
-COPY flows flows
-COPY models models
-COPY tasks tasks
+COPY src src
 RUN pip install --no-deps . && useradd --create-home forgeline
 USER forgeline
 EXPOSE 8080

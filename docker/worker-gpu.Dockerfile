@@ -10,10 +10,7 @@ WORKDIR /app
 # re-resolving torch, then the GPU build of ONNX Runtime in place of the CPU one.
 RUN pip install torch==2.11.0 --index-url https://download.pytorch.org/whl/cu130
 COPY pyproject.toml README.md ./
-COPY config config
-COPY flows flows
-COPY models models
-COPY tasks tasks
+COPY src src
 RUN sed -i 's/"torch==2.13.0"/"torch>=2.11"/' pyproject.toml && pip install . psycopg2-binary boto3 \
  && pip uninstall -y onnxruntime && pip install onnxruntime-gpu==1.31.1
 CMD ["prefect", "worker", "start", "--pool", "forgeline", "--type", "process", "--limit", "1"]

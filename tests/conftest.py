@@ -13,8 +13,34 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-from config.loader import load_config  # noqa: E402
-from config.schema import PipelineConfig  # noqa: E402
+from forgeline.config.loader import load_config  # noqa: E402
+from forgeline.config.schema import PipelineConfig  # noqa: E402
+
+def _torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _ort_cuda() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def run_if(*, torch_cuda: bool = False, ort_cuda: bool = False):
+    """GPU tests are ordinary tests marked ``gpu`` that skip, saying why, where the CUDA they need is
+    missing (as litgpt's ``RunIf``). ``pytest -m gpu`` runs only them on a GPU machine."""
+    missing = [what for need, have, what in ((torch_cuda, _torch_cuda, "PyTorch CUDA"),
+                                             (ort_cuda, _ort_cuda, "onnxruntime's CUDAExecutionProvider"))
+               if need and not have()]
+
+    def mark(fn):
+        fn = pytest.mark.gpu(fn)
+        return pytest.mark.skipif(bool(missing), reason=f"needs {' and '.join(missing)}")(fn)
+
+    return mark
+
 
 POS = ["love", "great", "wonderful", "excellent", "happy", "fantastic", "amazing", "brilliant"]
 NEG = ["hate", "awful", "terrible", "horrible", "sad", "dreadful", "disgusting", "miserable"]
@@ -73,9 +99,9 @@ def sentiment_csv(session_dir) -> Path:
 @pytest.fixture(scope="session")
 def trained(session_dir, sentiment_csv):
     """(cfg, splits, TrainResult) for a 1-layer MiniLM fine-tuned on the separable dataset."""
-    from tasks.data import load_and_validate
-    from tasks.split import split_dataset
-    from tasks.train import train_model
+    from forgeline.data.load import load_and_validate
+    from forgeline.data.split import split_dataset
+    from forgeline.training.loop import train_model
 
     cfg = small_config(session_dir, sentiment_csv)
     data = load_and_validate(cfg.data, session_dir / "data", cfg.seed)
@@ -86,7 +112,7 @@ def trained(session_dir, sentiment_csv):
 
 @pytest.fixture(scope="session")
 def exported(session_dir, trained):
-    from tasks.export import export_onnx
+    from forgeline.export.onnx import export_onnx
 
     cfg, splits, result = trained
     path = export_onnx(result.model, result.tokenizer, result.labels, session_dir / "onnx" / "model.onnx",
@@ -115,8 +141,8 @@ def bundle(tmp_path, trained, exported):
 def register_version(client, bundle, labels, f1, parity_ok=True, name="m", **registry):
     """Register the bundle as a new version of ``name`` through the real gate; returns (Registration, run_id).
     ``registry``: further RegistryConfig fields."""
-    from config.schema import RegistryConfig
-    from tasks.register import register_and_gate
+    from forgeline.config.schema import RegistryConfig
+    from forgeline.registry.register import register_and_gate
 
     exp = client.get_experiment_by_name("t") or client.get_experiment(client.create_experiment("t"))
     run = client.create_run(exp.experiment_id)

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from config.errors import ConfigError
-from config.loader import available_presets, load_config
+from forgeline.errors import ConfigError
+from forgeline.config.loader import available_presets, load_config
 
 
 def test_presets_load():

@@ -1,0 +1,1 @@
+"""Benchmark harnesses behind `forgeline bench` and `forgeline loadtest` (results: benchmarks/results/)."""

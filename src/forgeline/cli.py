@@ -1,0 +1,229 @@
+"""``forgeline`` command line: run the training flow, open the MLflow UI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from forgeline.errors import ForgelineError
+from forgeline.settings import apply_offline_env
+
+
+def _add_set(p: argparse.ArgumentParser, example: str = "train.epochs=1") -> None:
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override one setting, e.g. --set {example} (repeatable)")
+
+
+def _config_options() -> argparse.ArgumentParser:
+    """--config/--set, shared by every command that reads a pipeline config."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config", "-c", default=None, help="preset name (default, tiny) or path to a YAML file")
+    _add_set(p)
+    return p
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="forgeline", description="Train, compress, export and register text classifiers.")
+    sub = p.add_subparsers(dest="command", required=True)
+    config = [_config_options()]
+    sub.add_parser("run", parents=config,
+                   help="run the training flow (validate → train → evaluate → export → compress → register)")
+    ui = sub.add_parser("ui", parents=config, help="open the MLflow UI on the embedded store")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    serve = sub.add_parser("serve", help="serve a registered model over HTTP (micro-batching, hot swap)")
+    serve.add_argument("--model", "-m", required=True, help="NAME@alias (e.g. forgeline-sentiment@champion) or NAME/VERSION")
+    serve.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, "
+                       "else the embedded store in .forgeline)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    _add_set(serve, "max_batch_size=32")
+    bench = sub.add_parser("bench", help="side-by-side inference/training benchmark of a registered version")
+    bench.add_argument("--model", "-m", required=True, help="NAME@alias or NAME/VERSION")
+    bench.add_argument("--tracking-uri", default=None)
+    bench.add_argument("--json", dest="json_out", default=None)
+    bench.add_argument("--quick", action="store_true", help="tiny shapes and few iterations (smoke test)")
+    bench.add_argument("--no-train", dest="train", action="store_false", help="inference engines only, no training runs")
+    bench.add_argument("--data", default=None, help="texts for the real-length inputs (CSV/JSONL/Parquet); "
+                       "default: the default preset's corpus")
+    bench.add_argument("--text-column", default="text", help="column of --data holding the texts (default: text)")
+    bench.add_argument("--train-steps", type=int, default=None, help="timed optimizer steps per training case")
+    sub.add_parser("drift", parents=config, help="compare the configured data with the champion's training data")
+    dep = sub.add_parser("deploy", parents=config, help="deploy the training flow to the Prefect server at $PREFECT_API_URL")
+    dep.add_argument("--name", default="scheduled-training")
+    dep.add_argument("--pool", default="forgeline", help="process work pool (created if missing)")
+    dep.add_argument("--cron", default="0 3 * * *", help="cron schedule; 'none' for trigger-only")
+    dep.add_argument("--timezone", default="UTC")
+    dep.add_argument("--gpu-slots", type=int, default=1, help="trainings allowed at once on this GPU pool")
+    load = sub.add_parser("loadtest", help="bounded load test of a running server on this machine")
+    load.add_argument("--url", default="http://127.0.0.1:8080")
+    load.add_argument("--concurrency", type=int, default=8)
+    load.add_argument("--requests", type=int, default=2000)
+    load.add_argument("--texts-per-request", type=int, default=1)
+    load.add_argument("--json", dest="json_out", default=None, help="write the result as JSON to this file")
+    sub.add_parser("config", parents=config, help="print the resolved config")
+    return p
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from forgeline.config.loader import load_config
+
+    cfg = load_config(args.config, args.overrides)  # fail fast, before any server starts
+    from forgeline.settings import ensure_workdir, require_reachable, resolve_tracking_uri
+
+    ensure_workdir(cfg.tracking)
+    require_reachable(resolve_tracking_uri(cfg.tracking))
+    from forgeline.pipeline.embedded import start_temporary_server
+    from forgeline.pipeline.flows import training_flow
+
+    start_temporary_server()  # own session: Ctrl-C stops the flow, which can still report it
+
+    result = training_flow(config=args.config, overrides=args.overrides)
+    print(result["summary"])
+    aliases = ", ".join(f"@{a}" for a in result["aliases"]) or "no alias"
+    print(f"\nmodels:/{result['model_name']}/{result['version']} ({aliases}): {result['reason']}")
+    if result["cached_stages"]:
+        print(f"reused from cache: {', '.join(result['cached_stages'])}")
+    print(f"MLflow store: {cfg.tracking.tracking_uri or os.environ.get('MLFLOW_TRACKING_URI') or Path(cfg.tracking.workdir).resolve() / 'mlflow.db'}"
+          "  (browse: forgeline ui)")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from forgeline.config.loader import load_config
+    from forgeline.errors import ConfigError
+    from forgeline.settings import require_reachable, resolve_tracking_uri, sqlite_file
+
+    cfg = load_config(args.config, args.overrides)
+    uri = resolve_tracking_uri(cfg.tracking)
+    require_reachable(uri)
+    db = sqlite_file(uri)
+    if db is not None and not Path(db).exists():  # mlflow ui would create an empty store and show nothing
+        raise ConfigError(f"no MLflow store at {db}: nothing has been tracked there. Run `forgeline run` first, or point "
+                          "at the store with --set tracking.workdir=DIR ($FORGELINE_WORKDIR) or $MLFLOW_TRACKING_URI")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    if uri.startswith("sqlite:"):
+        cmd += ["--default-artifact-root", (Path(cfg.tracking.workdir).resolve() / "mlartifacts").as_uri()]
+    print("starting:", " ".join(cmd))
+    return subprocess.call(cmd)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from forgeline.errors import ConfigError
+    from forgeline.config.loader import parse_override
+    from forgeline.config.schema import ServeConfig
+
+    values: dict = {"model": args.model, "tracking_uri": args.tracking_uri, "host": args.host, "port": args.port}
+    for item in args.overrides:
+        parts, value = parse_override(item)
+        values[".".join(parts)] = value
+    try:
+        cfg = ServeConfig(**values)
+    except ValidationError as e:
+        raise ConfigError("forgeline serve: " + "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
+    from forgeline.registry.client import parse_model_ref
+    from forgeline.serving.app import serve
+    from forgeline.serving.watcher import RegistrySource
+
+    try:
+        parse_model_ref(cfg.model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    RegistrySource(cfg).current_version()  # fail here, with the store's contents, not in server start-up
+    if cfg.device == "cuda":
+        from forgeline.inference.runtime import cuda_available
+
+        if not cuda_available():
+            raise ConfigError("--set device=cuda: onnxruntime has no CUDAExecutionProvider here; install "
+                              "onnxruntime-gpu (see docker/) or use device=cpu / auto")
+    return serve(cfg)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from forgeline.config.schema import TrackingConfig
+    from forgeline.bench.harness import run_bench, table
+    from forgeline.settings import resolve_tracking_uri
+
+    uri = args.tracking_uri or resolve_tracking_uri(TrackingConfig())
+    result = run_bench(args.model, uri, quick=args.quick, data_path=args.data, train_steps=args.train_steps, train=args.train,
+                       text_column=args.text_column)
+    print(table(result["inference"]))
+    for row in result["training"]:
+        print("training:", json.dumps(row))
+    for target, check in result["targets"].items():
+        print(f"target {target}: {check['value']} -> {'met' if check['met'] else 'not measurable here' if check['met'] is None else 'NOT met'}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    import json
+
+    from forgeline.config.loader import load_config
+    from forgeline.pipeline.flows import check_drift
+
+    report = check_drift(load_config(args.config, args.overrides))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from forgeline.pipeline.deploy import deploy
+
+    cron = None if args.cron.lower() == "none" else args.cron
+    result = deploy(args.config, args.overrides, args.name, args.pool, cron, args.timezone, args.gpu_slots)
+    print(f"deployed {result.name} (id {result.deployment_id}) on pool {result.pool!r}, schedule: {result.cron or 'none'}")
+    print(f"start a worker:   prefect worker start --pool {result.pool}")
+    print(f"trigger a run:    prefect deployment run '{result.name}'")
+    return 0
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    import json
+
+    from forgeline.bench.loadtest import run_load
+
+    result = run_load(args.url, args.concurrency, args.requests, args.texts_per_request)
+    print(json.dumps(result, indent=2))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    return 0 if result["errors"] == 0 else 1
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from forgeline.config.loader import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    print(f"# config hash: {cfg.config_hash()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    apply_offline_env()
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "ui": cmd_ui, "config": cmd_config, "serve": cmd_serve,
+                "loadtest": cmd_loadtest, "deploy": cmd_deploy,
+                "drift": cmd_drift, "bench": cmd_bench}[args.command](args)
+    except ForgelineError as e:
+        print(f"forgeline: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("forgeline: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

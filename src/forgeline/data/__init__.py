@@ -1,0 +1,1 @@
+"""Reading, validating, splitting and profiling a labelled text dataset; drift against a champion."""

@@ -1,0 +1,57 @@
+"""Stratified, seeded train/val/test split with a leakage check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from forgeline.errors import DataValidationError, LeakageError
+from forgeline.config.schema import SplitConfig
+from forgeline.data.load import normalize_text
+
+
+@dataclass
+class Splits:
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def check_no_leakage(splits: Splits) -> None:
+    """Raise LeakageError if any (normalized) text appears in more than one split."""
+    seen: dict[str, str] = {}
+    for name in ("train", "val", "test"):
+        for text in getattr(splits, name)["text"]:
+            key = normalize_text(text)
+            other = seen.get(key)
+            if other is not None and other != name:
+                raise LeakageError(
+                    f"text {text[:60]!r} is in both the {other} and {name} splits; deduplicate the data "
+                    "(data validation quarantines duplicates) before splitting"
+                )
+            seen[key] = name
+
+
+def split_dataset(df: pd.DataFrame, cfg: SplitConfig, seed: int) -> Splits:
+    counts = df["label"].value_counts()
+    holdout = cfg.val_fraction + cfg.test_fraction
+    need = max(2, int(round(2 / min(cfg.val_fraction, cfg.test_fraction))))
+    tiny = counts[counts < need]
+    if len(tiny):
+        raise DataValidationError(
+            f"classes {dict(tiny)} have too few rows for a stratified split with val_fraction="
+            f"{cfg.val_fraction} and test_fraction={cfg.test_fraction}; need at least {need} each. "
+            "Add data or raise data.min_rows_per_class."
+        )
+    train, rest = train_test_split(df, test_size=holdout, stratify=df["label"], random_state=seed)
+    val, test = train_test_split(
+        rest, test_size=cfg.test_fraction / holdout, stratify=rest["label"], random_state=seed
+    )
+    splits = Splits(train=train.sort_index(), val=val.sort_index(), test=test.sort_index())
+    check_no_leakage(splits)
+    return splits

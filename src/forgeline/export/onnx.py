@@ -1,0 +1,217 @@
+"""ONNX export (dynamic batch/sequence axes, labels in metadata) and PyTorch↔ORT parity."""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from forgeline.errors import ExportError, ParityError
+from forgeline.config.schema import ExportConfig
+from forgeline.inference import contract
+from forgeline.inference.runtime import create_session, pad_batch, predict_proba_ids, run_logits, softmax
+from forgeline.training.loop import encode, predict_proba
+
+
+class _LogitsOnly(torch.nn.Module):
+    """(input_ids, attention_mask) -> logits. token_type_ids are passed as ``input_ids * 0`` so the
+    graph has no shape-computing subgraph for them: every node can stay on the GPU (CUDA graphs)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        kwargs = {"token_type_ids": input_ids * 0} if _has_token_types(self.model) else {}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+
+
+def _has_token_types(model: torch.nn.Module) -> bool:
+    return int(getattr(model.config, "type_vocab_size", 0) or 0) > 0
+
+
+FUSED_OPS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
+             "LayerNormalization", "Gelu", "BiasGelu", "FastGelu")
+
+
+def fused_operators(path: Path) -> dict[str, int]:
+    """How many of each fused transformer operator the ONNX graph at ``path`` has."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    counts = {op: 0 for op in FUSED_OPS}
+    for node in model.graph.node:
+        if node.op_type in counts:
+            counts[node.op_type] += 1
+    return counts
+
+
+def optimize_graph(src: Path, dst: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
+    """Fuse the exported graph with onnxruntime's BERT optimizer (offline, hardware independent).
+
+    Attention, embedding+LayerNorm and GELU are fused in the file. Skip+LayerNorm and bias+GELU are
+    left for the session to fuse where they pay off: the CUDA EP fuses them at load time, while on
+    CPU the unfused LayerNormalization/Gelu kernels are faster (see forgeline.inference.runtime)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    opts = FusionOptions("bert")
+    opts.enable_skip_layer_norm = False
+    opts.enable_bias_gelu = False
+    with _quiet_logs():
+        optimized = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+                                   opt_level=0, optimization_options=opts)
+    optimized.save_model_to_file(str(dst))
+    return fused_operators(dst)
+
+
+class _quiet_logs:
+    """The optimizer logs every fusion at INFO/WARNING on the root logger; keep pipeline logs readable."""
+
+    def __enter__(self):
+        import logging
+
+        self._logger = logging.getLogger("onnxruntime.transformers")
+        self._root = logging.getLogger()
+        self._levels = (self._logger.level, self._root.level)
+        self._logger.setLevel(logging.ERROR)
+        self._root.setLevel(max(self._root.level, logging.ERROR))
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._levels[0])
+        self._root.setLevel(self._levels[1])
+        return False
+
+
+def export_onnx(model: torch.nn.Module, tokenizer, labels: list[str], path: Path, cfg: ExportConfig,
+                max_length: int, sample_texts: Sequence[str] = ("an example sentence", "another, longer example sentence here")) -> Path:
+    """Export an fp32 CPU copy of ``model`` to a single self-contained ONNX file, fuse it (when
+    ``cfg.optimize``) and check it. The fused operator counts are stored in the file's metadata."""
+    import tempfile
+
+    import onnx
+
+    copy_ = copy.deepcopy(model).float().cpu().eval()
+    if cfg.exporter == "torchscript":  # eager attention: the matmul/softmax pattern onnxruntime fuses
+        if hasattr(copy_, "set_attn_implementation"):
+            copy_.set_attn_implementation("eager")
+        else:
+            copy_.config._attn_implementation = "eager"
+    cpu = _LogitsOnly(copy_)
+    texts = (list(sample_texts) * 2)[:2]  # two rows of different lengths: nothing specializes on them
+    ids = encode(tokenizer, texts, max_length)
+    input_ids, mask = (torch.from_numpy(a) for a in pad_batch(ids, tokenizer.pad_token_id))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.onnx" if cfg.optimize else path
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if cfg.exporter == "dynamo":
+                    batch = torch.export.Dim("batch", min=1, max=contract.MAX_EXPORT_BATCH)
+                    seq = torch.export.Dim("sequence", min=1, max=max(max_length, 2))
+                    torch.onnx.export(
+                        cpu, (input_ids, mask), str(raw), input_names=list(contract.INPUTS),
+                        output_names=list(contract.OUTPUTS),
+                        dynamic_shapes={name: {0: batch, 1: seq} for name in contract.INPUTS},
+                        opset_version=cfg.opset, dynamo=True, external_data=False, verbose=False,
+                    )
+                else:
+                    torch.onnx.export(
+                        cpu, (input_ids, mask), str(raw), input_names=list(contract.INPUTS),
+                        output_names=list(contract.OUTPUTS), opset_version=cfg.opset, dynamo=False,
+                        dynamic_axes=contract.DYNAMIC_AXES,
+                    )
+        except Exception as e:  # noqa: BLE001 - exporter errors are many and deep
+            other = "dynamo" if cfg.exporter == "torchscript" else "torchscript"
+            raise ExportError(f"torch.onnx.export ({cfg.exporter}) failed: {e}. Try --set export.exporter={other}") from e
+        fused = fused_operators(raw)
+        if cfg.optimize:
+            try:
+                fused = optimize_graph(raw, path, int(copy_.config.num_attention_heads), int(copy_.config.hidden_size))
+            except Exception as e:  # noqa: BLE001
+                raise ExportError(f"onnxruntime's transformer optimizer failed on the exported graph: {e}. "
+                                  "Export without it: --set export.optimize=false") from e
+    add_metadata(path, {"labels": json.dumps(labels), "max_length": str(max_length), "producer": "forgeline",
+                        "outputs": contract.LOGITS, "pad_token_id": str(tokenizer.pad_token_id),
+                        "exporter": cfg.exporter, "fused_operators": json.dumps({k: v for k, v in fused.items() if v})})
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"onnx.checker rejected {path}: {e}") from e
+    return path
+
+
+def add_metadata(path: Path, props: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    existing = {p.key: p for p in model.metadata_props}
+    for k, v in props.items():
+        if k in existing:
+            existing[k].value = v
+        else:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = k, v
+    onnx.save(model, str(path))
+
+
+@dataclass
+class ParityReport:
+    ok: bool
+    max_abs_prob_diff: float
+    max_abs_logit_diff: float
+    argmax_agreement: float
+    rows: int
+    atol: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def raise_if_failed(self, onnx_path: Path) -> None:
+        if not self.ok:
+            raise ParityError(
+                f"ONNX model {onnx_path} differs from PyTorch: max |Δprob| {self.max_abs_prob_diff:.3g} > "
+                f"export.parity_atol {self.atol:g} over {self.rows} test rows (argmax agreement "
+                f"{self.argmax_agreement:.1%}). The export is wrong or the file was altered; re-export, or try "
+                "--set export.optimize=false (no operator fusion) or the other export.exporter."
+            )
+
+
+def check_parity(model: torch.nn.Module, tokenizer, onnx_path: Path, texts: Sequence[str], max_length: int,
+                 cfg: ExportConfig, batch_size: int = 32, raise_on_fail: bool = True) -> ParityReport:
+    """Compare PyTorch (fp32, CPU) and ONNX Runtime (CPU) on real batches of ``texts``."""
+    texts = list(texts)[: cfg.parity_batches * batch_size]
+    if not texts:
+        raise ParityError("no texts to check parity on; the test split is empty")
+    cpu = copy.deepcopy(model).float().cpu().eval()
+    session = create_session(onnx_path, device="cpu")
+    ids = encode(tokenizer, texts, max_length)
+    logit_diff = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(ids), batch_size):
+            input_ids, mask = pad_batch(ids[start : start + batch_size], tokenizer.pad_token_id)
+            ref = cpu(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+            got = run_logits(session, input_ids, mask)
+            logit_diff = max(logit_diff, float(np.abs(ref - got).max()))
+    ref_p = predict_proba(cpu, tokenizer, texts, max_length, batch_size, "cpu")
+    got_p = predict_proba_ids(session, ids, tokenizer.pad_token_id, batch_size)
+    prob_diff = float(np.abs(ref_p - got_p).max())
+    agree = float((ref_p.argmax(1) == got_p.argmax(1)).mean())
+    ok = bool(np.isfinite(prob_diff) and prob_diff <= cfg.parity_atol)
+    report = ParityReport(ok=ok, max_abs_prob_diff=prob_diff, max_abs_logit_diff=logit_diff,
+                          argmax_agreement=agree, rows=len(texts), atol=cfg.parity_atol)
+    if raise_on_fail:
+        report.raise_if_failed(onnx_path)
+    return report
+
+
+__all__ = ["FUSED_OPS", "ParityReport", "add_metadata", "check_parity", "export_onnx", "fused_operators",
+           "optimize_graph", "softmax"]

@@ -1,0 +1,29 @@
+"""The ONNX model's interface, declared once (as Optimum's ``OnnxConfig`` does for its exports).
+
+The exporter writes graphs with these tensor names and dynamic axes, the runtime feeds and binds
+them, and the bundle a registered model carries uses these file names. Keeping them here, in the
+package every registered model ships, means the exporter (which needs torch) and the runtime (which
+must not) cannot drift apart.
+"""
+
+from __future__ import annotations
+
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+TOKEN_TYPE_IDS = "token_type_ids"
+"""Fed as zeros when a graph declares it; forgeline's own exports compute it inside the graph."""
+LOGITS = "logits"
+
+INPUTS = (INPUT_IDS, ATTENTION_MASK)
+OUTPUTS = (LOGITS,)
+DYNAMIC_AXES = {INPUT_IDS: {0: "batch", 1: "sequence"}, ATTENTION_MASK: {0: "batch", 1: "sequence"},
+                LOGITS: {0: "batch"}}
+MAX_EXPORT_BATCH = 4096
+"""Upper bound the dynamo exporter is told for the batch axis."""
+
+VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx",
+                 "pruned": "model.pruned.onnx"}
+"""Bundle file name of each ONNX variant."""
+TOKENIZER_FILE = "tokenizer.json"
+META_FILE = "forgeline_meta.json"
+"""Labels, max_length, variants, config hash and data fingerprint of a registered bundle."""

@@ -1,0 +1,143 @@
+"""MLflow pyfunc that serves the bundled ONNX model(s) with ONNX Runtime.
+
+``mlflow.pyfunc.load_model("models:/NAME@champion").predict(pd.DataFrame({"text": [...]}))`` returns
+one row per text: ``label``, ``confidence`` and ``probabilities`` (in ``labels`` order), plus one
+``proba_<label>`` column per class. CUDA EP is used when onnxruntime has it, else CPU; on CPU the
+INT8 variant is preferred when it was bundled. ``model_config={"variant": ..., "device": ...}`` at
+load time overrides both.
+
+Imports only numpy, pandas, onnxruntime, tokenizers and mlflow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from forgeline.inference.contract import VARIANT_FILES
+from forgeline.inference.runtime import (
+    CudaGraphRunner,
+    FastTokenizer,
+    create_session,
+    cuda_available,
+    predict_proba_graphs,
+    predict_proba_ids,
+    session_device,
+)
+
+MAX_TEXTS = 10_000
+
+
+class PredictInputError(ValueError):
+    """Malformed predict input (kept local so a deployed model needs only this package)."""
+
+
+def choose_variant(available: list[str], device: str, requested: str = "auto") -> str:
+    if requested != "auto":
+        if requested not in available:
+            raise PredictInputError(f"variant {requested!r} is not bundled with this model; bundled: {available}")
+        return requested
+    order = ["fp16", "fp32", "pruned", "int8"] if device == "cuda" else ["int8", "fp32", "pruned", "fp16"]
+    for name in order:
+        if name in available:
+            return name
+    raise PredictInputError(f"no ONNX variant bundled (found {available})")
+
+
+DEFAULT_BATCH_SIZE = {"cuda": 256, "cpu": 64}
+
+
+def batch_size_for(value: Any, device: str) -> int:
+    """``model_config["batch_size"]``: a positive int, or "auto" (256 on CUDA, 64 on CPU)."""
+    if value is None or value == "auto":
+        return DEFAULT_BATCH_SIZE.get(device, 64)
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        size = 0
+    if isinstance(value, bool) or size < 1 or str(size) != str(value).strip():
+        raise PredictInputError(f"model_config batch_size must be a positive integer or 'auto'; got {value!r}")
+    return size
+
+
+def texts_from_input(model_input: Any) -> list[str]:
+    if isinstance(model_input, pd.DataFrame):
+        if "text" not in model_input.columns:
+            if model_input.shape[1] == 1:
+                col = model_input.iloc[:, 0]
+            else:
+                raise PredictInputError(f"input DataFrame needs a 'text' column; got columns {list(model_input.columns)}")
+        else:
+            col = model_input["text"]
+        values = col.tolist()
+    elif isinstance(model_input, pd.Series):
+        values = model_input.tolist()
+    elif isinstance(model_input, dict) and "text" in model_input:
+        values = model_input["text"]
+        values = [values] if isinstance(values, str) else list(values)
+    elif isinstance(model_input, str):
+        values = [model_input]
+    elif isinstance(model_input, (list, tuple, np.ndarray)):
+        values = list(model_input)
+    else:
+        raise PredictInputError(f"unsupported input type {type(model_input).__name__}; pass a DataFrame with a 'text' column")
+    bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
+    if bad:
+        raise PredictInputError(f"every text must be a string; rows {bad[:10]} are not (e.g. {values[bad[0]]!r})")
+    if len(values) > MAX_TEXTS:
+        raise PredictInputError(f"{len(values)} texts in one call; send at most {MAX_TEXTS}")
+    return values
+
+
+class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        self.labels: list[str] = list(meta["labels"])
+        self.max_length = int(meta["max_length"])
+        cfg = dict(context.model_config or {})
+        device = cfg.get("device", "auto")
+        device = ("cuda" if cuda_available() else "cpu") if device == "auto" else device
+        available = [v for v in VARIANT_FILES if v in context.artifacts]
+        self.variant = choose_variant(available, device, cfg.get("variant", "auto"))
+        # On CUDA the model is replayed as CUDA graphs (bucketed shapes, captured on first use): no
+        # per-kernel launch cost. model_config {"cuda_graphs": false} turns it off.
+        self.graphs: CudaGraphRunner | None = None
+        if device == "cuda" and bool(cfg.get("cuda_graphs", True)):
+            self.graphs = CudaGraphRunner(context.artifacts[self.variant], len(self.labels))
+            self.session = self.graphs.session
+        else:
+            self.session = create_session(context.artifacts[self.variant], device=device)
+        self.device = session_device(self.session)
+        self.tokenizer = FastTokenizer(context.artifacts["tokenizer"], self.max_length)
+        self.batch_size = batch_size_for(cfg.get("batch_size", "auto"), self.device)
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return self.predict_proba_token_ids(self.tokenizer.encode(texts))
+
+    def predict_proba_token_ids(self, ids: list[list[int]]) -> np.ndarray:
+        """The model part of ``predict``: unpadded token ids in, probabilities out."""
+        if not ids:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        if self.graphs is not None:
+            return predict_proba_graphs(self.graphs, ids, self.tokenizer.pad_id, self.batch_size, self.max_length)
+        return predict_proba_ids(self.session, ids, self.tokenizer.pad_id, self.batch_size)
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        texts = texts_from_input(model_input)
+        proba = self.predict_proba(texts)
+        idx = proba.argmax(axis=1) if len(texts) else np.zeros(0, dtype=int)
+        out = pd.DataFrame({
+            "label": [self.labels[i] for i in idx],
+            "confidence": proba.max(axis=1).astype(float) if len(texts) else np.zeros(0),
+            "probabilities": [row.astype(float).tolist() for row in proba],
+        })
+        for j, lab in enumerate(self.labels):
+            out[f"proba_{lab}"] = proba[:, j].astype(float) if len(texts) else np.zeros(0)
+        return out

@@ -1,0 +1,1 @@
+"""Orchestration: the stage runner (cache, MLflow logging, retries, Prefect tasks), the flows, deployment."""

@@ -1,0 +1,188 @@
+"""The Prefect flows: training (the list of stages), the drift check, and drift-gated retraining."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import ExternalSignal
+
+from forgeline.config.loader import load_config
+from forgeline.config.schema import PipelineConfig
+from forgeline.pipeline.cache import StageCache
+from forgeline.pipeline.runner import StageRunner
+from forgeline.pipeline.stages import (
+    COMPRESS,
+    EVALUATE,
+    EXPORT,
+    REGISTER,
+    SPLIT,
+    SUMMARY,
+    TRAIN,
+    VALIDATE,
+    summary_markdown,
+)
+from forgeline.pipeline.tracking import Tracker, ensure_experiment
+from forgeline.registry.client import CHALLENGER
+from forgeline.settings import apply_offline_env, ensure_workdir, quiet_libraries, resolve_tracking_uri
+
+apply_offline_env()
+
+
+@dataclass
+class PipelineResult:
+    run_id: str
+    model_name: str
+    version: str
+    aliases: list[str]
+    promoted: bool
+    reason: str
+    cached_stages: list[str]
+    metrics: dict[str, float]
+    summary: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
+    """The whole pipeline in one MLflow run; must be called inside a Prefect flow."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    quiet_libraries()
+    logger = get_run_logger()
+    workdir = ensure_workdir(cfg.tracking)  # before the MLflow run: an unusable workdir leaves no run behind
+    tracking_uri = resolve_tracking_uri(cfg.tracking)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    experiment_id = ensure_experiment(client, cfg.tracking, tracking_uri)
+    run = client.create_run(experiment_id, run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
+                            tags={"forgeline.config_hash": cfg.config_hash(), "forgeline.model_name": cfg.registry.model_name})
+    tracker = Tracker(client=client, run_id=run.info.run_id, tracking_uri=tracking_uri)
+    run_dir = workdir / "runs" / run.info.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cache = StageCache(workdir / "cache", enabled=cfg.tracking.cache)
+    tracker.tags({"forgeline.code_version": cache.code})
+    tracker.params(cfg.flat())
+    tracker.json(cfg.model_dump(mode="json"), "config.json")
+    logger.info("MLflow run %s at %s; local files in %s", run.info.run_id, tracking_uri, run_dir)
+    step = StageRunner(cfg, run_dir, tracker, cache)
+    status = "FAILED"
+    try:
+        data = step(VALIDATE)
+        logger.info("validation: %s valid of %s rows, %s quarantined", data.report["valid_rows"], data.report["rows"],
+                    data.report["quarantined_rows"])
+        splits = step(SPLIT, data)
+        trained = step(TRAIN, splits, data.labels)
+        evaluation = step(EVALUATE, trained, splits)
+        logger.info("test metrics: %s", {k: round(v, 4) for k, v in evaluation.metrics.items()})
+        exported = step(EXPORT, trained, splits)
+        variants = step(COMPRESS, trained, splits, exported, evaluation)
+        reg = step(REGISTER, trained, splits, evaluation, exported, variants, data.fingerprint)
+        logger.info("registered %s v%s as %s: %s", reg.name, reg.version, reg.aliases, reg.decision.reason)
+        md = step(SUMMARY, summary_markdown(step, data, splits, trained, evaluation, exported, variants, reg))
+        status = "FINISHED"
+        return PipelineResult(run_id=run.info.run_id, model_name=reg.name, version=reg.version, aliases=reg.aliases,
+                              promoted=reg.decision.promote, reason=reg.decision.reason,
+                              cached_stages=[k for k, hit in step.hits.items() if hit],
+                              metrics={f"test_{k}": v for k, v in evaluation.metrics.items()}, summary=md)
+    except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, ExternalSignal)):
+            status = "KILLED"  # interrupted (Ctrl-C, SIGTERM, cancellation), not a failure of the pipeline
+        client.set_tag(run.info.run_id, "forgeline.error", f"{type(e).__name__}: {e}"[:5000])
+        raise
+    finally:
+        client.set_terminated(run.info.run_id, status=status)
+
+
+@flow(name="forgeline-training", log_prints=True, persist_result=False)
+def training_flow(config: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Prefect entry point: ``config`` is a preset name or YAML path, ``overrides`` are ``key=value``."""
+    cfg = load_config(config, overrides)
+    return run_pipeline(cfg).to_dict()
+
+
+def _challenger_note(client: Any, model_name: str) -> str | None:
+    """Why the latest challenger is not champion, for the drift decision ("no champion" alone reads as
+    "never trained")."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(model_name, CHALLENGER)
+    except MlflowException:
+        return None
+    return f"v{mv.version} is challenger: {(mv.tags or {}).get('gate.reason', 'no gate reason recorded')}"
+
+
+def check_drift(cfg: PipelineConfig) -> dict[str, Any]:
+    """Compare the configured data with the champion's training data; record the decision in MLflow
+    (experiment ``<experiment>-drift``) and return it. Bad data raises before anything is decided."""
+    import tempfile
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from forgeline.data.load import load_and_validate
+    from forgeline.data.drift import DriftReport, build_profile, compare, load_champion_profile
+
+    quiet_libraries()
+    uri = resolve_tracking_uri(cfg.tracking)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri, uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment + "-drift")
+    exp_id = exp.experiment_id if exp else ensure_experiment(
+        client, cfg.tracking.model_copy(update={"experiment": cfg.tracking.experiment + "-drift"}), uri)
+    run = client.create_run(exp_id, run_name=f"drift-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = load_and_validate(cfg.data, Path(tmp) / "data", cfg.seed)
+            champion = load_champion_profile(client, cfg.registry.model_name, Path(tmp) / "ref")
+            if champion is None:
+                reason = f"no champion of {cfg.registry.model_name} with a training-data profile"
+                challenger = _challenger_note(client, cfg.registry.model_name)
+                report = DriftReport(retrain=True, reasons=[reason + (f" ({challenger})" if challenger else "")])
+            else:
+                version, ref, ref_emb = champion
+                current, cur_emb = build_profile(data.valid, data.labels, cfg.drift, cfg.model, cfg.seed)
+                report = compare(ref, ref_emb, current, cur_emb, cfg.drift)
+                report.champion_version = version
+        metrics = {k: getattr(report, k) for k in ("label_tv", "length_ks", "embedding_cosine") if getattr(report, k) is not None}
+        tracker = Tracker(client=MlflowClient(uri, uri), run_id=run.info.run_id, tracking_uri=uri)
+        tracker.metrics({f"drift.{k}": v for k, v in metrics.items()})
+        tracker.tags({"drift.decision": "retrain" if report.retrain else "skip", "drift.reason": "; ".join(report.reasons),
+                      "data.fingerprint": data.fingerprint, "drift.champion_version": report.champion_version or "none"})
+        tracker.json(report.to_dict(), "drift_report.json")
+        client.set_terminated(run.info.run_id, "FINISHED")
+    except BaseException:
+        MlflowClient(uri, uri).set_terminated(run.info.run_id, "FAILED")
+        raise
+    return report.to_dict() | {"drift_run_id": run.info.run_id}
+
+
+@flow(name="forgeline-retraining", log_prints=True, persist_result=False)
+def retraining_flow(config: str | None = None, overrides: list[str] | None = None, force: bool = False) -> dict[str, Any]:
+    """Scheduled entry point: drift check against the champion's training data, then train only if needed."""
+    from prefect import task
+    from prefect.artifacts import create_markdown_artifact
+
+    cfg = load_config(config, overrides)
+    logger = get_run_logger()
+    drift = task(check_drift, name="drift-check", persist_result=False, cache_policy=NO_CACHE)(cfg)
+    decision = "retrain" if (drift["retrain"] or force) else "skip"
+    logger.info("drift check: %s (%s)", decision, "; ".join(drift["reasons"]))
+    md = (f"# forgeline drift check: **{decision}**\n\n" + "\n".join(f"- {r}" for r in drift["reasons"]) +
+          f"\n\nlabel TV {drift['label_tv']}, length KS {drift['length_ks']}, embedding cosine {drift['embedding_cosine']}"
+          f" (champion v{drift['champion_version']})\n")
+    try:
+        create_markdown_artifact(markdown=md, key="forgeline-drift", description="drift decision")
+    except Exception:  # noqa: BLE001
+        pass
+    if decision == "skip":
+        return {"retrained": False, "drift": drift}
+    return {"retrained": True, "drift": drift, "training": run_pipeline(cfg).to_dict()}

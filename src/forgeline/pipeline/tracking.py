@@ -1,0 +1,80 @@
+"""Explicit MLflow logging against one run id (no reliance on the fluent 'active run' state).
+
+Tasks may run in Prefect worker threads, so everything goes through MlflowClient with the run id.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from forgeline.config.schema import TrackingConfig
+
+
+def ensure_experiment(client: MlflowClient, cfg: TrackingConfig, tracking_uri: str) -> str:
+    exp = client.get_experiment_by_name(cfg.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if tracking_uri.startswith("sqlite:"):
+        artifact_location = (Path(cfg.workdir).resolve() / "mlartifacts").as_uri()
+    return client.create_experiment(cfg.experiment, artifact_location=artifact_location)
+
+
+@dataclass
+class Tracker:
+    client: MlflowClient
+    run_id: str
+    tracking_uri: str
+
+    def params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+
+    def tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def dataset(self, name: str, digest: str, source: str, columns: list[str], profile: dict[str, Any],
+                context: str = "training") -> None:
+        """Record a dataset as a run input: the MLflow UI lists it under the run's datasets."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(name=name, digest=digest[:16], source_type="local",
+                     source=json.dumps({"uri": Path(source).resolve().as_uri()}),
+                     schema=json.dumps({"mlflow_colspec": [{"type": "string", "name": c} for c in columns]}),
+                     profile=json.dumps(profile))
+        self.client.log_inputs(self.run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
+
+    def json(self, data: Any, name: str) -> None:
+        self.client.log_dict(self.run_id, data, name)
+
+    def text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def temp_json(self, data: Any, name: str) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / name
+            p.write_text(json.dumps(data, indent=2))
+            self.artifact(p)

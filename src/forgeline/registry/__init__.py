@@ -1,0 +1,1 @@
+"""The model registry: store location, model references, registration and the champion gate."""

@@ -1,0 +1,182 @@
+"""Register the ONNX bundle as an MLflow pyfunc model version and run the champion gate.
+
+Every new version gets alias ``challenger`` and tags (data fingerprint, config hash, git commit,
+metrics, variants). ``champion`` moves to it only when the gate passes: parity ok, macro-F1 not
+below the current champion's by more than ``registry.f1_tolerance`` and at least
+``registry.min_gain_over_chance`` above chance. The decision and its reason are
+written to the version's tags, the run's tags and ``gate.json`` in the run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from forgeline.config.schema import RegistryConfig
+from forgeline.errors import RegistryError
+from forgeline.inference.contract import META_FILE
+from forgeline.registry.client import CHALLENGER, CHAMPION, current_champion
+from forgeline.registry.gate import GateDecision, chance_macro_f1, decide_promotion
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    model_uri: str
+    aliases: list[str]
+    decision: GateDecision
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+SHIPPED = ("inference",)
+"""The forgeline subpackages a registered model carries as its code: the torch-free runtime only."""
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=5)
+        sha = out.stdout.strip()
+        if out.returncode != 0 or not sha:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PACKAGE_DIR,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def stage_model_code(dst: Path) -> Path:
+    """``dst/forgeline`` holding ``__init__.py`` and the SHIPPED subpackages: what ``code_paths`` copies
+    into the model. MLflow puts the model's ``code/`` folder first on ``sys.path`` at load time, so a
+    process without forgeline installed imports ``forgeline.inference`` from the model itself."""
+    import shutil
+
+    pkg = dst / "forgeline"
+    pkg.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(PACKAGE_DIR / "__init__.py", pkg / "__init__.py")
+    for name in SHIPPED:
+        shutil.copytree(PACKAGE_DIR / name, pkg / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return pkg
+
+
+def log_pyfunc(run_id: str, bundle: dict[str, Path], meta: dict[str, Any], registered_name: str,
+               input_example: list[str]) -> tuple[str, str]:
+    """Log the ONNX bundle as a pyfunc model in ``run_id`` and register it; returns (model_uri, version)."""
+    import tempfile
+
+    import mlflow
+    import mlflow.pyfunc
+    import onnxruntime
+    import pandas as pd
+    import tokenizers
+    from mlflow.models import infer_signature
+
+    from forgeline.inference.pyfunc import OnnxTextClassifier
+
+    meta_path = bundle["tokenizer"].parent / META_FILE
+    meta_path.write_text(json.dumps(meta, indent=2))
+    artifacts = {k: str(v) for k, v in bundle.items()}
+    artifacts["meta"] = str(meta_path)
+    example = pd.DataFrame({"text": input_example})
+    from types import SimpleNamespace
+
+    probe = OnnxTextClassifier()  # a loaded instance holds an ORT session: used for the signature only
+    probe.load_context(SimpleNamespace(artifacts=artifacts, model_config={"device": "cpu"}))
+    signature = infer_signature(example, probe.predict(None, example))
+    with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory(prefix="forgeline-code-") as code:
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=OnnxTextClassifier(),
+            artifacts=artifacts,
+            code_paths=[str(stage_model_code(Path(code)))],
+            pip_requirements=[f"onnxruntime>={onnxruntime.__version__.split('+')[0]}", f"tokenizers=={tokenizers.__version__}",
+                              "numpy", "pandas", f"mlflow=={mlflow.__version__}"],
+            signature=signature,
+            input_example=example,
+            registered_model_name=registered_name,
+            # batch_size "auto": 256 on CUDA (one captured graph per request up to 256 texts), 64 on CPU
+            model_config={"variant": "auto", "device": "auto", "batch_size": "auto"},
+            metadata={"labels": meta["labels"], "variants": meta["variants"]},
+        )
+    if info.registered_model_version is None:
+        raise RegistryError(f"MLflow did not register {registered_name}; check the tracking server's registry")
+    return info.model_uri, str(info.registered_model_version)
+
+
+def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bundle: dict[str, Path],
+                      meta: dict[str, Any], metrics: dict[str, float], tags: dict[str, str], parity_ok: bool,
+                      input_example: list[str]) -> Registration:
+    name = cfg.model_name
+    champion = current_champion(client, name)
+    try:
+        model_uri, version = log_pyfunc(run_id, bundle, meta, name, input_example)
+    except MlflowException as e:
+        raise RegistryError(f"registering {name} failed: {e}") from e
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, str(v))
+    for k, v in metrics.items():
+        client.set_model_version_tag(name, version, f"metric.{k}", f"{v:.6f}")
+    client.set_registered_model_alias(name, CHALLENGER, version)
+
+    decision = decide_promotion(metrics["test_macro_f1"], parity_ok, champion, cfg.f1_tolerance,
+                                chance_macro_f1(len(meta["labels"])), cfg.min_gain_over_chance)
+    aliases = [CHALLENGER]
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        client.delete_registered_model_alias(name, CHALLENGER)
+        aliases = [CHAMPION]
+    gate_tags = {"gate.decision": "promoted" if decision.promote else "kept_challenger", "gate.reason": decision.reason}
+    for k, v in gate_tags.items():
+        client.set_model_version_tag(name, version, k, v)
+        client.set_tag(run_id, k, v)
+    client.set_tag(run_id, "registered_model", f"{name}/{version}")
+    client.log_dict(run_id, asdict(decision) | {"version": version, "aliases": aliases}, "gate.json")
+    client.update_model_version(name, version, description=f"forgeline: {decision.reason}")
+    return Registration(name=name, version=version, model_uri=f"models:/{name}/{version}", aliases=aliases, decision=decision)
+
+
+def reuse_registration(client: MlflowClient, run_id: str, cfg: RegistryConfig, version: str,
+                       n_labels: int) -> Registration:
+    """An unchanged re-run: no new version. The gate runs again on that version with the current registry
+    settings (they are not part of the cache key), so a version kept as challenger under the old settings
+    is promoted when the new ones let it through; a champion stays as it is."""
+    name = cfg.model_name
+    mv = client.get_model_version(name, version)
+    aliases = list(mv.aliases or [])
+    tags = mv.tags or {}
+    same = f"same data, pipeline settings and code as registered version {version}; nothing registered"
+    candidate = float(tags.get("metric.test_macro_f1", "nan"))
+    decision = GateDecision(promote=False, reason=same, candidate_macro_f1=candidate)
+    word = "unchanged"
+    if CHAMPION not in aliases:
+        gate = decide_promotion(candidate, tags.get("parity_ok") == "True", current_champion(client, name),
+                                cfg.f1_tolerance, chance_macro_f1(n_labels), cfg.min_gain_over_chance)
+        if gate.promote:
+            client.set_registered_model_alias(name, CHAMPION, version)
+            if CHALLENGER in aliases:
+                client.delete_registered_model_alias(name, CHALLENGER)
+            aliases = [a for a in aliases if a != CHALLENGER] + [CHAMPION]
+            gate.reason = f"{same}; the gate, run again with the current registry settings, promoted it: {gate.reason}"
+            word = "promoted"
+            for k, v in {"gate.decision": "promoted", "gate.reason": gate.reason}.items():
+                client.set_model_version_tag(name, version, k, v)
+            client.update_model_version(name, version, description=f"forgeline: {gate.reason}")
+        else:
+            gate.reason = f"{same}; still not champion: {gate.reason}"
+        decision = gate
+    client.set_tag(run_id, "gate.decision", word)
+    client.set_tag(run_id, "gate.reason", decision.reason)
+    client.set_tag(run_id, "registered_model", f"{name}/{version}")
+    client.log_dict(run_id, asdict(decision) | {"version": version, "aliases": aliases}, "gate.json")
+    return Registration(name=name, version=version, model_uri=f"models:/{name}/{version}", aliases=aliases,
+                        decision=decision)

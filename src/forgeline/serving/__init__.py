@@ -1,0 +1,1 @@
+"""HTTP serving of a registered model: micro-batching, registry hot swap, drain."""

@@ -1,0 +1,195 @@
+"""HTTP serving of a registered ONNX classifier with dynamic micro-batching and registry hot-swap.
+
+- ``POST /v1/predict`` ``{"texts": [...]}`` → labels + probabilities; bad input is a 4xx with a reason.
+- ``/healthz`` (process up), ``/readyz`` (model loaded and warmed, not draining), ``/v1/model``, ``/metrics``.
+- Requests are micro-batched (``forgeline.serving.batcher``).
+- A watcher polls the alias (``NAME@champion``) and hot-swaps new versions (``forgeline.serving.watcher``):
+  batches already running finish on the old model, later ones use the new, so no request fails.
+- On shutdown (SIGTERM/SIGINT via uvicorn) readiness turns 503, queued requests are answered, then the
+  process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from forgeline.config.schema import ServeConfig
+from forgeline.serving.batcher import MicroBatcher
+from forgeline.serving.metrics import Metrics
+from forgeline.serving.watcher import RegistrySource, Watcher
+
+log = logging.getLogger("forgeline.serve")
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# --- request validation ------------------------------------------------------------------------------
+def parse_predict_body(body: bytes, content_type: str | None, cfg: ServeConfig) -> list[str]:
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise BadRequest(415, f"Content-Type must be application/json, got {content_type or 'none'!r}")
+    if len(body) > cfg.max_body_bytes:
+        raise BadRequest(413, f"request body is {len(body)} bytes; the limit is {cfg.max_body_bytes}")
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise BadRequest(400, f"body is not valid JSON: {e}") from None
+    if not isinstance(payload, dict):
+        raise BadRequest(422, 'body must be a JSON object like {"texts": ["..."]}')
+    if "texts" not in payload:
+        raise BadRequest(422, 'missing field "texts": send {"texts": ["..."]}')
+    extra = sorted(set(payload) - {"texts"})
+    if extra:
+        raise BadRequest(422, f"unknown field(s) {extra}; only \"texts\" is accepted")
+    texts = payload["texts"]
+    if not isinstance(texts, list):
+        raise BadRequest(422, f'"texts" must be a list of strings, got {type(texts).__name__}')
+    if not texts:
+        raise BadRequest(422, '"texts" is empty; send at least one text')
+    if len(texts) > cfg.max_texts_per_request:
+        raise BadRequest(413, f'"texts" has {len(texts)} items; at most {cfg.max_texts_per_request} per request')
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise BadRequest(422, f'"texts"[{i}] must be a string, got {type(t).__name__}')
+        if len(t) > cfg.max_text_chars:
+            raise BadRequest(413, f'"texts"[{i}] has {len(t)} characters; the limit is {cfg.max_text_chars}')
+    return texts
+
+
+# --- app ---------------------------------------------------------------------------------------------
+def create_app(cfg: ServeConfig, source: RegistrySource | None = None):
+    metrics = Metrics()
+    state: dict[str, Any] = {"ready": False, "draining": False}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        src = source or RegistrySource(cfg)
+        batcher = MicroBatcher(cfg.max_batch_size, cfg.max_wait_ms, metrics)
+        watcher = Watcher(src, batcher, metrics, cfg.poll_interval_s)
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(None, watcher.load_initial)
+        watcher.exclusive = getattr(model.impl, "graphs", None) is not None
+        log.info("serving %s v%s (%s on %s)", model.name, model.version, model.impl.variant, model.impl.device)
+        batcher.start()
+        watcher.start()
+        state.update(batcher=batcher, watcher=watcher, ready=True)
+        metrics.ready.set(1)
+        try:
+            yield
+        finally:
+            state.update(ready=False, draining=True)
+            metrics.ready.set(0)
+            await watcher.stop()
+            await batcher.drain()
+            log.info("drained; exiting")
+
+    app = FastAPI(title="forgeline serving", lifespan=lifespan)
+
+    def error(status: int, message: str) -> JSONResponse:
+        metrics.requests.labels(str(status)).inc()
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.post("/v1/predict")
+    async def predict(request: Request):
+        start = time.perf_counter()
+        if state["draining"] or not state["ready"]:
+            return error(503, "server is not ready (starting or shutting down); retry")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
+            return error(413, f"request body is {declared} bytes; the limit is {cfg.max_body_bytes}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > cfg.max_body_bytes:
+                return error(413, f"request body exceeds the limit of {cfg.max_body_bytes} bytes")
+        try:
+            texts = parse_predict_body(bytes(body), request.headers.get("content-type"), cfg)
+        except BadRequest as e:
+            return error(e.status, e.message)
+        try:
+            proba, model = await state["batcher"].submit(texts)
+        except Exception as e:  # noqa: BLE001
+            return error(503, f"inference failed: {e}")
+        labels = model.labels
+        idx = proba.argmax(axis=1)
+        preds = [{"label": labels[int(j)], "confidence": float(row[j]),
+                  "probabilities": {lab: float(p) for lab, p in zip(labels, row)}} for row, j in zip(proba, idx)]
+        metrics.requests.labels("200").inc()
+        metrics.texts.inc(len(texts))
+        metrics.latency.observe(time.perf_counter() - start)
+        return {"model": model.name, "version": model.version, "predictions": preds}
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if state["ready"] and not state["draining"]:
+            return {"status": "ready", "version": state["batcher"].model.version}
+        return JSONResponse({"status": "draining" if state["draining"] else "starting"}, status_code=503)
+
+    @app.get("/v1/model")
+    async def model_info():
+        batcher = state.get("batcher")
+        if batcher is None or batcher.model is None:
+            return JSONResponse({"error": "no model loaded yet"}, status_code=503)
+        return batcher.model.info() | {"reference": cfg.model}
+
+    @app.get("/metrics")
+    async def prometheus():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):  # pragma: no cover - last resort
+        log.exception("unhandled error")
+        return PlainTextResponse("internal error", status_code=500)
+
+    app.state.metrics = metrics
+    app.state.serve_state = state
+    return app
+
+
+def serve(cfg: ServeConfig) -> int:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    class _Server(uvicorn.Server):
+        """SIGTERM/SIGINT: stop accepting, finish in-flight requests, drain the batcher (lifespan exit),
+        then return normally so the process exits 0 (plain uvicorn re-raises the signal afterwards)."""
+
+        @contextmanager
+        def capture_signals(self):
+            import signal
+
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    config = uvicorn.Config(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info",
+                            timeout_graceful_shutdown=30, limit_concurrency=2048)
+    _Server(config).run()
+    return 0

@@ -1,0 +1,118 @@
+"""Dynamic micro-batching: requests are queued and grouped into batches of at most ``max_batch``
+texts, waiting at most ``max_wait_ms`` for a batch to fill; one inference thread runs the batches.
+A lone request (nothing else outstanding) runs at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from forgeline.serving.metrics import Metrics
+
+if TYPE_CHECKING:
+    from forgeline.serving.watcher import LoadedModel
+
+log = logging.getLogger("forgeline.serve")
+
+
+async def cancel_task(task: asyncio.Task | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+# --- micro-batching ----------------------------------------------------------------------------------
+@dataclass
+class _Pending:
+    texts: list[str]
+    future: asyncio.Future
+    enqueued: float
+
+
+class MicroBatcher:
+    def __init__(self, max_batch: int, max_wait_ms: float, metrics: Metrics) -> None:
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.metrics = metrics
+        self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        self.model: LoadedModel | None = None
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self.in_flight = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="micro-batcher")
+
+    async def submit(self, texts: list[str]) -> tuple[np.ndarray, LoadedModel]:
+        fut = asyncio.get_running_loop().create_future()
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            await self.queue.put(_Pending(texts, fut, time.perf_counter()))
+            return await fut
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
+
+    async def _collect(self) -> list[_Pending]:
+        first = await self.queue.get()
+        batch, count = [first], len(first.texts)
+        deadline = time.perf_counter() + self.max_wait
+        # A lone request (nothing else outstanding) runs at once instead of waiting out max_wait.
+        while count < self.max_batch and self.in_flight > 1:
+            remaining = deadline - time.perf_counter()
+            try:
+                item = self.queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self.queue.get(), remaining)
+            except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                break
+            batch.append(item)
+            count += len(item.texts)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._stopping and self.queue.empty():
+                return
+            try:
+                batch = await self._collect()
+            except asyncio.CancelledError:
+                return
+            model = self.model  # one read: this whole batch runs on one model version
+            texts = [t for p in batch for t in p.texts]
+            try:
+                if model is None:
+                    raise RuntimeError("no model loaded")
+                proba = await loop.run_in_executor(self.executor, model.impl.predict_proba, texts)
+            except Exception as e:  # noqa: BLE001 - fail these requests, keep serving
+                log.exception("inference failed")
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+                continue
+            self.metrics.batch_size.observe(len(texts))
+            start = 0
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_result((proba[start : start + len(p.texts)], model))
+                start += len(p.texts)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Answer everything queued, then stop the batching loop."""
+        self._stopping = True
+        deadline = time.monotonic() + timeout
+        while (not self.queue.empty() or self.in_flight) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await cancel_task(self._task)
+        self.executor.shutdown(wait=True)

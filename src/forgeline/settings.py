@@ -1,0 +1,97 @@
+"""Process-wide settings declared once: offline environment, log quieting, the GPU concurrency tag, and
+where the workdir and the MLflow store are (config first, then the environment, then the default).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from forgeline.config.schema import TrackingConfig
+from forgeline.errors import ConfigError
+
+GPU_TAG = "gpu"
+"""Prefect tag on the train task; its concurrency limit (``forgeline deploy --gpu-slots``) keeps two
+trainings off one GPU."""
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",  # weights come from local packages or folders; the hub is never reached
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",  # no fork warnings from the Rust tokenizer in worker threads
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # progress bars garble the run logs
+}
+
+
+def apply_offline_env() -> None:
+    """Set the defaults above where the user has not set them."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def quiet_libraries() -> None:
+    """Keep pipeline logs to what forgeline says: no transformers weight reports or progress bars,
+    no FutureWarnings, no torch.onnx chatter, no MLflow type-hint hint on every model log."""
+    import logging
+    import warnings
+
+    apply_offline_env()
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - serving images have no transformers
+        pass
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+
+
+def ensure_workdir(cfg: TrackingConfig) -> Path:
+    """The workdir (run files, stage cache, the default SQLite store), created if needed; a ConfigError
+    when it cannot be created or written."""
+    workdir = Path(cfg.workdir).expanduser().resolve()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if not os.access(workdir, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise ConfigError(f"tracking.workdir {workdir} cannot be used: {e.strerror or e}. Set tracking.workdir "
+                          "(--set tracking.workdir=DIR or $FORGELINE_WORKDIR) to a writable directory") from None
+    return workdir
+
+
+def resolve_tracking_uri(cfg: TrackingConfig) -> str:
+    """Config wins, then $MLFLOW_TRACKING_URI, then an embedded SQLite store in the workdir."""
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{ensure_workdir(cfg) / 'mlflow.db'}"
+
+
+def require_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail at once when an http(s) tracking server does not answer. MLflow's client would retry for
+    minutes before the first stage failed."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname or "", port), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"MLflow tracking server {uri} is not reachable ({e.strerror or e}); start it, or fix "
+                          "tracking.tracking_uri / $MLFLOW_TRACKING_URI / --tracking-uri") from None
+
+
+def sqlite_file(uri: str) -> str | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores and in-memory SQLite)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return db if db and db != ":memory:" else None

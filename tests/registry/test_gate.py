@@ -1,0 +1,57 @@
+"""The champion gate as a pure function: every branch, no store."""
+
+import numpy as np
+import pytest
+
+from forgeline.registry.gate import ChampionInfo, chance_macro_f1, decide_promotion
+
+
+@pytest.mark.parametrize(
+    "candidate,parity,champion,promote,needle",
+    [
+        (0.70, True, None, True, "no champion yet"),
+        (0.70, False, None, False, "parity"),
+        (0.80, False, ChampionInfo("1", 0.50), False, "parity"),
+        (0.795, True, ChampionInfo("1", 0.80), True, "promoted"),
+        (0.60, True, ChampionInfo("1", 0.80), False, "below champion v1"),
+        (0.90, True, ChampionInfo("3", 0.80), True, "promoted"),
+        (0.10, True, ChampionInfo("2", None), True, "no macro-F1"),
+    ],
+)
+def test_gate(candidate, parity, champion, promote, needle):
+    d = decide_promotion(candidate, parity, champion, tolerance=0.01)
+    assert d.promote is promote and needle in d.reason
+
+
+@pytest.mark.parametrize(
+    "candidate,champion,promote,needle",
+    [
+        (0.3261, None, False, "not 0.05 (registry.min_gain_over_chance) above chance, 0.3333"),  # always one class
+        (0.3834, None, True, "no champion yet"),
+        (0.36, ChampionInfo("1", 0.365), False, "above chance"),  # within tolerance of a champion that is no better
+        (0.30, ChampionInfo("1", 0.80), False, "below champion v1"),  # the bigger problem is named first
+        (0.36, ChampionInfo("1", None), False, "above chance"),
+    ],
+)
+def test_gate_keeps_a_model_at_chance_level_from_becoming_champion(candidate, champion, promote, needle):
+    d = decide_promotion(candidate, True, champion, 0.01, chance_macro_f1=1 / 3, min_gain_over_chance=0.05)
+    assert d.promote is promote and needle in d.reason
+    assert (d.chance_macro_f1, d.min_gain_over_chance) == (1 / 3, 0.05)
+    assert decide_promotion(candidate, True, champion, 0.01, 1 / 3, None).promote is (champion is None or candidate > 0.35)
+
+
+def test_chance_is_one_over_the_number_of_classes_and_no_label_blind_guess_beats_it():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    y = rng.choice(3, size=20_000, p=[0.7, 0.2, 0.1])
+    assert chance_macro_f1(3) == pytest.approx(1 / 3)
+    guesses = {"always the most frequent": np.zeros_like(y), "uniform": rng.integers(0, 3, size=y.size),
+               "by class frequency": rng.choice(3, size=y.size, p=[0.7, 0.2, 0.1])}
+    for name, pred in guesses.items():
+        assert f1_score(y, pred, average="macro") <= chance_macro_f1(3) + 0.01, name
+
+
+def test_gate_refuses_worse_model_just_beyond_tolerance():
+    assert decide_promotion(0.7899, True, ChampionInfo("1", 0.80), 0.01).promote is False
+    assert decide_promotion(0.7901, True, ChampionInfo("1", 0.80), 0.01).promote is True
