@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from forgeline.errors import ForgelineError
 from forgeline.settings import apply_offline_env
+
+
+def _verbose_option(default: object) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--verbose", "-v", action="store_true", default=default,
+                   help="print progress logs to stderr and full tracebacks on errors")
+    return p
 
 
 def _add_set(p: argparse.ArgumentParser, example: str = "train.epochs=1") -> None:
@@ -26,8 +32,10 @@ def _config_options() -> argparse.ArgumentParser:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="forgeline", description="Train, compress, export and register text classifiers.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="forgeline", description="Train, compress, export and register text classifiers.",
+                                parents=[_verbose_option(False)])
+    # SUPPRESS: a subcommand's own --verbose default must not undo `forgeline --verbose run`
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_subparser(_verbose_option(argparse.SUPPRESS)))
     config = [_config_options()]
     sub.add_parser("run", parents=config,
                    help="run the training flow (validate → train → evaluate → export → compress → register)")
@@ -40,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                        "else the embedded store in .forgeline)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
-    _add_set(serve, "max_batch_size=32")
+    _add_set(serve, "max_batch_size=32 or tracking.workdir=DIR")
     bench = sub.add_parser("bench", help="side-by-side inference/training benchmark of a registered version")
     bench.add_argument("--model", "-m", required=True, help="NAME@alias or NAME/VERSION")
     bench.add_argument("--tracking-uri", default=None)
@@ -68,6 +76,42 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _subparser(common: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
+    class Sub(argparse.ArgumentParser):
+        def __init__(self, *a, parents=(), **kw):
+            super().__init__(*a, parents=[*parents, common], **kw)
+
+    return Sub
+
+
+def _console(verbose: bool) -> None:
+    """Prefect logs a failing task's and flow's exception with its traceback, and forgeline reports it
+    again: records carrying a traceback are dropped from the console (the run's error.log has it;
+    --verbose prints it once). Without --verbose stderr holds forgeline's one error message and nothing
+    else: progress logs (Prefect's and MLflow's console handlers, Python warnings) go to stdout. Call
+    after importing prefect, which installs its handlers then."""
+    import logging
+
+    if not verbose:
+        logging.captureWarnings(True)
+
+    def no_traceback(record: logging.LogRecord) -> bool:
+        return not record.exc_info
+
+    for name in ("", "uvicorn", "fastapi", "mlflow"):
+        for handler in logging.getLogger(name).handlers:
+            stream = getattr(handler, "stream", None)
+            # MLflow's handler writes through a stream object that forwards to sys.stderr
+            if not isinstance(handler, logging.StreamHandler) or not (
+                    stream is sys.stderr or type(stream).__name__ == "MlflowLoggingStream"):
+                continue
+            handler.addFilter(no_traceback)
+            if not verbose:
+                handler.setStream(sys.stdout)
+                if hasattr(handler, "console"):  # Prefect's rich console writes to its own file object
+                    handler.console.file = sys.stdout
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from forgeline.config.loader import load_config
 
@@ -79,6 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from forgeline.pipeline.embedded import start_temporary_server
     from forgeline.pipeline.flows import training_flow
 
+    _console(args.verbose)
     start_temporary_server()  # own session: Ctrl-C stops the flow, which can still report it
 
     result = training_flow(config=args.config, overrides=args.overrides)
@@ -108,20 +153,21 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if uri.startswith("sqlite:"):
         cmd += ["--default-artifact-root", (Path(cfg.tracking.workdir).resolve() / "mlartifacts").as_uri()]
     print("starting:", " ".join(cmd))
-    return subprocess.call(cmd)
+    from forgeline.pipeline.embedded import run_process_group
+
+    return run_process_group(cmd)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from forgeline.errors import ConfigError
-    from forgeline.config.loader import parse_override
+    from forgeline.config.loader import apply_override
     from forgeline.config.schema import ServeConfig
 
     values: dict = {"model": args.model, "tracking_uri": args.tracking_uri, "host": args.host, "port": args.port}
-    for item in args.overrides:
-        parts, value = parse_override(item)
-        values[".".join(parts)] = value
+    for item in args.overrides:  # serving options, and tracking.* as `forgeline run` takes them
+        apply_override(values, item)
     try:
         cfg = ServeConfig(**values)
     except ValidationError as e:
@@ -171,6 +217,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     from forgeline.config.loader import load_config
     from forgeline.pipeline.flows import check_drift
 
+    _console(args.verbose)
     report = check_drift(load_config(args.config, args.overrides))
     print(json.dumps(report, indent=2))
     return 0
@@ -210,19 +257,45 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = {"run": cmd_run, "ui": cmd_ui, "config": cmd_config, "serve": cmd_serve, "loadtest": cmd_loadtest,
+            "deploy": cmd_deploy, "drift": cmd_drift, "bench": cmd_bench}
+
+
+def report_error(e: BaseException, verbose: bool) -> int:
+    """One message on stderr: what went wrong and what to do (exit 2) for errors the user can fix,
+    the exception and where its traceback is (exit 1) for bugs. The traceback itself is printed only
+    with --verbose; otherwise it is in the run's error.log (and the MLflow run) or a temporary file."""
+    import tempfile
+    import traceback
+
+    user = isinstance(e, ForgelineError)
+    log = getattr(e, "forgeline_log", None)
+    if verbose:
+        traceback.print_exception(e, file=sys.stderr)
+    elif not user and log is None:
+        fd, log = tempfile.mkstemp(prefix="forgeline-error-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(traceback.format_exception(e)))
+    if user:
+        print(f"forgeline: error: {e}", file=sys.stderr)
+    else:
+        print(f"forgeline: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+              file=sys.stderr)
+    if log and not verbose:
+        print(f"forgeline: full traceback in {log} (or run with --verbose)", file=sys.stderr)
+    return 2 if user else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     apply_offline_env()
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "ui": cmd_ui, "config": cmd_config, "serve": cmd_serve,
-                "loadtest": cmd_loadtest, "deploy": cmd_deploy,
-                "drift": cmd_drift, "bench": cmd_bench}[args.command](args)
-    except ForgelineError as e:
-        print(f"forgeline: error: {e}", file=sys.stderr)
-        return 2
+        return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("forgeline: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - every failure ends as one message and an exit code
+        return report_error(e, args.verbose)
 
 
 if __name__ == "__main__":

@@ -40,3 +40,16 @@ def test_length_and_content_shift_is_drift():
 def test_embeddings_are_normalized():
     _, emb = profile(sentiment_rows(20))
     assert emb.shape == (40, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
+
+
+def test_labels_the_champion_never_saw_are_named():
+    a = sentiment_rows(100, seed=1)
+    b = pd.concat([sentiment_rows(100, seed=2), pd.DataFrame({"text": [f"meh, it is a car {i}" for i in range(5)],
+                                                              "label": ["neutral"] * 5})])
+    current = build_profile(b, ["negative", "neutral", "positive"], CFG, MODEL, 0)
+    report = compare(*profile(a), *current, CFG)
+    # 5 of 205 rows: far below the label-distribution threshold, named all the same
+    assert report.label_tv < CFG.label_tv_threshold
+    assert report.retrain and report.new_labels == ["neutral"]
+    assert "labels new to the model: 'neutral'" in report.reasons[0]
+    assert compare(*profile(a), *profile(sentiment_rows(100, seed=2)), CFG).new_labels == []

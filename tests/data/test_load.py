@@ -1,11 +1,12 @@
+import importlib.util
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from forgeline.errors import DataLoadError, DataValidationError
 from forgeline.config.schema import DataConfig
+from forgeline.errors import DataLoadError, DataValidationError
 from forgeline.data.load import load_and_validate, read_table, validate_frame
 
 GOOD = [(f"a perfectly fine sentence number {i}", "pos" if i % 2 else "neg") for i in range(40)]
@@ -19,6 +20,7 @@ BAD = [
     ("a sentence with a label nobody asked for", "maybe", "unknown_label"),
     ("A perfectly   fine sentence NUMBER 3", "pos", "duplicate_text"),
     ("bad bytes caf\udce9 here", "pos", "non_utf8"),
+    ("a NUL\x00 byte inside the text", "neg", "control_chars"),
 ]
 
 
@@ -187,3 +189,84 @@ def test_validate_frame_numeric_labels_are_strings():
     raw = pd.DataFrame({"text": ["one text", "two text"], "label": [1.0, 0.0]})
     valid, quarantine, _ = validate_frame(raw, DataConfig(source="file", path="x", label_column="label"))
     assert list(valid["label"]) == ["1", "0"] and quarantine.empty
+
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zip"])
+def test_compressed_files_are_read_by_their_suffix(tmp_path: Path, fmt: str, suffix: str):
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    plain = WRITERS[fmt](tmp_path / f"plain.{fmt}", GOOD)
+    packed = tmp_path / f"data.{fmt}{suffix}"
+    raw = plain.read_bytes()
+    if suffix == ".zip":
+        with zipfile.ZipFile(packed, "w") as z:
+            z.writestr(f"data.{fmt}", raw)
+    else:
+        packed.write_bytes({".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}[suffix](raw))
+    result = load_and_validate(cfg_for(packed), tmp_path / "out")
+    assert result.valid.equals(load_and_validate(cfg_for(plain), tmp_path / "out2").valid)
+    assert result.fingerprint != load_and_validate(cfg_for(plain), tmp_path / "out3").fingerprint  # of the file as stored
+
+
+def test_a_broken_or_unsupported_compressed_file_is_a_clear_error(tmp_path: Path):
+    bad = tmp_path / "d.csv.gz"
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(DataLoadError, match=r"d.csv.gz: not a valid gzip file"):
+        read_table(bad, cfg_for(bad))
+    zst = tmp_path / "d.csv.zst"
+    zst.write_bytes(b"\x28\xb5\x2f\xfd")
+    if importlib.util.find_spec("zstandard") is None:
+        with pytest.raises(DataLoadError, match="zstandard package"):
+            read_table(zst, cfg_for(zst))
+
+
+def test_a_csv_without_header_row_reads_with_column_numbers(tmp_path: Path):
+    path = tmp_path / "nohead.csv"
+    path.write_text("".join(f"{t},{lab}\n" for t, lab in GOOD))
+    result = load_and_validate(cfg_for(path, header=False, text_column=0, label_column=1), tmp_path / "out")
+    assert len(result.valid) == len(GOOD) and result.valid["text"].iloc[0] == GOOD[0][0]  # the first line is data
+    with pytest.raises(DataLoadError, match=r"column number\(s\) \[5\] out of range; the file has 2 columns"):
+        read_table(path, cfg_for(path, header=False, text_column=0, label_column=5))
+    jsonl = write_jsonl(tmp_path / "d.jsonl", GOOD)
+    with pytest.raises(DataLoadError, match="data.header=false applies to CSV files"):
+        read_table(jsonl, cfg_for(jsonl, header=False, text_column=0, label_column=1))
+
+
+@pytest.mark.parametrize("lines, line_no, problem", [
+    (["ok one,pos", "ok two,neg", '"stray quote mid-file,pos', "ok three,neg"], 4, "malformed CSV"),
+    (["ok one,pos", "one,field,too many,neg", "ok two,neg"], 3, "4 field(s) where the header has 2"),
+    (['"opened here,pos', "row a,neg", "row b,pos", "row c,neg", 'closed",neg', "ok,pos"], 2,
+     "runs on to line 6 and swallows the rows between"),
+])
+def test_malformed_csv_names_the_line_and_shows_it(tmp_path: Path, lines, line_no, problem):
+    path = tmp_path / "m.csv"
+    path.write_text("\n".join(["text,label", *lines]) + "\n")
+    with pytest.raises(DataLoadError) as e:
+        read_table(path, cfg_for(path))
+    msg = str(e.value)
+    assert f"m.csv:{line_no}: " in msg and problem in msg
+    assert repr(lines[line_no - 2]) in msg  # the raw line itself
+
+
+def test_a_quoted_text_over_several_lines_is_still_fine(tmp_path: Path):
+    path = tmp_path / "multi.csv"
+    path.write_text('text,label\n"first line\nsecond line, with a comma\nthird",pos\nplain,neg\n')
+    assert read_table(path, cfg_for(path))["text"].tolist() == ["first line\nsecond line, with a comma\nthird", "plain"]
+
+
+def test_a_class_that_cannot_be_split_is_named_with_plain_numbers(tmp_path: Path):
+    from forgeline.config.schema import SplitConfig
+
+    rows = [(f"neg text {i}", "neg") for i in range(100)] + [(f"pos text {i}", "pos") for i in range(12)]
+    path = write_csv(tmp_path / "s.csv", rows)
+    with pytest.raises(DataValidationError) as e:
+        load_and_validate(cfg_for(path), tmp_path / "out", split=SplitConfig())
+    msg = str(e.value)
+    assert ("1 class(es) have fewer than 20 valid rows (split.val_fraction=0.1 and split.test_fraction=0.15 need "
+            "that many for a stratified split): 'pos' has 12. Add rows of those classes, or raise") in msg
+    assert load_and_validate(cfg_for(path), tmp_path / "out2", split=SplitConfig(val_fraction=0.2, test_fraction=0.2))

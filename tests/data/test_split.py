@@ -41,5 +41,6 @@ def test_leakage_check_catches_near_duplicates_across_splits():
 def test_too_small_class_is_a_clear_error():
     from forgeline.errors import DataValidationError
 
-    with pytest.raises(DataValidationError, match="too few rows"):
+    with pytest.raises(DataValidationError, match="fewer than the 20 rows that split.val_fraction=0.1 and "
+                       r"split.test_fraction=0.15 need for a stratified split: '\w+' has 3\. "):
         split_dataset(frame(n_pos=3), SplitConfig(), seed=0)

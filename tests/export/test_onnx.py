@@ -99,3 +99,39 @@ def test_dynamo_exporter_and_unoptimized_export_still_work(tmp_path, trained):
                            cfg.export.model_copy(update=overrides), cfg.model.max_length)
         assert fused_operators(path)["Attention"] == 0
         assert check_parity(result.model, result.tokenizer, path, splits.test["text"], cfg.model.max_length, cfg.export).ok
+
+
+def test_an_unfusable_model_type_is_named_in_a_warning_on_the_run(tmp_path, trained, exported):
+    """A DeBERTa-v2 graph exports and passes parity, but the optimizer fuses none of its attention: the
+    run says so (tag, metric, summary, log) instead of shipping a slow graph silently."""
+    import torch
+    from mlflow.tracking import MlflowClient
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    from forgeline.config.schema import ExportConfig
+    from forgeline.export.onnx import export_onnx, fusion_report, fusion_warning
+    from forgeline.pipeline.stages import Exported, _log_export
+    from forgeline.pipeline.tracking import Tracker
+
+    cfg, _, result = trained
+    minilm = fusion_report(exported, "bert", optimized=True)
+    assert minilm["attention"] >= 1 and fusion_warning(minilm) is None
+
+    torch.manual_seed(0)
+    deberta = DebertaV2ForSequenceClassification(DebertaV2Config(
+        vocab_size=result.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=2, type_vocab_size=0)).eval()
+    path = export_onnx(deberta, result.tokenizer, result.labels, tmp_path / "deberta.onnx", ExportConfig(), 32)
+    report = fusion_report(path, deberta.config.model_type, optimized=True)
+    assert report["attention"] == 0 and report["nodes"] > 50
+    assert "no attention in this deberta-v2 graph" in fusion_warning(report)
+    assert fusion_warning(report | {"optimized": False}) is None  # export.optimize=false: nothing was tried
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    run = client.create_run(client.create_experiment("e"))
+    parity = check_parity(deberta, result.tokenizer, path, ["a short text", "another one"], 32, ExportConfig())
+    _log_export(Tracker(client, run.info.run_id, uri), cfg, Exported(path, parity, report), {})
+    data = client.get_run(run.info.run_id).data
+    assert data.tags["onnx.attention_fused"] == "false" and "deberta-v2" in data.tags["onnx.warning"]
+    assert data.metrics["onnx.fused.attention"] == 0 and data.metrics["onnx.nodes"] == report["nodes"]

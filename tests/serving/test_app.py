@@ -109,6 +109,11 @@ BAD_INPUTS = [
     ("wrong content type", '{"texts": ["a"]}', "text/plain", 415, "application/json"),
     ("no content type", '{"texts": ["a"]}', None, 415, "application/json"),
     ("empty body", "", "application/json", 400, "not valid JSON"),
+    # the text rules data validation applies: such texts never reach the model
+    ("empty text", '{"texts": ["fine", ""]}', "application/json", 422, '"texts"[1]: text is empty or whitespace only'),
+    ("whitespace text", '{"texts": [" \\n\\t "]}', "application/json", 422, "(empty_text)"),
+    ("NUL in text", '{"texts": ["a\\u0000b"]}', "application/json", 422, "(control_chars)"),
+    ("lone surrogate", '{"texts": ["\\ud800"]}', "application/json", 422, "(non_utf8)"),
 ]
 
 
@@ -319,6 +324,19 @@ def test_serve_refuses_bad_device_and_variant_before_starting(registry, capsys, 
     uri, _ = registry
     assert main(["serve", "-m", "m@champion", "--tracking-uri", uri, "--set", option]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_serve_takes_the_tracking_keys_run_takes(registry, tmp_path, capsys, monkeypatch):
+    """`--set tracking.workdir=DIR` finds the store `forgeline run --set tracking.workdir=DIR` wrote."""
+    from forgeline.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri, _ = registry  # sqlite:///<tmp_path>/mlflow.db: tmp_path is that workdir
+    assert main(["serve", "-m", "nosuch@champion", "--set", f"tracking.workdir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "no registered model 'nosuch'" in err and str(tmp_path / "mlflow.db") in err and "['m']" in err
+    assert main(["serve", "-m", "m@champion", "--set", "tracking.workdirx=/x"]) == 2
+    assert "tracking.workdirx" in capsys.readouterr().err
 
 
 def test_a_missing_sqlite_store_is_an_error_not_a_new_empty_store(tmp_path, capsys):

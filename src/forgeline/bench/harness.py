@@ -361,7 +361,8 @@ def load_texts(data_path: str | None, limit: int = 5000, seed: int = 0, text_col
     from forgeline.data.load import dataset_path, load_and_validate, read_table
 
     if data_path:
-        dcfg = DataConfig(source="file", path=data_path, text_column=text_column, label_column=text_column)
+        # no labels are read (check_columns=False); the label column only has to differ from the text's
+        dcfg = DataConfig(source="file", path=data_path, text_column=text_column, label_column=f"{text_column}.label")
         frame = read_table(dataset_path(dcfg), dcfg, check_columns=False)
         if text_column not in frame.columns:
             raise DataLoadError(f"{data_path}: no column {text_column!r}; columns are {list(frame.columns)}. "

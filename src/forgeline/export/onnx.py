@@ -52,6 +52,29 @@ def fused_operators(path: Path) -> dict[str, int]:
     return counts
 
 
+def fusion_report(path: Path, model_type: str, optimized: bool) -> dict:
+    """How much of the graph ONNX Runtime's optimizer fused: attention, LayerNorm and GELU nodes, and
+    all nodes. A fused MiniLM has 6 Attention nodes in 85; a DeBERTa-v2 graph it cannot fuse has none
+    in about 670, and runs its attention as dozens of small operators instead."""
+    import collections
+
+    import onnx
+
+    ops = collections.Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+    return {"model_type": model_type, "optimized": optimized, "nodes": sum(ops.values()),
+            "attention": ops["Attention"] + ops["MultiHeadAttention"],
+            "layernorm": ops["LayerNormalization"] + ops["SkipLayerNormalization"] + ops["EmbedLayerNormalization"],
+            "gelu": ops["Gelu"] + ops["BiasGelu"] + ops["FastGelu"]}
+
+
+def fusion_warning(report: dict) -> str | None:
+    if not report["optimized"] or report["attention"]:
+        return None
+    return (f"ONNX Runtime's optimizer fused no attention in this {report['model_type']} graph (0 Attention nodes "
+            f"among {report['nodes']}): its attention runs unfused, slower on CPU and CUDA. BERT-style encoders "
+            "(model.base=minilm) fuse; other model types export correctly but unfused")
+
+
 def optimize_graph(src: Path, dst: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
     """Fuse the exported graph with onnxruntime's BERT optimizer (offline, hardware independent).
 

@@ -20,7 +20,7 @@ import sys
 from typing import Any
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -36,7 +36,7 @@ ANALYTICS_ENV = "PREFECT_SERVER_ANALYTICS_ENABLED"
 def _popen_own_session(*args: Any, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[Any]:
     env = dict(os.environ if env is None else env)
     env.setdefault(ANALYTICS_ENV, "false")
-    return subprocess.Popen(*args, env=env, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
+    return subprocess.Popen(*args, env=env, start_new_session=True, preexec_fn=die_with_parent, **kwargs)
 
 
 class _OwnSession:
@@ -76,3 +76,51 @@ def server_pid() -> int | None:
     proc = server_module.SubprocessASGIServer().server_process
     return proc.pid if proc is not None and proc.poll() is None else None
 
+
+
+def run_process_group(cmd: list[str], grace_s: float = 10.0) -> int:
+    """Run ``cmd`` as its own process group and take the whole group down with this process.
+
+    ``mlflow ui`` starts uvicorn and several job-runner processes. Stopped with SIGTERM (as a supervisor
+    or a container runtime stops a process: the PID alone), the command used to exit while they ran on,
+    orphaned, holding the port. Here SIGTERM/SIGINT are forwarded to the group, whatever is left of it
+    once the command has exited gets SIGTERM and then SIGKILL, and the kernel sends the child SIGTERM
+    if this process is killed outright."""
+    import time
+
+    proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=die_with_parent)
+
+    def forward(sig: int, _frame: Any) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline and _group_alive(proc.pid):
+                time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process is left in the group."""
+    from pathlib import Path
+
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields[0] state, fields[2] process group
+            return True
+    return False

@@ -96,9 +96,25 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         if isinstance(e, (KeyboardInterrupt, ExternalSignal)):
             status = "KILLED"  # interrupted (Ctrl-C, SIGTERM, cancellation), not a failure of the pipeline
         client.set_tag(run.info.run_id, "forgeline.error", f"{type(e).__name__}: {e}"[:5000])
+        record_traceback(e, run_dir, tracker)
         raise
     finally:
         client.set_terminated(run.info.run_id, status=status)
+
+
+def record_traceback(e: BaseException, run_dir: Path, tracker: Tracker) -> None:
+    """The full traceback into ``<run dir>/error.log`` and the MLflow run (artifact ``error.log``); the
+    exception carries the file's path (``forgeline_log``) so the CLI can point at it instead of
+    printing the traceback."""
+    import traceback
+
+    path = run_dir / "error.log"
+    try:
+        path.write_text("".join(traceback.format_exception(e)), encoding="utf-8")
+        e.forgeline_log = str(path)  # type: ignore[attr-defined]
+        tracker.artifact(path)
+    except Exception:  # noqa: BLE001 - the store or the disk may be what failed; the first error is what matters
+        pass
 
 
 @flow(name="forgeline-training", log_prints=True, persist_result=False)

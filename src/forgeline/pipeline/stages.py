@@ -17,7 +17,7 @@ from forgeline.data.load import ValidationResult, dataset_path, file_fingerprint
 from forgeline.data.split import Splits, split_dataset
 from forgeline.errors import DataValidationError
 from forgeline.export import compress as cmp
-from forgeline.export.onnx import ParityReport, check_parity, export_onnx
+from forgeline.export.onnx import ParityReport, check_parity, export_onnx, fusion_report, fusion_warning
 from forgeline.inference.contract import TOKENIZER_FILE, VARIANT_FILES
 from forgeline.pipeline.runner import Env, Files, Stage, StageRunner
 from forgeline.pipeline.tracking import Tracker
@@ -40,7 +40,7 @@ VALIDATION_FILES = ("validation_report.json", "validation_report.md", "quarantin
 
 
 def validate(env: Env) -> ValidationResult:
-    return load_and_validate(env.cfg.data, env.run_dir / "data", env.cfg.seed)
+    return load_and_validate(env.cfg.data, env.run_dir / "data", env.cfg.seed, split=env.cfg.split)
 
 
 def _validation_files(env: Env, _: Any = None) -> Files:
@@ -71,7 +71,8 @@ def _log_failed_validation(t: Tracker, cfg: PipelineConfig, env: Env, e: Excepti
 
 VALIDATE = Stage(
     "validate", validate, task_name="validate-data", io_retries=3,
-    key=lambda cfg: (file_fingerprint(dataset_path(cfg.data)), cfg.data.model_dump(mode="json"), cfg.seed),
+    key=lambda cfg: (file_fingerprint(dataset_path(cfg.data)), cfg.data.model_dump(mode="json"), cfg.seed,
+                     cfg.split.min_rows_per_class),
     files=_validation_files,
     log=lambda t, cfg, result, files: _log_validation(t, cfg, result.report, files, passed=True),
     on_error=_log_failed_validation,
@@ -172,6 +173,8 @@ EVALUATE = Stage(
 class Exported:
     path: Path
     parity: ParityReport
+    fusion: dict[str, Any]
+    """``fusion_report``: fused attention/LayerNorm/GELU node counts of the exported graph."""
 
 
 def export(env: Env, trained: TrainResult, splits: Splits) -> Exported:
@@ -181,7 +184,7 @@ def export(env: Env, trained: TrainResult, splits: Splits) -> Exported:
                        cfg.export, cfg.model.max_length, sample_texts=texts[:2])
     parity = check_parity(trained.model, trained.tokenizer, path, texts, cfg.model.max_length, cfg.export,
                           raise_on_fail=False)
-    return Exported(path, parity)
+    return Exported(path, parity, fusion_report(path, trained.model.config.model_type, cfg.export.optimize))
 
 
 def _log_export(t: Tracker, cfg: PipelineConfig, r: Exported, files: Files) -> None:
@@ -190,6 +193,11 @@ def _log_export(t: Tracker, cfg: PipelineConfig, r: Exported, files: Files) -> N
                "parity.argmax_agreement": r.parity.argmax_agreement, "onnx.fp32_size_bytes": r.path.stat().st_size})
     t.tags({"parity.ok": str(r.parity.ok)})
     t.json(r.parity.to_dict(), "onnx/parity.json")
+    t.metrics({f"onnx.fused.{k}": r.fusion[k] for k in ("attention", "layernorm", "gelu")} | {"onnx.nodes": r.fusion["nodes"]})
+    warning = fusion_warning(r.fusion)
+    t.tags({"onnx.attention_fused": str(bool(r.fusion["attention"])).lower()} | ({"onnx.warning": warning} if warning else {}))
+    if warning:
+        log.warning(warning)
 
 
 EXPORT = Stage(
@@ -349,6 +357,10 @@ def summary_markdown(runner: StageRunner, data: ValidationResult, splits: Splits
         "",
         f"**Parity** (ORT vs PyTorch, {parity.rows} test rows): max |Δprob| {parity.max_abs_prob_diff:.2e} "
         f"(tolerance {parity.atol:g}), argmax agreement {parity.argmax_agreement:.1%}",
+        "",
+        f"**ONNX graph** ({exported.fusion['model_type']}): {exported.fusion['nodes']} nodes; fused attention "
+        f"{exported.fusion['attention']}, LayerNorm {exported.fusion['layernorm']}, GELU {exported.fusion['gelu']}"
+        + (f"  \n**Warning**: {fusion_warning(exported.fusion)}" if fusion_warning(exported.fusion) else ""),
         "",
         f"**Cache**: reused {', '.join(k for k, h in hits.items() if h) or 'nothing'}; "
         f"ran {', '.join(k for k, h in hits.items() if not h) or 'nothing'}",

@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from forgeline.config.schema import ServeConfig
+from forgeline.inference.text import RULES, text_problem
 from forgeline.serving.batcher import MicroBatcher
 from forgeline.serving.metrics import Metrics
 from forgeline.serving.watcher import RegistrySource, Watcher
@@ -67,6 +68,9 @@ def parse_predict_body(body: bytes, content_type: str | None, cfg: ServeConfig) 
             raise BadRequest(422, f'"texts"[{i}] must be a string, got {type(t).__name__}')
         if len(t) > cfg.max_text_chars:
             raise BadRequest(413, f'"texts"[{i}] has {len(t)} characters; the limit is {cfg.max_text_chars}')
+        problem = text_problem(t)
+        if problem is not None:  # the rules training data is validated with: the model never saw such a text
+            raise BadRequest(422, f'"texts"[{i}]: {RULES[problem]} ({problem}); training quarantines such texts')
     return texts
 
 

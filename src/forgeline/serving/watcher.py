@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from forgeline.config.schema import ServeConfig, TrackingConfig
+from forgeline.config.schema import ServeConfig
 from forgeline.registry.client import open_registry, parse_model_ref, resolve_version
 from forgeline.serving.batcher import MicroBatcher, cancel_task
 from forgeline.serving.metrics import Metrics
@@ -45,7 +45,7 @@ class RegistrySource:
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
         self.name, self.alias, self.version = parse_model_ref(cfg.model)
-        self.uri = cfg.tracking_uri or resolve_tracking_uri(TrackingConfig())
+        self.uri = cfg.tracking_uri or resolve_tracking_uri(cfg.tracking)
         self.client = open_registry(self.uri)
 
     def current_version(self) -> tuple[str, str | None]:

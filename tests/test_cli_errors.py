@@ -1,0 +1,109 @@
+"""A failure reads as one clear message: real `forgeline run` processes on the file shapes users have,
+checked for the message, the exit code, the stderr budget and that nothing was registered."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import sentiment_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stray_quote_first_row(tmp: Path) -> Path:
+    rows = sentiment_rows(60)
+    lines = ["text,label", '"I love this car,positive'] + [f"{t},{lab}" for t, lab in zip(rows.text, rows.label)]
+    path = tmp / "quote.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def no_header_row(tmp: Path) -> Path:
+    rows = sentiment_rows(60)
+    path = tmp / "noheader.csv"
+    path.write_text("".join(f"{t} and some more words here,{lab}\n" for t, lab in zip(rows.text, rows.label)))
+    return path
+
+
+def class_left_small_by_sampling(tmp: Path) -> Path:
+    rows = sentiment_rows(250)  # 250 positive, and 40 of the negative: enough, until a 100-row sample
+    path = tmp / "skewed.csv"
+    pd.concat([rows[rows.label == "positive"], rows[rows.label == "negative"].head(40)]).to_csv(path, index=False)
+    return path
+
+
+CASES = {
+    "stray quote in the first data row": (stray_quote_first_row, [], ["quote.csv:2: malformed CSV",
+                                                                         "'\"I love this car,positive'"]),
+    "CSV without a header row": (no_header_row, [], ["column(s) ['text', 'label'] not found", "data.header=false"]),
+    "a class left too small by data.sample_rows": (
+        class_left_small_by_sampling, ["data.sample_rows=100", "data.min_rows_per_class=10"],
+        ["after subsampling to data.sample_rows=100", "'negative' has 14 (of 40 valid)",
+         "Raise data.sample_rows to at least 145"]),
+}
+
+
+def run(tmp_path: Path, data: Path, *extra: str, verbose: bool = False) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "forgeline", "run", "--config", "tiny", "--set", "data.source=file",
+            "--set", f"data.path={data}", "--set", "data.encoding=utf-8", "--set", "data.label_column=label",
+            "--set", "data.labels=[negative, positive]", "--set", f"tracking.workdir={tmp_path / 'wd'}"]
+    for item in extra:
+        args += ["--set", item]
+    if verbose:
+        args.append("--verbose")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "MLFLOW_"))}
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_nothing_registered(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'wd' / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    assert client.search_registered_models() == []
+    (failed,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert failed.info.status == "FAILED"
+    artifacts = {a.path for a in client.list_artifacts(failed.info.run_id)}
+    assert "error.log" in artifacts  # the full traceback, for whoever reviews the run
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_bad_file_is_one_message_exit_2_and_registers_nothing(tmp_path, case):
+    make, extra, needles = CASES[case]
+    out = run(tmp_path, make(tmp_path), *extra)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) <= 5, out.stderr
+    assert lines[0].startswith("forgeline: error: ") and "Traceback" not in out.stderr
+    for needle in needles:
+        assert needle in out.stderr, (needle, out.stderr)
+    assert "np.int64" not in out.stderr
+    log = Path(lines[-1].split("full traceback in ", 1)[1].split(" (or run", 1)[0])
+    assert log.name == "error.log" and "Traceback" in log.read_text()
+    assert_nothing_registered(tmp_path)
+
+
+def test_verbose_prints_the_traceback_too(tmp_path):
+    out = run(tmp_path, stray_quote_first_row(tmp_path), verbose=True)
+    assert out.returncode == 2
+    assert "Traceback (most recent call last)" in out.stderr and "DataLoadError" in out.stderr
+    assert any(line.startswith("forgeline: error: ") and "quote.csv:2: malformed CSV" in line for line in out.stderr.splitlines())
+
+
+def test_an_internal_error_is_exit_1_with_a_pointer_to_its_traceback(capsys):
+    from forgeline.cli import report_error
+
+    try:
+        raise KeyError("a bug")
+    except KeyError as e:
+        assert report_error(e, verbose=False) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "forgeline: internal error: KeyError: 'a bug'"
+    log = Path(err[1].split("full traceback in ", 1)[1].split(" (or run", 1)[0])
+    assert "Traceback" in log.read_text() and "KeyError" in log.read_text()
+    log.unlink()
