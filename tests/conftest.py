@@ -138,9 +138,10 @@ def bundle(tmp_path, trained, exported):
     return {"fp32": d / "model.onnx", "tokenizer": d / "tokenizer.json"}, result.labels
 
 
-def register_version(client, bundle, labels, f1, parity_ok=True, name="m", **registry):
+def register_version(client, bundle, labels, f1, parity_ok=True, name="m", eval_rows=None, **registry):
     """Register the bundle as a new version of ``name`` through the real gate; returns (Registration, run_id).
-    ``registry``: further RegistryConfig fields."""
+    ``eval_rows``: (texts, labels) both the new version and the champion are scored on; ``registry``:
+    further RegistryConfig fields."""
     from forgeline.config.schema import RegistryConfig
     from forgeline.registry.register import register_and_gate
 
@@ -151,6 +152,6 @@ def register_version(client, bundle, labels, f1, parity_ok=True, name="m", **reg
     reg = register_and_gate(client, run.info.run_id, RegistryConfig(model_name=name, f1_tolerance=0.01, **registry), files,
                             meta,
                             {"test_macro_f1": f1, "test_accuracy": f1}, {"data_fingerprint": "abc", "config_hash": "h"},
-                            parity_ok, ["great ride", "awful trip"])
+                            parity_ok, ["great ride", "awful trip"], eval_rows=eval_rows)
     client.set_terminated(run.info.run_id)
     return reg, run.info.run_id

@@ -61,7 +61,11 @@ def test_pipeline_end_to_end(prefect_api, tmp_path):
     assert not second["promoted"] and second["version"] == "2"
     assert str(client.get_model_version_by_alias("e2e", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("e2e", "challenger").version) == "2"
-    assert "below champion v1" in client.get_run(second["run_id"]).data.tags["gate.reason"]
+    reason = client.get_run(second["run_id"]).data.tags["gate.reason"]
+    assert "vs champion v1" in reason and "may be worse than the champion" in reason  # scored on the same rows
+    same = client.get_model_version("e2e", "2").tags
+    first_test_rows = int(client.get_run(first["run_id"]).data.metrics["split.test"])
+    assert int(same["gate.same_data_rows"]) == first_test_rows and float(same["gate.macro_f1_diff"]) < 0
 
     # the summary is a Prefect markdown artifact, read back through the Prefect REST API
     import httpx

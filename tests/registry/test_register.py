@@ -9,6 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from forgeline.config.schema import RegistryConfig
+from forgeline.registry.gate import ChampionInfo, decide_promotion
 from forgeline.registry.register import reuse_registration
 from tests.conftest import register_version
 
@@ -106,3 +107,64 @@ def test_an_unchanged_rerun_runs_the_gate_again_with_the_current_registry_settin
     again = reuse_registration(client, client.create_run(exp).info.run_id, RegistryConfig(model_name="m"), first.version, 2)
     assert not again.decision.promote and again.aliases == ["champion"]  # a champion stays champion
     assert again.decision.reason.endswith("nothing registered")
+
+
+def _rows(trained):
+    _, splits, _ = trained
+    return splits.test["text"].tolist(), splits.test["label"].tolist()
+
+
+def _gate_json(client, run_id):
+    return json.loads(Path(client.download_artifacts(run_id, "gate.json")).read_text())
+
+
+def test_same_data_refuses_a_challenger_the_stored_tag_would_promote(mlflow_uri, bundle, trained):
+    """The champion's stored macro-F1 (0.50) says the challenger (0.95) is far better; on the same rows
+    the challenger (the same graph with its labels swapped) is far worse, and that decides."""
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_registry_uri(mlflow_uri)
+    client = MlflowClient(mlflow_uri, mlflow_uri)
+    _, labels = bundle
+    first, _ = register_version(client, bundle, labels, 0.50, min_gain_over_chance=None)
+    assert first.aliases == ["champion"]
+    flipped, run_id = register_version(client, bundle, labels[::-1], 0.95, eval_rows=_rows(trained))
+    assert flipped.aliases == ["challenger"] and not flipped.decision.promote
+    c = flipped.decision.comparison
+    assert c["n"] == len(_rows(trained)[0]) and c["diff"] < -0.5 and c["ci_high"] < 0 and c["mcnemar_p"] < 0.01
+    assert "on the same" in flipped.decision.reason and "may be worse than the champion" in flipped.decision.reason
+    tags = client.get_model_version("m", flipped.version).tags
+    assert tags["gate.same_data_rows"] == str(c["n"]) and float(tags["gate.macro_f1_diff"]) < -0.5
+    gate = _gate_json(client, run_id)
+    assert gate["comparison"]["n"] == c["n"] and "paired-bootstrap" in gate["rule"]
+    # the old rule, on the stored tag alone, would have promoted it
+    assert decide_promotion(0.95, True, ChampionInfo(first.version, 0.50), 0.01).promote
+
+
+def test_same_data_promotes_a_challenger_the_stored_tag_would_refuse(mlflow_uri, bundle, trained):
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_registry_uri(mlflow_uri)
+    client = MlflowClient(mlflow_uri, mlflow_uri)
+    _, labels = bundle
+    bad, _ = register_version(client, bundle, labels[::-1], 0.99, min_gain_over_chance=None)
+    assert bad.aliases == ["champion"]  # no champion before it: nothing to compare with
+    good, _ = register_version(client, bundle, labels, 0.80, eval_rows=_rows(trained))
+    assert good.decision.promote and good.aliases == ["champion"], good.decision.reason
+    assert good.decision.comparison["ci_low"] > 0.5
+    assert not decide_promotion(0.80, True, ChampionInfo(bad.version, 0.99), 0.01).promote
+
+
+def test_a_champion_that_cannot_be_loaded_is_reported_and_replaced(mlflow_uri, bundle, trained, tmp_path):
+    import shutil
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_registry_uri(mlflow_uri)
+    client = MlflowClient(mlflow_uri, mlflow_uri)
+    _, labels = bundle
+    first, _ = register_version(client, bundle, labels, 0.90)
+    source = client.get_model_version_download_uri("m", first.version)
+    shutil.rmtree(source.removeprefix("file://"))  # its artifacts are gone
+    second, run_id = register_version(client, bundle, labels, 0.85, eval_rows=_rows(trained))
+    assert second.decision.promote and second.decision.comparison is None
+    assert "could not be loaded" in second.decision.champion_problem
+    assert f"champion v{first.version} could not be scored on this data" in second.decision.reason
+    assert "could not be loaded" in client.get_model_version("m", second.version).tags["gate.champion_problem"]

@@ -292,16 +292,21 @@ def register(env: Env, trained: TrainResult, splits: Splits, evaluation: EvalRes
             "parity_max_abs_prob_diff": f"{parity.max_abs_prob_diff:.3g}", "mlflow_run_id": env.tracker.run_id,
             CACHE_KEY_TAG: env.key}
     return register_and_gate(env.tracker.client, env.tracker.run_id, cfg.registry, bundle, meta, metrics, tags,
-                             parity.ok, splits.test["text"].tolist()[:3])
+                             parity.ok, splits.test["text"].tolist()[:3], eval_rows=_test_rows(splits))
 
 
-def _reuse_registration(env: Env, trained: TrainResult, *_: Any) -> Registration | None:
+def _test_rows(splits: Splits) -> tuple[list[str], list[str]]:
+    """What the gate scores the new version and the champion on, side by side."""
+    return splits.test["text"].tolist(), splits.test["label"].tolist()
+
+
+def _reuse_registration(env: Env, trained: TrainResult, splits: Splits, *_: Any) -> Registration | None:
     """An identical earlier run's version (same key): the gate runs again on it, nothing is registered."""
     t, registry = env.tracker, env.cfg.registry
     version = find_registered(t.client, registry.model_name, env.key)
     if version is None:
         return None
-    return reuse_registration(t.client, t.run_id, registry, version, len(trained.labels))
+    return reuse_registration(t.client, t.run_id, registry, version, len(trained.labels), _test_rows(splits))
 
 
 REGISTER = Stage(

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -22,7 +23,8 @@ from forgeline.config.schema import RegistryConfig
 from forgeline.errors import RegistryError
 from forgeline.inference.contract import META_FILE
 from forgeline.registry.client import CHALLENGER, CHAMPION, current_champion
-from forgeline.registry.gate import GateDecision, chance_macro_f1, decide_promotion
+from forgeline.registry.compare import PairedComparison, compare_paired
+from forgeline.registry.gate import ChampionInfo, GateDecision, chance_macro_f1, decide_promotion
 
 
 @dataclass
@@ -69,9 +71,61 @@ def stage_model_code(dst: Path) -> Path:
     return pkg
 
 
-def log_pyfunc(run_id: str, bundle: dict[str, Path], meta: dict[str, Any], registered_name: str,
+def bundle_artifacts(bundle: dict[str, Path], meta: dict[str, Any]) -> dict[str, str]:
+    """The pyfunc's artifacts: the bundle's files plus its metadata file, written beside them."""
+    meta_path = bundle["tokenizer"].parent / META_FILE
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return {k: str(v) for k, v in bundle.items()} | {"meta": str(meta_path)}
+
+
+def load_bundle(artifacts: dict[str, str]):
+    """The bundle as the registered model will run it on CPU (variant "auto": INT8 when bundled)."""
+    from types import SimpleNamespace
+
+    from forgeline.inference.pyfunc import OnnxTextClassifier
+
+    model = OnnxTextClassifier()
+    model.load_context(SimpleNamespace(artifacts=artifacts, model_config={"device": "cpu"}))
+    return model
+
+
+def load_version(name: str, version: str):
+    """A registered version's model, loaded on CPU with the variant it serves there."""
+    import tempfile
+
+    import mlflow.pyfunc
+
+    with tempfile.TemporaryDirectory(prefix="forgeline-gate-") as tmp:  # sessions are in memory once loaded
+        return mlflow.pyfunc.load_model(f"models:/{name}/{version}", dst_path=tmp,
+                                        model_config={"device": "cpu"}).unwrap_python_model()
+
+
+def score_against_champion(name: str, champion: ChampionInfo | None, candidate: Any,
+                           eval_rows: tuple[list[str], list[str]] | None) -> tuple[PairedComparison | None, str | None]:
+    """Both models on the same rows (this run's test split): (comparison, None), or (None, why the
+    champion could not be scored). (None, None) without a champion or without rows."""
+    if champion is None or eval_rows is None:
+        return None, None
+    try:
+        reference = load_version(name, champion.version)
+    except Exception as e:  # noqa: BLE001 - a deleted artifact, an incompatible version: said in the decision
+        return None, f"it could not be loaded: {type(e).__name__}: {str(e)[:300]}"
+    if sorted(reference.labels) != sorted(candidate.labels):
+        return None, f"it predicts {sorted(reference.labels)}, this data has {sorted(candidate.labels)}"
+    texts, truth = eval_rows
+    index = {lab: i for i, lab in enumerate(candidate.labels)}
+
+    def predicted(model: Any) -> np.ndarray:
+        return np.array([index[model.labels[j]] for j in model.predict_proba(list(texts)).argmax(axis=1)])
+
+    y = np.array([index[t] for t in truth])
+    return compare_paired(y, predicted(candidate), predicted(reference), len(index)), None
+
+
+def log_pyfunc(run_id: str, artifacts: dict[str, str], probe: Any, meta: dict[str, Any], registered_name: str,
                input_example: list[str]) -> tuple[str, str]:
-    """Log the ONNX bundle as a pyfunc model in ``run_id`` and register it; returns (model_uri, version)."""
+    """Log the ONNX bundle as a pyfunc model in ``run_id`` and register it; returns (model_uri, version).
+    ``probe``: the bundle loaded (``load_bundle``), for the signature."""
     import tempfile
 
     import mlflow
@@ -83,15 +137,7 @@ def log_pyfunc(run_id: str, bundle: dict[str, Path], meta: dict[str, Any], regis
 
     from forgeline.inference.pyfunc import OnnxTextClassifier
 
-    meta_path = bundle["tokenizer"].parent / META_FILE
-    meta_path.write_text(json.dumps(meta, indent=2))
-    artifacts = {k: str(v) for k, v in bundle.items()}
-    artifacts["meta"] = str(meta_path)
     example = pd.DataFrame({"text": input_example})
-    from types import SimpleNamespace
-
-    probe = OnnxTextClassifier()  # a loaded instance holds an ORT session: used for the signature only
-    probe.load_context(SimpleNamespace(artifacts=artifacts, model_config={"device": "cpu"}))
     signature = infer_signature(example, probe.predict(None, example))
     with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory(prefix="forgeline-code-") as code:
         info = mlflow.pyfunc.log_model(
@@ -115,11 +161,16 @@ def log_pyfunc(run_id: str, bundle: dict[str, Path], meta: dict[str, Any], regis
 
 def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bundle: dict[str, Path],
                       meta: dict[str, Any], metrics: dict[str, float], tags: dict[str, str], parity_ok: bool,
-                      input_example: list[str]) -> Registration:
+                      input_example: list[str], eval_rows: tuple[list[str], list[str]] | None = None) -> Registration:
+    """``eval_rows``: (texts, labels) of this run's test split; the champion and the new version are
+    both scored on them and compared with paired tests (``registry.compare``)."""
     name = cfg.model_name
     champion = current_champion(client, name)
+    artifacts = bundle_artifacts(bundle, meta)
+    candidate = load_bundle(artifacts)
+    paired, problem = score_against_champion(name, champion, candidate, eval_rows)
     try:
-        model_uri, version = log_pyfunc(run_id, bundle, meta, name, input_example)
+        model_uri, version = log_pyfunc(run_id, artifacts, candidate, meta, name, input_example)
     except MlflowException as e:
         raise RegistryError(f"registering {name} failed: {e}") from e
     for k, v in tags.items():
@@ -129,13 +180,14 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
     client.set_registered_model_alias(name, CHALLENGER, version)
 
     decision = decide_promotion(metrics["test_macro_f1"], parity_ok, champion, cfg.f1_tolerance,
-                                chance_macro_f1(len(meta["labels"])), cfg.min_gain_over_chance)
+                                chance_macro_f1(len(meta["labels"])), cfg.min_gain_over_chance, paired, problem)
     aliases = [CHALLENGER]
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
         client.delete_registered_model_alias(name, CHALLENGER)
         aliases = [CHAMPION]
     gate_tags = {"gate.decision": "promoted" if decision.promote else "kept_challenger", "gate.reason": decision.reason}
+    gate_tags |= comparison_tags(decision)
     for k, v in gate_tags.items():
         client.set_model_version_tag(name, version, k, v)
         client.set_tag(run_id, k, v)
@@ -145,8 +197,19 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
     return Registration(name=name, version=version, model_uri=f"models:/{name}/{version}", aliases=aliases, decision=decision)
 
 
+def comparison_tags(decision: GateDecision) -> dict[str, str]:
+    """The same-data comparison as version and run tags, for reviewers and searches."""
+    tags = {"gate.champion_problem": decision.champion_problem} if decision.champion_problem else {}
+    c = decision.comparison
+    if c:
+        tags |= {"gate.same_data_rows": str(c["n"]), "gate.champion_macro_f1_same_data": f"{c['champion_macro_f1']:.6f}",
+                 "gate.macro_f1_diff": f"{c['diff']:+.6f}", "gate.macro_f1_diff_ci": f"[{c['ci_low']:+.6f}, {c['ci_high']:+.6f}]",
+                 "gate.mcnemar_p": f"{c['mcnemar_p']:.4g}"}
+    return tags
+
+
 def reuse_registration(client: MlflowClient, run_id: str, cfg: RegistryConfig, version: str,
-                       n_labels: int) -> Registration:
+                       n_labels: int, eval_rows: tuple[list[str], list[str]] | None = None) -> Registration:
     """An unchanged re-run: no new version. The gate runs again on that version with the current registry
     settings (they are not part of the cache key), so a version kept as challenger under the old settings
     is promoted when the new ones let it through; a champion stays as it is."""
@@ -159,8 +222,11 @@ def reuse_registration(client: MlflowClient, run_id: str, cfg: RegistryConfig, v
     decision = GateDecision(promote=False, reason=same, candidate_macro_f1=candidate)
     word = "unchanged"
     if CHAMPION not in aliases:
-        gate = decide_promotion(candidate, tags.get("parity_ok") == "True", current_champion(client, name),
-                                cfg.f1_tolerance, chance_macro_f1(n_labels), cfg.min_gain_over_chance)
+        champion = current_champion(client, name)
+        paired, problem = (score_against_champion(name, champion, load_version(name, version), eval_rows)
+                           if champion is not None and eval_rows is not None else (None, None))
+        gate = decide_promotion(candidate, tags.get("parity_ok") == "True", champion, cfg.f1_tolerance,
+                                chance_macro_f1(n_labels), cfg.min_gain_over_chance, paired, problem)
         if gate.promote:
             client.set_registered_model_alias(name, CHAMPION, version)
             if CHALLENGER in aliases:
@@ -168,7 +234,7 @@ def reuse_registration(client: MlflowClient, run_id: str, cfg: RegistryConfig, v
             aliases = [a for a in aliases if a != CHALLENGER] + [CHAMPION]
             gate.reason = f"{same}; the gate, run again with the current registry settings, promoted it: {gate.reason}"
             word = "promoted"
-            for k, v in {"gate.decision": "promoted", "gate.reason": gate.reason}.items():
+            for k, v in {"gate.decision": "promoted", "gate.reason": gate.reason, **comparison_tags(gate)}.items():
                 client.set_model_version_tag(name, version, k, v)
             client.update_model_version(name, version, description=f"forgeline: {gate.reason}")
         else:
