@@ -93,13 +93,29 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
                               cached_stages=[k for k, hit in step.hits.items() if hit],
                               metrics={f"test_{k}": v for k, v in evaluation.metrics.items()}, summary=md)
     except BaseException as e:
-        if isinstance(e, (KeyboardInterrupt, ExternalSignal)):
+        signal_exc = interruption(e)
+        if signal_exc is not None:
             status = "KILLED"  # interrupted (Ctrl-C, SIGTERM, cancellation), not a failure of the pipeline
+            e = signal_exc
         client.set_tag(run.info.run_id, "forgeline.error", f"{type(e).__name__}: {e}"[:5000])
         record_traceback(e, run_dir, tracker)
-        raise
+        raise e
     finally:
         client.set_terminated(run.info.run_id, status=status)
+
+
+def interruption(e: BaseException) -> BaseException | None:
+    """The signal behind ``e``, if any. A SIGTERM that lands while Prefect is creating a task run is
+    raised there, and Prefect's crash handler then fails with ``ValueError: Task run is not set``,
+    hiding the signal in ``__context__`` (seen in CI: the run ended FAILED with exit 1 instead of
+    KILLED by the signal). Re-raising the signal itself lets the flow engine report the crash."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (KeyboardInterrupt, ExternalSignal)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def record_traceback(e: BaseException, run_dir: Path, tracker: Tracker) -> None:
