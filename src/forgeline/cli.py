@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
                        "else the embedded store in .forgeline)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--shadow", default=None, metavar="ALIAS",
+                       help="also run every batch on this alias of the model (e.g. challenger), off the request path")
+    serve.add_argument("--log-sample", type=float, default=None, metavar="FRACTION",
+                       help="write this fraction of served texts to the traffic log (Parquet, <workdir>/traffic)")
     _add_set(serve, "max_batch_size=32 or tracking.workdir=DIR")
     bench = sub.add_parser("bench", help="side-by-side inference/training benchmark of a registered version")
     bench.add_argument("--model", "-m", required=True, help="NAME@alias or NAME/VERSION")
@@ -59,7 +63,10 @@ def _parser() -> argparse.ArgumentParser:
                        "default: the default preset's corpus")
     bench.add_argument("--text-column", default="text", help="column of --data holding the texts (default: text)")
     bench.add_argument("--train-steps", type=int, default=None, help="timed optimizer steps per training case")
-    sub.add_parser("drift", parents=config, help="compare the configured data with the champion's training data")
+    drift = sub.add_parser("drift", parents=config, help="compare the configured data (or served traffic) with the "
+                           "champion's training data")
+    drift.add_argument("--traffic", default=None, metavar="PATH",
+                       help="a traffic log (`forgeline serve --log-sample`) as the current data instead of data.*")
     dep = sub.add_parser("deploy", parents=config, help="deploy the training flow to the Prefect server at $PREFECT_API_URL")
     dep.add_argument("--name", default="scheduled-training")
     dep.add_argument("--pool", default="forgeline", help="process work pool (created if missing)")
@@ -166,6 +173,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from forgeline.config.schema import ServeConfig
 
     values: dict = {"model": args.model, "tracking_uri": args.tracking_uri, "host": args.host, "port": args.port}
+    values |= {k: v for k, v in (("shadow", args.shadow), ("log_sample", args.log_sample)) if v is not None}
     for item in args.overrides:  # serving options, and tracking.* as `forgeline run` takes them
         apply_override(values, item)
     try:
@@ -178,7 +186,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from forgeline.serving.watcher import RegistrySource
 
     try:
-        parse_model_ref(cfg.model)
+        name, _, _ = parse_model_ref(cfg.model)
+        if cfg.shadow:
+            parse_model_ref(f"{name}@{cfg.shadow}")
     except ValueError as e:
         raise ConfigError(str(e)) from None
     RegistrySource(cfg).current_version()  # fail here, with the store's contents, not in server start-up
@@ -218,7 +228,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
     from forgeline.pipeline.flows import check_drift
 
     _console(args.verbose)
-    report = check_drift(load_config(args.config, args.overrides))
+    overrides = args.overrides + ([f"drift.traffic={args.traffic}"] if args.traffic else [])
+    report = check_drift(load_config(args.config, overrides))
     print(json.dumps(report, indent=2))
     return 0
 

@@ -180,9 +180,22 @@ class DriftConfig(_Section):
     """Drift check of new data against the champion's training data (scheduled retraining)."""
 
     sample_size: int = Field(256, ge=16)
+    """Texts embedded per side (reference profile, current data)."""
+    p_value: float = Field(0.01, gt=0.0, lt=1.0)
+    """False-alarm rate of the whole check on unchanged data (split over the three tests)."""
+    permutations: int = Field(1000, ge=99)
+    """Permutations for the embedding test's p-value (its resolution is 1/(permutations+1))."""
     label_tv_threshold: float = Field(0.1, ge=0.0, le=1.0)
+    """Effect size: total variation distance of the label distributions."""
     length_ks_threshold: float = Field(0.15, ge=0.0, le=1.0)
+    """Effect size: KS statistic of the text lengths."""
     embedding_cosine_threshold: float = Field(0.03, ge=0.0, le=2.0)
+    """Effect size: cosine distance of the mean embeddings (either this or MMD² above its threshold)."""
+    embedding_mmd2_threshold: float = Field(0.002, ge=0.0)
+    """Effect size: unbiased MMD² of the embeddings (Gaussian kernel, median bandwidth)."""
+    traffic: str | None = None
+    """A traffic log (`forgeline serve --log-sample`: a folder of Parquet files, or one file) to check
+    instead of ``data``: what the deployed model actually saw. Unlabelled, so the label test is skipped."""
 
 
 class TrackingConfig(_Section):
@@ -252,3 +265,19 @@ class ServeConfig(_Section):
     max_body_bytes: int = Field(1_000_000, ge=1)
     poll_interval_s: float = Field(10.0, gt=0.0)
     warmup_texts: list[str] = Field(default_factory=lambda: ["warm-up request", "a second, somewhat longer warm-up text"])
+    shadow: str | None = None
+    """Alias (e.g. ``challenger``) of the same model to run every batch on too, off the request path."""
+    shadow_queue: int = Field(256, ge=1)
+    """Batches waiting for the shadow model; beyond it they are dropped (counted), never waited for."""
+    shadow_log_s: float = Field(60.0, gt=0.0)
+    """How often shadow numbers go to MLflow (metrics on the shadow version's run)."""
+    log_sample: float = Field(0.0, ge=0.0, le=1.0)
+    """Fraction of served texts written to the traffic log (0: no log)."""
+    log_dir: str | None = None
+    """Traffic log folder; None: ``<tracking.workdir>/traffic``."""
+    log_rotate_s: float = Field(300.0, gt=0.0)
+    """A traffic file is closed when its first row is this old ..."""
+    log_max_rows: int = Field(50_000, ge=1)
+    """... or when it holds this many rows."""
+    log_max_files: int = Field(1000, ge=1)
+    """The oldest traffic files beyond this many are deleted."""

@@ -161,7 +161,8 @@ def check_drift(cfg: PipelineConfig) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
     from forgeline.data.load import load_and_validate
-    from forgeline.data.drift import DriftReport, build_profile, compare, load_champion_profile
+    from forgeline.data.drift import DriftReport, build_profile, compare, load_champion_profile, traffic_profile
+    from forgeline.serving.traffic import read_traffic
 
     quiet_libraries()
     uri = resolve_tracking_uri(cfg.tracking)
@@ -173,7 +174,12 @@ def check_drift(cfg: PipelineConfig) -> dict[str, Any]:
     run = client.create_run(exp_id, run_name=f"drift-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            data = load_and_validate(cfg.data, Path(tmp) / "data", cfg.seed)
+            if cfg.drift.traffic:  # what the deployed model saw, as `forgeline serve --log-sample` logged it
+                traffic = read_traffic(cfg.drift.traffic)
+                fingerprint = traffic.fingerprint
+            else:
+                data = load_and_validate(cfg.data, Path(tmp) / "data", cfg.seed)
+                fingerprint = data.fingerprint
             champion = load_champion_profile(client, cfg.registry.model_name, Path(tmp) / "ref")
             if champion is None:
                 reason = f"no champion of {cfg.registry.model_name} with a training-data profile"
@@ -181,14 +187,19 @@ def check_drift(cfg: PipelineConfig) -> dict[str, Any]:
                 report = DriftReport(retrain=True, reasons=[reason + (f" ({challenger})" if challenger else "")])
             else:
                 version, ref, ref_emb = champion
-                current, cur_emb = build_profile(data.valid, data.labels, cfg.drift, cfg.model, cfg.seed)
-                report = compare(ref, ref_emb, current, cur_emb, cfg.drift)
+                if cfg.drift.traffic:
+                    current, cur_emb = traffic_profile(traffic.texts, cfg.drift, cfg.model, cfg.seed)
+                else:
+                    current, cur_emb = build_profile(data.valid, data.labels, cfg.drift, cfg.model, cfg.seed)
+                report = compare(ref, ref_emb, current, cur_emb, cfg.drift, cfg.seed)
                 report.champion_version = version
-        metrics = {k: getattr(report, k) for k in ("label_tv", "length_ks", "embedding_cosine") if getattr(report, k) is not None}
+            if cfg.drift.traffic:
+                report.notes += traffic.notes
         tracker = Tracker(client=MlflowClient(uri, uri), run_id=run.info.run_id, tracking_uri=uri)
-        tracker.metrics({f"drift.{k}": v for k, v in metrics.items()})
+        tracker.metrics({f"drift.{k}": v for k, v in report.metrics().items()})
         tracker.tags({"drift.decision": "retrain" if report.retrain else "skip", "drift.reason": "; ".join(report.reasons),
-                      "data.fingerprint": data.fingerprint, "drift.champion_version": report.champion_version or "none"})
+                      "drift.current": cfg.drift.traffic and f"traffic log {cfg.drift.traffic}" or "data",
+                      "data.fingerprint": fingerprint, "drift.champion_version": report.champion_version or "none"})
         tracker.json(report.to_dict(), "drift_report.json")
         client.set_terminated(run.info.run_id, "FINISHED")
     except BaseException:
@@ -209,7 +220,9 @@ def retraining_flow(config: str | None = None, overrides: list[str] | None = Non
     decision = "retrain" if (drift["retrain"] or force) else "skip"
     logger.info("drift check: %s (%s)", decision, "; ".join(drift["reasons"]))
     md = (f"# forgeline drift check: **{decision}**\n\n" + "\n".join(f"- {r}" for r in drift["reasons"]) +
-          f"\n\nlabel TV {drift['label_tv']}, length KS {drift['length_ks']}, embedding cosine {drift['embedding_cosine']}"
+          "".join(f"\n- note: {n}" for n in drift["notes"]) +
+          f"\n\nlabel TV {drift['label_tv']} (p {drift['label_p']}), length KS {drift['length_ks']} (p {drift['length_p']}), "
+          f"embedding MMD² {drift['embedding_mmd2']} (p {drift['embedding_p']}), mean cosine {drift['embedding_cosine']}"
           f" (champion v{drift['champion_version']})\n")
     try:
         create_markdown_artifact(markdown=md, key="forgeline-drift", description="drift decision")

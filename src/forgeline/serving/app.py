@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,6 +27,8 @@ from forgeline.config.schema import ServeConfig
 from forgeline.inference.text import RULES, text_problem
 from forgeline.serving.batcher import MicroBatcher
 from forgeline.serving.metrics import Metrics
+from forgeline.serving.shadow import Shadow
+from forgeline.serving.traffic import TrafficLog
 from forgeline.serving.watcher import RegistrySource, Watcher
 
 log = logging.getLogger("forgeline.serve")
@@ -91,6 +94,14 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None):
         batcher.start()
         watcher.start()
         state.update(batcher=batcher, watcher=watcher, ready=True)
+        if cfg.shadow:
+            state["shadow"] = Shadow(cfg, metrics, type(source) if source is not None else RegistrySource)
+            state["shadow"].start()
+        if cfg.log_sample > 0:
+            directory = cfg.log_dir or str(Path(cfg.tracking.workdir) / "traffic")
+            state["traffic"] = TrafficLog(directory, cfg.log_sample, cfg.log_rotate_s, cfg.log_max_rows,
+                                          cfg.log_max_files, metrics)
+            log.info("traffic log: %.0f%% of texts to %s", 100 * cfg.log_sample, Path(directory).resolve())
         metrics.ready.set(1)
         try:
             yield
@@ -99,6 +110,9 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None):
             metrics.ready.set(0)
             await watcher.stop()
             await batcher.drain()
+            for side in ("shadow", "traffic"):  # after the drain: the last answers are shadowed and logged too
+                if side in state:
+                    await loop.run_in_executor(None, state[side].close if side == "traffic" else state[side].stop)
             log.info("drained; exiting")
 
     app = FastAPI(title="forgeline serving", lifespan=lifespan)
@@ -132,9 +146,16 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None):
         idx = proba.argmax(axis=1)
         preds = [{"label": labels[int(j)], "confidence": float(row[j]),
                   "probabilities": {lab: float(p) for lab, p in zip(labels, row)}} for row, j in zip(proba, idx)]
+        elapsed = time.perf_counter() - start
         metrics.requests.labels("200").inc()
         metrics.texts.inc(len(texts))
-        metrics.latency.observe(time.perf_counter() - start)
+        metrics.latency.observe(elapsed)
+        if "shadow" in state or "traffic" in state:  # both non-blocking: a put on a bounded queue
+            predicted = [p["label"] for p in preds]
+            if "shadow" in state:
+                state["shadow"].submit(texts, predicted, model.version, elapsed)
+            if "traffic" in state:
+                state["traffic"].record(model.name, model.version, texts, predicted, [p["confidence"] for p in preds])
         return {"model": model.name, "version": model.version, "predictions": preds}
 
     @app.get("/healthz")
@@ -153,6 +174,12 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None):
         if batcher is None or batcher.model is None:
             return JSONResponse({"error": "no model loaded yet"}, status_code=503)
         return batcher.model.info() | {"reference": cfg.model}
+
+    @app.get("/v1/shadow")
+    async def shadow_info():
+        if "shadow" not in state:
+            return JSONResponse({"error": "no shadow model: start the server with --shadow ALIAS"}, status_code=404)
+        return state["shadow"].status()
 
     @app.get("/metrics")
     async def prometheus():

@@ -22,3 +22,22 @@ class Metrics:
         self.ready = Gauge("forgeline_ready", "1 when serving traffic", registry=self.registry)
         self.in_flight = Gauge("forgeline_in_flight_requests", "Predict requests waiting for or in inference",
                                registry=self.registry)
+        # the traffic log (--log-sample)
+        self.traffic_logged = Counter("forgeline_traffic_logged", "Texts written to the traffic log", registry=self.registry)
+        self.traffic_dropped = Counter("forgeline_traffic_dropped", "Sampled texts dropped: the log writer fell behind",
+                                       registry=self.registry)
+        self.traffic_write_failures = Counter("forgeline_traffic_write_failures", "Traffic log files that could not be written",
+                                              registry=self.registry)
+        # shadow traffic (--shadow ALIAS)
+        self.shadow_texts = Counter("forgeline_shadow_texts", "Texts also run on the shadow model", registry=self.registry)
+        self.shadow_agreements = Counter("forgeline_shadow_agreements", "Shadow texts where both models gave the same label",
+                                         registry=self.registry)
+        self.shadow_agreement_rate = Gauge("forgeline_shadow_agreement_rate", "Agreement since the shadow version loaded",
+                                           registry=self.registry)
+        self.shadow_latency = Histogram("forgeline_shadow_seconds", "Per-batch latency: champion request vs shadow inference",
+                                        ["model"], registry=self.registry,
+                                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.shadow_dropped = Counter("forgeline_shadow_dropped", "Texts not shadowed: the shadow queue was full",
+                                      registry=self.registry)
+        self.shadow_errors = Counter("forgeline_shadow_errors", "Shadow model load or inference failures",
+                                     registry=self.registry)
