@@ -143,7 +143,7 @@ def register_version(client, bundle, labels, f1, parity_ok=True, name="m", eval_
     ``eval_rows``: (texts, labels) both the new version and the champion are scored on; ``registry``:
     further RegistryConfig fields."""
     from forgeline.config.schema import RegistryConfig
-    from forgeline.registry.register import register_and_gate
+    from forgeline.registry.register import EvalRows, register_and_gate
 
     exp = client.get_experiment_by_name("t") or client.get_experiment(client.create_experiment("t"))
     run = client.create_run(exp.experiment_id)
@@ -152,6 +152,7 @@ def register_version(client, bundle, labels, f1, parity_ok=True, name="m", eval_
     reg = register_and_gate(client, run.info.run_id, RegistryConfig(model_name=name, f1_tolerance=0.01, **registry), files,
                             meta,
                             {"test_macro_f1": f1, "test_accuracy": f1}, {"data_fingerprint": "abc", "config_hash": "h"},
-                            parity_ok, ["great ride", "awful trip"], eval_rows=eval_rows)
+                            parity_ok, ["great ride", "awful trip"],
+                            eval_rows=EvalRows(*eval_rows) if isinstance(eval_rows, tuple) else eval_rows)
     client.set_terminated(run.info.run_id)
     return reg, run.info.run_id

@@ -270,3 +270,15 @@ def test_a_class_that_cannot_be_split_is_named_with_plain_numbers(tmp_path: Path
     assert ("1 class(es) have fewer than 20 valid rows (split.val_fraction=0.1 and split.test_fraction=0.15 need "
             "that many for a stratified split): 'pos' has 12. Add rows of those classes, or raise") in msg
     assert load_and_validate(cfg_for(path), tmp_path / "out2", split=SplitConfig(val_fraction=0.2, test_fraction=0.2))
+
+
+def test_slice_columns_travel_with_the_valid_rows_and_a_missing_one_is_named(tmp_path: Path):
+    rows = [{"text": f"review number {i} of the product", "label": ["pos", "neg"][i % 2], "source": ["shop", "forum"][i % 3 == 0]}
+            for i in range(60)]
+    path = tmp_path / "d.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    result = load_and_validate(cfg_for(path, slice_columns=["source"], min_rows_per_class=5), tmp_path / "out", 0)
+    assert list(result.valid.columns) == ["text", "label", "slice:source"]
+    assert set(result.valid["slice:source"]) == {"shop", "forum"}
+    with pytest.raises(DataLoadError, match=r"column\(s\) \['region'\] not found"):
+        load_and_validate(cfg_for(path, slice_columns=["region"], min_rows_per_class=5), tmp_path / "out2", 0)

@@ -126,12 +126,22 @@ def test_pipeline_against_a_real_mlflow_server(tmp_path):
                     "--workers", "1"], tmp_path / "mlflow.log", env, f"http://127.0.0.1:{port}/health")
     try:
         data = tmp_path / "data.csv"
-        sentiment_rows().to_csv(data, index=False)
+        rows = sentiment_rows()
+        rows["source"] = ["shop", "forum"] * (len(rows) // 2)
+        rows.to_csv(data, index=False)
         uri = f"http://127.0.0.1:{port}"
         with prefect_test_harness(server_startup_timeout=120):
-            result = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, f"tracking.tracking_uri={uri}"))
+            result = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, f"tracking.tracking_uri={uri}",
+                                                                           "data.slice_columns=[source]"))
         client = MlflowClient(uri, uri)
         assert str(client.get_model_version_by_alias("e2e", "champion").version) == result["version"]
+        # the model card is what a reviewer reads on the version page: the REST API returns it
+        got = httpx.get(f"{uri}/api/2.0/mlflow/model-versions/get", params={"name": "e2e", "version": result["version"]})
+        card = got.json()["model_version"]["description"]
+        assert card.startswith(f"# e2e v{result['version']}\n\n**Gate: promoted to champion.**")
+        for needle in ("## Data", "## Test metrics", "95% CI", "## Slices", "| source=forum |", "| class=positive |",
+                       "## Compression variants", "## Limits", "## How to load", "gate.json"):
+            assert needle in card, needle
         # artifacts went through the server into its artifact store
         assert any((tmp_path / "artifacts").rglob("model.onnx"))
         import mlflow

@@ -40,3 +40,27 @@ def test_identical_predictions_have_a_zero_width_interval_and_p_one():
 def test_rows_must_match():
     with pytest.raises(ValueError, match="same non-empty rows"):
         compare_paired(np.array([0, 1]), np.array([0]), np.array([0, 1]), 2)
+
+
+def test_slice_table_on_a_constructed_case():
+    """120 rows, two classes; the challenger is wrong on every long `neg` text from source "forum",
+    the champion always right: the table names exactly those slices, with the known scores."""
+    from forgeline.registry.compare import slice_table, worst_slice
+
+    y = np.array([0, 1] * 60)
+    texts = ["short"] * 40 + ["a medium text"] * 40 + ["a rather long text, as forum posts are"] * 40
+    source = ["shop"] * 80 + ["forum"] * 40
+    champion = y.copy()
+    challenger = y.copy()
+    challenger[80:][y[80:] == 0] = 1  # 20 long negatives wrong
+    rows = {r["slice"]: r for r in slice_table(y, challenger, champion, ["neg", "pos"], texts, {"source": source})}
+    assert set(rows) == {"class=neg", "class=pos", "length<=5", "length 6-13", "length>13", "source=forum", "source=shop"}
+    assert rows["source=forum"] == {"slice": "source=forum", "n": 40, "metric": "accuracy", "challenger": 0.5,
+                                    "champion": 1.0, "drop": 0.5}
+    assert rows["source=shop"]["drop"] == 0.0 and rows["length<=5"]["drop"] == 0.0
+    assert rows["class=neg"]["challenger"] == pytest.approx(2 * 40 / (60 + 40))  # tp 40, 60 true, 40 predicted
+    assert worst_slice(list(rows.values()), 0.1, 30)["slice"] in {"source=forum", "length>13"}
+    assert worst_slice(list(rows.values()), 0.1, 41) is not None  # class=neg has 60 rows and drops 0.2
+    assert worst_slice(list(rows.values()), 0.6, 30) is None and worst_slice(list(rows.values()), None, 1) is None
+    alone = slice_table(y, challenger, None, ["neg", "pos"], texts)
+    assert all(r["champion"] is None and r["drop"] is None for r in alone) and len(alone) == 5

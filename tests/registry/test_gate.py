@@ -55,3 +55,22 @@ def test_chance_is_one_over_the_number_of_classes_and_no_label_blind_guess_beats
 def test_gate_refuses_worse_model_just_beyond_tolerance():
     assert decide_promotion(0.7899, True, ChampionInfo("1", 0.80), 0.01).promote is False
     assert decide_promotion(0.7901, True, ChampionInfo("1", 0.80), 0.01).promote is True
+
+
+def test_a_slice_that_drops_beyond_the_limit_blocks_promotion_and_is_named():
+    from forgeline.registry.compare import compare_paired
+
+    y = np.array([0, 1] * 100)
+    paired = compare_paired(y, y, y, 2)  # overall identical: the paired test alone would promote
+    slices = [{"slice": "class=pos", "n": 100, "metric": "f1", "challenger": 0.9, "champion": 0.92, "drop": 0.02},
+              {"slice": "source=forum", "n": 40, "metric": "accuracy", "challenger": 0.6, "champion": 0.8, "drop": 0.2},
+              {"slice": "source=app", "n": 5, "metric": "accuracy", "challenger": 0.0, "champion": 1.0, "drop": 1.0}]
+    args = dict(candidate_macro_f1=0.9, parity_ok=True, champion=ChampionInfo("1", 0.9), tolerance=0.01, paired=paired,
+                slices=slices, min_slice_rows=30)
+    blocked = decide_promotion(**args, max_slice_drop=0.1)
+    assert not blocked.promote
+    assert blocked.reason.startswith("slice source=forum (40 rows): accuracy 0.600 vs champion 0.800, a drop of 0.200, "
+                                     "more than registry.max_slice_drop 0.1")
+    assert blocked.slices == slices
+    assert decide_promotion(**args, max_slice_drop=0.25).promote  # within the limit; 5-row slice too small to count
+    assert decide_promotion(**args, max_slice_drop=None).promote

@@ -136,6 +136,11 @@ def test_same_data_refuses_a_challenger_the_stored_tag_would_promote(mlflow_uri,
     assert tags["gate.same_data_rows"] == str(c["n"]) and float(tags["gate.macro_f1_diff"]) < -0.5
     gate = _gate_json(client, run_id)
     assert gate["comparison"]["n"] == c["n"] and "paired-bootstrap" in gate["rule"]
+    card = client.get_model_version("m", flipped.version).description  # the model card, on the version page
+    assert card.startswith(f"# m v{flipped.version}\n\n**Gate: kept as challenger.**")
+    assert f"## Against champion v{first.version}, on the same {c['n']} rows" in card and "## Slices" in card
+    assert card == Path(client.download_artifacts(run_id, "model_card.md")).read_text()
+    assert {r["slice"] for r in gate["slices"]} >= {f"class={lab}" for lab in labels}
     # the old rule, on the stored tag alone, would have promoted it
     assert decide_promotion(0.95, True, ChampionInfo(first.version, 0.50), 0.01).promote
 

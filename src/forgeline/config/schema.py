@@ -33,6 +33,9 @@ class DataConfig(_Section):
     label_column: str | int = "label"
     labels: list[str] | None = None
     """Allowed label set; rows with another label are quarantined. None: inferred from the data."""
+    slice_columns: list[str | int] = Field(default_factory=list)
+    """Further columns (e.g. ``source``, ``language``) whose values become slices of the gate's
+    per-slice table: each value's accuracy for the champion and the new version (``registry.max_slice_drop``)."""
     min_text_chars: int = Field(1, ge=1)
     max_text_chars: int = Field(2000, ge=1)
     min_rows_per_class: int = Field(10, ge=1)
@@ -174,6 +177,12 @@ class RegistryConfig(_Section):
     """Promotion also needs test macro-F1 at least this far above chance (1/K for K classes: random guessing
     by the class frequencies; always predicting the most frequent class scores less), so a model that
     learned nothing never becomes champion, not even the first one. None: no floor."""
+    max_slice_drop: float | None = Field(0.1, ge=0.0, le=1.0)
+    """A slice (a class's F1, a text-length tertile's or a ``data.slice_columns`` value's accuracy) where
+    the challenger scores more than this below the champion, on the same rows, blocks promotion and is
+    named in the decision. None: slices are reported, never block."""
+    min_slice_rows: int = Field(30, ge=1)
+    """Slices with fewer test rows are reported but do not block: their scores are mostly noise."""
 
 
 class DriftConfig(_Section):

@@ -230,7 +230,7 @@ def read_table(path: Path, cfg: DataConfig, check_columns: bool = True) -> pd.Da
 
 
 def _check_columns(df: pd.DataFrame, path: Path, cfg: DataConfig) -> None:
-    wanted = list(dict.fromkeys((cfg.text_column, cfg.label_column)))
+    wanted = list(dict.fromkeys((cfg.text_column, cfg.label_column, *cfg.slice_columns)))
     missing = [c for c in wanted if c not in df.columns]
     if not missing:
         return
@@ -290,6 +290,10 @@ def _reason_for(column: str, check: str) -> str:
     return check
 
 
+SLICE_PREFIX = "slice:"
+"""Columns of the valid frame holding ``data.slice_columns`` values."""
+
+
 def validate_frame(raw: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, list[str]]]:
     """Return (valid rows, quarantined rows with reasons, reasons by row index)."""
     work = pd.DataFrame(
@@ -316,6 +320,8 @@ def validate_frame(raw: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, pd
     bad_idx = sorted(reasons)
     valid = work.drop(index=bad_idx)[["text", "label"]].copy()
     valid["text"] = valid["text"].str.strip()
+    for col in cfg.slice_columns:  # carried to the test split for the gate's slices, never to the model
+        valid[f"{SLICE_PREFIX}{col}"] = raw.loc[valid.index, col].map(_as_str_or_none).astype(object)
     quarantine = raw.loc[bad_idx].copy()
     quarantine.insert(0, "row", [i for i in bad_idx])
     quarantine["reasons"] = [";".join(reasons[i]) for i in bad_idx]

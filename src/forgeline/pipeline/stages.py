@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from forgeline.config.schema import PipelineConfig
-from forgeline.data.load import ValidationResult, dataset_path, file_fingerprint, load_and_validate, report_markdown
+from forgeline.data.load import (SLICE_PREFIX, ValidationResult, dataset_path, file_fingerprint, load_and_validate,
+                                  report_markdown)
 from forgeline.data.split import Splits, split_dataset
 from forgeline.errors import DataValidationError
 from forgeline.export import compress as cmp
@@ -22,7 +23,8 @@ from forgeline.inference.contract import TOKENIZER_FILE, VARIANT_FILES
 from forgeline.pipeline.runner import Env, Files, Stage, StageRunner
 from forgeline.pipeline.tracking import Tracker
 from forgeline.registry.client import CACHE_KEY_TAG, find_registered
-from forgeline.registry.register import Registration, git_commit, register_and_gate, reuse_registration
+from forgeline.registry.card import CardContext
+from forgeline.registry.register import EvalRows, Registration, git_commit, register_and_gate, reuse_registration
 from forgeline.settings import GPU_TAG
 from forgeline.training.evaluate import EvalResult, evaluate_probabilities
 from forgeline.training.loop import TrainResult, predict_proba, resolve_device, train_model
@@ -291,13 +293,21 @@ def register(env: Env, trained: TrainResult, splits: Splits, evaluation: EvalRes
             "variants": ",".join(meta["variants"]), "parity_ok": str(parity.ok),
             "parity_max_abs_prob_diff": f"{parity.max_abs_prob_diff:.3g}", "mlflow_run_id": env.tracker.run_id,
             CACHE_KEY_TAG: env.key}
+    card = CardContext(
+        data=str(cfg.data.path) if cfg.data.source == "file" else f"bundled corpus ({cfg.data.source})",
+        rows=len(splits.train) + len(splits.val) + len(splits.test), splits=splits.sizes(),
+        variants=[{"name": v.name, "size_mb": v.size_bytes / 1e6, "accuracy": v.metrics["accuracy"],
+                   "macro_f1": v.metrics["macro_f1"], "bundled": v in kept, "extra": v.extra} for v in variants],
+        max_length=cfg.model.max_length, config_hash=cfg.config_hash(), git_commit=tags["git_commit"])
     return register_and_gate(env.tracker.client, env.tracker.run_id, cfg.registry, bundle, meta, metrics, tags,
-                             parity.ok, splits.test["text"].tolist()[:3], eval_rows=_test_rows(splits))
+                             parity.ok, splits.test["text"].tolist()[:3], eval_rows=_test_rows(splits), card=card)
 
 
-def _test_rows(splits: Splits) -> tuple[list[str], list[str]]:
+def _test_rows(splits: Splits) -> EvalRows:
     """What the gate scores the new version and the champion on, side by side."""
-    return splits.test["text"].tolist(), splits.test["label"].tolist()
+    test = splits.test
+    slices = {c[len(SLICE_PREFIX):]: test[c].tolist() for c in test.columns if str(c).startswith(SLICE_PREFIX)}
+    return EvalRows(test["text"].tolist(), test["label"].tolist(), slices or None)
 
 
 def _reuse_registration(env: Env, trained: TrainResult, splits: Splits, *_: Any) -> Registration | None:

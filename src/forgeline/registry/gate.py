@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from forgeline.registry.compare import PairedComparison
+from forgeline.registry.compare import PairedComparison, worst_slice
 
 SAME_DATA_RULE = ("promote when the lower bound of the {confidence:.0%} paired-bootstrap interval of "
                   "macro-F1(challenger) - macro-F1(champion), both scored on this run's test split, is above "
@@ -41,6 +41,8 @@ class GateDecision:
     rule: str | None = None
     champion_problem: str | None = None
     """Why the champion could not be scored on this data (not loadable, another label set)."""
+    slices: list[dict] | None = None
+    """Both models per slice of the same rows (``registry.compare.slice_table``)."""
 
 
 def chance_macro_f1(n_labels: int) -> float:
@@ -53,15 +55,19 @@ def chance_macro_f1(n_labels: int) -> float:
 def decide_promotion(candidate_macro_f1: float, parity_ok: bool, champion: ChampionInfo | None,
                      tolerance: float, chance_macro_f1: float | None = None,
                      min_gain_over_chance: float | None = None, paired: PairedComparison | None = None,
-                     champion_problem: str | None = None) -> GateDecision:
+                     champion_problem: str | None = None, slices: list[dict] | None = None,
+                     max_slice_drop: float | None = None, min_slice_rows: int = 30) -> GateDecision:
     """``paired``: both models on the same rows; ``champion_problem``: why there is no such comparison
-    although there is a champion (it is then replaced when the rest of the gate passes)."""
+    although there is a champion (it is then replaced when the rest of the gate passes); ``slices``:
+    the per-slice table of those rows, where a drop beyond ``max_slice_drop`` blocks promotion."""
     if paired is not None or champion_problem is not None:
         decision = _decide_same_data(candidate_macro_f1, parity_ok, champion, tolerance, chance_macro_f1,
-                                     min_gain_over_chance, paired, champion_problem)
+                                     min_gain_over_chance, paired, champion_problem,
+                                     worst_slice(slices or [], max_slice_drop, min_slice_rows), max_slice_drop)
     else:
         decision = _decide(candidate_macro_f1, parity_ok, champion, tolerance, chance_macro_f1, min_gain_over_chance)
     decision.chance_macro_f1, decision.min_gain_over_chance = chance_macro_f1, min_gain_over_chance
+    decision.slices = slices
     return decision
 
 
@@ -75,7 +81,8 @@ def _below_chance(candidate_macro_f1: float, chance_macro_f1: float | None, min_
 
 def _decide_same_data(candidate_macro_f1: float, parity_ok: bool, champion: ChampionInfo | None, tolerance: float,
                       chance_macro_f1: float | None, min_gain_over_chance: float | None,
-                      paired: PairedComparison | None, champion_problem: str | None) -> GateDecision:
+                      paired: PairedComparison | None, champion_problem: str | None,
+                      slice_drop: dict | None = None, max_slice_drop: float | None = None) -> GateDecision:
     version = champion.version if champion else None
 
     def decision(promote: bool, reason: str) -> GateDecision:
@@ -97,6 +104,11 @@ def _decide_same_data(candidate_macro_f1: float, parity_ok: bool, champion: Cham
         if p.ci_low <= -tolerance:
             return decision(False, f"{same}: the interval reaches below -registry.f1_tolerance {tolerance:g}, so it "
                                    "may be worse than the champion")
+        if slice_drop is not None:
+            r = slice_drop
+            return decision(False, f"slice {r['slice']} ({r['n']} rows): {r['metric']} {r['challenger']:.3f} vs champion "
+                                   f"{r['champion']:.3f}, a drop of {r['drop']:.3f}, more than registry.max_slice_drop "
+                                   f"{max_slice_drop:g} ({same})")
     floor = _below_chance(candidate_macro_f1, chance_macro_f1, min_gain_over_chance)
     if floor:
         return decision(False, floor)

@@ -23,7 +23,8 @@ from forgeline.config.schema import RegistryConfig
 from forgeline.errors import RegistryError
 from forgeline.inference.contract import META_FILE
 from forgeline.registry.client import CHALLENGER, CHAMPION, current_champion
-from forgeline.registry.compare import PairedComparison, compare_paired
+from forgeline.registry.card import CardContext, model_card
+from forgeline.registry.compare import PairedComparison, compare_paired, macro_f1_ci, slice_table
 from forgeline.registry.gate import ChampionInfo, GateDecision, chance_macro_f1, decide_promotion
 
 
@@ -100,26 +101,55 @@ def load_version(name: str, version: str):
                                         model_config={"device": "cpu"}).unwrap_python_model()
 
 
-def score_against_champion(name: str, champion: ChampionInfo | None, candidate: Any,
-                           eval_rows: tuple[list[str], list[str]] | None) -> tuple[PairedComparison | None, str | None]:
-    """Both models on the same rows (this run's test split): (comparison, None), or (None, why the
-    champion could not be scored). (None, None) without a champion or without rows."""
-    if champion is None or eval_rows is None:
-        return None, None
-    try:
-        reference = load_version(name, champion.version)
-    except Exception as e:  # noqa: BLE001 - a deleted artifact, an incompatible version: said in the decision
-        return None, f"it could not be loaded: {type(e).__name__}: {str(e)[:300]}"
-    if sorted(reference.labels) != sorted(candidate.labels):
-        return None, f"it predicts {sorted(reference.labels)}, this data has {sorted(candidate.labels)}"
-    texts, truth = eval_rows
+@dataclass
+class EvalRows:
+    """This run's test split, which the new version and the champion are both scored on."""
+
+    texts: list[str]
+    labels: list[str]
+    slices: dict[str, list[Any]] | None = None
+    """Values of the user's ``data.slice_columns``, row by row."""
+
+
+@dataclass
+class Scored:
+    paired: PairedComparison | None = None
+    problem: str | None = None
+    """Why the champion could not be scored on these rows."""
+    slices: list[dict[str, Any]] | None = None
+    macro_f1_ci: tuple[float, float] | None = None
+    """Bootstrap interval of the new version's own macro-F1 on these rows."""
+
+
+def score_against_champion(name: str, champion: ChampionInfo | None, candidate: Any, rows: EvalRows | None) -> Scored:
+    """Both models on the same rows (this run's test split): the paired comparison and the slice table,
+    or why the champion could not be scored. Without a champion the slice table has the new version only."""
+    if rows is None:
+        return Scored()
     index = {lab: i for i, lab in enumerate(candidate.labels)}
 
     def predicted(model: Any) -> np.ndarray:
-        return np.array([index[model.labels[j]] for j in model.predict_proba(list(texts)).argmax(axis=1)])
+        return np.array([index[model.labels[j]] for j in model.predict_proba(list(rows.texts)).argmax(axis=1)])
 
-    y = np.array([index[t] for t in truth])
-    return compare_paired(y, predicted(candidate), predicted(reference), len(index)), None
+    y = np.array([index[t] for t in rows.labels])
+    ours = predicted(candidate)
+    ci = macro_f1_ci(y, ours, len(index))
+
+    def alone(problem: str | None = None) -> Scored:
+        return Scored(problem=problem, slices=slice_table(y, ours, None, list(candidate.labels), rows.texts, rows.slices),
+                      macro_f1_ci=ci)
+
+    if champion is None:
+        return alone()
+    try:
+        reference = load_version(name, champion.version)
+    except Exception as e:  # noqa: BLE001 - a deleted artifact, an incompatible version: said in the decision
+        return alone(f"it could not be loaded: {type(e).__name__}: {str(e)[:300]}")
+    if sorted(reference.labels) != sorted(candidate.labels):
+        return alone(f"it predicts {sorted(reference.labels)}, this data has {sorted(candidate.labels)}")
+    theirs = predicted(reference)
+    return Scored(paired=compare_paired(y, ours, theirs, len(index)), macro_f1_ci=ci,
+                  slices=slice_table(y, ours, theirs, list(candidate.labels), rows.texts, rows.slices))
 
 
 def log_pyfunc(run_id: str, artifacts: dict[str, str], probe: Any, meta: dict[str, Any], registered_name: str,
@@ -161,14 +191,15 @@ def log_pyfunc(run_id: str, artifacts: dict[str, str], probe: Any, meta: dict[st
 
 def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bundle: dict[str, Path],
                       meta: dict[str, Any], metrics: dict[str, float], tags: dict[str, str], parity_ok: bool,
-                      input_example: list[str], eval_rows: tuple[list[str], list[str]] | None = None) -> Registration:
-    """``eval_rows``: (texts, labels) of this run's test split; the champion and the new version are
-    both scored on them and compared with paired tests (``registry.compare``)."""
+                      input_example: list[str], eval_rows: EvalRows | None = None,
+                      card: CardContext | None = None) -> Registration:
+    """``eval_rows``: this run's test split; the champion and the new version are both scored on it
+    and compared with paired tests and per slice (``registry.compare``)."""
     name = cfg.model_name
     champion = current_champion(client, name)
     artifacts = bundle_artifacts(bundle, meta)
     candidate = load_bundle(artifacts)
-    paired, problem = score_against_champion(name, champion, candidate, eval_rows)
+    scored = score_against_champion(name, champion, candidate, eval_rows)
     try:
         model_uri, version = log_pyfunc(run_id, artifacts, candidate, meta, name, input_example)
     except MlflowException as e:
@@ -180,7 +211,8 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
     client.set_registered_model_alias(name, CHALLENGER, version)
 
     decision = decide_promotion(metrics["test_macro_f1"], parity_ok, champion, cfg.f1_tolerance,
-                                chance_macro_f1(len(meta["labels"])), cfg.min_gain_over_chance, paired, problem)
+                                chance_macro_f1(len(meta["labels"])), cfg.min_gain_over_chance, scored.paired,
+                                scored.problem, scored.slices, cfg.max_slice_drop, cfg.min_slice_rows)
     aliases = [CHALLENGER]
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
@@ -193,8 +225,22 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
         client.set_tag(run_id, k, v)
     client.set_tag(run_id, "registered_model", f"{name}/{version}")
     client.log_dict(run_id, asdict(decision) | {"version": version, "aliases": aliases}, "gate.json")
-    client.update_model_version(name, version, description=f"forgeline: {decision.reason}")
+    text = model_card(name, version, run_id, decision, metrics, list(meta["labels"]), tags.get("data_fingerprint", "?"),
+                      card or CardContext(), scored.macro_f1_ci)
+    client.log_text(run_id, text, "model_card.md")
+    client.update_model_version(name, version, description=fit_description(text, run_id))
     return Registration(name=name, version=version, model_uri=f"models:/{name}/{version}", aliases=aliases, decision=decision)
+
+
+DESCRIPTION_LIMIT = 5000
+"""MLflow's model_versions.description column is VARCHAR(5000) (enforced by PostgreSQL and MySQL)."""
+
+
+def fit_description(card: str, run_id: str) -> str:
+    if len(card) <= DESCRIPTION_LIMIT:
+        return card
+    note = f"\n\n… (cut to fit; the whole card is `model_card.md` in run `{run_id}`)\n"
+    return card[: DESCRIPTION_LIMIT - len(note)].rsplit("\n", 1)[0] + note
 
 
 def comparison_tags(decision: GateDecision) -> dict[str, str]:
@@ -209,7 +255,7 @@ def comparison_tags(decision: GateDecision) -> dict[str, str]:
 
 
 def reuse_registration(client: MlflowClient, run_id: str, cfg: RegistryConfig, version: str,
-                       n_labels: int, eval_rows: tuple[list[str], list[str]] | None = None) -> Registration:
+                       n_labels: int, eval_rows: EvalRows | None = None) -> Registration:
     """An unchanged re-run: no new version. The gate runs again on that version with the current registry
     settings (they are not part of the cache key), so a version kept as challenger under the old settings
     is promoted when the new ones let it through; a champion stays as it is."""
@@ -223,10 +269,11 @@ def reuse_registration(client: MlflowClient, run_id: str, cfg: RegistryConfig, v
     word = "unchanged"
     if CHAMPION not in aliases:
         champion = current_champion(client, name)
-        paired, problem = (score_against_champion(name, champion, load_version(name, version), eval_rows)
-                           if champion is not None and eval_rows is not None else (None, None))
+        scored = (score_against_champion(name, champion, load_version(name, version), eval_rows)
+                  if champion is not None and eval_rows is not None else Scored())
         gate = decide_promotion(candidate, tags.get("parity_ok") == "True", champion, cfg.f1_tolerance,
-                                chance_macro_f1(n_labels), cfg.min_gain_over_chance, paired, problem)
+                                chance_macro_f1(n_labels), cfg.min_gain_over_chance, scored.paired, scored.problem,
+                                scored.slices, cfg.max_slice_drop, cfg.min_slice_rows)
         if gate.promote:
             client.set_registered_model_alias(name, CHAMPION, version)
             if CHALLENGER in aliases:
@@ -236,7 +283,8 @@ def reuse_registration(client: MlflowClient, run_id: str, cfg: RegistryConfig, v
             word = "promoted"
             for k, v in {"gate.decision": "promoted", "gate.reason": gate.reason, **comparison_tags(gate)}.items():
                 client.set_model_version_tag(name, version, k, v)
-            client.update_model_version(name, version, description=f"forgeline: {gate.reason}")
+            card = f"**Promoted on a later unchanged run:** {gate.reason}\n\n{mv.description or ''}"
+            client.update_model_version(name, version, description=fit_description(card, run_id))
         else:
             gate.reason = f"{same}; still not champion: {gate.reason}"
         decision = gate

@@ -67,7 +67,11 @@ class TrafficLog:
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued and stop the writer (server shutdown)."""
-        self._queue.put(None)
+        try:
+            self._queue.put(None, timeout=timeout)  # a stalled disk must not hold up shutdown for ever
+        except queue.Full:
+            log.warning("traffic log: writer stalled; %d queued rows not written", self._queue.qsize())
+            return
         self._thread.join(timeout)
 
     def _run(self) -> None:
