@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def server(tmp_path, registry):
     uri, _ = registry
     srv = Server(uri, "m@champion", "poll_interval_s=0.3", "max_wait_ms=20", "max_texts_per_request=8",
-                 "max_text_chars=200", "max_body_bytes=4000", log=tmp_path / "server.log")
+                 "max_text_chars=200", "max_body_bytes=6000", "body_timeout_s=2", log=tmp_path / "server.log")
     yield srv
     assert srv.stop() == 0, srv.log.read_text()
 
@@ -56,7 +56,9 @@ BAD_INPUTS = [
     ("null text", '{"texts": [null]}', "application/json", 422, "must be a string"),
     ("too many texts", json.dumps({"texts": ["a"] * 9}), "application/json", 413, "at most 8"),
     ("oversize text", json.dumps({"texts": ["x" * 201]}), "application/json", 413, "201 characters"),
-    ("oversize body", json.dumps({"texts": ["y" * 150] * 30}), "application/json", 413, "limit"),
+    ("oversize body", json.dumps({"texts": ["y" * 150] * 50}), "application/json", 413, "limit"),
+    # Python refuses to parse integers of more than 4300 digits: was a 500
+    ("5000-digit integer", '{"texts": [' + "9" * 5000 + ']}', "application/json", 422, "4300 digits"),
     ("wrong content type", '{"texts": ["a"]}', "text/plain", 415, "application/json"),
     ("no content type", '{"texts": ["a"]}', None, 415, "application/json"),
     ("empty body", "", "application/json", 400, "not valid JSON"),
@@ -79,6 +81,33 @@ def test_bad_inputs_get_clear_4xx_never_500(server):
     assert ok.status_code == 200
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'forgeline_requests_total{status="500"}' not in metrics
+
+
+def test_a_body_trickled_byte_by_byte_is_timed_out(server):
+    """One byte every 0.5 s used to hold the connection for as long as the client liked."""
+    import socket
+
+    body = b'{"texts": ["slow"]}'
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        start = time.time()
+        reply = b""
+        for byte in body:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            sock.settimeout(0.5)
+            try:
+                reply = sock.recv(4096)
+                if reply:
+                    break
+            except socket.timeout:
+                pass
+    assert reply.startswith(b"HTTP/1.1 408"), reply
+    assert b"body_timeout_s" in reply and time.time() - start < 6
+    assert post(server.url, json.dumps({"texts": ["still serving"]})).status_code == 200
 
 
 def test_predict_health_model_and_metrics(server):

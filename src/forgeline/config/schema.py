@@ -272,6 +272,8 @@ class ServeConfig(_Section):
     max_texts_per_request: int = Field(256, ge=1)
     max_text_chars: int = Field(10_000, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1)
+    body_timeout_s: float = Field(10.0, gt=0.0)
+    """A request body must arrive within this; slower ones get 408."""
     poll_interval_s: float = Field(10.0, gt=0.0)
     warmup_texts: list[str] = Field(default_factory=lambda: ["warm-up request", "a second, somewhat longer warm-up text"])
     shadow: str | None = None

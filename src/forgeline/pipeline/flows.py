@@ -198,7 +198,7 @@ def check_drift(cfg: PipelineConfig) -> dict[str, Any]:
         tracker = Tracker(client=MlflowClient(uri, uri), run_id=run.info.run_id, tracking_uri=uri)
         tracker.metrics({f"drift.{k}": v for k, v in report.metrics().items()})
         tracker.tags({"drift.decision": "retrain" if report.retrain else "skip", "drift.reason": "; ".join(report.reasons),
-                      "drift.current": cfg.drift.traffic and f"traffic log {cfg.drift.traffic}" or "data",
+                      "drift.current": f"traffic log {cfg.drift.traffic}" if cfg.drift.traffic else "data",
                       "data.fingerprint": fingerprint, "drift.champion_version": report.champion_version or "none"})
         tracker.json(report.to_dict(), "drift_report.json")
         client.set_terminated(run.info.run_id, "FINISHED")

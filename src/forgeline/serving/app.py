@@ -52,6 +52,8 @@ def parse_predict_body(body: bytes, content_type: str | None, cfg: ServeConfig) 
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise BadRequest(400, f"body is not valid JSON: {e}") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits (Python's int-parsing limit): was a 500
+        raise BadRequest(422, f"body holds a value this server does not parse: {str(e).split(';')[0]}") from None
     if not isinstance(payload, dict):
         raise BadRequest(422, 'body must be a JSON object like {"texts": ["..."]}')
     if "texts" not in payload:
@@ -112,7 +114,7 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None):
             await batcher.drain()
             for side in ("shadow", "traffic"):  # after the drain: the last answers are shadowed and logged too
                 if side in state:
-                    await loop.run_in_executor(None, state[side].close if side == "traffic" else state[side].stop)
+                    await loop.run_in_executor(None, state[side].close)
             log.info("drained; exiting")
 
     app = FastAPI(title="forgeline serving", lifespan=lifespan)
@@ -130,10 +132,14 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None):
         if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
             return error(413, f"request body is {declared} bytes; the limit is {cfg.max_body_bytes}")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > cfg.max_body_bytes:
-                return error(413, f"request body exceeds the limit of {cfg.max_body_bytes} bytes")
+        try:  # a client sending one byte every few seconds held a connection (and a slot) for ever
+            async with asyncio.timeout(cfg.body_timeout_s):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > cfg.max_body_bytes:
+                        return error(413, f"request body exceeds the limit of {cfg.max_body_bytes} bytes")
+        except TimeoutError:
+            return error(408, f"request body not received within {cfg.body_timeout_s:g} s (serving.body_timeout_s)")
         try:
             texts = parse_predict_body(bytes(body), request.headers.get("content-type"), cfg)
         except BadRequest as e:

@@ -56,7 +56,8 @@ class Shadow:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop (batches still queued are not compared) and send the last numbers to MLflow (server shutdown)."""
         self._stop.set()
         try:
             self._queue.put_nowait(None)  # wake the thread; if the queue is full it sees _stop within 0.2 s
