@@ -407,3 +407,41 @@ def test_loading_a_version_from_a_tracking_server_leaves_no_download_behind(tmp_
         assert model.impl.predict_proba(["the ride is wonderful"]).shape == (1, 2)  # served from memory
     finally:
         stop(server)
+
+
+def _corrupt_model_file(client, version: str) -> Path:
+    source = Path(client.get_model_version_download_uri("m", version).removeprefix("file://"))
+    target = next(source.rglob("model.onnx"))
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: still a file of the right size
+    target.write_bytes(bytes(data))
+    return target
+
+
+def test_serve_refuses_a_corrupted_version_naming_the_version_and_file(tmp_path, registry):
+    uri, client = registry
+    _corrupt_model_file(client, "1")
+    out = subprocess.run([sys.executable, "-m", "forgeline.cli", "serve", "-m", "m@champion", "--tracking-uri", uri,
+                          "--port", str(free_port())], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 2, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()
+    assert last[-1].startswith("forgeline: error: m v1 cannot be served: model.onnx (fp32) does not match the checksum "
+                               "recorded at registration"), out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "INVALID_PROTOBUF" not in out.stderr
+
+
+def test_a_hot_swap_to_a_corrupted_version_keeps_serving_the_old_one(server, registry, bundle):
+    _, client = registry
+    reg, _ = register_version(client, bundle, bundle[1], 0.10, min_gain_over_chance=None)  # kept as challenger
+    assert reg.aliases == ["challenger"]
+    _corrupt_model_file(client, reg.version)
+    client.set_registered_model_alias("m", "champion", reg.version)
+    deadline = time.time() + 30
+    metrics = ""
+    while time.time() < deadline and "forgeline_model_swap_failures_total 0.0" in (metrics or "forgeline_model_swap_failures_total 0.0"):
+        time.sleep(0.3)
+        metrics = httpx.get(f"{server.url}/metrics").text
+    assert "forgeline_model_swap_failures_total 0.0" not in metrics
+    r = post(server.url, json.dumps({"texts": ["the ride is wonderful and excellent"]}))
+    assert r.status_code == 200 and r.json()["version"] == "1"
+    assert f"m v{reg.version} cannot be served: model.onnx (fp32) does not match" in server.log.read_text()

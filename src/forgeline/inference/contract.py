@@ -27,3 +27,39 @@ VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "forgeline_meta.json"
 """Labels, max_length, variants, config hash and data fingerprint of a registered bundle."""
+
+
+CHECKSUMS_KEY = "sha256"
+"""Key in the bundle metadata: {artifact name: sha256 of its file}, recorded at registration."""
+
+
+class ArtifactIntegrityError(ValueError):
+    """A bundle file differs from what was registered (corrupted, truncated or replaced in the store)."""
+
+
+def file_sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_artifacts(artifacts: dict[str, str], meta: dict, names: list[str]) -> None:
+    """Check the files of ``names`` against the checksums recorded at registration, before ONNX
+    Runtime parses them: a corrupted ``model.int8.onnx`` used to end serving start-up in an
+    ``INVALID_PROTOBUF`` traceback. Bundles registered before checksums existed are not checked."""
+    recorded = meta.get(CHECKSUMS_KEY) or {}
+    for name in names:
+        expected = recorded.get(name)
+        if expected is None:
+            continue
+        path = artifacts[name]
+        actual = file_sha256(path)
+        if actual != expected:
+            raise ArtifactIntegrityError(
+                f"{path.rsplit('/', 1)[-1]} ({name}) does not match the checksum recorded at registration "
+                f"(sha256 {actual[:12]}… != {expected[:12]}…): the artifact store copy is corrupted or was "
+                "replaced. Re-register the model (run the pipeline again) or serve another version")

@@ -19,7 +19,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from forgeline.inference.contract import VARIANT_FILES
+from forgeline.inference.contract import VARIANT_FILES, verify_artifacts
 from forgeline.inference.runtime import (
     CudaGraphRunner,
     FastTokenizer,
@@ -104,6 +104,7 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
         device = ("cuda" if cuda_available() else "cpu") if device == "auto" else device
         available = [v for v in VARIANT_FILES if v in context.artifacts]
         self.variant = choose_variant(available, device, cfg.get("variant", "auto"))
+        verify_artifacts(context.artifacts, meta, [self.variant, "tokenizer"])
         # On CUDA the model is replayed as CUDA graphs (bucketed shapes, captured on first use): no
         # per-kernel launch cost. model_config {"cuda_graphs": false} turns it off.
         self.graphs: CudaGraphRunner | None = None

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from forgeline.config.schema import RegistryConfig
 from forgeline.errors import RegistryError
-from forgeline.inference.contract import META_FILE
+from forgeline.inference.contract import CHECKSUMS_KEY, META_FILE, file_sha256
 from forgeline.registry.client import CHALLENGER, CHAMPION, current_champion
 from forgeline.registry.card import CardContext, model_card
 from forgeline.registry.compare import PairedComparison, compare_paired, macro_f1_ci, slice_table
@@ -75,6 +75,7 @@ def stage_model_code(dst: Path) -> Path:
 def bundle_artifacts(bundle: dict[str, Path], meta: dict[str, Any]) -> dict[str, str]:
     """The pyfunc's artifacts: the bundle's files plus its metadata file, written beside them."""
     meta_path = bundle["tokenizer"].parent / META_FILE
+    meta = meta | {CHECKSUMS_KEY: {k: file_sha256(str(v)) for k, v in bundle.items()}}  # verified at every load
     meta_path.write_text(json.dumps(meta, indent=2))
     return {k: str(v) for k, v in bundle.items()} | {"meta": str(meta_path)}
 

@@ -90,7 +90,11 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None):
         batcher = MicroBatcher(cfg.max_batch_size, cfg.max_wait_ms, metrics)
         watcher = Watcher(src, batcher, metrics, cfg.poll_interval_s)
         loop = asyncio.get_running_loop()
-        model = await loop.run_in_executor(None, watcher.load_initial)
+        try:
+            model = await loop.run_in_executor(None, watcher.load_initial)
+        except Exception as e:
+            app.state.startup_error = e  # serve() raises it once uvicorn has given up: one message, exit 2
+            raise
         watcher.exclusive = getattr(model.impl, "graphs", None) is not None
         log.info("serving %s v%s (%s on %s)", model.name, model.version, model.impl.variant, model.impl.device)
         batcher.start()
@@ -226,7 +230,20 @@ def serve(cfg: ServeConfig) -> int:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-    config = uvicorn.Config(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info",
+    app = create_app(cfg)
+
+    def no_startup_traceback(record: logging.LogRecord) -> bool:
+        # Starlette reports a failed start-up with the whole traceback as the message; the CLI says it in one line
+        return getattr(app.state, "startup_error", None) is None or "Traceback" not in str(record.msg)
+
+    logging.getLogger("uvicorn.error").addFilter(no_startup_traceback)
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info",
                             timeout_graceful_shutdown=30, limit_concurrency=2048)
-    _Server(config).run()
+    try:
+        _Server(config).run()
+    except SystemExit:  # uvicorn exits 3 when start-up fails; the reason is what the user needs
+        error = getattr(app.state, "startup_error", None)
+        if error is not None:
+            raise error from None
+        raise
     return 0

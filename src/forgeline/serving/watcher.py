@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from forgeline.config.schema import ServeConfig
+from forgeline.errors import RegistryError
+from forgeline.inference.contract import ArtifactIntegrityError
 from forgeline.registry.client import open_registry, parse_model_ref, resolve_version
 from forgeline.serving.batcher import MicroBatcher, cancel_task
 from forgeline.serving.metrics import Metrics
@@ -62,8 +64,11 @@ class RegistrySource:
         # MLflow would download into a temporary folder it never removes (about 150 MB a version, each hot
         # swap); the sessions and the tokenizer are in memory once loaded, so the files can go
         with tempfile.TemporaryDirectory(prefix="forgeline-model-") as tmp:
-            pyfunc = mlflow.pyfunc.load_model(f"models:/{self.name}/{version}", dst_path=tmp,
-                                              model_config={"device": self.cfg.device, "variant": self.cfg.variant})
+            try:
+                pyfunc = mlflow.pyfunc.load_model(f"models:/{self.name}/{version}", dst_path=tmp,
+                                                  model_config={"device": self.cfg.device, "variant": self.cfg.variant})
+            except ArtifactIntegrityError as e:
+                raise RegistryError(f"{self.name} v{version} cannot be served: {e}") from None
         model = LoadedModel(name=self.name, version=version, run_id=run_id, impl=pyfunc.unwrap_python_model())
         model.impl.predict_proba(self.cfg.warmup_texts)  # warm-up: first-run allocations, kernel selection
         return model
