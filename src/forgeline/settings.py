@@ -4,6 +4,8 @@ where the workdir and the MLflow store are (config first, then the environment, 
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 from pathlib import Path
 
@@ -95,3 +97,23 @@ def sqlite_file(uri: str) -> str | None:
         return None
     db = uri.removeprefix("sqlite:///").split("?", 1)[0]
     return db if db and db != ":memory:" else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """For a SQLite store, an exclusive lock on ``<db>.lock`` for as long as the block runs; nothing for
+    other stores. Two ``forgeline run`` started together on a new workdir both ran MLflow's schema
+    migration, and the second died with ``sqlite3.OperationalError: duplicate column name: step``."""
+    db = sqlite_file(uri)
+    if db is None:
+        yield
+        return
+    import fcntl
+
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

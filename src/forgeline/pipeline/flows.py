@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from forgeline.pipeline.stages import (
     VALIDATE,
     summary_markdown,
 )
-from forgeline.pipeline.tracking import Tracker, ensure_experiment
+from forgeline.pipeline.tracking import Tracker, ensure_experiment, open_client
 from forgeline.registry.client import CHALLENGER
 from forgeline.settings import apply_offline_env, ensure_workdir, quiet_libraries, resolve_tracking_uri
 
@@ -52,7 +54,6 @@ class PipelineResult:
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     """The whole pipeline in one MLflow run; must be called inside a Prefect flow."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     quiet_libraries()
     logger = get_run_logger()
@@ -60,7 +61,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     tracking_uri = resolve_tracking_uri(cfg.tracking)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = open_client(tracking_uri)
     experiment_id = ensure_experiment(client, cfg.tracking, tracking_uri)
     run = client.create_run(experiment_id, run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={"forgeline.config_hash": cfg.config_hash(), "forgeline.model_name": cfg.registry.model_name})
@@ -74,6 +75,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     logger.info("MLflow run %s at %s; local files in %s", run.info.run_id, tracking_uri, run_dir)
     step = StageRunner(cfg, run_dir, tracker, cache)
     status = "FAILED"
+    interrupts = _remember_interrupts()
     try:
         data = step(VALIDATE)
         logger.info("validation: %s valid of %s rows, %s quarantined", data.report["valid_rows"], data.report["rows"],
@@ -94,6 +96,9 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
                               metrics={f"test_{k}": v for k, v in evaluation.metrics.items()}, summary=md)
     except BaseException as e:
         signal_exc = interruption(e)
+        if signal_exc is None and interrupts:
+            signal_exc = KeyboardInterrupt(f"interrupted (Ctrl-C); it surfaced as {type(e).__name__}: {e}")
+            signal_exc.__cause__ = e
         if signal_exc is not None:
             status = "KILLED"  # interrupted (Ctrl-C, SIGTERM, cancellation), not a failure of the pipeline
             e = signal_exc
@@ -101,7 +106,38 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         record_traceback(e, run_dir, tracker)
         raise e
     finally:
+        interrupts.restore()
         client.set_terminated(run.info.run_id, status=status)
+
+
+class _remember_interrupts(list):
+    """SIGINTs received while the pipeline runs (the list is truthy once one arrived). Python raises
+    KeyboardInterrupt wherever the main thread is; inside pandas' C CSV reader it came out as
+    ``ParserError: Calling read(nbytes) on source failed`` and the run ended "cannot read <file>",
+    exit 2 (seen in CI). The previous handler still runs, so Ctrl-C behaves as before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.previous = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGINT)
+        if previous in (signal.SIG_IGN, None):
+            return
+
+        def handler(signum, frame):
+            self.append(signum)
+            if callable(previous):
+                return previous(signum, frame)
+            raise KeyboardInterrupt
+
+        self.previous = previous
+        signal.signal(signal.SIGINT, handler)
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
 
 
 def interruption(e: BaseException) -> BaseException | None:
@@ -167,10 +203,8 @@ def check_drift(cfg: PipelineConfig) -> dict[str, Any]:
     quiet_libraries()
     uri = resolve_tracking_uri(cfg.tracking)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri, uri)
-    exp = client.get_experiment_by_name(cfg.tracking.experiment + "-drift")
-    exp_id = exp.experiment_id if exp else ensure_experiment(
-        client, cfg.tracking.model_copy(update={"experiment": cfg.tracking.experiment + "-drift"}), uri)
+    client = open_client(uri)
+    exp_id = ensure_experiment(client, cfg.tracking.model_copy(update={"experiment": cfg.tracking.experiment + "-drift"}), uri)
     run = client.create_run(exp_id, run_name=f"drift-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         with tempfile.TemporaryDirectory() as tmp:

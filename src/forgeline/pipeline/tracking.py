@@ -15,16 +15,39 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from forgeline.config.schema import TrackingConfig
+from forgeline.settings import store_lock
+
+
+def open_client(uri: str) -> MlflowClient:
+    """A client on ``uri`` whose store exists: a new SQLite store creates and migrates its tables while
+    ``store_lock`` is held (MLflow does it when the client first opens the store), so runs started
+    together on a new workdir do not run the migration twice."""
+    with store_lock(uri):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+    return client
 
 
 def ensure_experiment(client: MlflowClient, cfg: TrackingConfig, tracking_uri: str) -> str:
-    exp = client.get_experiment_by_name(cfg.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    artifact_location = None
-    if tracking_uri.startswith("sqlite:"):
-        artifact_location = (Path(cfg.workdir).resolve() / "mlartifacts").as_uri()
-    return client.create_experiment(cfg.experiment, artifact_location=artifact_location)
+    """The experiment's id, created if missing. The first call on a new SQLite store also creates its
+    tables; both happen under ``store_lock`` so runs started together do not race on them."""
+    from mlflow.exceptions import MlflowException
+
+    with store_lock(tracking_uri):
+        exp = client.get_experiment_by_name(cfg.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        artifact_location = None
+        if tracking_uri.startswith("sqlite:"):
+            artifact_location = (Path(cfg.workdir).resolve() / "mlartifacts").as_uri()
+        try:
+            return client.create_experiment(cfg.experiment, artifact_location=artifact_location)
+        except MlflowException:  # another process on a server store created it first
+            exp = client.get_experiment_by_name(cfg.experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
 
 @dataclass
