@@ -3,8 +3,10 @@
 Every new version gets alias ``challenger`` and tags (data fingerprint, config hash, git commit,
 metrics, variants). ``champion`` moves to it only when the gate passes: parity ok, macro-F1 not
 below the current champion's by more than ``registry.f1_tolerance`` and at least
-``registry.min_gain_over_chance`` above chance. The decision and its reason are
-written to the version's tags, the run's tags and ``gate.json`` in the run.
+``registry.min_gain_over_chance`` above chance, and no slice worse by more than
+``registry.max_slice_drop``. The decision and its reason are written to the version's tags, the
+run's tags and ``gate.json`` in the run; the model card (``registry.card``) becomes the version's
+description. The bundle metadata records the sha256 of every file, checked at each load.
 """
 
 from __future__ import annotations
