@@ -66,16 +66,11 @@ def _sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 def build_profile(df: pd.DataFrame, labels: list[str], cfg: DriftConfig, model_cfg: ModelConfig,
                   seed: int) -> tuple[dict[str, Any], np.ndarray]:
+    """``traffic_profile`` of the texts plus the label distribution."""
+    profile, emb = traffic_profile(df["text"].tolist(), cfg, model_cfg, seed)
     counts = df["label"].value_counts()
-    sample = _sample(df, cfg.sample_size, seed)
-    lengths = _sample(df, 5000, seed)["text"].str.len().astype(int).tolist()
-    profile = {
-        "rows": int(len(df)),
-        "label_distribution": {lab: float(counts.get(lab, 0) / len(df)) for lab in labels},
-        "lengths": lengths,
-        "embedding_sample": int(len(sample)),
-    }
-    return profile, embed(sample["text"].tolist(), model_cfg).astype(np.float32)
+    profile["label_distribution"] = {lab: float(counts.get(lab, 0) / len(df)) for lab in labels}
+    return profile, emb
 
 
 @dataclass
