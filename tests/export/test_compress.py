@@ -70,3 +70,112 @@ def test_fp16_variant_is_half_size_and_close(tmp_path, trained, exported):
     from forgeline.inference.runtime import model_metadata
 
     assert model_metadata(half)["labels"] == model_metadata(exported)["labels"]
+
+
+def test_static_int8_is_calibrated_on_texts_and_passes_its_parity_tolerance(tmp_path, trained, exported):
+    import onnx
+
+    from forgeline.inference.runtime import pad_batch
+
+    cfg, splits, result = trained
+    pad = result.tokenizer.pad_token_id
+    calib = encode(result.tokenizer, splits.train["text"].tolist()[:64], cfg.model.max_length)
+    q = cmp.quantize_static_int8(exported, tmp_path / "model.int8-static.onnx",
+                                 [pad_batch(calib[i : i + 16], pad) for i in range(0, 64, 16)])
+    ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, "QDQ format"
+    ids = encode(result.tokenizer, splits.test["text"].tolist(), cfg.model.max_length)
+    p32 = predict_proba_ids(create_session(exported, "cpu"), ids, pad)
+    p8 = predict_proba_ids(create_session(q, "cpu"), ids, pad)
+    parity = cmp.parity_against(p32, p8, "int8_static", 1e-3)
+    assert parity["ok"] == 1.0, parity
+    assert 0 < parity["mean_abs_prob_diff"] < 0.05
+
+
+def variant(name, f1, acc, cpu_b32=None, cuda_b32=None, parity_ok=True, size=1_000_000, teacher=(0.80, 0.80),
+            cfg=CompressConfig()):
+    base = {"accuracy": teacher[0], "macro_f1": teacher[1]}
+    v = cmp.make_variant(name, None, {"accuracy": acc, "macro_f1": f1}, base, cfg, size_bytes=size)
+    v.path = __import__("pathlib").Path(f"/x/{name}.onnx")
+    for device, ms in (("cpu", cpu_b32), ("cuda", cuda_b32)):
+        if ms is not None:
+            v.latency[device] = {"p50_b1_ms": ms / 20, "p50_b32_ms": ms}
+    v.parity = {"ok": float(parity_ok), "argmax_agreement": 1.0}
+    return v
+
+
+def table(cfg=CompressConfig()):
+    return [variant("fp32", 0.80, 0.80, 280, 5, cfg=cfg), variant("pruned", 0.78, 0.79, 285, 5, cfg=cfg),
+            variant("int8", 0.795, 0.80, 137, cfg=cfg), variant("int8_static", 0.80, 0.80, 225, cfg=cfg),
+            variant("fp16", 0.80, 0.80, None, 3, cfg=cfg),
+            variant("student", 0.797, 0.795, 100, 2.5, cfg=cfg), variant("student_int8", 0.794, 0.79, 52, cfg=cfg),
+            variant("student_fp16", 0.797, 0.795, None, 1.8, cfg=cfg)]
+
+
+def test_selection_picks_the_fastest_variant_within_both_budgets_per_device():
+    variants = table()
+    cpu = cmp.select(variants, "cpu", CompressConfig())
+    assert cpu.variant == "student_int8" and cpu.measured and "52.00 ms" in cpu.reason
+    assert cmp.select(variants, "cuda", CompressConfig()).variant == "student_fp16"
+
+
+def test_macro_f1_budget_rules_out_a_variant_whose_accuracy_is_within_budget():
+    cfg = CompressConfig(max_accuracy_drop=0.02, max_macro_f1_drop=0.01)
+    variants = table(cfg)
+    variants[6] = variant("student_int8", 0.781, 0.795, 52, cfg=cfg)  # -0.5 pt accuracy, -1.9 pt macro-F1
+    assert not variants[6].within_budget
+    assert cmp.select(variants, "cpu", cfg).variant == "student"
+
+
+def test_a_variant_failing_parity_is_never_chosen_or_bundled():
+    variants = table()
+    variants[6].parity["ok"] = 0.0
+    selections = [cmp.select(variants, d, CompressConfig()) for d in ("cpu", "cuda")]
+    assert selections[0].variant == "student"
+    cmp.choose_bundle(variants, selections, 32)
+    assert not variants[6].bundled and "parity" in variants[6].note
+
+
+def test_a_latency_budget_no_variant_meets_serves_the_teacher_and_says_why():
+    cfg = CompressConfig(latency_budget_ms=10)
+    sel = cmp.select(table(cfg), "cpu", cfg)
+    assert sel.variant == "fp32"
+    assert "no variant meets compress.latency_budget_ms=10 on cpu" in sel.reason and "student_int8" in sel.reason
+    ok = CompressConfig(latency_budget_ms=110)
+    assert cmp.select(table(ok), "cpu", ok).variant == "student_int8"
+
+
+def test_nothing_within_the_accuracy_budget_serves_the_teacher():
+    cfg = CompressConfig(max_macro_f1_drop=0.0, max_accuracy_drop=0.0)
+    variants = [variant("fp32", 0.80, 0.80, 280, cfg=cfg), variant("int8", 0.79, 0.80, 137, cfg=cfg)]
+    assert cmp.select(variants, "cpu", cfg).variant == "fp32"
+
+
+def test_unmeasured_device_falls_back_to_the_fixed_preference():
+    variants = [v for v in table() if v.name != "student_fp16"]
+    for v in variants:
+        v.latency.pop("cuda", None)
+    sel = cmp.select(variants, "cuda", CompressConfig())
+    assert sel.variant == "fp16" and not sel.measured and "not measured on cuda" in sel.reason
+
+
+def test_dominated_variants_are_not_bundled_and_the_pareto_front_is_kept():
+    variants = table()
+    # fp32 is beaten by int8_static (as accurate, faster), int8 by student (more accurate, faster)
+    assert set(cmp.pareto_front(variants, "cpu", 32)) == {"int8_static", "student", "student_int8"}
+    selections = [cmp.select(variants, d, CompressConfig()) for d in ("cpu", "cuda")]
+    cmp.choose_bundle(variants, selections, 32)
+    bundled = {v.name for v in variants if v.bundled}
+    assert {"fp32", "student_int8", "student_fp16"} <= bundled
+    assert "pruned" not in bundled, "magnitude pruning: slower and less accurate than fp32"
+    assert "int8" not in bundled and "dominated" in next(v.note for v in variants if v.name == "int8")
+
+
+def test_variant_table_and_plot(tmp_path):
+    variants = table()
+    selections = [cmp.select(variants, d, CompressConfig()) for d in ("cpu", "cuda")]
+    cmp.choose_bundle(variants, selections, 32)
+    md = cmp.table_markdown(variants, selections)
+    assert "| student_int8 | 1.0 |" in md and "**default cpu**" in md and "cuda p50 b32 ms" in md
+    png = cmp.pareto_plot(variants, "cpu", 32, 0.80, 0.01, tmp_path / "p.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

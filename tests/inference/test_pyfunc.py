@@ -48,6 +48,15 @@ def test_variant_choice():
         choose_variant(["fp32"], "cpu", "int8")
 
 
+def test_the_variant_chosen_at_registration_is_the_default_for_its_device():
+    bundled = ["fp32", "fp16", "student_int8", "student_fp16"]
+    chosen = {"cpu": "student_int8", "cuda": "student_fp16"}
+    assert choose_variant(bundled, "cpu", defaults=chosen) == "student_int8"
+    assert choose_variant(bundled, "cuda", defaults=chosen) == "student_fp16"
+    assert choose_variant(bundled, "cpu", "fp32", defaults=chosen) == "fp32", "model_config still overrides"
+    assert choose_variant(["fp32", "int8"], "cpu", defaults={"cpu": "gone"}) == "int8", "a missing default: fixed order"
+
+
 def test_batch_size_from_model_config():
     assert batch_size_for("auto", "cuda") == 256 and batch_size_for("auto", "cpu") == 64
     assert batch_size_for(None, "cpu") == 64

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from forgeline.config.schema import ModelConfig, TrainConfig
-from forgeline.inference.contract import TOKENIZER_FILE
+from forgeline.inference.contract import RUNS_ON, TOKENIZER_FILE, VARIANT_FILES
 
 H100_BF16_DENSE_TFLOPS = 989.0
 REFERENCE_TRAIN_SAMPLES_PER_S = 10_600.0
@@ -378,6 +378,13 @@ def load_texts(data_path: str | None, limit: int = 5000, seed: int = 0, text_col
     return [texts[i] for i in rng.permutation(len(texts))[:limit]]
 
 
+def compressed_variants(files: dict[str, Path], device: str) -> list[str]:
+    """Bundled variants for ``device`` beyond the ones benchmarked under their historical engine names
+    (fp32, int8, fp16)."""
+    return [name for name, fname in VARIANT_FILES.items()
+            if name not in ("fp32", "int8", "fp16") and fname in files and device in RUNS_ON[name]]
+
+
 def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path: str | None = None,
               train_steps: int | None = None, train: bool = True, text_column: str = "text") -> dict[str, Any]:
     """Benchmark one registered version (``NAME@alias`` or ``NAME/VERSION``) and log the result to it."""
@@ -428,6 +435,8 @@ def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path:
                                          "ort_fp32_cpu": ort_engine(files["model.onnx"], "cpu", False, cpu_threads)}
         if "model.int8.onnx" in files:
             cpu_engines["ort_int8_cpu"] = ort_engine(files["model.int8.onnx"], "cpu", False, cpu_threads)
+        for variant in compressed_variants(files, "cpu"):  # static INT8, the pruned/distilled student ...
+            cpu_engines[f"ort_{variant}_cpu"] = ort_engine(files[VARIANT_FILES[variant]], "cpu", False, cpu_threads)
         cpu_shapes = [(1, 128), (32, 64)] if not quick else [(1, 16), (4, 16)]
         cpu_real = [("real", real_inputs(texts, ids, 32 if not quick else 4, tok.pad_id))]
         if not cuda:
@@ -444,6 +453,8 @@ def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path:
             if "model.fp16.onnx" in files:
                 gpu_engines["ort_fp16_cuda_iobinding"] = ort_engine(files["model.fp16.onnx"], "cuda", io_binding=True)
                 gpu_engines["ort_fp16_cuda_graph"] = cuda_graph_engine(files["model.fp16.onnx"], len(labels))
+            for variant in compressed_variants(files, "cuda"):
+                gpu_engines[f"ort_{variant}_cuda_graph"] = cuda_graph_engine(files[VARIANT_FILES[variant]], len(labels))
             gpu_engines["pyfunc_registry_model"] = pyfunc_model_engine(pyfunc)
             gpu_engines["pyfunc_registry"] = pyfunc_engine(pyfunc)
             real = [("real", real_inputs(texts, ids, b, tok.pad_id)) for b in (1, 64, 256)]

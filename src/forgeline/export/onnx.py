@@ -75,6 +75,18 @@ def fusion_warning(report: dict) -> str | None:
             "(model.base=minilm) fuse; other model types export correctly but unfused")
 
 
+def attention_dims(model: torch.nn.Module) -> tuple[int, int]:
+    """(heads, heads × head size) of the first layer's self-attention: what the optimizer's attention
+    fusion must be told. After structured pruning a layer keeps fewer heads than the config's
+    ``num_attention_heads`` over a smaller Q/K/V width, and the optimizer cannot read the head count
+    from the graph (the exporter writes it as -1)."""
+    try:
+        att = model.base_model.encoder.layer[0].attention.self
+        return int(att.num_attention_heads), int(att.all_head_size)
+    except (AttributeError, IndexError):
+        return int(model.config.num_attention_heads), int(model.config.hidden_size)
+
+
 def optimize_graph(src: Path, dst: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
     """Fuse the exported graph with onnxruntime's BERT optimizer (offline, hardware independent).
 
@@ -158,7 +170,7 @@ def export_onnx(model: torch.nn.Module, tokenizer, labels: list[str], path: Path
         fused = fused_operators(raw)
         if cfg.optimize:
             try:
-                fused = optimize_graph(raw, path, int(copy_.config.num_attention_heads), int(copy_.config.hidden_size))
+                fused = optimize_graph(raw, path, *attention_dims(copy_))
             except Exception as e:  # noqa: BLE001
                 raise ExportError(f"onnxruntime's transformer optimizer failed on the exported graph: {e}. "
                                   "Export without it: --set export.optimize=false") from e

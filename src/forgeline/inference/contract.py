@@ -22,8 +22,20 @@ MAX_EXPORT_BATCH = 4096
 """Upper bound the dynamo exporter is told for the batch axis."""
 
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx",
-                 "pruned": "model.pruned.onnx"}
-"""Bundle file name of each ONNX variant."""
+                 "int8_static": "model.int8-static.onnx", "pruned": "model.pruned.onnx",
+                 "student": "model.student.onnx", "student_int8": "model.student.int8.onnx",
+                 "student_int8_static": "model.student.int8-static.onnx", "student_fp16": "model.student.fp16.onnx"}
+"""Bundle file name of each ONNX variant. ``student*``: the structurally pruned, distilled model."""
+RUNS_ON = {"fp32": ("cpu", "cuda"), "fp16": ("cuda",), "int8": ("cpu",), "int8_static": ("cpu",),
+           "pruned": ("cpu", "cuda"), "student": ("cpu", "cuda"), "student_int8": ("cpu",),
+           "student_int8_static": ("cpu",), "student_fp16": ("cuda",)}
+"""Devices each variant is meant for (INT8 kernels are CPU kernels; fp16 pays off on CUDA only)."""
+PARITY_TOLERANCE = {"fp32": (1e-3, 1.0), "fp16": (2e-2, 0.99), "int8": (0.05, 0.95), "int8_static": (0.05, 0.95)}
+"""Per precision: (max mean |Δprob| over the test rows, min argmax agreement) of a variant against the
+PyTorch model it was made from. fp32's first number is ``export.parity_atol`` (a max, not a mean) at
+run time. A student variant that misses its tolerance is not registered."""
+DEFAULT_VARIANT_KEY = "default_variant"
+"""Key in the bundle metadata: {device: variant} chosen at registration from the measured table."""
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "forgeline_meta.json"
 """Labels, max_length, variants, config hash and data fingerprint of a registered bundle."""

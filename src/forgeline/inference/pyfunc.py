@@ -2,9 +2,9 @@
 
 ``mlflow.pyfunc.load_model("models:/NAME@champion").predict(pd.DataFrame({"text": [...]}))`` returns
 one row per text: ``label``, ``confidence`` and ``probabilities`` (in ``labels`` order), plus one
-``proba_<label>`` column per class. CUDA EP is used when onnxruntime has it, else CPU; on CPU the
-INT8 variant is preferred when it was bundled. ``model_config={"variant": ..., "device": ...}`` at
-load time overrides both.
+``proba_<label>`` column per class. CUDA EP is used when onnxruntime has it, else CPU; the variant
+is the one registration chose for that device (fastest within the compression budgets, measured).
+``model_config={"variant": ..., "device": ...}`` at load time overrides both.
 
 Imports only numpy, pandas, onnxruntime, tokenizers and mlflow.
 """
@@ -19,7 +19,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from forgeline.inference.contract import VARIANT_FILES, verify_artifacts
+from forgeline.inference.contract import DEFAULT_VARIANT_KEY, VARIANT_FILES, verify_artifacts
 from forgeline.inference.runtime import (
     CudaGraphRunner,
     FastTokenizer,
@@ -37,11 +37,17 @@ class PredictInputError(ValueError):
     """Malformed predict input (kept local so a deployed model needs only this package)."""
 
 
-def choose_variant(available: list[str], device: str, requested: str = "auto") -> str:
+def choose_variant(available: list[str], device: str, requested: str = "auto",
+                   defaults: dict[str, str] | None = None) -> str:
+    """``requested`` if given; else the variant chosen for ``device`` at registration (the fastest
+    within the accuracy budgets, measured there); else a fixed preference (bundles from before)."""
     if requested != "auto":
         if requested not in available:
             raise PredictInputError(f"variant {requested!r} is not bundled with this model; bundled: {available}")
         return requested
+    chosen = (defaults or {}).get(device)
+    if chosen in available:
+        return chosen
     order = ["fp16", "fp32", "pruned", "int8"] if device == "cuda" else ["int8", "fp32", "pruned", "fp16"]
     for name in order:
         if name in available:
@@ -103,7 +109,7 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
         device = cfg.get("device", "auto")
         device = ("cuda" if cuda_available() else "cpu") if device == "auto" else device
         available = [v for v in VARIANT_FILES if v in context.artifacts]
-        self.variant = choose_variant(available, device, cfg.get("variant", "auto"))
+        self.variant = choose_variant(available, device, cfg.get("variant", "auto"), meta.get(DEFAULT_VARIANT_KEY))
         verify_artifacts(context.artifacts, meta, [self.variant, "tokenizer"])
         # On CUDA the model is replayed as CUDA graphs (bucketed shapes, captured on first use): no
         # per-kernel launch cost. model_config {"cuda_graphs": false} turns it off.

@@ -85,10 +85,10 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         evaluation = step(EVALUATE, trained, splits)
         logger.info("test metrics: %s", {k: round(v, 4) for k, v in evaluation.metrics.items()})
         exported = step(EXPORT, trained, splits)
-        variants = step(COMPRESS, trained, splits, exported, evaluation)
-        reg = step(REGISTER, trained, splits, evaluation, exported, variants, data.fingerprint)
+        compressed = step(COMPRESS, trained, splits, exported, evaluation)
+        reg = step(REGISTER, trained, splits, evaluation, exported, compressed, data.fingerprint)
         logger.info("registered %s v%s as %s: %s", reg.name, reg.version, reg.aliases, reg.decision.reason)
-        md = step(SUMMARY, summary_markdown(step, data, splits, trained, evaluation, exported, variants, reg))
+        md = step(SUMMARY, summary_markdown(step, data, splits, trained, evaluation, exported, compressed, reg))
         status = "FINISHED"
         return PipelineResult(run_id=run.info.run_id, model_name=reg.name, version=reg.version, aliases=reg.aliases,
                               promoted=reg.decision.promote, reason=reg.decision.reason,

@@ -6,7 +6,7 @@ retries). ``forgeline.pipeline.runner`` does the rest the same way for every sta
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from forgeline.data.split import Splits, split_dataset
 from forgeline.errors import DataValidationError
 from forgeline.export import compress as cmp
 from forgeline.export.onnx import ParityReport, check_parity, export_onnx, fusion_report, fusion_warning
-from forgeline.inference.contract import TOKENIZER_FILE, VARIANT_FILES
+from forgeline.inference.contract import DEFAULT_VARIANT_KEY, RUNS_ON, TOKENIZER_FILE, VARIANT_FILES
 from forgeline.pipeline.runner import Env, Files, Stage, StageRunner
 from forgeline.pipeline.tracking import Tracker
 from forgeline.registry.client import CACHE_KEY_TAG, find_registered
@@ -214,90 +214,192 @@ EXPORT = Stage(
 
 
 # --- 6. compress -----------------------------------------------------------------------------------
-def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
-             base: EvalResult) -> list[cmp.Variant]:
-    from forgeline.inference.runtime import create_session, predict_proba_ids
+@dataclass
+class Compressed:
+    variants: list[cmp.Variant]
+    selections: list[cmp.Selection]
+    student: dict[str, float]
+    """The student's shape and distillation result; empty when no student was made."""
+    problems: dict[str, str]
+    """Variant (or "student") -> why it was not made."""
+    plots: dict[str, Path]
+    """Device -> macro-F1 vs latency PNG, Pareto front marked."""
+
+
+def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported, base: EvalResult) -> Compressed:
+    """Every variant on the same test rows, latency measured side by side, the default chosen per device."""
+    from forgeline.inference.runtime import create_session, cuda_available, pad_batch, predict_proba_ids
     from forgeline.training.loop import encode
 
-    cfg = env.cfg
+    cfg, c = env.cfg, env.cfg.compress
     texts = splits.test["text"].tolist()
     y = label_ids(trained.labels, splits.test["label"])
     out = env.run_dir / "onnx"
-    base_metrics = base.metrics
-    variants = [cmp.make_variant("fp32", exported.path, base_metrics, base_metrics, cfg.compress)]
-    if cfg.compress.prune and cfg.compress.prune_amount > 0:
-        pruned = cmp.prune_global(trained.model, cfg.compress.prune_amount)
+    ids = encode(trained.tokenizer, texts, cfg.model.max_length)
+    pad = trained.tokenizer.pad_token_id
+    problems: dict[str, str] = {}
+
+    def scored(name: str, path: Path, proba: np.ndarray, source: np.ndarray | None, extra=None) -> cmp.Variant:
+        metrics = evaluate_probabilities(y, proba, trained.labels, env.run_dir / "eval", f"test_{name}").metrics
+        v = cmp.make_variant(name, path, metrics, base.metrics, c, extra=extra)
+        if source is not None:
+            v.parity = cmp.parity_against(source, proba, cmp.precision_of(name), cfg.export.parity_atol)
+        return v
+
+    def onnx_proba(path: Path, device: str) -> np.ndarray:
+        return predict_proba_ids(create_session(path, device=device), ids, pad, cfg.train.eval_batch_size)
+
+    calib_ids = encode(trained.tokenizer, splits.train["text"].tolist()[: c.calibration_rows], cfg.model.max_length)
+    calibration = [pad_batch(calib_ids[i : i + 32], pad) for i in range(0, len(calib_ids), 32)]
+    teacher_proba = predict_proba(trained.model, trained.tokenizer, texts, cfg.model.max_length,
+                                  cfg.train.eval_batch_size, "cpu")
+    variants = [scored("fp32", exported.path, onnx_proba(exported.path, "cpu"), teacher_proba)]
+    if c.prune and c.prune_amount > 0:
+        pruned = cmp.prune_global(trained.model, c.prune_amount)
         proba = predict_proba(pruned, trained.tokenizer, texts, cfg.model.max_length, cfg.train.eval_batch_size, "cpu")
-        metrics = evaluate_probabilities(y, proba, trained.labels, env.run_dir / "eval", "test_pruned").metrics
         path = export_onnx(pruned, trained.tokenizer, trained.labels, out / VARIANT_FILES["pruned"], cfg.export,
                            cfg.model.max_length, sample_texts=texts[:2])
-        variants.append(cmp.make_variant("pruned", path, metrics, base_metrics, cfg.compress,
-                                         extra={"sparsity": cmp.sparsity(pruned)}))
-    ids = encode(trained.tokenizer, texts, cfg.model.max_length)
-    converters = [("int8", cfg.compress.quantize_int8, cmp.quantize_int8, "cpu"),
-                  ("fp16", cfg.compress.fp16, cmp.convert_fp16, "auto")]
-    for name, enabled, convert, device in converters:
+        variants.append(scored("pruned", path, proba, None, extra={"sparsity": cmp.sparsity(pruned)}))
+    variants += _precisions("", exported.path, teacher_proba, env, calibration, scored, onnx_proba, problems)
+
+    student: dict[str, float] = {}
+    if c.student:
+        made, student = _student_variants(env, trained, splits, calibration, scored, onnx_proba, problems)
+        variants += made
+
+    devices = ["cpu"] + (["cuda"] if cuda_available() else [])
+    for device in devices:
+        paths = {v.name: v.path for v in variants if v.path is not None and device in RUNS_ON[v.name]}
+        for name, lat in cmp.measure_latency(paths, device, ids, cfg.model.max_length, c.latency_rounds).items():
+            next(v for v in variants if v.name == name).latency[device] = lat
+    selections = [cmp.select(variants, d, c) for d in ("cpu", "cuda")]
+    cmp.choose_bundle(variants, selections, c.latency_batch)
+    plots = {d: cmp.pareto_plot(variants, d, c.latency_batch, base.metrics["macro_f1"], c.max_macro_f1_drop,
+                                env.run_dir / "compression" / f"pareto-{d}.png") for d in devices}
+    return Compressed(variants, selections, student, problems, {d: p for d, p in plots.items() if p})
+
+
+def _precisions(prefix: str, fp32: Path, source: np.ndarray, env: Env, calibration: list, scored, onnx_proba,
+                problems: dict[str, str]) -> list[cmp.Variant]:
+    """INT8 (dynamic, static) and fp16 variants of one fp32 ONNX file (teacher or student), each scored
+    against ``source``, the probabilities of the PyTorch model the file was exported from."""
+    c, out = env.cfg.compress, env.run_dir / "onnx"
+    converters = [("int8", c.quantize_int8, cmp.quantize_int8, "cpu"),
+                  ("int8_static", c.static_int8, lambda src, dst: cmp.quantize_static_int8(src, dst, calibration), "cpu"),
+                  ("fp16", c.fp16, cmp.convert_fp16, "auto")]
+    made = []
+    for kind, enabled, convert, device in converters:
+        name = prefix + kind
         if not enabled:
             continue
         try:
-            path = convert(exported.path, out / VARIANT_FILES[name])
-            session = create_session(path, device=device)
-            proba = predict_proba_ids(session, ids, trained.tokenizer.pad_token_id, cfg.train.eval_batch_size)
+            path = convert(fp32, out / VARIANT_FILES[name])
+            proba = onnx_proba(path, device)
         except Exception as e:  # noqa: BLE001 - an optional variant; the fp32 model is still good
+            problems[name] = f"{type(e).__name__}: {e}"[:4000]
             log.warning("%s variant failed, not registered: %s", name, e)
-            env.tracker.tags({f"variant.{name}.error": f"{type(e).__name__}: {e}"[:4000]})
             continue
-        metrics = evaluate_probabilities(y, proba, trained.labels, env.run_dir / "eval", f"test_{name}").metrics
-        variants.append(cmp.make_variant(name, path, metrics, base_metrics, cfg.compress))
-    return variants
+        made.append(scored(name, path, proba, source))
+    return made
 
 
-def _log_variants(t: Tracker, cfg: PipelineConfig, variants: list[cmp.Variant], files: Files) -> None:
-    for v in variants:
+def _student_variants(env: Env, trained: TrainResult, splits: Splits, calibration: list, scored, onnx_proba,
+                      problems: dict[str, str]) -> tuple[list[cmp.Variant], dict[str, float]]:
+    """The structurally pruned, distilled student in each precision, and its shape. A pruning target the
+    model cannot take, or a student export failing parity, is a reason in ``problems``; the teacher's
+    variants are unaffected."""
+    from forgeline.training.distill import make_student
+    from forgeline.training.prune import PruningError
+
+    cfg = env.cfg
+    try:
+        made = make_student(trained.model, trained.tokenizer, splits.train["text"].tolist(),
+                            label_ids(trained.labels, splits.train["label"]), splits.val["text"].tolist(),
+                            label_ids(trained.labels, splits.val["label"]), cfg.compress, cfg.train,
+                            cfg.model.max_length, resolve_device(cfg.train.device), cfg.seed,
+                            log=lambda m, step: env.tracker.metrics(m, step=step))
+    except PruningError as e:
+        problems["student"] = str(e)
+        log.warning("no student: %s. The teacher's variants are registered", e)
+        return [], {}
+    texts = splits.test["text"].tolist()
+    proba = predict_proba(made.model, trained.tokenizer, texts, cfg.model.max_length, cfg.train.eval_batch_size, "cpu")
+    path = export_onnx(made.model, trained.tokenizer, trained.labels, env.run_dir / "onnx" / VARIANT_FILES["student"],
+                       cfg.export, cfg.model.max_length, sample_texts=texts[:2])
+    first = scored("student", path, onnx_proba(path, "cpu"), proba)
+    if not first.parity_ok:
+        problems["student"] = (f"the student's ONNX export differs from its PyTorch model (max |Δprob| "
+                               f"{first.parity['max_abs_prob_diff']:.3g} > export.parity_atol "
+                               f"{cfg.export.parity_atol:g}): no student variant is registered")
+        log.warning("%s", problems["student"])
+        return [first], made.info
+    return [first, *_precisions("student_", path, proba, env, calibration, scored, onnx_proba, problems)], made.info
+
+
+def _log_variants(t: Tracker, cfg: PipelineConfig, r: Compressed, files: Files) -> None:
+    for v in r.variants:
         t.metrics({f"variant.{v.name}.size_bytes": v.size_bytes, f"variant.{v.name}.gzip_bytes": v.gzip_bytes,
                    f"variant.{v.name}.accuracy": v.metrics["accuracy"],
                    f"variant.{v.name}.macro_f1": v.metrics["macro_f1"],
                    f"variant.{v.name}.accuracy_delta": v.accuracy_delta,
-                   f"variant.{v.name}.within_budget": float(v.within_budget)}
-                  | {f"variant.{v.name}.{k}": val for k, val in v.extra.items()})
-    t.json([v.summary() for v in variants], "compression/variants.json")
-    for v in variants:
-        if not v.within_budget:
-            log.warning("variant %s dropped: accuracy %.4f is %.4f below fp32, budget %.4f", v.name,
-                        v.metrics["accuracy"], -v.accuracy_delta, cfg.compress.max_accuracy_drop)
+                   f"variant.{v.name}.macro_f1_delta": v.macro_f1_delta,
+                   f"variant.{v.name}.within_budget": float(v.within_budget),
+                   f"variant.{v.name}.bundled": float(v.bundled)}
+                  | {f"variant.{v.name}.{k}": val for k, val in v.extra.items()}
+                  | {f"variant.{v.name}.{d}.{k}": val for d, lat in v.latency.items() for k, val in lat.items()}
+                  | {f"variant.{v.name}.parity.{k}": val for k, val in v.parity.items()})
+    t.metrics({f"student.{k}": v for k, v in r.student.items()})
+    t.tags({f"compress.default.{s.device}": s.variant for s in r.selections}
+           | {f"compress.reason.{s.device}": s.reason[:4000] for s in r.selections}
+           | {f"variant.{name}.error": msg[:4000] for name, msg in r.problems.items()})
+    t.json({"variants": [v.summary() for v in r.variants], "selections": [asdict(s) for s in r.selections],
+            "student": r.student, "problems": r.problems}, "compression/variants.json")
+    t.text(cmp.table_markdown(r.variants, r.selections), "compression/variants.md")
+    for plot in r.plots.values():
+        t.artifact(plot, "compression")
+    for s in r.selections:
+        log.info("compress: %s serves %s (%s)", s.device, s.variant, s.reason)
 
 
 COMPRESS = Stage(
     "compress", compress,
-    key=lambda cfg: (cfg.compress.model_dump(mode="json"),),
+    key=lambda cfg: (cfg.compress.model_dump(mode="json"), cfg.train.model_dump(mode="json")),
     after=("export", "evaluate"),
-    files=lambda env, vs: {v.path.name: v.path for v in vs if v.path},
-    restore=lambda env, vs, files: [replace(v, path=files[v.path.name] if v.path else None) for v in vs],
+    files=lambda env, r: {v.path.name: v.path for v in r.variants if v.path} | {p.name: p for p in r.plots.values()},
+    restore=lambda env, r, files: replace(
+        r, variants=[replace(v, path=files[v.path.name] if v.path else None) for v in r.variants],
+        plots={d: files[p.name] for d, p in r.plots.items()}),
     log=_log_variants,
 )
 
 
 # --- 7. register -----------------------------------------------------------------------------------
 def register(env: Env, trained: TrainResult, splits: Splits, evaluation: EvalResult, exported: Exported,
-             variants: list[cmp.Variant], fingerprint: str) -> Registration:
+             compressed: Compressed, fingerprint: str) -> Registration:
     cfg = env.cfg
     bundle_dir = env.run_dir / "bundle"
-    kept = [v for v in variants if v.within_budget and v.path is not None]
+    variants = compressed.variants
+    kept = [v for v in variants if v.bundled]
     bundle = {v.name: cmp.copy_into(v.path, bundle_dir, VARIANT_FILES[v.name]) for v in kept}
     bundle["tokenizer"] = cmp.copy_into(trained.checkpoint_dir / TOKENIZER_FILE, bundle_dir, TOKENIZER_FILE)
     meta = {"labels": trained.labels, "max_length": cfg.model.max_length, "variants": [v.name for v in kept],
+            DEFAULT_VARIANT_KEY: {s.device: s.variant for s in compressed.selections},
             "config_hash": cfg.config_hash(), "data_fingerprint": fingerprint}
     metrics = {f"test_{k}": v for k, v in evaluation.metrics.items()}
     parity = exported.parity
     tags = {"data_fingerprint": fingerprint, "config_hash": cfg.config_hash(), "git_commit": git_commit(),
             "variants": ",".join(meta["variants"]), "parity_ok": str(parity.ok),
+            **{f"default_variant.{d}": v for d, v in meta[DEFAULT_VARIANT_KEY].items()},
             "parity_max_abs_prob_diff": f"{parity.max_abs_prob_diff:.3g}", "mlflow_run_id": env.tracker.run_id,
             CACHE_KEY_TAG: env.key}
     card = CardContext(
         data=str(cfg.data.path) if cfg.data.source == "file" else f"bundled corpus ({cfg.data.source})",
         rows=len(splits.train) + len(splits.val) + len(splits.test), splits=splits.sizes(),
         variants=[{"name": v.name, "size_mb": v.size_bytes / 1e6, "accuracy": v.metrics["accuracy"],
-                   "macro_f1": v.metrics["macro_f1"], "bundled": v in kept, "extra": v.extra} for v in variants],
+                   "macro_f1": v.metrics["macro_f1"], "bundled": v.bundled,
+                   "extra": {f"{d} p50 b{cfg.compress.latency_batch} ms": v.p50(d, cfg.compress.latency_batch)
+                             for d in v.latency}} for v in variants],
+        defaults={s.device: f"{s.variant} ({s.reason})" for s in compressed.selections},
         max_length=cfg.model.max_length, config_hash=cfg.config_hash(), git_commit=tags["git_commit"])
     return register_and_gate(env.tracker.client, env.tracker.run_id, cfg.registry, bundle, meta, metrics, tags,
                              parity.ok, splits.test["text"].tolist()[:3], eval_rows=_test_rows(splits), card=card)
@@ -344,7 +446,7 @@ SUMMARY = Stage("summary", summary, cached=False, io_retries=2)
 
 
 def summary_markdown(runner: StageRunner, data: ValidationResult, splits: Splits, trained: TrainResult,
-                     evaluation: EvalResult, exported: Exported, variants: list[cmp.Variant],
+                     evaluation: EvalResult, exported: Exported, compressed: Compressed,
                      reg: Registration) -> str:
     m = evaluation.metrics
     parity = exported.parity
@@ -361,12 +463,8 @@ def summary_markdown(runner: StageRunner, data: ValidationResult, splits: Splits
         f"{m.get('roc_auc_ovr', float('nan')):.4f} |",
         "",
         "## Variants",
-        "| variant | size MB | gzip MB | accuracy | Δ accuracy | macro F1 | registered |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        cmp.table_markdown(compressed.variants, compressed.selections),
     ]
-    for v in variants:
-        lines.append(f"| {v.name} | {v.size_bytes / 1e6:.1f} | {v.gzip_bytes / 1e6:.1f} | {v.metrics['accuracy']:.4f} | "
-                     f"{v.accuracy_delta:+.4f} | {v.metrics['macro_f1']:.4f} | {'yes' if v.within_budget else 'no (over budget)'} |")
     hits = runner.hits
     lines += [
         "",
@@ -375,7 +473,7 @@ def summary_markdown(runner: StageRunner, data: ValidationResult, splits: Splits
         "",
         f"**ONNX graph** ({exported.fusion['model_type']}): {exported.fusion['nodes']} nodes; fused attention "
         f"{exported.fusion['attention']}, LayerNorm {exported.fusion['layernorm']}, GELU {exported.fusion['gelu']}"
-        + (f"  \n**Warning**: {fusion_warning(exported.fusion)}" if fusion_warning(exported.fusion) else ""),
+        + (f"  \n**Warning**: {warning}" if (warning := fusion_warning(exported.fusion)) else ""),
         "",
         f"**Cache**: reused {', '.join(k for k, h in hits.items() if h) or 'nothing'}; "
         f"ran {', '.join(k for k, h in hits.items() if not h) or 'nothing'}",

@@ -25,6 +25,8 @@ class CardContext:
     splits: dict[str, int] = field(default_factory=dict)
     variants: list[dict[str, Any]] = field(default_factory=list)
     """Each compression variant: name, size_mb, accuracy, macro_f1, bundled, and any measured extras."""
+    defaults: dict[str, str] = field(default_factory=dict)
+    """Device -> the variant served there by default, and why."""
     max_length: int | None = None
     config_hash: str | None = None
     git_commit: str | None = None
@@ -81,6 +83,7 @@ def model_card(name: str, version: str, run_id: str, decision: GateDecision, met
         lines += [f"| {v['name']} | {v['size_mb']:.1f} | {v['accuracy']:.4f} | {v['macro_f1']:.4f} | "
                   f"{'yes' if v['bundled'] else 'no'} |" + "".join(f" {_f(v.get('extra', {}).get(k), 3)} |" for k in extra_keys)
                   for v in ctx.variants]
+        lines += [f"- Served by default on {d}: {why}" for d, why in ctx.defaults.items()]
     lines += [
         "",
         "## Limits",

@@ -1,0 +1,164 @@
+"""Knowledge distillation: the fine-tuned model (teacher) trains a smaller student on the training
+split with soft targets plus the hard labels (Hinton et al. 2015):
+
+    loss = alpha * T² * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, y)
+
+With ``compress.distill_hidden_weight`` > 0 each student layer is also pulled towards the output of
+the teacher layer it was cut from (MSE, as TinyBERT's intermediate-layer loss). The teacher's logits
+are computed once, before the first epoch (it is frozen and runs without dropout). Batching, dynamic padding and the
+optimizer are the training stage's; the best epoch by validation macro-F1 is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+
+from forgeline.config.schema import CompressConfig, TrainConfig
+from forgeline.training.loop import _optimizer, autocast_for, collate, encode, make_batches, predict_proba, set_seed
+
+
+@dataclass
+class DistillResult:
+    model: torch.nn.Module
+    best_epoch: int
+    best_val_macro_f1: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
+                      temperature: float, alpha: float) -> torch.Tensor:
+    t = temperature
+    soft = torch.nn.functional.kl_div(torch.log_softmax(student_logits / t, -1), torch.log_softmax(teacher_logits / t, -1),
+                                      reduction="batchmean", log_target=True) * (t * t)
+    hard = torch.nn.functional.cross_entropy(student_logits, y)
+    return alpha * soft + (1 - alpha) * hard
+
+
+def hidden_loss(student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor],
+                layer_map: Sequence[int], mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the student's layers of the MSE between its output and the output of the teacher layer
+    it was cut from, over real (unpadded) tokens. ``*_states[0]`` is the embedding output."""
+    weight = mask.unsqueeze(-1).float()
+    total = weight.sum() * student_states[1].shape[-1]
+    losses = [(((s.float() - teacher_states[t + 1].float()) ** 2) * weight).sum() / total
+              for s, t in zip(student_states[1:], layer_map)]
+    return torch.stack(losses).mean()
+
+
+@torch.inference_mode()
+def teacher_logits(teacher: torch.nn.Module, ids: list[list[int]], pad_id: int, device: str,
+                   batch_size: int = 64) -> torch.Tensor:
+    teacher.eval()
+    out = torch.zeros(len(ids), teacher.config.num_labels)
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        with autocast_for(device):
+            out[torch.from_numpy(idx)] = teacher(**collate(pad_id, [ids[i] for i in idx], device)).logits.float().cpu()
+    return out
+
+
+def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str],
+            train_y: np.ndarray, val_texts: Sequence[str], val_y: np.ndarray, cfg: CompressConfig,
+            tcfg: TrainConfig, max_length: int, device: str, seed: int,
+            log: Callable[[dict[str, float], int], None] | None = None,
+            layer_map: Sequence[int] | None = None) -> DistillResult:
+    """Train ``student`` (changed in place and returned as the best epoch's weights) on the teacher's
+    soft targets for ``cfg.distill_epochs`` epochs. With ``layer_map`` (student layer i was teacher
+    layer ``layer_map[i]``) and ``cfg.distill_hidden_weight`` > 0, each student layer's output is also
+    pulled towards its teacher layer's (MSE over real tokens), which costs a teacher forward per step."""
+    set_seed(seed)
+    log = log or (lambda metrics, step: None)
+    student.to(device)
+    teacher.to(device)
+    pad = tokenizer.pad_token_id
+    ids = encode(tokenizer, train_texts, max_length)
+    lengths = [len(x) for x in ids]
+    soft = teacher_logits(teacher, ids, pad, device, tcfg.eval_batch_size)
+    y_all = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
+    optimizer = _optimizer(student, tcfg.model_copy(update={"learning_rate": cfg.distill_learning_rate}))
+    total = math.ceil(len(ids) / tcfg.batch_size) * cfg.distill_epochs
+    warmup = int(0.1 * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+    hidden = bool(layer_map) and cfg.distill_hidden_weight > 0
+    teacher.eval()
+    rng = np.random.default_rng(seed)
+    best_f1, best_epoch, best_state, history, step = -1.0, 0, None, [], 0
+    for epoch in range(1, cfg.distill_epochs + 1):
+        student.train()
+        losses = []
+        for idx in make_batches(lengths, tcfg.batch_size, rng, tcfg.length_grouping):
+            batch = collate(pad, [ids[i] for i in idx], device)
+            with autocast_for(device):
+                out = student(**batch, output_hidden_states=hidden)
+            loss = distillation_loss(out.logits.float(), soft[idx].to(device), y_all[idx].to(device),
+                                     cfg.temperature, cfg.alpha)
+            if hidden:
+                with torch.no_grad(), autocast_for(device):
+                    target = teacher(**batch, output_hidden_states=True).hidden_states
+                loss = loss + cfg.distill_hidden_weight * hidden_loss(out.hidden_states, target, layer_map,
+                                                                      batch["attention_mask"])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            losses.append(float(loss.detach()))
+        pred = predict_proba(student, tokenizer, val_texts, max_length, tcfg.eval_batch_size, device).argmax(1)
+        f1 = float(f1_score(val_y, pred, average="macro", labels=list(range(student.config.num_labels)), zero_division=0))
+        record = {"epoch": float(epoch), "distill_loss": float(np.mean(losses)), "val_macro_f1": f1}
+        history.append(record)
+        log({"distill.loss": record["distill_loss"], "distill.val_macro_f1": f1}, epoch)
+        if f1 > best_f1:
+            best_f1, best_epoch, best_state = f1, epoch, copy.deepcopy(student.state_dict())
+    student.load_state_dict(best_state)
+    return DistillResult(student.eval(), best_epoch, best_f1, history)
+
+
+@dataclass
+class Student:
+    model: torch.nn.Module
+    info: dict[str, float]
+    """Shape (layers, heads and FFN neurons per layer, vocabulary), parameters, distillation epochs."""
+    history: list[dict[str, float]]
+
+
+def make_student(teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str], train_y: np.ndarray,
+                 val_texts: Sequence[str], val_y: np.ndarray, cfg: CompressConfig, tcfg: TrainConfig,
+                 max_length: int, device: str, seed: int,
+                 log: Callable[[dict[str, float], int], None] | None = None) -> Student:
+    """Structured pruning of ``teacher`` by importance on training batches, then distillation.
+    Raises ``PruningError`` for a target the model cannot take."""
+    from forgeline.training import prune
+
+    ids = encode(tokenizer, train_texts, max_length)
+    rng = np.random.default_rng(seed)
+    picked = make_batches([len(x) for x in ids], tcfg.batch_size, rng, True)[: cfg.importance_batches]
+    y = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
+    teacher = teacher.to(device)
+    batches = [(collate(tokenizer.pad_token_id, [ids[i] for i in b], device), y[b].to(device)) for b in picked]
+    scores = prune.importance(teacher, batches)
+    plan = prune.plan(scores, cfg.student_layers, cfg.prune_heads, cfg.prune_ffn)
+    student = prune.apply(teacher, plan)
+    info: dict[str, float] = {k: float(v) for k, v in plan.describe().items()}
+    info["vocabulary"] = float(student.config.vocab_size)
+    if cfg.prune_vocab and tokenizer.unk_token_id is not None:
+        keep = prune.used_tokens(ids + encode(tokenizer, val_texts, max_length), tokenizer.all_special_ids)
+        student = prune.VocabRemap(student, keep, tokenizer.unk_token_id)
+        info["vocabulary"] = float(len(keep) + (tokenizer.unk_token_id not in keep))
+    info["parameters"] = float(prune.parameter_count(student))
+    info["teacher_parameters"] = float(prune.parameter_count(teacher))
+    result = distill(student, teacher, tokenizer, train_texts, train_y, val_texts, val_y, cfg, tcfg, max_length,
+                     device, seed, log, layer_map=plan.layers)
+    info["distill_best_epoch"] = float(result.best_epoch)
+    info["distill_val_macro_f1"] = result.best_val_macro_f1
+    return Student(result.model, info, result.history)

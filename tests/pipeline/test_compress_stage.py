@@ -1,0 +1,80 @@
+"""The compress stage in a real flow: student made, every variant measured, the default chosen per
+device registered with the model, and bad targets reported while the teacher is still registered."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from forgeline.inference.contract import RUNS_ON
+from forgeline.pipeline.flows import training_flow
+from tests.conftest import flow_overrides
+
+
+def test_student_variants_are_measured_and_the_fastest_within_budget_is_served(prefect_api, tmp_path, sentiment_csv):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    student = ("compress.student=true", "compress.static_int8=true", "compress.distill_epochs=2",
+               "compress.max_macro_f1_drop=0.2")
+    first = training_flow(config="tiny", overrides=flow_overrides(tmp_path, sentiment_csv, *student))
+    client = MlflowClient(uri, uri)
+    run = client.get_run(first["run_id"])
+    table = json.loads(open(client.download_artifacts(first["run_id"], "compression/variants.json", str(tmp_path))).read())
+    by_name = {v["name"]: v for v in table["variants"]}
+    assert {"fp32", "int8", "int8_static", "fp16", "student", "student_int8", "student_int8_static",
+            "student_fp16"} <= set(by_name)
+    for name in ("fp32", "int8", "int8_static", "student", "student_int8", "student_int8_static"):
+        lat = by_name[name]["latency"]["cpu"]
+        assert lat["p50_b1_ms"] > 0 and lat["p50_b32_ms"] > lat["p50_b1_ms"], name
+        assert by_name[name]["parity"]["ok"] == 1.0, name
+    assert by_name["student"]["size_bytes"] < by_name["fp32"]["size_bytes"] / 3
+    assert table["student"]["heads_per_layer"] == 6 and table["student"]["layers"] == 1
+    assert run.data.metrics["variant.student_int8.cpu.p50_b32_ms"] > 0 and "student.distill_val_macro_f1" in run.data.metrics
+
+    cpu = next(s for s in table["selections"] if s["device"] == "cpu")
+    eligible = [v for v in table["variants"] if v["within_budget"] and v["parity"].get("ok", 1.0)
+                and v["name"] in ("fp32", "int8", "int8_static", "pruned", "student", "student_int8", "student_int8_static")]
+    assert cpu["variant"] == min(eligible, key=lambda v: v["latency"]["cpu"]["p50_b32_ms"])["name"]
+    assert run.data.tags["compress.default.cpu"] == cpu["variant"]
+    artifacts = {a.path for a in client.list_artifacts(first["run_id"], "compression")}
+    assert {"compression/variants.json", "compression/variants.md", "compression/pareto-cpu.png"} <= artifacts
+
+    version = client.get_model_version("e2e", first["version"])
+    assert version.tags["default_variant.cpu"] == cpu["variant"]
+    bundled = {v["name"] for v in table["variants"] if v["bundled"]}
+    assert "fp32" in bundled and cpu["variant"] in bundled
+    assert set(version.tags["variants"].split(",")) == bundled
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/e2e/{first['version']}")
+    assert model.unwrap_python_model().variant == cpu["variant"], "the pyfunc serves what was chosen for the CPU"
+    out = model.predict(pd.DataFrame({"text": ["the ride is wonderful and excellent", "the app is awful and dreadful"]}))
+    assert list(out["label"]) == ["positive", "negative"]
+    summary = (tmp_path / "state" / "runs" / first["run_id"] / "summary.md").read_text()
+    assert "| student_int8 |" in summary and f"**cpu** serves `{cpu['variant']}`" in summary
+
+    # forgeline bench times the bundled compressed variants beside the others
+    from forgeline.cli import main
+
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "-m", f"e2e/{first['version']}", "--tracking-uri", uri, "--quick", "--no-train",
+                 "--data", str(sentiment_csv), "--json", str(out_json)]) == 0
+    engines = {r["engine"] for r in json.loads(out_json.read_text())["inference"] if "error" not in r}
+    # which CPU variant wins on this 1-layer model is measured, not fixed; whatever was bundled is timed
+    assert {f"ort_{name}_cpu" for name in bundled if name not in ("fp32", "int8", "fp16")
+            and "cpu" in RUNS_ON[name]} <= engines
+    assert f"ort_{cpu['variant']}_cpu" in engines
+
+    # a pruning target removing every head, and a latency budget nothing meets: the run still registers
+    # the teacher's variants, and both reasons are in the run
+    bad = training_flow(config="tiny", overrides=flow_overrides(
+        tmp_path, sentiment_csv, *student, "compress.prune_heads=0.99", "compress.latency_budget_ms=0.001"))
+    tags = client.get_run(bad["run_id"]).data.tags
+    assert "would remove every attention head" in tags["variant.student.error"]
+    assert tags["compress.default.cpu"] == "fp32"
+    assert "no variant meets compress.latency_budget_ms=0.001 on cpu" in tags["compress.reason.cpu"]
+    version = client.get_model_version("e2e", bad["version"])
+    assert version.tags["default_variant.cpu"] == "fp32" and "student" not in version.tags["variants"]
+    assert "fp32" in version.tags["variants"].split(",")
