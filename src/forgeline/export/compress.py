@@ -6,10 +6,11 @@ Each gets size, test accuracy and macro-F1, parity against the PyTorch model it 
 latency at batch 1 and 32 on each device present, measured side by side. ``select`` then picks per
 device the fastest variant within the accuracy budgets; ``choose_bundle`` drops dominated ones.
 
-Measured on the default preset (2-core CPU, batch 32 × 64 tokens, interleaved rounds): teacher
-dynamic INT8 137 ms, student (3 layers, 6 heads, 768 FFN, 7K-token vocabulary) dynamic INT8 52 ms,
-2.6× faster and 6.1 MB at -0.003 macro-F1; static INT8 (QDQ) was slower than dynamic on this CPU
-(225 vs 137 ms for the teacher) because QDQ has no quantized Attention, so it is measured, not assumed."""
+Measured on the default preset (2-core CPU, batch 32 × 64 tokens, interleaved rounds;
+benchmarks/results/compression-cpu.json): teacher dynamic INT8 158.7 ms, the student (3 layers, 6
+heads, 768 FFN neurons, 7K-token vocabulary) in dynamic INT8 61.5 ms, 2.58× faster and 6.05 MB at
+-0.96 pt macro-F1. Static INT8 (QDQ) was slower than dynamic on this CPU (263 vs 153 ms for the
+teacher in the same run) because QDQ has no quantized Attention: every variant is measured, none assumed."""
 
 from __future__ import annotations
 
