@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--texts-per-request", type=int, default=1)
     load.add_argument("--json", dest="json_out", default=None, help="write the result as JSON to this file")
     sub.add_parser("config", parents=config, help="print the resolved config")
+    sub.add_parser("doctor", parents=config, help="repair what killed runs left in the store: runs stuck RUNNING "
+                   "(marked KILLED), model versions whose registration did not finish (deleted)")
     return p
 
 
@@ -257,6 +259,25 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     return 0 if result["errors"] == 0 else 1
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from forgeline.config.loader import load_config
+    from forgeline.pipeline.doctor import doctor
+    from forgeline.errors import ConfigError
+    from forgeline.pipeline.tracking import open_client
+    from forgeline.settings import require_reachable, resolve_tracking_uri, sqlite_file
+
+    cfg = load_config(args.config, args.overrides)
+    uri = resolve_tracking_uri(cfg.tracking)
+    require_reachable(uri)
+    db = sqlite_file(uri)
+    if db is not None and not Path(db).exists():
+        raise ConfigError(f"no MLflow store at {db}: nothing to repair. Point at the store with --set "
+                          "tracking.workdir=DIR ($FORGELINE_WORKDIR) or $MLFLOW_TRACKING_URI")
+    for line in doctor(open_client(uri)).lines():
+        print(line)
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -268,7 +289,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "ui": cmd_ui, "config": cmd_config, "serve": cmd_serve, "loadtest": cmd_loadtest,
+COMMANDS = {"run": cmd_run, "ui": cmd_ui, "config": cmd_config, "doctor": cmd_doctor, "serve": cmd_serve, "loadtest": cmd_loadtest,
             "deploy": cmd_deploy, "drift": cmd_drift, "bench": cmd_bench}
 
 

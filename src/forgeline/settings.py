@@ -117,3 +117,21 @@ def store_lock(uri: str):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+FAILPOINT_ENV = "FORGELINE_FAILPOINT"
+
+
+def failpoint(name: str) -> None:
+    """Fault injection for the fault-matrix tests (as etcd's and TiKV's failpoints): with
+    ``FORGELINE_FAILPOINT=<name>:kill`` the process SIGKILLs itself here, with ``<name>:raise`` an
+    ``OSError`` (a lost disk or server) is raised here. Unset, this is one dictionary lookup."""
+    spec = os.environ.get(FAILPOINT_ENV)
+    if not spec or spec.rsplit(":", 1)[0] != name:
+        return
+    action = spec.rsplit(":", 1)[1] if ":" in spec else "raise"
+    if action == "kill":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise OSError(f"failpoint {name}: injected I/O failure")

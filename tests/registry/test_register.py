@@ -173,3 +173,57 @@ def test_a_champion_that_cannot_be_loaded_is_reported_and_replaced(mlflow_uri, b
     assert "could not be loaded" in second.decision.champion_problem
     assert f"champion v{first.version} could not be scored on this data" in second.decision.reason
     assert "could not be loaded" in client.get_model_version("m", second.version).tags["gate.champion_problem"]
+
+
+def test_a_registration_cut_off_after_the_version_exists_deletes_it_and_moves_no_alias(mlflow_uri, bundle,
+                                                                                      monkeypatch):
+    from forgeline.registry.client import COMPLETE_TAG, find_registered
+    from forgeline.settings import FAILPOINT_ENV
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_registry_uri(mlflow_uri)
+    client = MlflowClient(mlflow_uri, mlflow_uri)
+    files, labels = bundle
+    first, _ = register_version(client, bundle, labels, 0.80)
+    for point in ("register.created", "register.tagged"):
+        monkeypatch.setenv(FAILPOINT_ENV, f"{point}:raise")
+        with pytest.raises(OSError, match=f"failpoint {point}"):
+            register_version(client, bundle, labels, 0.95)
+        monkeypatch.delenv(FAILPOINT_ENV)
+        versions = {str(mv.version) for mv in client.search_model_versions("name='m'")}
+        assert versions == {"1"}, f"{point}: the half-registered version is deleted"
+        assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
+    better, _ = register_version(client, bundle, labels, 0.95)
+    assert better.aliases == ["champion"]
+    tags = client.get_model_version("m", better.version).tags
+    assert tags[COMPLETE_TAG] == "true"
+    # a version left incomplete (its process was killed) is never reused for the same cache key
+    client.set_model_version_tag("m", better.version, "forgeline.cache_key", "k1")
+    assert find_registered(client, "m", "k1") == better.version
+    client.set_model_version_tag("m", better.version, COMPLETE_TAG, "false")
+    assert find_registered(client, "m", "k1") is None
+
+
+def test_a_registry_error_caused_by_a_lost_server_is_retried_and_bad_input_is_not():
+    from mlflow.exceptions import MlflowException
+
+    from forgeline.errors import ConfigError, RegistryError
+    from forgeline.pipeline.runner import retry_on_io
+
+    class Failed:
+        def __init__(self, error: BaseException) -> None:
+            self.error = error
+
+        def result(self):
+            raise self.error
+
+    def registry_error(cause: BaseException | None) -> RegistryError:
+        try:
+            raise RegistryError("registering m failed") from cause
+        except RegistryError as e:
+            return e
+
+    assert retry_on_io(None, None, Failed(registry_error(MlflowException("connection refused"))))
+    assert retry_on_io(None, None, Failed(registry_error(ConnectionError("reset"))))
+    assert not retry_on_io(None, None, Failed(registry_error(None)))
+    assert not retry_on_io(None, None, Failed(ConfigError("bad key")))

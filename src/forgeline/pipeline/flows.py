@@ -16,6 +16,7 @@ from prefect.exceptions import ExternalSignal
 from forgeline.config.loader import load_config
 from forgeline.config.schema import PipelineConfig
 from forgeline.pipeline.cache import StageCache
+from forgeline.pipeline.doctor import mark_stale_runs, owner_tags
 from forgeline.pipeline.runner import StageRunner
 from forgeline.pipeline.stages import (
     COMPRESS,
@@ -63,8 +64,10 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     mlflow.set_registry_uri(tracking_uri)
     client = open_client(tracking_uri)
     experiment_id = ensure_experiment(client, cfg.tracking, tracking_uri)
+    mark_stale_runs(client, [experiment_id])  # runs an earlier SIGKILL left RUNNING
     run = client.create_run(experiment_id, run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
-                            tags={"forgeline.config_hash": cfg.config_hash(), "forgeline.model_name": cfg.registry.model_name})
+                            tags={"forgeline.config_hash": cfg.config_hash(), "forgeline.model_name": cfg.registry.model_name,
+                                  **owner_tags()})
     tracker = Tracker(client=client, run_id=run.info.run_id, tracking_uri=tracking_uri)
     run_dir = workdir / "runs" / run.info.run_id
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -51,16 +51,23 @@ class Env:
 
 
 def retry_on_io(task, task_run, state) -> bool:
-    """Retry only transient I/O failures (files, network, tracking server), never bad data or config."""
+    """Retry only transient I/O failures (files, network, tracking server), never bad data or config.
+    A forgeline error counts as I/O when an I/O error caused it."""
     import httpx
     import requests
     from mlflow.exceptions import MlflowException
 
+    transient = (OSError, MlflowException, requests.RequestException, httpx.HTTPError)
     try:
         state.result()
-    except ForgelineError:
+    except ForgelineError as e:  # e.g. RegistryError raised from a lost tracking server: retried
+        cause = e.__cause__
+        while cause is not None:
+            if isinstance(cause, transient):
+                return True
+            cause = cause.__cause__
         return False
-    except (OSError, MlflowException, requests.RequestException, httpx.HTTPError):
+    except transient:
         return True
     except Exception:  # noqa: BLE001
         return False

@@ -22,6 +22,18 @@ CHALLENGER = "challenger"
 """Alias of the newest version the gate did not promote."""
 CACHE_KEY_TAG = "forgeline.cache_key"
 """Model-version tag: the stage-cache key of the run that registered it (unchanged re-runs reuse it)."""
+COMPLETE_TAG = "forgeline.complete"
+"""Model-version tag: "false" right after the version is created, "true" once every tag, the gate
+decision and the model card are written, and before any alias moves to it. A version cut off in
+between (a killed run, a lost server) is never reused, and no alias points at it."""
+
+
+def is_complete(tags: dict[str, str] | None) -> bool:
+    """Whether a version finished registering. Versions from before ``COMPLETE_TAG`` count as complete
+    when they carry the gate decision, which was written last then."""
+    tags = tags or {}
+    state = tags.get(COMPLETE_TAG)
+    return state == "true" if state is not None else "gate.decision" in tags
 
 
 def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
@@ -85,12 +97,12 @@ def current_champion(client: MlflowClient, name: str) -> ChampionInfo | None:
 
 
 def find_registered(client: MlflowClient, name: str, cache_key: str) -> str | None:
-    """The version of ``name`` that an identical earlier run registered (same cache key), if any."""
+    """The complete version of ``name`` that an identical earlier run registered (same cache key), if any."""
     try:
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:
         return None
     for mv in versions:
-        if (mv.tags or {}).get(CACHE_KEY_TAG) == cache_key:
+        if (mv.tags or {}).get(CACHE_KEY_TAG) == cache_key and is_complete(mv.tags):
             return str(mv.version)
     return None

@@ -7,10 +7,15 @@ below the current champion's by more than ``registry.f1_tolerance`` and at least
 ``registry.max_slice_drop``. The decision and its reason are written to the version's tags, the
 run's tags and ``gate.json`` in the run; the model card (``registry.card``) becomes the version's
 description. The bundle metadata records the sha256 of every file, checked at each load.
+
+Registration is all or nothing: the version is created tagged ``forgeline.complete=false``, gets its
+tags, gate decision and card, then ``true``, and only then an alias. A failure in between deletes
+the version (or, when the server is gone, leaves it marked incomplete: never reused, never aliased).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from dataclasses import asdict, dataclass
@@ -24,10 +29,11 @@ from mlflow.tracking import MlflowClient
 from forgeline.config.schema import RegistryConfig
 from forgeline.errors import RegistryError
 from forgeline.inference.contract import CHECKSUMS_KEY, META_FILE, file_sha256
-from forgeline.registry.client import CHALLENGER, CHAMPION, current_champion
+from forgeline.registry.client import CHALLENGER, CHAMPION, COMPLETE_TAG, current_champion
 from forgeline.registry.card import CardContext, model_card
 from forgeline.registry.compare import PairedComparison, compare_paired, macro_f1_ci, slice_table
 from forgeline.registry.gate import ChampionInfo, GateDecision, chance_macro_f1, decide_promotion
+from forgeline.settings import failpoint
 
 
 @dataclass
@@ -172,21 +178,28 @@ def log_pyfunc(run_id: str, artifacts: dict[str, str], probe: Any, meta: dict[st
 
     example = pd.DataFrame({"text": input_example})
     signature = infer_signature(example, probe.predict(None, example))
-    with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory(prefix="forgeline-code-") as code:
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=OnnxTextClassifier(),
-            artifacts=artifacts,
-            code_paths=[str(stage_model_code(Path(code)))],
-            pip_requirements=[f"onnxruntime>={onnxruntime.__version__.split('+')[0]}", f"tokenizers=={tokenizers.__version__}",
-                              "numpy", "pandas", f"mlflow=={mlflow.__version__}"],
-            signature=signature,
-            input_example=example,
-            registered_model_name=registered_name,
-            # batch_size "auto": 256 on CUDA (one captured graph per request up to 256 texts), 64 on CPU
-            model_config={"variant": "auto", "device": "auto", "batch_size": "auto"},
-            metadata={"labels": meta["labels"], "variants": meta["variants"]},
-        )
+    # log_model needs an active run; leaving ``with mlflow.start_run(...)`` would end the pipeline's run
+    # FINISHED while it is still registering (a run killed here then showed FINISHED), so it is ended
+    # RUNNING: the pipeline sets the final status.
+    mlflow.start_run(run_id=run_id)
+    try:
+        with tempfile.TemporaryDirectory(prefix="forgeline-code-") as code:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=OnnxTextClassifier(),
+                artifacts=artifacts,
+                code_paths=[str(stage_model_code(Path(code)))],
+                pip_requirements=[f"onnxruntime>={onnxruntime.__version__.split('+')[0]}", f"tokenizers=={tokenizers.__version__}",
+                                  "numpy", "pandas", f"mlflow=={mlflow.__version__}"],
+                signature=signature,
+                input_example=example,
+                registered_model_name=registered_name,
+                # batch_size "auto": 256 on CUDA (one captured graph per request up to 256 texts), 64 on CPU
+                model_config={"variant": "auto", "device": "auto", "batch_size": "auto"},
+                metadata={"labels": meta["labels"], "variants": meta["variants"]},
+            )
+    finally:
+        mlflow.end_run(status="RUNNING")
     if info.registered_model_version is None:
         raise RegistryError(f"MLflow did not register {registered_name}; check the tracking server's registry")
     return info.model_uri, str(info.registered_model_version)
@@ -207,32 +220,59 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
         model_uri, version = log_pyfunc(run_id, artifacts, candidate, meta, name, input_example)
     except MlflowException as e:
         raise RegistryError(f"registering {name} failed: {e}") from e
-    for k, v in tags.items():
-        client.set_model_version_tag(name, version, k, str(v))
-    for k, v in metrics.items():
-        client.set_model_version_tag(name, version, f"metric.{k}", f"{v:.6f}")
-    client.set_registered_model_alias(name, CHALLENGER, version)
-
-    decision = decide_promotion(metrics["test_macro_f1"], parity_ok, champion, cfg.f1_tolerance,
-                                chance_macro_f1(len(meta["labels"])), cfg.min_gain_over_chance, scored.paired,
-                                scored.problem, scored.slices, cfg.max_slice_drop, cfg.min_slice_rows)
-    aliases = [CHALLENGER]
-    if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        client.delete_registered_model_alias(name, CHALLENGER)
-        aliases = [CHAMPION]
-    gate_tags = {"gate.decision": "promoted" if decision.promote else "kept_challenger", "gate.reason": decision.reason}
-    gate_tags |= comparison_tags(decision)
-    for k, v in gate_tags.items():
-        client.set_model_version_tag(name, version, k, v)
-        client.set_tag(run_id, k, v)
-    client.set_tag(run_id, "registered_model", f"{name}/{version}")
-    client.log_dict(run_id, asdict(decision) | {"version": version, "aliases": aliases}, "gate.json")
-    text = model_card(name, version, run_id, decision, metrics, list(meta["labels"]), tags.get("data_fingerprint", "?"),
-                      card or CardContext(), scored.macro_f1_ci)
-    client.log_text(run_id, text, "model_card.md")
-    client.update_model_version(name, version, description=fit_description(text, run_id))
+    try:
+        client.set_model_version_tag(name, version, COMPLETE_TAG, "false")
+        failpoint("register.created")
+        for k, v in tags.items():
+            client.set_model_version_tag(name, version, k, str(v))
+        for k, v in metrics.items():
+            client.set_model_version_tag(name, version, f"metric.{k}", f"{v:.6f}")
+        decision = decide_promotion(metrics["test_macro_f1"], parity_ok, champion, cfg.f1_tolerance,
+                                    chance_macro_f1(len(meta["labels"])), cfg.min_gain_over_chance, scored.paired,
+                                    scored.problem, scored.slices, cfg.max_slice_drop, cfg.min_slice_rows)
+        aliases = [CHAMPION] if decision.promote else [CHALLENGER]
+        gate_tags = {"gate.decision": "promoted" if decision.promote else "kept_challenger", "gate.reason": decision.reason}
+        gate_tags |= comparison_tags(decision)
+        for k, v in gate_tags.items():
+            client.set_model_version_tag(name, version, k, v)
+            client.set_tag(run_id, k, v)
+        failpoint("register.tagged")
+        client.set_tag(run_id, "registered_model", f"{name}/{version}")
+        client.log_dict(run_id, asdict(decision) | {"version": version, "aliases": aliases}, "gate.json")
+        text = model_card(name, version, run_id, decision, metrics, list(meta["labels"]),
+                          tags.get("data_fingerprint", "?"), card or CardContext(), scored.macro_f1_ci)
+        client.log_text(run_id, text, "model_card.md")
+        client.update_model_version(name, version, description=fit_description(text, run_id))
+        client.set_model_version_tag(name, version, COMPLETE_TAG, "true")
+        # aliases last: nothing points at a version before it is complete
+        if decision.promote:
+            client.set_registered_model_alias(name, CHAMPION, version)
+            with contextlib.suppress(MlflowException):  # no challenger alias yet
+                client.delete_registered_model_alias(name, CHALLENGER)
+        else:
+            client.set_registered_model_alias(name, CHALLENGER, version)
+    except BaseException as e:  # also Ctrl-C and SIGTERM: never leave a half-registered version behind
+        discard_version(client, name, version, e)
+        if isinstance(e, MlflowException):
+            raise RegistryError(f"registering {name} v{version} failed: {e}") from e
+        raise
     return Registration(name=name, version=version, model_uri=f"models:/{name}/{version}", aliases=aliases, decision=decision)
+
+
+def discard_version(client: MlflowClient, name: str, version: str, error: BaseException) -> None:
+    """Delete a version whose registration did not finish. When even that fails (the server is gone),
+    its ``forgeline.complete=false`` tag keeps it out of reuse and no alias points at it."""
+    import logging
+
+    log = logging.getLogger("forgeline")
+    try:
+        client.delete_model_version(name, version)
+        log.warning("registration of %s v%s did not finish (%s: %s); the version was deleted", name, version,
+                    type(error).__name__, error)
+    except Exception as e:  # noqa: BLE001 - the original error is what the run reports
+        log.warning("registration of %s v%s did not finish (%s) and the version could not be deleted (%s): it stays "
+                    "tagged %s=false, is never reused and no alias points at it; delete it in the MLflow UI",
+                    name, version, error, e, COMPLETE_TAG)
 
 
 DESCRIPTION_LIMIT = 5000

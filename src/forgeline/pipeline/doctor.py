@@ -1,0 +1,100 @@
+"""What a killed run leaves in the store, found and repaired: ``forgeline doctor``.
+
+A run killed with SIGKILL (or a machine that lost power) cannot end its MLflow run or finish a
+registration. Its run stays RUNNING forever and its model version, if it got that far, stays marked
+``forgeline.complete=false`` (see ``registry.register``). Each run records the process and host that
+own it; a RUNNING run whose process is gone from this host is marked KILLED, and an incomplete
+version whose run is no longer running is deleted. Runs owned by another host are only reported.
+The next ``forgeline run`` marks stale runs itself; ``forgeline doctor`` also removes the versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from forgeline.registry.client import COMPLETE_TAG
+
+PID_TAG = "forgeline.pid"
+HOST_TAG = "forgeline.host"
+log = logging.getLogger("forgeline")
+
+
+def owner_tags() -> dict[str, str]:
+    """Run tags naming the process that owns the run."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class DoctorReport:
+    stale_runs: list[str] = field(default_factory=list)
+    """Runs marked KILLED: RUNNING, owned by a process gone from this host."""
+    elsewhere: list[str] = field(default_factory=list)
+    """RUNNING runs owned by another host (or recording no owner): left alone."""
+    removed_versions: list[str] = field(default_factory=list)
+    """``name vN`` of incomplete versions deleted."""
+
+    def lines(self) -> list[str]:
+        out = [f"marked KILLED (its process is gone): run {r}" for r in self.stale_runs]
+        out += [f"left alone (running elsewhere or owner unknown): run {r}" for r in self.elsewhere]
+        out += [f"deleted incomplete model version {v}" for v in self.removed_versions]
+        return out or ["nothing to repair"]
+
+
+def mark_stale_runs(client: MlflowClient, experiment_ids: list[str], report: DoctorReport | None = None) -> DoctorReport:
+    report = report or DoctorReport()
+    host = socket.gethostname()
+    for run in client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        pid = tags.get(PID_TAG)
+        if tags.get(HOST_TAG) != host or not (pid or "").isdigit():
+            report.elsewhere.append(run.info.run_id)
+            continue
+        if process_alive(int(pid)):
+            continue
+        client.set_tag(run.info.run_id, "forgeline.error",
+                       f"stale: process {pid} on {host} ended without ending this run (killed); marked KILLED")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        report.stale_runs.append(run.info.run_id)
+    if report.stale_runs:
+        log.warning("marked %d run(s) KILLED whose process was gone: %s", len(report.stale_runs),
+                    ", ".join(report.stale_runs))
+    return report
+
+
+def remove_incomplete_versions(client: MlflowClient, report: DoctorReport) -> DoctorReport:
+    for model in client.search_registered_models(max_results=1000):
+        for mv in client.search_model_versions(f"name='{model.name}'"):
+            if (mv.tags or {}).get(COMPLETE_TAG) != "false":
+                continue
+            if client.get_model_version(model.name, mv.version).aliases:  # search results carry none
+                continue  # someone pointed an alias at it by hand: theirs to decide
+            try:
+                if mv.run_id and client.get_run(mv.run_id).info.status == "RUNNING":
+                    continue  # still registering
+            except MlflowException:
+                pass
+            client.delete_model_version(model.name, mv.version)
+            report.removed_versions.append(f"{model.name} v{mv.version}")
+    return report
+
+
+def doctor(client: MlflowClient) -> DoctorReport:
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    report = mark_stale_runs(client, experiments)
+    return remove_incomplete_versions(client, report)

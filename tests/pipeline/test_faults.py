@@ -1,0 +1,69 @@
+"""Fault matrix, registration part: a run SIGKILLed inside register leaves no aliased or reusable
+half-version, `forgeline doctor` cleans up, and the next run registers normally."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from mlflow.tracking import MlflowClient
+
+from forgeline.cli import main
+from forgeline.registry.client import COMPLETE_TAG
+from forgeline.settings import FAILPOINT_ENV
+from tests.conftest import small_overrides
+
+
+def forgeline_run(tmp_path, data, env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    args = sum((["--set", o] for o in small_overrides(tmp_path, data, "registry.model_name=faults")), [])
+    env = dict(os.environ, **env_extra)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "forgeline", "run", "--config", "tiny", *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_sigkill_inside_register_leaves_nothing_aliased_or_reused_and_doctor_cleans_up(tmp_path, sentiment_csv, capsys):
+    killed = forgeline_run(tmp_path, sentiment_csv, {FAILPOINT_ENV: "register.tagged:kill"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    uri = f"sqlite:///{tmp_path / 'state' / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    (half,) = client.search_model_versions("name='faults'")
+    half = client.get_model_version("faults", half.version)  # search results carry no aliases
+    assert half.tags[COMPLETE_TAG] == "false" and not half.aliases, "no alias points at a half-registered version"
+    exp = client.get_experiment_by_name("forgeline")
+    (stuck,) = client.search_runs([exp.experiment_id])
+    assert stuck.info.status == "RUNNING"
+
+    overrides = sum((["--set", o] for o in small_overrides(tmp_path, sentiment_csv)), [])
+    assert main(["doctor", "--config", "tiny", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert f"marked KILLED (its process is gone): run {stuck.info.run_id}" in out
+    assert f"deleted incomplete model version faults v{half.version}" in out
+    assert client.get_run(stuck.info.run_id).info.status == "KILLED"
+    assert client.search_model_versions("name='faults'") == []
+    assert main(["doctor", "--config", "tiny", *overrides]) == 0
+    assert "nothing to repair" in capsys.readouterr().out
+
+    again = forgeline_run(tmp_path, sentiment_csv, {})
+    assert again.returncode == 0, again.stderr[-3000:]
+    (done,) = client.search_model_versions("name='faults'")
+    done = client.get_model_version("faults", done.version)
+    assert done.tags[COMPLETE_TAG] == "true" and done.aliases == ["champion"]
+    assert done.version != half.version, "a new version, not the half one reused"
+
+
+def test_the_next_run_marks_a_killed_run_without_doctor(tmp_path, sentiment_csv):
+    killed = forgeline_run(tmp_path, sentiment_csv, {FAILPOINT_ENV: "register.created:kill"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    again = forgeline_run(tmp_path, sentiment_csv, {})
+    assert again.returncode == 0, again.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path / 'state' / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    exp = client.get_experiment_by_name("forgeline")
+    statuses = sorted(r.info.status for r in client.search_runs([exp.experiment_id]))
+    assert statuses == ["FINISHED", "KILLED"], "no run is left RUNNING"
+    complete = [mv for mv in client.search_model_versions("name='faults'") if mv.tags.get(COMPLETE_TAG) == "true"]
+    assert len(complete) == 1
+    assert client.get_model_version("faults", complete[0].version).aliases == ["champion"]
