@@ -5,6 +5,7 @@ retries). ``forgeline.pipeline.runner`` does the rest the same way for every sta
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -251,8 +252,9 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
 
     calib_ids = encode(trained.tokenizer, splits.train["text"].tolist()[: c.calibration_rows], cfg.model.max_length)
     calibration = [pad_batch(calib_ids[i : i + 32], pad) for i in range(0, len(calib_ids), 32)]
-    teacher_proba = predict_proba(trained.model, trained.tokenizer, texts, cfg.model.max_length,
-                                  cfg.train.eval_batch_size, "cpu")
+    # references in fp32 on the CPU, as the ONNX files are scored (a CUDA-trained model would run bf16)
+    teacher_proba = predict_proba(copy.deepcopy(trained.model).float().cpu(), trained.tokenizer, texts,
+                                  cfg.model.max_length, cfg.train.eval_batch_size, "cpu")
     variants = [scored("fp32", exported.path, onnx_proba(exported.path, "cpu"), teacher_proba)]
     if c.prune and c.prune_amount > 0:
         pruned = cmp.prune_global(trained.model, c.prune_amount)
@@ -323,8 +325,9 @@ def _student_variants(env: Env, trained: TrainResult, splits: Splits, calibratio
         log.warning("no student: %s. The teacher's variants are registered", e)
         return [], {}
     texts = splits.test["text"].tolist()
-    proba = predict_proba(made.model, trained.tokenizer, texts, cfg.model.max_length, cfg.train.eval_batch_size, "cpu")
-    path = export_onnx(made.model, trained.tokenizer, trained.labels, env.run_dir / "onnx" / VARIANT_FILES["student"],
+    student = made.model.float().cpu()
+    proba = predict_proba(student, trained.tokenizer, texts, cfg.model.max_length, cfg.train.eval_batch_size, "cpu")
+    path = export_onnx(student, trained.tokenizer, trained.labels, env.run_dir / "onnx" / VARIANT_FILES["student"],
                        cfg.export, cfg.model.max_length, sample_texts=texts[:2])
     first = scored("student", path, onnx_proba(path, "cpu"), proba)
     if not first.parity_ok:
