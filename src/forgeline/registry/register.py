@@ -244,18 +244,19 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
         client.log_text(run_id, text, "model_card.md")
         client.update_model_version(name, version, description=fit_description(text, run_id))
         client.set_model_version_tag(name, version, COMPLETE_TAG, "true")
-        # aliases last: nothing points at a version before it is complete
-        if decision.promote:
-            client.set_registered_model_alias(name, CHAMPION, version)
-            with contextlib.suppress(MlflowException):  # no challenger alias yet
-                client.delete_registered_model_alias(name, CHALLENGER)
-        else:
-            client.set_registered_model_alias(name, CHALLENGER, version)
     except BaseException as e:  # also Ctrl-C and SIGTERM: never leave a half-registered version behind
         discard_version(client, name, version, e)
         if isinstance(e, MlflowException):
             raise RegistryError(f"registering {name} v{version} failed: {e}") from e
         raise
+    # aliases last, on a complete version; if this fails, the retry finds the version by its cache key
+    # and the gate, run again there, sets them (never delete a version an alias may already point at)
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        with contextlib.suppress(MlflowException):  # no challenger alias yet
+            client.delete_registered_model_alias(name, CHALLENGER)
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, version)
     return Registration(name=name, version=version, model_uri=f"models:/{name}/{version}", aliases=aliases, decision=decision)
 
 
