@@ -94,63 +94,18 @@ def prune_global(model: torch.nn.Module, amount: float) -> torch.nn.Module:
     return pruned
 
 
-def quantize_int8(onnx_path: Path, out_path: Path) -> Path:
-    """Dynamic INT8 quantization (weights int8 per channel, activations quantized at run time) for CPU
-    serving. Fused Attention becomes QAttention, EmbedLayerNormalization QEmbedLayerNormalization."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+def _quantize(onnx_path: Path, out_path: Path, quantize) -> Path:
+    """Run an onnxruntime quantizer ``quantize(src, dst)`` on a copy of ``onnx_path`` without the
+    exporter's intermediate shape annotations (some exporter versions write value_info that onnx shape
+    inference, run inside the quantizers, contradicts; inference recomputes them), with the root
+    logger quiet (the quantizers log a generic pre-processing hint there), keeping the metadata."""
     import logging
-
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quantize_dynamic logs a generic pre-processing hint on the root logger
     import tempfile
 
     import onnx
 
-    # Drop the exporter's intermediate shape annotations: some exporter versions write value_info that
-    # onnx shape inference (run inside quantize_dynamic) contradicts. Inference recomputes them.
-    model = onnx.load(str(onnx_path))
-    del model.graph.value_info[:]
-    with tempfile.TemporaryDirectory() as tmp:
-        stripped = Path(tmp) / "model.onnx"
-        onnx.save(model, str(stripped))
-        try:
-            # per-channel weight scales: a smaller accuracy cost than per-tensor at the same speed. The
-            # fused contrib ops (Attention, EmbedLayerNormalization) have no ONNX type inference, so
-            # tensors after them default to float.
-            quantize_dynamic(str(stripped), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        finally:
-            root.setLevel(level)
-    # quantize_dynamic drops nothing we rely on, but keep the metadata (labels) explicitly.
-    from forgeline.inference.runtime import model_metadata
     from forgeline.export.onnx import add_metadata
-
-    add_metadata(out_path, model_metadata(onnx_path))
-    return out_path
-
-
-def quantize_static_int8(onnx_path: Path, out_path: Path, calibration: Sequence[tuple[np.ndarray, np.ndarray]]) -> Path:
-    """Static INT8: QDQ nodes around every MatMul, per-channel int8 weights, uint8 activations whose
-    ranges come from running ``calibration`` batches (real training texts, (input_ids, mask) pairs)
-    through the graph. ONNX Runtime's QDQ format has no quantized Attention/EmbedLayerNormalization,
-    so the fused attention keeps its fp32 QKV projection; the FFN and output projections run int8
-    with no run-time range computation, which is what dynamic INT8 pays for per call."""
-    import logging
-    import tempfile
-
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(calibration)
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {"input_ids": batch[0], "attention_mask": batch[1]}
+    from forgeline.inference.runtime import model_metadata
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model = onnx.load(str(onnx_path))
@@ -162,18 +117,48 @@ def quantize_static_int8(onnx_path: Path, out_path: Path, calibration: Sequence[
         with tempfile.TemporaryDirectory() as tmp:
             stripped = Path(tmp) / "model.onnx"
             onnx.save(model, str(stripped))
-            quantize_static(str(stripped), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                            calibrate_method=CalibrationMethod.MinMax,
-                            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT,
-                                           "CalibTensorRangeSymmetric": False})
+            quantize(str(stripped), str(out_path))
     finally:
         root.setLevel(level)
-    from forgeline.inference.runtime import model_metadata
-    from forgeline.export.onnx import add_metadata
-
-    add_metadata(out_path, model_metadata(onnx_path))
+    add_metadata(out_path, model_metadata(onnx_path))  # labels, max_length, ... as the source has them
     return out_path
+
+
+def quantize_int8(onnx_path: Path, out_path: Path) -> Path:
+    """Dynamic INT8 quantization (weights int8 per channel, activations quantized at run time) for CPU
+    serving. Fused Attention becomes QAttention, EmbedLayerNormalization QEmbedLayerNormalization."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # per-channel weight scales: a smaller accuracy cost than per-tensor at the same speed. The fused
+    # contrib ops (Attention, EmbedLayerNormalization) have no ONNX type inference, so tensors after
+    # them default to float.
+    return _quantize(onnx_path, out_path, lambda src, dst: quantize_dynamic(
+        src, dst, weight_type=QuantType.QInt8, per_channel=True,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT}))
+
+
+def quantize_static_int8(onnx_path: Path, out_path: Path, calibration: Sequence[tuple[np.ndarray, np.ndarray]]) -> Path:
+    """Static INT8: QDQ nodes around every MatMul, per-channel int8 weights, uint8 activations whose
+    ranges come from running ``calibration`` batches (real training texts, (input_ids, mask) pairs)
+    through the graph. ONNX Runtime's QDQ format has no quantized Attention/EmbedLayerNormalization,
+    so the fused attention keeps its fp32 QKV projection; the FFN and output projections run int8
+    with no run-time range computation, which is what dynamic INT8 pays for per call."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"input_ids": batch[0], "attention_mask": batch[1]}
+
+    return _quantize(onnx_path, out_path, lambda src, dst: quantize_static(
+        src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "CalibTensorRangeSymmetric": False}))
 
 
 def convert_fp16(onnx_path: Path, out_path: Path) -> Path:

@@ -5,8 +5,9 @@ split with soft targets plus the hard labels (Hinton et al. 2015):
 
 With ``compress.distill_hidden_weight`` > 0 each student layer is also pulled towards the output of
 the teacher layer it was cut from (MSE, as TinyBERT's intermediate-layer loss). The teacher's logits
-are computed once, before the first epoch (it is frozen and runs without dropout). Batching, dynamic padding and the
-optimizer are the training stage's; the best epoch by validation macro-F1 is kept.
+are computed once, before the first epoch (it is frozen and runs without dropout). Batching, dynamic
+padding, the optimizer and its schedule are the training stage's; the best epoch by validation
+macro-F1 is kept.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch
 from sklearn.metrics import f1_score
 
 from forgeline.config.schema import CompressConfig, TrainConfig
-from forgeline.training.loop import _optimizer, autocast_for, collate, encode, make_batches, predict_proba, set_seed
+from forgeline.training.loop import (_optimizer, autocast_for, collate, encode, linear_warmup, make_batches, predict_proba,
+                                     set_seed)
 
 
 @dataclass
@@ -65,13 +67,13 @@ def teacher_logits(teacher: torch.nn.Module, ids: list[list[int]], pad_id: int, 
     return out
 
 
-def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str],
+def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: list[list[int]],
             train_y: np.ndarray, val_texts: Sequence[str], val_y: np.ndarray, cfg: CompressConfig,
             tcfg: TrainConfig, max_length: int, device: str, seed: int,
             log: Callable[[dict[str, float], int], None] | None = None,
             layer_map: Sequence[int] | None = None) -> DistillResult:
     """Train ``student`` (changed in place and returned as the best epoch's weights) on the teacher's
-    soft targets for ``cfg.distill_epochs`` epochs. With ``layer_map`` (student layer i was teacher
+    soft targets for the training texts' token ``ids`` for ``cfg.distill_epochs`` epochs. With ``layer_map`` (student layer i was teacher
     layer ``layer_map[i]``) and ``cfg.distill_hidden_weight`` > 0, each student layer's output is also
     pulled towards its teacher layer's (MSE over real tokens), which costs a teacher forward per step."""
     set_seed(seed)
@@ -79,19 +81,16 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, train
     student.to(device)
     teacher.to(device)
     pad = tokenizer.pad_token_id
-    ids = encode(tokenizer, train_texts, max_length)
     lengths = [len(x) for x in ids]
     soft = teacher_logits(teacher, ids, pad, device, tcfg.eval_batch_size)
     y_all = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
     optimizer = _optimizer(student, tcfg.model_copy(update={"learning_rate": cfg.distill_learning_rate}))
     total = math.ceil(len(ids) / tcfg.batch_size) * cfg.distill_epochs
-    warmup = int(0.1 * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+    scheduler = linear_warmup(optimizer, total, int(0.1 * total))
     hidden = bool(layer_map) and cfg.distill_hidden_weight > 0
     teacher.eval()
     rng = np.random.default_rng(seed)
-    best_f1, best_epoch, best_state, history, step = -1.0, 0, None, [], 0
+    best_f1, best_epoch, best_state, history = -1.0, 0, None, []
     for epoch in range(1, cfg.distill_epochs + 1):
         student.train()
         losses = []
@@ -111,7 +110,6 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, train
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            step += 1
             losses.append(float(loss.detach()))
         pred = predict_proba(student, tokenizer, val_texts, max_length, tcfg.eval_batch_size, device).argmax(1)
         f1 = float(f1_score(val_y, pred, average="macro", labels=list(range(student.config.num_labels)), zero_division=0))
@@ -150,14 +148,13 @@ def make_student(teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str]
     plan = prune.plan(scores, cfg.student_layers, cfg.prune_heads, cfg.prune_ffn)
     student = prune.apply(teacher, plan)
     info: dict[str, float] = {k: float(v) for k, v in plan.describe().items()}
-    info["vocabulary"] = float(student.config.vocab_size)
     if cfg.prune_vocab and tokenizer.unk_token_id is not None:
         keep = prune.used_tokens(ids + encode(tokenizer, val_texts, max_length), tokenizer.all_special_ids)
         student = prune.VocabRemap(student, keep, tokenizer.unk_token_id)
-        info["vocabulary"] = float(len(keep) + (tokenizer.unk_token_id not in keep))
+    info["vocabulary"] = float(student.config.vocab_size)
     info["parameters"] = float(prune.parameter_count(student))
     info["teacher_parameters"] = float(prune.parameter_count(teacher))
-    result = distill(student, teacher, tokenizer, train_texts, train_y, val_texts, val_y, cfg, tcfg, max_length,
+    result = distill(student, teacher, tokenizer, ids, train_y, val_texts, val_y, cfg, tcfg, max_length,
                      device, seed, log, layer_map=plan.layers)
     info["distill_best_epoch"] = float(result.best_epoch)
     info["distill_val_macro_f1"] = result.best_val_macro_f1

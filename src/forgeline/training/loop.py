@@ -215,6 +215,17 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, **kwargs)
 
 
+def linear_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate rising linearly over ``warmup`` steps, then falling linearly to 0 at ``total_steps``."""
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+
+
 def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir: Path,
                 log: MetricsLogger | None = None) -> TrainResult:
     tcfg = cfg.train
@@ -237,14 +248,7 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
     total_steps = steps_per_epoch * tcfg.epochs
     if tcfg.max_steps:
         total_steps = min(total_steps, tcfg.max_steps)
-    warmup = int(tcfg.warmup_ratio * total_steps)
-
-    def lr_lambda(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(train_step.optimizer, lr_lambda)
+    scheduler = linear_warmup(train_step.optimizer, total_steps, int(tcfg.warmup_ratio * total_steps))
     ckpt = out_dir / "checkpoint"
     rng = np.random.default_rng(cfg.seed)
     log = log or (lambda metrics, step: None)
