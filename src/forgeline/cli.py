@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("config", parents=config, help="print the resolved config")
     sub.add_parser("doctor", parents=config, help="repair what killed runs left in the store: runs stuck RUNNING "
                    "(marked KILLED), model versions whose registration did not finish (deleted)")
+    gc = sub.add_parser("gc", parents=config, help="free disk: the stage cache down to tracking.cache_max_gb, failed "
+                        "runs' scratch beyond tracking.keep_failed_runs, and with --keep-versions old model versions")
+    gc.add_argument("--cache-max-gb", type=float, default=None, help="bound for this pass (default: the config's)")
+    gc.add_argument("--keep-versions", type=int, default=None, metavar="N",
+                    help="also delete each model's versions that no alias points at, beyond its newest N, "
+                         "with their artifacts")
     return p
 
 
@@ -278,6 +284,33 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from forgeline.config.loader import load_config
+    from forgeline.errors import ConfigError
+    from forgeline.pipeline.disk import collect_garbage
+    from forgeline.pipeline.tracking import open_client
+    from forgeline.settings import require_reachable, resolve_tracking_uri
+
+    cfg = load_config(args.config, args.overrides)
+    for flag, value in (("--cache-max-gb", args.cache_max_gb), ("--keep-versions", args.keep_versions)):
+        if value is not None and value < 0:
+            raise ConfigError(f"{flag} must be 0 or more, got {value}")
+    workdir = Path(cfg.tracking.workdir)
+    if not workdir.is_dir():
+        raise ConfigError(f"no workdir at {workdir}: nothing to collect. Point at it with --set tracking.workdir=DIR "
+                          "($FORGELINE_WORKDIR)")
+    client = None
+    if args.keep_versions is not None:
+        uri = resolve_tracking_uri(cfg.tracking)
+        require_reachable(uri)
+        client = open_client(uri)
+    report = collect_garbage(workdir, client, keep_versions=args.keep_versions, keep_failed_runs=cfg.tracking.keep_failed_runs,
+                             cache_max_gb=cfg.tracking.cache_max_gb if args.cache_max_gb is None else args.cache_max_gb)
+    for line in report.lines():
+        print(line)
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -289,7 +322,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "ui": cmd_ui, "config": cmd_config, "doctor": cmd_doctor, "serve": cmd_serve, "loadtest": cmd_loadtest,
+COMMANDS = {"run": cmd_run, "ui": cmd_ui, "config": cmd_config, "doctor": cmd_doctor, "gc": cmd_gc, "serve": cmd_serve, "loadtest": cmd_loadtest,
             "deploy": cmd_deploy, "drift": cmd_drift, "bench": cmd_bench}
 
 

@@ -33,6 +33,10 @@ class ParityError(ForgelineError):
     """The exported ONNX model disagrees with the PyTorch model beyond tolerance."""
 
 
+class TrainingError(ForgelineError):
+    """Training could not run (e.g. distributed workers failed or fewer GPUs than train.devices)."""
+
+
 class ExportError(ForgelineError):
     """ONNX export or the ONNX checker failed."""
 

@@ -52,7 +52,7 @@ def test_student_variants_are_measured_and_the_fastest_within_budget_is_served(p
     assert model.unwrap_python_model().variant == cpu["variant"], "the pyfunc serves what was chosen for the CPU"
     out = model.predict(pd.DataFrame({"text": ["the ride is wonderful and excellent", "the app is awful and dreadful"]}))
     assert list(out["label"]) == ["positive", "negative"]
-    summary = (tmp_path / "state" / "runs" / first["run_id"] / "summary.md").read_text()
+    summary = first["summary"]
     assert "| student_int8 |" in summary and f"**cpu** serves `{cpu['variant']}`" in summary
 
     # forgeline bench times the bundled compressed variants beside the others

@@ -140,3 +140,19 @@ def test_a_failing_stage_reports_through_on_error_and_leaves_no_entry(make_runne
     with pytest.raises(DataValidationError):
         one(runner)
     assert seen == [{"rows": 3}] and runner.cache.get("boom", runner.keys["boom"]) is None
+
+
+def test_a_corrupted_cache_entry_is_dropped_recomputed_and_says_so_on_the_run(make_runner):
+    make, client = make_runner
+    first, _ = make()
+    _steps(first, 5)
+    stored = first.cache.path("double", first.keys["double"]) / "files" / "double.txt"
+    stored.write_text("99")  # what a disk error or a stray editor leaves
+
+    calls.clear()
+    again, run_id = make()
+    assert _steps(again, 5) == 11 and calls == ["double"], "double recomputed; plus_one's entry is intact"
+    tags = client.get_run(run_id).data.tags
+    assert tags["cache.double"] == "dropped"
+    assert tags["cache.double.dropped"] == "files/double.txt does not match its recorded checksum"
+    assert again.cache.get("double", again.keys["double"])[1]["double.txt"].read_text() == "10"

@@ -141,6 +141,13 @@ class TrainConfig(_Section):
     and AdamW updates fp32 master weights, which are what is saved; activations stay bf16, so the
     LayerNorm/residual kernels move half the bytes of autocast. "amp": fp32 weights under bf16
     autocast. "auto" is "bf16"."""
+    devices: int = Field(1, ge=1)
+    """Training processes on this machine (one per GPU; on CPU, gloo processes sharing the cores). Above
+    1 the training stage runs under ``torchrun`` with DistributedDataParallel: ``batch_size`` stays the
+    global batch, split across the processes, so the result matches one process on the same batch."""
+    nodes: int = Field(1, ge=1)
+    """Machines taking part; above 1 each runs the same flow with $FORGELINE_NODE_RANK and
+    $FORGELINE_RDZV_ENDPOINT (host:port of node 0), see docker/worker-multigpu.yaml."""
     attention: Literal["auto", "sdpa"] = "auto"
     """CUDA only. "auto": batches of at most 128 tokens run forgeline's fused Triton attention
     (forgeline/training/kernels/short_attention.py), longer ones PyTorch sdpa; "sdpa": always PyTorch sdpa."""
@@ -258,6 +265,11 @@ class TrackingConfig(_Section):
     experiment: str = "forgeline"
     cache: bool = True
     """Reuse stage outputs from <workdir>/cache when data fingerprint, stage config and code are unchanged."""
+    cache_max_gb: float = Field(5.0, ge=0)
+    """Bound on <workdir>/cache: once a new entry takes it over, least recently used entries go first."""
+    keep_failed_runs: int = Field(3, ge=0)
+    """Scratch folders (<workdir>/runs/<run id>) of failed runs kept for debugging, newest first; a
+    finished run's is removed when it ends (everything worth keeping is in MLflow by then)."""
 
     @field_validator("workdir")
     @classmethod

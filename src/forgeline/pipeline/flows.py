@@ -16,6 +16,7 @@ from prefect.exceptions import ExternalSignal
 from forgeline.config.loader import load_config
 from forgeline.config.schema import PipelineConfig
 from forgeline.pipeline.cache import StageCache
+from forgeline.pipeline.disk import finish_run_dir, share_with_cache
 from forgeline.pipeline.doctor import mark_stale_runs, owner_tags
 from forgeline.pipeline.runner import StageRunner
 from forgeline.pipeline.stages import (
@@ -71,11 +72,12 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     tracker = Tracker(client=client, run_id=run.info.run_id, tracking_uri=tracking_uri)
     run_dir = workdir / "runs" / run.info.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    cache = StageCache(workdir / "cache", enabled=cfg.tracking.cache)
+    cache = StageCache(workdir / "cache", enabled=cfg.tracking.cache, max_bytes=int(cfg.tracking.cache_max_gb * 1e9))
     tracker.tags({"forgeline.code_version": cache.code})
     tracker.params(cfg.flat())
     tracker.json(cfg.model_dump(mode="json"), "config.json")
-    logger.info("MLflow run %s at %s; local files in %s", run.info.run_id, tracking_uri, run_dir)
+    logger.info("MLflow run %s at %s; scratch files in %s (removed when the run finishes)", run.info.run_id,
+                tracking_uri, run_dir)
     step = StageRunner(cfg, run_dir, tracker, cache)
     status = "FAILED"
     interrupts = _remember_interrupts()
@@ -91,6 +93,8 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         compressed = step(COMPRESS, trained, splits, exported, evaluation)
         reg = step(REGISTER, trained, splits, evaluation, exported, compressed, data.fingerprint)
         logger.info("registered %s v%s as %s: %s", reg.name, reg.version, reg.aliases, reg.decision.reason)
+        if shared := share_with_cache(cache, client, run.info.run_id, reg.name, reg.version):
+            logger.info("%.0f MB of the run's and the registered files are stored once with the cache", shared / 1e6)
         md = step(SUMMARY, summary_markdown(step, data, splits, trained, evaluation, exported, compressed, reg))
         status = "FINISHED"
         return PipelineResult(run_id=run.info.run_id, model_name=reg.name, version=reg.version, aliases=reg.aliases,
@@ -111,6 +115,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     finally:
         interrupts.restore()
         client.set_terminated(run.info.run_id, status=status)
+        finish_run_dir(run_dir, status == "FINISHED", cfg.tracking.keep_failed_runs)
 
 
 class _remember_interrupts(list):

@@ -13,7 +13,8 @@ For each ``runner(stage, *inputs)``:
 4. ``stage.log``, hit or miss, so every run records the same metrics, tags and artifacts;
 5. ``stage.check`` (it may raise: a failed parity is logged but never cached), then the cache store.
 
-``cache.<stage>`` (hit/miss) and ``cache.<stage>.key`` tags on the run say what happened.
+``cache.<stage>`` (hit/miss/dropped) and ``cache.<stage>.key`` tags on the run say what happened; a
+dropped entry (a file no longer matching its checksum) also gets ``cache.<stage>.dropped``, the why.
 """
 
 from __future__ import annotations
@@ -151,7 +152,9 @@ class StageRunner:
         hit = result is not None
         if stage.cached:
             self.hits[stage.name] = hit
-            self.tracker.tags({f"cache.{stage.name}": "hit" if hit else "miss", f"cache.{stage.name}.key": env.key})
+            dropped = self.cache.dropped.get(self.cache.path(stage.name, env.key).name)
+            self.tracker.tags({f"cache.{stage.name}": "hit" if hit else ("dropped" if dropped else "miss"),
+                               f"cache.{stage.name}.key": env.key} | ({f"cache.{stage.name}.dropped": dropped} if dropped else {}))
         if hit:
             log.info("stage %s: cache hit (%s), skipped", stage.name, env.key)
         else:

@@ -28,6 +28,7 @@ from forgeline.registry.card import CardContext
 from forgeline.registry.register import EvalRows, Registration, git_commit, register_and_gate, reuse_registration
 from forgeline.settings import GPU_TAG
 from forgeline.training.evaluate import EvalResult, evaluate_probabilities
+from forgeline.training.distributed import launch, world_size
 from forgeline.training.loop import TrainResult, predict_proba, resolve_device, train_model
 
 log = logging.getLogger("forgeline")
@@ -110,6 +111,8 @@ SPLIT = Stage(
 
 # --- 3. train --------------------------------------------------------------------------------------
 def train(env: Env, splits: Splits, labels: list[str]) -> TrainResult:
+    if world_size(env.cfg) > 1:  # torchrun + DDP; rank 0 logs into this run
+        return launch(splits, labels, env.cfg, env.run_dir, env.tracker.tracking_uri, env.tracker.run_id)
     return train_model(splits, labels, env.cfg, env.run_dir, log=env.tracker.metrics)
 
 
@@ -368,9 +371,11 @@ COMPRESS = Stage(
     "compress", compress,
     key=lambda cfg: (cfg.compress.model_dump(mode="json"), cfg.train.model_dump(mode="json")),
     after=("export", "evaluate"),
-    files=lambda env, r: {v.path.name: v.path for v in r.variants if v.path} | {p.name: p for p in r.plots.values()},
+    # only the bundled variants' files: the others are measured and reported, never used again (the
+    # cache held ~150 MB of them per run)
+    files=lambda env, r: {v.path.name: v.path for v in r.variants if v.path and v.bundled} | {p.name: p for p in r.plots.values()},
     restore=lambda env, r, files: replace(
-        r, variants=[replace(v, path=files[v.path.name] if v.path else None) for v in r.variants],
+        r, variants=[replace(v, path=files[v.path.name] if v.path and v.bundled else None) for v in r.variants],
         plots={d: files[p.name] for d, p in r.plots.items()}),
     log=_log_variants,
 )
@@ -436,7 +441,6 @@ def summary(env: Env, markdown: str) -> str:
     from prefect.artifacts import create_markdown_artifact
 
     env.tracker.text(markdown, "summary.md")
-    (env.run_dir / "summary.md").write_text(markdown)
     key = "forgeline-" + "".join(c if c.isalnum() else "-" for c in env.cfg.registry.model_name.lower())
     try:
         create_markdown_artifact(markdown=markdown, key=key, description="forgeline training summary")

@@ -169,6 +169,11 @@ class TrainStep:
         self.fused_attention = cuda and tcfg.attention == "auto" and short_attention.enable(model)
         self.master = Bf16Master(model) if cuda and tcfg.precision in ("auto", "bf16") else None
         work = self.master.work if self.master else model
+        self.world = _world()
+        if self.world > 1:  # gradients averaged across ranks in the backward pass
+            from torch.nn.parallel import DistributedDataParallel
+
+            work = DistributedDataParallel(work, device_ids=[torch.cuda.current_device()] if cuda else None)
         self.compiled = tcfg.compile and cuda
         # static shapes replayed as CUDA graphs: no per-kernel launch cost, which bounds small-model
         # steps. Widths are padded to multiples of 32, so max_length/32 shapes are compiled.
@@ -186,12 +191,20 @@ class TrainStep:
         if self.master:
             self.master.work.train()
 
-    def __call__(self, batch: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: dict[str, torch.Tensor], y: torch.Tensor, global_size: int | None = None) -> torch.Tensor:
+        """``global_size``: examples in the whole step across ranks. Each rank's loss is its sum over
+        that count times the world size, so DDP's averaging yields the one-process gradient of the
+        same global batch even when the shards differ in size. Returns this rank's share of the
+        global mean loss (summed over ranks: the mean)."""
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()
         with nullcontext() if self.master else autocast_for(self.device):
             logits = self.forward(**batch).logits
-        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        if self.world > 1:
+            share = torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum") / global_size
+            loss = share * self.world
+        else:
+            share = loss = torch.nn.functional.cross_entropy(logits.float(), y)
         loss.backward()
         if self.master:
             self.master.grads_to_master()
@@ -201,7 +214,38 @@ class TrainStep:
             self.master.master_to_work()  # master grads are overwritten next step, not zeroed
         else:
             self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return share.detach()
+
+
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    if _world() > 1:
+        import torch.distributed as dist
+
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
+def _from_rank0(flag: bool, device: str) -> bool:
+    if _world() == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], device=device)
+    dist.broadcast(t, 0)
+    return bool(t.item())
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -228,6 +272,9 @@ def linear_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup: in
 
 def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir: Path,
                 log: MetricsLogger | None = None) -> TrainResult:
+    """One process, or one rank of a torch.distributed job (``training.distributed``): every rank sees
+    the same batches in the same order and trains on its contiguous share of each; rank 0 validates,
+    decides early stopping for all and saves the best checkpoint (other ranks return no model)."""
     tcfg = cfg.train
     set_seed(cfg.seed)
     if tcfg.num_threads:
@@ -236,6 +283,7 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
     tokenizer = load_tokenizer(cfg.model)
     model = build_classifier(cfg.model, labels).to(device)
     train_step = TrainStep(model, tcfg, device)
+    world, rank = _world(), _rank()
     label_to_id = {lab: i for i, lab in enumerate(labels)}
 
     train_ids = encode(tokenizer, splits.train["text"].tolist(), cfg.model.max_length)
@@ -266,9 +314,12 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
         running = torch.zeros((), device=device)
         n_batches = 0
         for idx in bar:
-            batch = collate(tokenizer.pad_token_id, [train_ids[i] for i in idx], device, train_step.width_multiple)
-            y = train_y[idx].to(device, non_blocking=True)
-            loss = train_step(batch, y)
+            mine = np.array_split(idx, world)[rank] if world > 1 else idx
+            if len(mine) == 0:  # a last batch smaller than the world: skipped by every rank alike
+                continue
+            batch = collate(tokenizer.pad_token_id, [train_ids[i] for i in mine], device, train_step.width_multiple)
+            y = train_y[mine].to(device, non_blocking=True)
+            loss = train_step(batch, y, len(idx))
             scheduler.step()
             step += 1
             seen += len(idx)
@@ -276,7 +327,7 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
             running += loss  # no host sync per step: the GPU runs ahead of Python
             n_batches += 1
             if step % 10 == 0:
-                loss_value = float(loss)
+                loss_value = float(_sum_over_ranks(loss))
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{loss_value:.4f}")
                 log({"train_loss": loss_value, "learning_rate": scheduler.get_last_lr()[0]}, step)
@@ -285,6 +336,11 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
         if device == "cuda":
             torch.cuda.synchronize()
         train_time += time.perf_counter() - t_epoch
+        running = _sum_over_ranks(running)
+        if rank != 0:  # rank 0 validates and decides; the others follow its decision
+            if _from_rank0(False, device) or (tcfg.max_steps and step >= tcfg.max_steps):
+                break
+            continue
         proba = predict_proba(model, tokenizer, val_texts, cfg.model.max_length, tcfg.eval_batch_size, device)
         pred = proba.argmax(1)
         val_loss = float(-np.log(np.clip(proba[np.arange(len(val_y)), val_y], 1e-12, None)).mean())
@@ -303,15 +359,13 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
             tokenizer.save_pretrained(ckpt)
         else:
             bad_epochs += 1
-            if bad_epochs >= tcfg.patience:
-                stopped_early = epoch < tcfg.epochs
-                break
-        if tcfg.max_steps and step >= tcfg.max_steps:
+            stopped_early = bad_epochs >= tcfg.patience and epoch < tcfg.epochs
+        if _from_rank0(bad_epochs >= tcfg.patience, device) or (tcfg.max_steps and step >= tcfg.max_steps):
             break
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    best = load_checkpoint(ckpt).to(device).eval()
+    best = load_checkpoint(ckpt).to(device).eval() if rank == 0 else None
     return TrainResult(
         model=best, tokenizer=tokenizer, labels=labels, checkpoint_dir=ckpt, device=device,
         best_epoch=best_epoch, best_val_macro_f1=best_f1, steps=step, history=history,

@@ -1,0 +1,136 @@
+"""Bounded disk for a workdir that trains every night: run scratch, the stage cache, old versions.
+
+A default run used to leave 1.3 GB (``runs/`` scratch never removed, a cache holding its own copy of
+every file, every registered version forever). Now: a finished run's scratch folder is removed when
+it ends (its files are in MLflow and the cache by then) and failed runs keep theirs, newest
+``tracking.keep_failed_runs`` only; the cache holds each file once and stays under
+``tracking.cache_max_gb``; ``forgeline gc`` prunes both on request and deletes model versions no alias
+points at, beyond the newest few, with their artifacts.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from forgeline.pipeline.cache import StageCache
+from forgeline.registry.client import COMPLETE_TAG
+
+log = logging.getLogger("forgeline")
+FAILED_MARK = ".failed"
+"""Written into a run's scratch folder when the run did not finish: what ``keep_failed_runs`` counts."""
+
+
+def finish_run_dir(run_dir: Path, finished: bool, keep_failed: int) -> None:
+    """Remove a finished run's scratch; mark a failed one and keep only the newest ``keep_failed``."""
+    if finished:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    elif run_dir.is_dir():
+        try:
+            (run_dir / FAILED_MARK).touch()
+        except OSError:
+            pass  # a full disk may be why it failed; the bound below still applies
+    prune_failed_runs(run_dir.parent, keep_failed, spare={run_dir.name} if not finished else set())
+
+
+def prune_failed_runs(runs: Path, keep: int, spare: set[str] = frozenset()) -> list[str]:
+    """Failed runs' scratch folders beyond the newest ``keep`` (``spare``: always kept, e.g. the run
+    whose ``error.log`` the user is about to be pointed at)."""
+    if not runs.is_dir():
+        return []
+    failed = sorted((d for d in runs.iterdir() if (d / FAILED_MARK).exists()),
+                    key=lambda d: (d / FAILED_MARK).stat().st_mtime, reverse=True)
+    removed = []
+    for d in failed[keep:]:
+        if d.name not in spare:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d.name)
+    return removed
+
+
+@dataclass
+class GcReport:
+    cache_entries: list[str] = field(default_factory=list)
+    cache_freed_bytes: int = 0
+    cache_bytes: int = 0
+    run_dirs: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
+    """``name vN`` deleted, with their artifacts."""
+    problems: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"cache: removed {len(self.cache_entries)} entries ({self.cache_freed_bytes / 1e6:.1f} MB); "
+               f"{self.cache_bytes / 1e6:.1f} MB kept"]
+        out += [f"removed the scratch folder of failed run {r}" for r in self.run_dirs]
+        out += [f"deleted model version {v} and its artifacts" for v in self.versions]
+        out += [f"could not delete: {p}" for p in self.problems]
+        return out
+
+
+def collect_garbage(workdir: Path, client: MlflowClient | None, *, cache_max_gb: float, keep_failed_runs: int,
+                    keep_versions: int | None) -> GcReport:
+    """Prune the cache to ``cache_max_gb``, failed runs' scratch to ``keep_failed_runs``, and (when
+    ``keep_versions`` is set) each model's versions without an alias beyond its newest ``keep_versions``."""
+    report = GcReport()
+    cache = StageCache(workdir / "cache", code="gc")
+    pruned = cache.prune(int(cache_max_gb * 1e9))
+    report.cache_entries, report.cache_freed_bytes, report.cache_bytes = (
+        pruned.removed_entries, pruned.removed_bytes, pruned.kept_bytes)
+    report.run_dirs = prune_failed_runs(workdir / "runs", keep_failed_runs)
+    if client is not None and keep_versions is not None:
+        delete_old_versions(client, keep_versions, report)
+    return report
+
+
+def delete_old_versions(client: MlflowClient, keep: int, report: GcReport) -> None:
+    """Versions with no alias, older than each model's newest ``keep``, deleted with their logged
+    model's artifacts. Versions still registering (``forgeline.complete=false`` with a running run)
+    are ``forgeline doctor``'s to judge and are left alone."""
+    for model in client.search_registered_models(max_results=1000):
+        versions = sorted(client.search_model_versions(f"name='{model.name}'"), key=lambda v: int(v.version), reverse=True)
+        for mv in versions[keep:]:
+            full = client.get_model_version(model.name, mv.version)  # search results carry no aliases
+            if full.aliases or (full.tags or {}).get(COMPLETE_TAG) == "false":
+                continue
+            try:
+                _delete_artifacts(client, full)
+                client.delete_model_version(model.name, mv.version)
+                report.versions.append(f"{model.name} v{mv.version}")
+            except (MlflowException, OSError) as e:
+                report.problems.append(f"{model.name} v{mv.version}: {e}")
+
+
+def _delete_artifacts(client: MlflowClient, mv) -> None:
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    if not mv.model_id:
+        return
+    logged = client.get_logged_model(mv.model_id)
+    get_artifact_repository(logged.artifact_location).delete_artifacts()
+    client.delete_logged_model(mv.model_id)
+
+
+def share_with_cache(cache: StageCache, client: MlflowClient, run_id: str, name: str, version: str) -> int:
+    """Bytes of this run's artifacts and its registered version's files now stored once with the
+    cache (hard links), where the artifact store is a folder on this disk; a remote store keeps its
+    own copy. A default run stored its checkpoint and ONNX files twice (cache and MLflow), ~380 MB."""
+    from mlflow.utils.file_utils import local_file_uri_to_path
+    from mlflow.utils.uri import is_local_uri
+
+    saved = 0
+    try:
+        locations = [client.get_run(run_id).info.artifact_uri]
+        mv = client.get_model_version(name, version)
+        if mv.model_id:
+            locations.append(client.get_logged_model(mv.model_id).artifact_location)
+        for location in locations:
+            if is_local_uri(location, is_tracking_or_registry_uri=False):
+                saved += cache.share(Path(local_file_uri_to_path(location)))
+    except (MlflowException, OSError) as e:  # only disk space is at stake
+        log.warning("could not share run %s's files with the cache: %s", run_id, e)
+    return saved

@@ -1,0 +1,123 @@
+"""The stage cache on disk: JSON not pickles, every file checked on a hit, each file stored once, a
+least-recently-used size bound."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from forgeline.pipeline.cache import CacheFormatError, StageCache
+
+
+@dataclass
+class Inner:
+    threshold: float
+    counts: dict[int, str]
+
+
+@dataclass
+class Result:
+    frame: pd.DataFrame
+    path: Path
+    shape: tuple[int, int]
+    inner: Inner
+    names: list[str] = field(default_factory=list)
+    missing: float | None = None
+
+
+def _files(tmp_path: Path, text: str = "weights") -> dict[str, Path]:
+    folder = tmp_path / "src" / "checkpoint"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.bin").write_text(text)
+    (folder / "config.json").write_text("{}")
+    (tmp_path / "src" / "model.onnx").write_text(text + " as onnx")
+    return {"checkpoint": folder, "model.onnx": tmp_path / "src" / "model.onnx"}
+
+
+def test_a_result_comes_back_equal_from_json_and_parquet_with_no_pickle(tmp_path):
+    cache = StageCache(tmp_path / "cache", code="c1")
+    frame = pd.DataFrame({"text": ["a", "b"], "label": pd.Categorical(["x", "y"])}, index=[7, 9])
+    value = Result(frame, Path("/somewhere/x.onnx"), (2, 3), Inner(0.5, {1: "one"}), ["n"], None)
+    cache.put("s", "k1", value, _files(tmp_path))
+
+    got, files = cache.get("s", "k1")
+    pd.testing.assert_frame_equal(got.frame, frame)
+    assert (got.path, got.shape, got.inner, got.names, got.missing) == (value.path, (2, 3), Inner(0.5, {1: "one"}), ["n"], None)
+    assert sorted(files) == ["checkpoint", "model.onnx"]
+    assert (files["checkpoint"] / "model.bin").read_text() == "weights"
+    stored = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert not [p for p in stored if p.read_bytes()[:1] == b"\x80"], "no pickle anywhere in the cache"
+
+
+def test_a_changed_file_drops_the_entry_names_it_and_a_new_entry_gets_a_clean_copy(tmp_path):
+    cache = StageCache(tmp_path / "cache", code="c1")
+    cache.put("train", "k1", {"epochs": 3}, _files(tmp_path))
+    entry = cache.path("train", "k1")
+    target = entry / "files" / "checkpoint" / "model.bin"
+    with target.open("r+b") as f:  # a bit flipped on disk, same size
+        f.write(b"W")
+
+    assert cache.get("train", "k1") is None
+    assert cache.dropped[entry.name] == "files/checkpoint/model.bin does not match its recorded checksum"
+    assert not entry.exists()
+
+    cache.put("train", "k1", {"epochs": 3}, _files(tmp_path))  # the recompute stores the file again
+    value, files = cache.get("train", "k1")
+    assert value == {"epochs": 3} and (files["checkpoint"] / "model.bin").read_text() == "weights"
+
+
+def test_an_entry_cannot_make_the_pipeline_import_or_call_anything(tmp_path):
+    cache = StageCache(tmp_path / "cache", code="c1")
+    cache.put("s", "k1", Inner(1.0, {}))
+    meta_path = cache.path("s", "k1") / "entry.json"
+    meta = json.loads(meta_path.read_text())
+    for name in ("os:system", "antigravity:Nothing", "subprocess:Popen"):
+        meta["value"]["class"] = name
+        meta_path.write_text(json.dumps(meta))
+        assert cache.get("s", "k1") is None
+        cache.put("s", "k1", Inner(1.0, {}))
+    assert "antigravity" not in __import__("sys").modules
+    with pytest.raises(CacheFormatError, match="cannot cache a object"):
+        cache.put("s", "k2", {"x": object()})
+    assert not cache.path("s", "k2").exists() and not list((tmp_path / "cache").glob(".s-*"))
+
+
+def test_identical_files_are_stored_once_and_the_bound_evicts_the_least_recently_used(tmp_path):
+    cache = StageCache(tmp_path / "cache", code="c1")
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(200_000))
+    cache.put("export", "a", 1, {"model.onnx": big})
+    cache.put("compress", "a", 2, {"model.onnx": big})  # the same bytes under another stage
+    assert len(list(cache.blobs.iterdir())) == 1
+    assert cache.size_bytes() < 250_000
+
+    for i, stage in enumerate(("one", "two", "three")):
+        f = tmp_path / f"{stage}.bin"
+        f.write_bytes(os.urandom(300_000))
+        cache.put(stage, "k", i, {"f": f})
+        past = time.time() - 100 + i
+        os.utime(cache.path(stage, "k") / "entry.json", (past, past))
+    for stage in ("export", "compress"):
+        os.utime(cache.path(stage, "a") / "entry.json", (time.time() - 500,) * 2)
+    assert cache.get("one", "k") is not None  # used now: the newest
+
+    report = cache.prune(800_000)
+    assert set(report.removed_entries) == {"export-a", "compress-a", "two-k"}
+    assert cache.get("one", "k") is not None and cache.get("three", "k") is not None
+    assert len(list(cache.blobs.iterdir())) == 2, "blobs no entry links are removed with the entries"
+    assert cache.size_bytes() <= 800_000 and report.kept_bytes == cache.size_bytes()
+
+
+def test_put_holds_the_configured_bound_but_keeps_the_entry_it_wrote(tmp_path):
+    cache = StageCache(tmp_path / "cache", code="c1", max_bytes=100_000)
+    for stage in ("one", "two"):
+        f = tmp_path / f"{stage}.bin"
+        f.write_bytes(os.urandom(150_000))
+        cache.put(stage, "k", stage, {"f": f})
+    assert cache.get("one", "k") is None and cache.get("two", "k")[0] == "two"
