@@ -12,5 +12,7 @@ RUN pip install torch==2.11.0 --index-url https://download.pytorch.org/whl/cu130
 COPY pyproject.toml README.md ./
 COPY src src
 RUN sed -i 's/"torch==2.13.0"/"torch>=2.11"/' pyproject.toml && pip install . psycopg2-binary boto3 \
- && pip uninstall -y onnxruntime && pip install onnxruntime-gpu==1.31.1
+ && pip uninstall -y onnxruntime && pip install onnxruntime-gpu==1.31.1 \
+ && useradd --uid 1000 --create-home forgeline && mkdir -p /state && chown forgeline /state
+USER forgeline
 CMD ["prefect", "worker", "start", "--pool", "forgeline", "--type", "process", "--limit", "1"]

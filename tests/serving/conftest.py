@@ -27,10 +27,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, uri: str, model: str, *sets: str, log: Path, extra: list[str] | None = None) -> None:
+    def __init__(self, uri: str, model: str, *sets: str, log: Path, extra: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = os.environ | {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "PYTHONUNBUFFERED": "1"}
+        env = os.environ | {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "PYTHONUNBUFFERED": "1"} | (env or {})
         args = [sys.executable, "-m", "forgeline.cli", "serve", "-m", model, "--tracking-uri", uri, "--port", str(self.port)]
         for s in sets:
             args += ["--set", s]

@@ -451,3 +451,36 @@ def test_a_hot_swap_to_a_corrupted_version_keeps_serving_the_old_one(server, reg
     r = post(server.url, json.dumps({"texts": ["the ride is wonderful and excellent"]}))
     assert r.status_code == 200 and r.json()["version"] == "1"
     assert f"m v{reg.version} cannot be served: model.onnx (fp32) does not match" in server.log.read_text()
+
+
+def test_a_serve_token_guards_the_api_but_not_the_probes(tmp_path, registry, monkeypatch):
+    from forgeline.bench.loadtest import run_load
+
+    uri, _ = registry
+    token = "0123456789abcdef-serve"
+    srv = Server(uri, "m@champion", log=tmp_path / "auth.log", env={"FORGELINE_SERVE_TOKEN": token})
+    try:
+        body = json.dumps({"texts": ["the ride is wonderful"]})
+        for headers in ({}, {"authorization": "Bearer wrong-token-of-enough-length"}, {"authorization": token}):
+            r = httpx.post(f"{srv.url}/v1/predict", content=body, headers={"content-type": "application/json", **headers})
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (headers, r.text)
+            assert "bearer token" in r.json()["error"]
+        assert httpx.get(f"{srv.url}/v1/model").status_code == 401
+        ok = httpx.post(f"{srv.url}/v1/predict", content=body,
+                        headers={"content-type": "application/json", "authorization": f"Bearer {token}"})
+        assert ok.status_code == 200 and ok.json()["predictions"][0]["label"] in ("positive", "negative")
+        assert httpx.get(f"{srv.url}/readyz").status_code == 200 and httpx.get(f"{srv.url}/healthz").status_code == 200
+
+        monkeypatch.setenv("FORGELINE_SERVE_TOKEN", token)  # forgeline loadtest sends the token it finds
+        assert run_load(srv.url, concurrency=2, requests=10)["statuses"] == {200: 10}
+    finally:
+        assert srv.stop() == 0
+
+
+def test_serve_refuses_a_weak_token(registry, capsys, monkeypatch):
+    from forgeline.cli import main
+
+    uri, _ = registry
+    monkeypatch.setenv("FORGELINE_SERVE_TOKEN", "secret")
+    assert main(["serve", "-m", "m@champion", "--tracking-uri", uri]) == 2
+    assert "FORGELINE_SERVE_TOKEN is 6 characters; use at least 16" in capsys.readouterr().err

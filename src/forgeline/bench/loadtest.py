@@ -5,6 +5,7 @@ A fixed number of requests from a fixed number of concurrent clients: it always 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from urllib.parse import urlparse
@@ -42,8 +43,9 @@ async def _run(url: str, concurrency: int, requests: int, per_request: int, time
     errors = 0
     counter = iter(range(requests))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+    token = os.environ.get("FORGELINE_SERVE_TOKEN")  # the server's token, when it requires one
+    headers = {"Authorization": f"Bearer {token.strip()}"} if token else None
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits, headers=headers) as client:
         async def worker(wid: int) -> None:
             nonlocal errors
             for i in counter:

@@ -147,7 +147,8 @@ class TrainConfig(_Section):
     global batch, split across the processes, so the result matches one process on the same batch."""
     nodes: int = Field(1, ge=1)
     """Machines taking part; above 1 each runs the same flow with $FORGELINE_NODE_RANK and
-    $FORGELINE_RDZV_ENDPOINT (host:port of node 0), see docker/worker-multigpu.yaml."""
+    $FORGELINE_RDZV_ENDPOINT (host:port of node 0). One node with several GPUs as a Kubernetes
+    work pool: docker/k8s-multigpu-job-template.json."""
     attention: Literal["auto", "sdpa"] = "auto"
     """CUDA only. "auto": batches of at most 128 tokens run forgeline's fused Triton attention
     (forgeline/training/kernels/short_attention.py), longer ones PyTorch sdpa; "sdpa": always PyTorch sdpa."""

@@ -79,9 +79,41 @@ def parse_predict_body(body: bytes, content_type: str | None, cfg: ServeConfig) 
     return texts
 
 
+# --- authentication ----------------------------------------------------------------------------------
+TOKEN_ENV = "FORGELINE_SERVE_TOKEN"
+MIN_TOKEN_CHARS = 16
+
+
+def serve_token() -> str | None:
+    """The bearer token ``/v1/*`` requires, from $FORGELINE_SERVE_TOKEN (None: no authentication,
+    for loopback and trusted networks). Probes (``/healthz``, ``/readyz``) and ``/metrics`` stay open
+    for the orchestrator and Prometheus."""
+    import os
+
+    from forgeline.errors import ConfigError
+
+    token = os.environ.get(TOKEN_ENV)
+    if token is None:
+        return None
+    if len(token.strip()) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"${TOKEN_ENV} is {len(token.strip())} characters; use at least {MIN_TOKEN_CHARS} "
+                          "random ones (e.g. `openssl rand -hex 24`), or unset it to serve without authentication")
+    return token.strip()
+
+
+def authorized(header: str | None, token: str | None) -> bool:
+    import hmac
+
+    if token is None:
+        return True
+    scheme, _, given = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
 # --- app ---------------------------------------------------------------------------------------------
 def create_app(cfg: ServeConfig, source: RegistrySource | None = None):
     metrics = Metrics()
+    token = serve_token()
     state: dict[str, Any] = {"ready": False, "draining": False}
 
     @asynccontextmanager
@@ -125,7 +157,15 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None):
 
     def error(status: int, message: str) -> JSONResponse:
         metrics.requests.labels(str(status)).inc()
-        return JSONResponse({"error": message}, status_code=status)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        if request.url.path.startswith("/v1/") and not authorized(request.headers.get("authorization"), token):
+            return error(401, f"missing or wrong bearer token: send `Authorization: Bearer <token>` (${TOKEN_ENV} "
+                              "on the server)")
+        return await call_next(request)
 
     @app.post("/v1/predict")
     async def predict(request: Request):
