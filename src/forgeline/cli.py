@@ -267,6 +267,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from forgeline.config.loader import load_config
+    from forgeline.pipeline.disk import mark_failed_runs
     from forgeline.pipeline.doctor import doctor
     from forgeline.errors import ConfigError
     from forgeline.pipeline.tracking import open_client
@@ -279,7 +280,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if db is not None and not Path(db).exists():
         raise ConfigError(f"no MLflow store at {db}: nothing to repair. Point at the store with --set "
                           "tracking.workdir=DIR ($FORGELINE_WORKDIR) or $MLFLOW_TRACKING_URI")
-    for line in doctor(open_client(uri)).lines():
+    report = doctor(open_client(uri))
+    mark_failed_runs(Path(cfg.tracking.workdir) / "runs", report.stale_runs, cfg.tracking.keep_failed_runs)
+    for line in report.lines():
         print(line)
     return 0
 

@@ -100,10 +100,12 @@ def sqlite_file(uri: str) -> str | None:
 
 
 @contextlib.contextmanager
-def store_lock(uri: str):
-    """For a SQLite store, an exclusive lock on ``<db>.lock`` for as long as the block runs; nothing for
-    other stores. Two ``forgeline run`` started together on a new workdir both ran MLflow's schema
-    migration, and the second died with ``sqlite3.OperationalError: duplicate column name: step``."""
+def store_lock(uri: str, purpose: str = ""):
+    """For a SQLite store, an exclusive lock on ``<db>[.purpose].lock`` for as long as the block runs;
+    nothing for other stores. Two ``forgeline run`` started together on a new workdir both ran MLflow's
+    schema migration, and the second died with ``sqlite3.OperationalError: duplicate column name:
+    step``; two on an existing one both registered a version for the same cache key (``purpose``
+    "register" serializes look-up and registration). Locks of different purposes never nest-block."""
     db = sqlite_file(uri)
     if db is None:
         yield
@@ -111,7 +113,7 @@ def store_lock(uri: str):
     import fcntl
 
     Path(db).parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{db}.lock", "a") as f:
+    with open(f"{db}.{purpose}.lock" if purpose else f"{db}.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -125,7 +127,8 @@ FAILPOINT_ENV = "FORGELINE_FAILPOINT"
 def failpoint(name: str) -> None:
     """Fault injection for the fault-matrix tests (as etcd's and TiKV's failpoints): with
     ``FORGELINE_FAILPOINT=<name>:kill`` the process SIGKILLs itself here, with ``<name>:raise`` an
-    ``OSError`` (a lost disk or server) is raised here. Unset, this is one dictionary lookup."""
+    ``OSError`` (a lost disk or server) is raised here, with ``<name>:enospc`` a full disk's; with
+    ``<name>:sleep`` it pauses ($FORGELINE_FAILPOINT_SLEEP_S, 5 s) so a test can act at that moment. Unset, this is one dictionary lookup."""
     spec = os.environ.get(FAILPOINT_ENV)
     if not spec or spec.rsplit(":", 1)[0] != name:
         return
@@ -134,4 +137,13 @@ def failpoint(name: str) -> None:
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "sleep":  # a window in which a test can do something real (stop a server)
+        import time
+
+        time.sleep(float(os.environ.get("FORGELINE_FAILPOINT_SLEEP_S", "5")))
+        return
+    if action == "enospc":
+        import errno
+
+        raise OSError(errno.ENOSPC, "No space left on device", f"failpoint {name}")
     raise OSError(f"failpoint {name}: injected I/O failure")

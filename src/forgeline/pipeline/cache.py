@@ -253,9 +253,19 @@ class StageCache:
                 manifest[frame.relative_to(tmp).as_posix()] = file_sha256(frame)
             (tmp / "entry.json").write_text(json.dumps(
                 {"schema": SCHEMA, "stage": stage, "key": key, "created": time.time(), "value": encoded, "files": manifest}))
-            if entry.exists():
-                shutil.rmtree(entry)
-            tmp.rename(entry)
+            if (entry / "entry.json").exists():  # a run beside this one stored the same key meanwhile
+                shutil.rmtree(tmp)
+                return entry
+            if entry.exists():  # a broken leftover: moved aside first, so no reader sees it half-deleted
+                aside = self.root / f".{entry.name}.old.{os.getpid()}"
+                entry.rename(aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            try:
+                tmp.rename(entry)
+            except OSError:
+                if not (entry / "entry.json").exists():
+                    raise
+                shutil.rmtree(tmp)  # lost the race to an identical entry
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -38,6 +38,14 @@ def finish_run_dir(run_dir: Path, finished: bool, keep_failed: int) -> None:
     prune_failed_runs(run_dir.parent, keep_failed, spare={run_dir.name} if not finished else set())
 
 
+def mark_failed_runs(runs: Path, run_ids: list[str], keep: int) -> None:
+    """Scratch folders of runs found killed (their process could not mark them): counted as failed."""
+    for run_id in run_ids:
+        if (runs / run_id).is_dir():
+            (runs / run_id / FAILED_MARK).touch()
+    prune_failed_runs(runs, keep)
+
+
 def prune_failed_runs(runs: Path, keep: int, spare: set[str] = frozenset()) -> list[str]:
     """Failed runs' scratch folders beyond the newest ``keep`` (``spare``: always kept, e.g. the run
     whose ``error.log`` the user is about to be pointed at)."""

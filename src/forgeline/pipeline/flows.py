@@ -15,8 +15,9 @@ from prefect.exceptions import ExternalSignal
 
 from forgeline.config.loader import load_config
 from forgeline.config.schema import PipelineConfig
+from forgeline.errors import DiskFullError, ForgelineError, TrackingUnavailableError, disk_full, server_lost
 from forgeline.pipeline.cache import StageCache
-from forgeline.pipeline.disk import finish_run_dir, share_with_cache
+from forgeline.pipeline.disk import finish_run_dir, mark_failed_runs, share_with_cache
 from forgeline.pipeline.doctor import mark_stale_runs, owner_tags
 from forgeline.pipeline.runner import StageRunner
 from forgeline.pipeline.stages import (
@@ -65,7 +66,8 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     mlflow.set_registry_uri(tracking_uri)
     client = open_client(tracking_uri)
     experiment_id = ensure_experiment(client, cfg.tracking, tracking_uri)
-    mark_stale_runs(client, [experiment_id])  # runs an earlier SIGKILL left RUNNING
+    stale = mark_stale_runs(client, [experiment_id])  # runs an earlier SIGKILL left RUNNING
+    mark_failed_runs(workdir / "runs", stale.stale_runs, cfg.tracking.keep_failed_runs)
     run = client.create_run(experiment_id, run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={"forgeline.config_hash": cfg.config_hash(), "forgeline.model_name": cfg.registry.model_name,
                                   **owner_tags()})
@@ -109,13 +111,45 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         if signal_exc is not None:
             status = "KILLED"  # interrupted (Ctrl-C, SIGTERM, cancellation), not a failure of the pipeline
             e = signal_exc
-        client.set_tag(run.info.run_id, "forgeline.error", f"{type(e).__name__}: {e}"[:5000])
+        elif (full := disk_full(e)) and not isinstance(e, DiskFullError):
+            e = _disk_full_error(full, workdir, e)
+        elif tracking_uri.startswith(("http://", "https://")) and not isinstance(e, ForgelineError) and (lost := server_lost(e)):
+            cause = e
+            e = TrackingUnavailableError(
+                f"lost the MLflow tracking server at {tracking_uri} during the run ({lost}). No half-registered "
+                "version is used or aliased. Once the server is back, `forgeline doctor` (same --set/--tracking "
+                "settings) marks this run KILLED and deletes its half version; then run again")
+            e.__cause__ = cause
+        try:  # the store may sit on the disk that filled: the first error is what the user must see
+            client.set_tag(run.info.run_id, "forgeline.error", f"{type(e).__name__}: {e}"[:5000])
+        except Exception as tag_error:  # noqa: BLE001
+            logger.warning("could not record the error on the MLflow run: %s", tag_error)
         record_traceback(e, run_dir, tracker)
         raise e
     finally:
         interrupts.restore()
-        client.set_terminated(run.info.run_id, status=status)
+        try:
+            client.set_terminated(run.info.run_id, status=status)
+        except Exception:
+            if status == "FINISHED":
+                raise
+            logger.warning("could not mark the MLflow run %s; `forgeline doctor` will", status)
         finish_run_dir(run_dir, status == "FINISHED", cfg.tracking.keep_failed_runs)
+
+
+def _disk_full_error(what: str, workdir: Path, cause: BaseException) -> DiskFullError:
+    import shutil
+
+    try:
+        free = f"{shutil.disk_usage(workdir).free / 1e6:.0f} MB free there now"
+    except OSError:
+        free = "free space unknown"
+    error = DiskFullError(
+        f"the disk filled up during the run ({what}); workdir {workdir}, {free}. No half-registered "
+        "version is used or aliased. Free space (`forgeline gc` trims the stage cache; `--keep-versions N` also deletes old "
+        "unaliased model versions) or point tracking.workdir at a bigger disk, then run again")
+    error.__cause__ = cause
+    return error
 
 
 class _remember_interrupts(list):

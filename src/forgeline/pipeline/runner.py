@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -29,7 +30,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from forgeline.config.schema import PipelineConfig
-from forgeline.errors import ForgelineError
+from forgeline.errors import ForgelineError, disk_full
 from forgeline.pipeline.cache import StageCache
 from forgeline.pipeline.tracking import Tracker
 
@@ -52,8 +53,9 @@ class Env:
 
 
 def retry_on_io(task, task_run, state) -> bool:
-    """Retry only transient I/O failures (files, network, tracking server), never bad data or config.
-    A forgeline error counts as I/O when an I/O error caused it."""
+    """Retry only transient I/O failures (files, network, tracking server), never bad data or config,
+    and never a full disk (a retry fills it again). A forgeline error counts as I/O when an I/O error
+    caused it."""
     import httpx
     import requests
     from mlflow.exceptions import MlflowException
@@ -61,17 +63,17 @@ def retry_on_io(task, task_run, state) -> bool:
     transient = (OSError, MlflowException, requests.RequestException, httpx.HTTPError)
     try:
         state.result()
-    except ForgelineError as e:  # e.g. RegistryError raised from a lost tracking server: retried
-        cause = e.__cause__
-        while cause is not None:
-            if isinstance(cause, transient):
-                return True
-            cause = cause.__cause__
-        return False
-    except transient:
-        return True
-    except Exception:  # noqa: BLE001
-        return False
+    except Exception as e:  # noqa: BLE001
+        if disk_full(e):
+            return False
+        if isinstance(e, ForgelineError):  # e.g. RegistryError raised from a lost tracking server
+            cause = e.__cause__
+            while cause is not None:
+                if isinstance(cause, transient):
+                    return True
+                cause = cause.__cause__
+            return False
+        return isinstance(e, transient)
     return False
 
 
@@ -105,6 +107,9 @@ class Stage(Generic[R]):
     reuse: Callable[..., R | None] | None = None
     """``reuse(env, *inputs)``, instead of the file cache: an earlier result found by key (register
     finds the version that carries it)."""
+    exclusive: Callable[[Env], Any] | None = None
+    """A context manager held from look-up to cache store: one run at a time does this stage's
+    look-up-then-work (register: two runs at once registered two versions with the same key)."""
     cached: bool = True
     task_name: str | None = None
     tags: tuple[str, ...] = ()
@@ -146,6 +151,10 @@ class StageRunner:
 
     def execute(self, stage: Stage[R], *inputs: Any) -> R:
         env = Env(self.cfg, self.run_dir, self.tracker, self.key(stage))
+        with stage.exclusive(env) if stage.exclusive else nullcontext():
+            return self._execute(stage, env, inputs)
+
+    def _execute(self, stage: Stage[R], env: Env, inputs: tuple) -> R:
         if stage.cached:
             self.keys[stage.name] = env.key
         result, files = self._lookup(stage, env, inputs)

@@ -26,7 +26,7 @@ from forgeline.pipeline.tracking import Tracker
 from forgeline.registry.client import CACHE_KEY_TAG, find_registered
 from forgeline.registry.card import CardContext
 from forgeline.registry.register import EvalRows, Registration, git_commit, register_and_gate, reuse_registration
-from forgeline.settings import GPU_TAG
+from forgeline.settings import GPU_TAG, failpoint, store_lock
 from forgeline.training.evaluate import EvalResult, evaluate_probabilities
 from forgeline.training.distributed import launch, world_size
 from forgeline.training.loop import TrainResult, predict_proba, resolve_device, train_model
@@ -188,6 +188,7 @@ def export(env: Env, trained: TrainResult, splits: Splits) -> Exported:
     texts = splits.test["text"].tolist()
     path = export_onnx(trained.model, trained.tokenizer, trained.labels, env.run_dir / "onnx" / VARIANT_FILES["fp32"],
                        cfg.export, cfg.model.max_length, sample_texts=texts[:2])
+    failpoint("export.written")
     parity = check_parity(trained.model, trained.tokenizer, path, texts, cfg.model.max_length, cfg.export,
                           raise_on_fail=False)
     return Exported(path, parity, fusion_report(path, trained.model.config.model_type, cfg.export.optimize))
@@ -433,6 +434,7 @@ REGISTER = Stage(
     "register", register, io_retries=3,  # idempotent: the version carries the key
     key=lambda cfg: (cfg.registry.model_name,),
     reuse=_reuse_registration,
+    exclusive=lambda env: store_lock(env.tracker.tracking_uri, "register"),
 )
 
 

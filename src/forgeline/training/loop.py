@@ -25,6 +25,7 @@ from forgeline.config.schema import PipelineConfig, TrainConfig
 from forgeline.training.kernels import short_attention
 from forgeline.training.classifier import build_classifier, freeze_token_embeddings, load_checkpoint, load_tokenizer
 from forgeline.data.split import Splits
+from forgeline.settings import failpoint
 
 MetricsLogger = Callable[[dict[str, float], int], None]
 
@@ -357,6 +358,7 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
             best_f1, best_epoch, bad_epochs = record["val_macro_f1"], epoch, 0
             model.save_pretrained(ckpt, safe_serialization=True)
             tokenizer.save_pretrained(ckpt)
+            failpoint("train.checkpoint")
         else:
             bad_epochs += 1
             stopped_early = bad_epochs >= tcfg.patience and epoch < tcfg.epochs
