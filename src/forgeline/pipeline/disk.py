@@ -113,14 +113,24 @@ def delete_old_versions(client: MlflowClient, keep: int, report: GcReport) -> No
                 report.problems.append(f"{model.name} v{mv.version}: {e}")
 
 
+def logged_model_id(mv) -> str | None:
+    """The logged model behind a version: ``model_id``, which a SQLite store leaves empty, else the
+    ``models:/m-...`` source."""
+    if mv.model_id:
+        return mv.model_id
+    source = mv.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
 def _delete_artifacts(client: MlflowClient, mv) -> None:
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    if not mv.model_id:
+    model_id = logged_model_id(mv)
+    if model_id is None:
         return
-    logged = client.get_logged_model(mv.model_id)
+    logged = client.get_logged_model(model_id)
     get_artifact_repository(logged.artifact_location).delete_artifacts()
-    client.delete_logged_model(mv.model_id)
+    client.delete_logged_model(model_id)
 
 
 def share_with_cache(cache: StageCache, client: MlflowClient, run_id: str, name: str, version: str) -> int:
@@ -133,9 +143,9 @@ def share_with_cache(cache: StageCache, client: MlflowClient, run_id: str, name:
     saved = 0
     try:
         locations = [client.get_run(run_id).info.artifact_uri]
-        mv = client.get_model_version(name, version)
-        if mv.model_id:
-            locations.append(client.get_logged_model(mv.model_id).artifact_location)
+        model_id = logged_model_id(client.get_model_version(name, version))
+        if model_id:
+            locations.append(client.get_logged_model(model_id).artifact_location)
         for location in locations:
             if is_local_uri(location, is_tracking_or_registry_uri=False):
                 saved += cache.share(Path(local_file_uri_to_path(location)))

@@ -1,0 +1,95 @@
+"""Bounded disk: what a run leaves in the workdir beyond the model it registers, and `forgeline gc`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+from mlflow.utils.file_utils import local_file_uri_to_path
+
+from forgeline.cli import main
+from forgeline.pipeline.disk import logged_model_id
+from forgeline.pipeline.flows import training_flow
+from tests.conftest import flow_overrides, sentiment_rows
+
+
+def disk_bytes(root: Path, exclude: Path | None = None) -> int:
+    """Bytes on disk under ``root`` as du counts them: each hard-linked file once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            if exclude is None or not path.is_relative_to(exclude):
+                total += st.st_blocks * 512
+    return total
+
+
+def registered_dir(client: MlflowClient, name: str, version: str) -> Path:
+    model_id = logged_model_id(client.get_model_version(name, version))
+    return Path(local_file_uri_to_path(client.get_logged_model(model_id).artifact_location))
+
+
+def test_a_default_run_leaves_at_most_150_mb_beyond_the_registered_model(prefect_api, tmp_path, monkeypatch):
+    """The default preset's model and compression (full MiniLM, the student, every variant): the files
+    are as large as a full run's; only the rows and steps are cut so the test takes minutes."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workdir = tmp_path / "wd"
+    result = training_flow(config="default", overrides=[
+        f"tracking.workdir={workdir}", "registry.model_name=disk", "data.sample_rows=900", "train.max_steps=4",
+        "train.progress_bar=false", "compress.distill_epochs=1", "compress.importance_batches=2",
+        "compress.calibration_rows=32", "compress.latency_rounds=1", "registry.min_gain_over_chance=null"])
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    model_dir = registered_dir(client, "disk", result["version"])
+    model = disk_bytes(model_dir)
+    beyond = disk_bytes(workdir, exclude=model_dir)
+    assert model > 100e6, "the registered bundle holds the full-size variants"
+    assert beyond <= 150e6, f"{beyond / 1e6:.0f} MB beyond the {model / 1e6:.0f} MB registered model"
+    assert list((workdir / "runs").iterdir()) == [], "a finished run's scratch is removed"
+
+
+def test_gc_trims_the_cache_failed_runs_and_unaliased_versions(prefect_api, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tmp_path / "data.csv"
+    sentiment_rows().to_csv(data, index=False)
+    quick = ("train.epochs=2", "registry.min_gain_over_chance=null")
+    first = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *quick))
+    # a worse second version: registered, stays challenger (the first keeps champion)
+    second = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *quick, "train.learning_rate=1e-12"))
+    third = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *quick, "train.learning_rate=1e-11"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    aliased = {v: client.get_model_version("e2e", v).aliases for v in (first["version"], second["version"], third["version"])}
+    unaliased = [v for v, a in aliased.items() if not a]
+    assert unaliased, aliased
+    doomed = [registered_dir(client, "e2e", v) for v in unaliased]
+    runs = tmp_path / "state" / "runs"
+    for i in range(5):  # scratch of failed runs, oldest first
+        (runs / f"failed{i}").mkdir(parents=True)
+        (runs / f"failed{i}" / ".failed").touch()
+        os.utime(runs / f"failed{i}" / ".failed", (1000 + i, 1000 + i))
+
+    sets = ["--set", f"tracking.workdir={tmp_path / 'state'}", "--set", f"tracking.tracking_uri={uri}",
+            "--set", "tracking.keep_failed_runs=2"]
+    assert main(["gc", *sets, "--cache-max-gb", "0", "--keep-versions", "0"]) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in runs.iterdir()) == ["failed3", "failed4"]
+    assert "removed the scratch folder of failed run failed0" in out
+    cache = tmp_path / "state" / "cache"
+    assert not [p for p in cache.iterdir() if p.name != "blobs"] and not list((cache / "blobs").iterdir())
+    for v, a in aliased.items():
+        if a:
+            assert client.get_model_version("e2e", v).aliases == a, "aliased versions stay"
+        else:
+            assert f"deleted model version e2e v{v} and its artifacts" in out
+    assert not any(d.exists() for d in doomed), "their artifacts are gone too"
+    assert len(client.search_model_versions("name='e2e'")) == len(aliased) - len(unaliased)
+
+    assert main(["gc", *sets, "--keep-versions", "-1"]) == 2
+    assert "--keep-versions must be 0 or more" in capsys.readouterr().err
