@@ -14,20 +14,21 @@ from forgeline.pipeline.flows import training_flow
 from tests.conftest import flow_overrides, sentiment_rows
 
 
-def disk_bytes(root: Path, exclude: Path | None = None) -> int:
-    """Bytes on disk under ``root`` as du counts them: each hard-linked file once."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
+def _inodes(root: Path) -> dict[tuple[int, int], int]:
+    """(device, inode) → bytes on disk of every file under ``root``: hard links counted once, as du does."""
+    out = {}
     for dirpath, _, names in os.walk(root):
         for name in names:
-            path = Path(dirpath) / name
-            st = path.lstat()
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            if exclude is None or not path.is_relative_to(exclude):
-                total += st.st_blocks * 512
-    return total
+            st = (Path(dirpath) / name).lstat()
+            out[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+    return out
+
+
+def disk_bytes(root: Path, exclude: Path | None = None) -> int:
+    """Bytes on disk under ``root``, without the files (inodes) that also are under ``exclude``: a
+    file the registered model shares with the cache is the model's."""
+    skip = _inodes(exclude) if exclude is not None else {}
+    return sum(size for inode, size in _inodes(root).items() if inode not in skip)
 
 
 def registered_dir(client: MlflowClient, name: str, version: str) -> Path:
