@@ -156,3 +156,20 @@ def test_a_corrupted_cache_entry_is_dropped_recomputed_and_says_so_on_the_run(ma
     assert tags["cache.double"] == "dropped"
     assert tags["cache.double.dropped"] == "files/double.txt does not match its recorded checksum"
     assert again.cache.get("double", again.keys["double"])[1]["double.txt"].read_text() == "10"
+
+
+def test_a_result_the_cache_cannot_hold_is_passed_on_uncached_and_says_so(make_runner):
+    import pandas as pd
+
+    make, client = make_runner
+    mixed = Stage("mixed", lambda env: pd.DataFrame({"source": ["shop", 3, None]}))  # parquet refuses mixed types
+
+    @flow(persist_result=False)
+    def one(runner: StageRunner):
+        return runner(mixed)
+
+    runner, run_id = make()
+    assert list(one(runner)["source"]) == ["shop", 3, None]
+    assert "cache.mixed.not_stored" in client.get_run(run_id).data.tags
+    assert runner.cache.get("mixed", runner.keys["mixed"]) is None
+    assert not [p for p in runner.cache.root.iterdir() if p.name.startswith(".mixed-")], "no temporary folder left"

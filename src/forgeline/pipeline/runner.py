@@ -178,7 +178,11 @@ class StageRunner:
         if stage.check is not None:
             stage.check(result, files)
         if not hit and stage.cached and stage.reuse is None:
-            self.cache.put(stage.name, env.key, stage.store(result), files)
+            try:
+                self.cache.put(stage.name, env.key, stage.store(result), files)
+            except (TypeError, ValueError) as e:  # e.g. a data column parquet cannot hold: run on, uncached
+                log.warning("stage %s: result not cached (%s); the next run computes it again", stage.name, e)
+                self.tracker.tags({f"cache.{stage.name}.not_stored": str(e)[:500]})
         return result
 
     def _lookup(self, stage: Stage[R], env: Env, inputs: tuple) -> tuple[R | None, Files]:

@@ -110,6 +110,22 @@ def authorized(header: str | None, token: str | None) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
+class _BearerAuth:
+    """Plain ASGI middleware, added only when a token is set: Starlette's ``@app.middleware("http")``
+    wraps every request in a task and stream pair, a cost the unauthenticated default must not pay."""
+
+    def __init__(self, app, token: str, reject) -> None:
+        self.app, self.token, self.reject = app, token, reject
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+            if not authorized(header, self.token):
+                await self.reject()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 # --- app ---------------------------------------------------------------------------------------------
 def create_app(cfg: ServeConfig, source: RegistrySource | None = None):
     metrics = Metrics()
@@ -160,12 +176,9 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None):
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
-    @app.middleware("http")
-    async def require_token(request: Request, call_next):
-        if request.url.path.startswith("/v1/") and not authorized(request.headers.get("authorization"), token):
-            return error(401, f"missing or wrong bearer token: send `Authorization: Bearer <token>` (${TOKEN_ENV} "
-                              "on the server)")
-        return await call_next(request)
+    if token is not None:
+        app.add_middleware(_BearerAuth, token=token, reject=lambda: error(
+            401, f"missing or wrong bearer token: send `Authorization: Bearer <token>` (${TOKEN_ENV} on the server)"))
 
     @app.post("/v1/predict")
     async def predict(request: Request):
