@@ -7,7 +7,6 @@ class has too few valid rows) a DataValidationError stops the flow before traini
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -21,6 +20,7 @@ from pandera.errors import SchemaErrors
 
 from forgeline.config.schema import DataConfig, SplitConfig
 from forgeline.errors import DataLoadError, DataValidationError
+from forgeline.inference.contract import file_sha256
 from forgeline.inference.text import CONTROL_CHARS, NOT_UTF8, RULES
 
 # Bytes that are not valid in the declared encoding are decoded to U+FFFD (errors="replace"), which
@@ -69,11 +69,7 @@ def dataset_path(cfg: DataConfig) -> Path:
 
 
 def file_fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(str(path))
 
 
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".zip": "zip", ".xz": "xz", ".zst": "zstd"}

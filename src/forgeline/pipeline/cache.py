@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from forgeline.inference.contract import file_sha256
+
 log = logging.getLogger("forgeline")
 
 SCHEMA = 2
@@ -58,14 +60,6 @@ def code_version(root: Path = _ROOT) -> str:
 def stable_hash(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class CacheFormatError(TypeError):
