@@ -63,6 +63,8 @@ def test_sigkill_inside_register_leaves_nothing_aliased_or_reused_and_is_cleaned
     assert f"marked KILLED (its process is gone): run {stuck.info.run_id}" in out
     assert f"deleted incomplete model version faults v{half.version}" in out
     assert client.get_run(stuck.info.run_id).info.status == "KILLED"
+    models = tmp_path / "state" / "mlartifacts" / "models"
+    assert not list(models.rglob("*.onnx")), "its logged model's files went with it"
     assert client.search_model_versions("name='faults'") == []
     assert main(["doctor", "--config", "tiny", *overrides]) == 0
     assert "nothing to repair" in capsys.readouterr().out

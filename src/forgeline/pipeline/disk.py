@@ -106,7 +106,7 @@ def delete_old_versions(client: MlflowClient, keep: int, report: GcReport) -> No
             if full.aliases or (full.tags or {}).get(COMPLETE_TAG) == "false":
                 continue
             try:
-                _delete_artifacts(client, full)
+                delete_artifacts(client, full)
                 client.delete_model_version(model.name, mv.version)
                 report.versions.append(f"{model.name} v{mv.version}")
             except (MlflowException, OSError) as e:
@@ -122,7 +122,7 @@ def logged_model_id(mv) -> str | None:
     return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
-def _delete_artifacts(client: MlflowClient, mv) -> None:
+def delete_artifacts(client: MlflowClient, mv) -> None:
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     model_id = logged_model_id(mv)

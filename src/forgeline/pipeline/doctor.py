@@ -10,6 +10,7 @@ The next ``forgeline run`` marks stale runs itself; ``forgeline doctor`` also re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from forgeline.pipeline.disk import delete_artifacts
 from forgeline.registry.client import COMPLETE_TAG
 
 PID_TAG = "forgeline.pid"
@@ -47,7 +49,7 @@ class DoctorReport:
     elsewhere: list[str] = field(default_factory=list)
     """RUNNING runs owned by another host (or recording no owner): left alone."""
     removed_versions: list[str] = field(default_factory=list)
-    """``name vN`` of incomplete versions deleted."""
+    """``name vN`` of incomplete versions deleted, with their logged model's files."""
 
     def lines(self) -> list[str]:
         out = [f"marked KILLED (its process is gone): run {r}" for r in self.stale_runs]
@@ -89,6 +91,8 @@ def remove_incomplete_versions(client: MlflowClient, report: DoctorReport) -> Do
                     continue  # still registering
             except MlflowException:
                 pass
+            with contextlib.suppress(MlflowException, OSError):  # the files first: nothing else points at them
+                delete_artifacts(client, mv)
             client.delete_model_version(model.name, mv.version)
             report.removed_versions.append(f"{model.name} v{mv.version}")
     return report
