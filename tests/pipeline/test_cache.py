@@ -107,7 +107,13 @@ def test_identical_files_are_stored_once_and_the_bound_evicts_the_least_recently
         os.utime(cache.path(stage, "a") / "entry.json", (time.time() - 500,) * 2)
     assert cache.get("one", "k") is not None  # used now: the newest
 
+    legacy = cache.root / "train-0123456789abcdef0123"  # an entry of the old pickle format
+    (legacy / "files").mkdir(parents=True)
+    (legacy / "value.pkl").write_bytes(b"\x80\x04N.")
+    (legacy / "_complete").write_text("x")
+
     report = cache.prune(800_000)
+    assert not legacy.exists(), "old pickle entries are never read again: removed"
     assert set(report.removed_entries) == {"export-a", "compress-a", "two-k"}
     assert cache.get("one", "k") is not None and cache.get("three", "k") is not None
     assert len(list(cache.blobs.iterdir())) == 2, "blobs no entry links are removed with the entries"

@@ -364,7 +364,10 @@ class StageCache:
         return saved
 
     def _sweep_temporaries(self, older_than_s: float = 6 * 3600) -> None:
-        """Temporary folders and blob parts a killed run left (older than a run can take)."""
+        """Temporary folders and blob parts a killed run left (older than a run can take), and entries
+        of the pickle format (schema 1: ``value.pkl``), which no run reads any more."""
+        for legacy in self.root.glob("*/value.pkl") if self.root.is_dir() else []:
+            shutil.rmtree(legacy.parent, ignore_errors=True)
         now = time.time()
         for d in (self.root, self.blobs):
             if not d.is_dir():
