@@ -45,6 +45,15 @@ class RegistryError(ForgelineError):
     """Registering or promoting a model in MLflow failed."""
 
 
+def exception_chain(e: BaseException | None):
+    """``e``, then what caused it (``__cause__``, else ``__context__``), and so on; each once."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
 class DiskFullError(ForgelineError):
     """The disk (or quota) filled up during a run. Never retried: another try fills it again."""
 
@@ -57,16 +66,13 @@ def disk_full(e: BaseException | None) -> str | None:
     """What said the disk is full, anywhere in ``e``'s chain: an ``OSError`` with ENOSPC/EDQUOT, or a
     library's own words for it (safetensors: ``No space left on device``; SQLite: ``database or disk
     is full``; both reached users as the raw message)."""
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
+    for e in exception_chain(e):
         if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
             return f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}"
         text = str(e).lower()
         for needle in _FULL_TEXTS:
             if needle in text:
                 return f"{type(e).__name__}: {needle}"
-        e = e.__cause__ or e.__context__
     return None
 
 
@@ -81,11 +87,8 @@ _LOST_TEXTS = ("connection refused", "max retries exceeded", "read timed out", "
 def server_lost(e: BaseException | None) -> str | None:
     """The connection failure behind ``e``, if the tracking server went away: a ``ConnectionError``
     anywhere in the chain, or MLflow's ``API request to ... failed`` text (its REST client keeps no cause)."""
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
+    for e in exception_chain(e):
         text = str(e)
         if isinstance(e, ConnectionError) or any(t in text.lower() for t in _LOST_TEXTS):
             return text.split(" with exception ")[0].split("\n")[0][:300]
-        e = e.__cause__ or e.__context__
     return None

@@ -15,7 +15,8 @@ from prefect.exceptions import ExternalSignal
 
 from forgeline.config.loader import load_config
 from forgeline.config.schema import PipelineConfig
-from forgeline.errors import DiskFullError, ForgelineError, TrackingUnavailableError, disk_full, server_lost
+from forgeline.errors import (DiskFullError, ForgelineError, TrackingUnavailableError, disk_full, exception_chain,
+                              server_lost)
 from forgeline.pipeline.cache import StageCache
 from forgeline.pipeline.disk import finish_run_dir, mark_failed_runs, share_with_cache
 from forgeline.pipeline.doctor import mark_stale_runs, owner_tags
@@ -114,12 +115,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         elif (full := disk_full(e)) and not isinstance(e, DiskFullError):
             e = _disk_full_error(full, workdir, e)
         elif tracking_uri.startswith(("http://", "https://")) and not isinstance(e, ForgelineError) and (lost := server_lost(e)):
-            cause = e
-            e = TrackingUnavailableError(
-                f"lost the MLflow tracking server at {tracking_uri} during the run ({lost}). No half-registered "
-                "version is used or aliased. Once the server is back, `forgeline doctor` (same --set/--tracking "
-                "settings) marks this run KILLED and deletes its half version; then run again")
-            e.__cause__ = cause
+            e = _lost_server_error(lost, tracking_uri, e)
         try:  # the store may sit on the disk that filled: the first error is what the user must see
             client.set_tag(run.info.run_id, "forgeline.error", f"{type(e).__name__}: {e}"[:5000])
         except Exception as tag_error:  # noqa: BLE001
@@ -148,6 +144,15 @@ def _disk_full_error(what: str, workdir: Path, cause: BaseException) -> DiskFull
         f"the disk filled up during the run ({what}); workdir {workdir}, {free}. No half-registered "
         "version is used or aliased. Free space (`forgeline gc` trims the stage cache; `--keep-versions N` also deletes old "
         "unaliased model versions) or point tracking.workdir at a bigger disk, then run again")
+    error.__cause__ = cause
+    return error
+
+
+def _lost_server_error(what: str, tracking_uri: str, cause: BaseException) -> TrackingUnavailableError:
+    error = TrackingUnavailableError(
+        f"lost the MLflow tracking server at {tracking_uri} during the run ({what}). No half-registered "
+        "version is used or aliased. Once the server is back, `forgeline doctor` (same --set/--tracking "
+        "settings) marks this run KILLED and deletes its half version; then run again")
     error.__cause__ = cause
     return error
 
@@ -187,13 +192,7 @@ def interruption(e: BaseException) -> BaseException | None:
     raised there, and Prefect's crash handler then fails with ``ValueError: Task run is not set``,
     hiding the signal in ``__context__`` (seen in CI: the run ended FAILED with exit 1 instead of
     KILLED by the signal). Re-raising the signal itself lets the flow engine report the crash."""
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, (KeyboardInterrupt, ExternalSignal)):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
+    return next((c for c in exception_chain(e) if isinstance(c, (KeyboardInterrupt, ExternalSignal))), None)
 
 
 def record_traceback(e: BaseException, run_dir: Path, tracker: Tracker) -> None:

@@ -122,7 +122,7 @@ def _worker(spec_path: str) -> None:
         work = Path(spec_path).parent
         splits = Splits(pd.read_parquet(work / "train.parquet"), pd.read_parquet(work / "val.parquet"), None)
         rank0 = dist.get_rank() == 0
-        log = _mlflow_logger(spec["tracking_uri"], spec["run_id"]) if rank0 and spec["run_id"] else None
+        log = _run_metrics(spec["tracking_uri"], spec["run_id"]) if rank0 and spec["run_id"] else None
         result = train_model(splits, spec["labels"], cfg, Path(spec["out_dir"]), log=log)
         if rank0:
             out = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in ("model", "tokenizer")}
@@ -132,19 +132,13 @@ def _worker(spec_path: str) -> None:
         dist.destroy_process_group()
 
 
-def _mlflow_logger(uri: str, run_id: str):
-    import time
-
-    from mlflow.entities import Metric
+def _run_metrics(uri: str, run_id: str):
+    """Rank 0's metrics into the stage's MLflow run, as the one-process stage logs them."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri, uri)
+    from forgeline.pipeline.tracking import Tracker
 
-    def log(metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
-
-    return log
+    return Tracker(client=MlflowClient(uri, uri), run_id=run_id, tracking_uri=uri).metrics
 
 
 if __name__ == "__main__":
