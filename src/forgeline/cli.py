@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                        "else the embedded store in .forgeline)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="serving processes sharing the port, one model session each (default 1)")
     serve.add_argument("--shadow", default=None, metavar="ALIAS",
                        help="also run every batch on this alias of the model (e.g. challenger), off the request path")
     serve.add_argument("--log-sample", type=float, default=None, metavar="FRACTION",
@@ -78,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--concurrency", type=int, default=8)
     load.add_argument("--requests", type=int, default=2000)
     load.add_argument("--texts-per-request", type=int, default=1)
+    load.add_argument("--processes", type=int, default=1,
+                      help="client processes the concurrency is split over (for servers faster than one can drive)")
     load.add_argument("--json", dest="json_out", default=None, help="write the result as JSON to this file")
     sub.add_parser("config", parents=config, help="print the resolved config")
     sub.add_parser("doctor", parents=config, help="repair what killed runs left in the store: runs stuck RUNNING "
@@ -181,7 +185,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from forgeline.config.schema import ServeConfig
 
     values: dict = {"model": args.model, "tracking_uri": args.tracking_uri, "host": args.host, "port": args.port}
-    values |= {k: v for k, v in (("shadow", args.shadow), ("log_sample", args.log_sample)) if v is not None}
+    values |= {k: v for k, v in (("shadow", args.shadow), ("log_sample", args.log_sample),
+                                                 ("workers", args.workers)) if v is not None}
     for item in args.overrides:  # serving options, and tracking.* as `forgeline run` takes them
         apply_override(values, item)
     try:
@@ -258,7 +263,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
     from forgeline.bench.loadtest import run_load
 
-    result = run_load(args.url, args.concurrency, args.requests, args.texts_per_request)
+    result = run_load(args.url, args.concurrency, args.requests, args.texts_per_request, processes=args.processes)
     print(json.dumps(result, indent=2))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2))

@@ -424,11 +424,13 @@ def _corrupt_model_file(client, version: str) -> Path:
     return target
 
 
-def test_serve_refuses_a_corrupted_version_naming_the_version_and_file(tmp_path, registry):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_refuses_a_corrupted_version_naming_the_version_and_file(tmp_path, registry, workers):
     uri, client = registry
     _corrupt_model_file(client, "1")
     out = subprocess.run([sys.executable, "-m", "forgeline.cli", "serve", "-m", "m@champion", "--tracking-uri", uri,
-                          "--port", str(free_port())], cwd=ROOT, capture_output=True, text=True, timeout=180)
+                          "--port", str(free_port()), "--workers", workers], cwd=ROOT, capture_output=True, text=True,
+                         timeout=180)
     assert out.returncode == 2, out.stderr[-3000:]
     last = out.stderr.strip().splitlines()
     assert last[-1].startswith("forgeline: error: m v1 cannot be served: model.onnx (fp32) does not match the checksum "

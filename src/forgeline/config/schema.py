@@ -323,8 +323,15 @@ class ServeConfig(_Section):
     port: int = Field(8080, ge=0, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     variant: Literal["auto", "fp32", "fp16", "int8", "pruned"] = "auto"
+    workers: int = Field(1, ge=1, le=64)
+    """Serving processes on the port (``forgeline.serving.workers``): more than one where Python, not
+    the model, bounds requests/s (a GPU; a CPU with cores to spare)."""
+    access_log: bool = False
+    """uvicorn's line per request; off, as it cost a quarter of the requests/s (``/metrics`` counts them)."""
     max_batch_size: int = Field(64, ge=1, le=4096)
-    max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
+    max_wait_ms: float = Field(0.0, ge=0.0, le=1000.0)
+    """How long a batch waits for more requests once the queue is empty; 0: none, requests arriving
+    while a batch runs form the next one (``forgeline.serving.batcher``)."""
     max_texts_per_request: int = Field(256, ge=1)
     max_text_chars: int = Field(10_000, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1)

@@ -118,7 +118,11 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
             self.graphs = CudaGraphRunner(context.artifacts[self.variant], len(self.labels))
             self.session = self.graphs.session
         else:
-            self.session = create_session(context.artifacts[self.variant], device=device)
+            # "threads": ONNX Runtime's intra-op threads (default: one per core); a server with several
+            # worker processes gives each its share, else N sessions contend for every core
+            threads = cfg.get("threads")
+            self.session = create_session(context.artifacts[self.variant], device=device,
+                                          threads=int(threads) if threads else None)
         self.device = session_device(self.session)
         self.tokenizer = FastTokenizer(context.artifacts["tokenizer"], self.max_length)
         self.batch_size = batch_size_for(cfg.get("batch_size", "auto"), self.device)

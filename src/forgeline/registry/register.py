@@ -164,7 +164,11 @@ def score_against_champion(name: str, champion: ChampionInfo | None, candidate: 
 def log_pyfunc(run_id: str, artifacts: dict[str, str], probe: Any, meta: dict[str, Any], registered_name: str,
                input_example: list[str]) -> tuple[str, str]:
     """Log the ONNX bundle as a pyfunc model in ``run_id`` and register it; returns (model_uri, version).
-    ``probe``: the bundle loaded (``load_bundle``), for the signature."""
+    ``probe``: the bundle loaded (``load_bundle``), for the signature.
+
+    The version is created already tagged ``COMPLETE_TAG=false`` (one request): tagging it in a second
+    call left a window in which a lost server kept an untagged version that ``forgeline doctor`` did not
+    recognise as half-registered (seen once in CI's fault test)."""
     import tempfile
 
     import mlflow
@@ -193,16 +197,14 @@ def log_pyfunc(run_id: str, artifacts: dict[str, str], probe: Any, meta: dict[st
                                   "numpy", "pandas", f"mlflow=={mlflow.__version__}"],
                 signature=signature,
                 input_example=example,
-                registered_model_name=registered_name,
                 # batch_size "auto": 256 on CUDA (one captured graph per request up to 256 texts), 64 on CPU
                 model_config={"variant": "auto", "device": "auto", "batch_size": "auto"},
                 metadata={"labels": meta["labels"], "variants": meta["variants"]},
             )
+        registered = mlflow.register_model(info.model_uri, registered_name, tags={COMPLETE_TAG: "false"})
     finally:
         mlflow.end_run(status="RUNNING")
-    if info.registered_model_version is None:
-        raise RegistryError(f"MLflow did not register {registered_name}; check the tracking server's registry")
-    return info.model_uri, str(info.registered_model_version)
+    return info.model_uri, str(registered.version)
 
 
 def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bundle: dict[str, Path],
@@ -221,7 +223,6 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
     except MlflowException as e:
         raise RegistryError(f"registering {name} failed: {e}") from e
     try:
-        client.set_model_version_tag(name, version, COMPLETE_TAG, "false")
         failpoint("register.created")
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, str(v))

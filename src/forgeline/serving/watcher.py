@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,12 @@ class RegistrySource:
         mv = resolve_version(self.client, self.uri, self.name, self.alias, self.version)
         return str(mv.version), mv.run_id
 
+    def model_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"device": self.cfg.device, "variant": self.cfg.variant}
+        if self.cfg.workers > 1:  # each worker's session gets its share of the cores
+            config["threads"] = max(1, (os.cpu_count() or 1) // self.cfg.workers)
+        return config
+
     def load(self, version: str, run_id: str | None) -> LoadedModel:
         import tempfile
 
@@ -66,7 +73,7 @@ class RegistrySource:
         with tempfile.TemporaryDirectory(prefix="forgeline-model-") as tmp:
             try:
                 pyfunc = mlflow.pyfunc.load_model(f"models:/{self.name}/{version}", dst_path=tmp,
-                                                  model_config={"device": self.cfg.device, "variant": self.cfg.variant})
+                                                  model_config=self.model_config())
             except ArtifactIntegrityError as e:
                 raise RegistryError(f"{self.name} v{version} cannot be served: {e}") from None
         model = LoadedModel(name=self.name, version=version, run_id=run_id, impl=pyfunc.unwrap_python_model())
