@@ -151,8 +151,8 @@ def test_concurrent_requests_are_micro_batched(server):
 
     from forgeline.bench.loadtest import run_load  # the bounded load generator against the same server
 
-    result = run_load(server.url, concurrency=4, requests=40, texts_per_request=2)
-    assert result["errors"] == 0 and result["statuses"] == {200: 40}, result
+    result = run_load(server.url, concurrency=4, requests=40, texts_per_request=2, processes=2)
+    assert result["errors"] == 0 and result["statuses"] == {200: 40} and result["processes"] == 2, result
     assert result["versions"] == {"1": 40} and result["texts_per_s"] > 0, result
 
 

@@ -161,29 +161,11 @@ def serve_workers(cfg: ServeConfig) -> int:
             workers.start(i)
         try:
             workers.wait_ready(list(range(cfg.workers)), timeout=600)
-        except BaseException:
+            log.info("serving on http://%s:%d with %d workers", cfg.host, port, cfg.workers)
+            _supervise(workers, metrics_dir, stopping)
+        except BaseException:  # a failed start-up or restart: no worker outlives the supervisor
             workers.stop(timeout=10)
             raise
-        log.info("serving on http://%s:%d with %d workers", cfg.host, port, cfg.workers)
-        deaths: list[float] = []
-        while not stopping:
-            sentinels = {p.sentinel: i for i, p in workers.procs.items()}
-            for sentinel in wait(list(sentinels), timeout=0.5):
-                if stopping:
-                    break
-                i = sentinels[sentinel]
-                proc = workers.procs[i]
-                proc.join()
-                _forget_metrics(metrics_dir, proc.pid)
-                now = time.monotonic()
-                deaths = [t for t in deaths if now - t < RESTART_WINDOW_S] + [now]
-                if len(deaths) > MAX_RESTARTS:
-                    workers.stop()
-                    raise ServeError(f"workers died {len(deaths)} times within {RESTART_WINDOW_S:.0f} s "
-                                     f"(last: worker {i}, exit code {proc.exitcode}); stopped. See the log above")
-                log.warning("worker %d exited with code %s while serving; restarting it", i, proc.exitcode)
-                workers.start(i)
-                workers.wait_ready([i], timeout=600)
         log.info("%s: draining %d workers", signal.Signals(stopping[0]).name, len(workers.procs))
         clean = workers.stop()
         log.info("all workers stopped")
@@ -197,6 +179,28 @@ def serve_workers(cfg: ServeConfig) -> int:
         else:
             os.environ[METRICS_ENV] = previous_env
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(workers: _Workers, metrics_dir: str, stopping: list[int]) -> None:
+    """Restart workers that die, until a signal arrives; too many deaths raise."""
+    deaths: list[float] = []
+    while not stopping:
+        sentinels = {p.sentinel: i for i, p in workers.procs.items()}
+        for sentinel in wait(list(sentinels), timeout=0.5):
+            if stopping:
+                return
+            i = sentinels[sentinel]
+            proc = workers.procs[i]
+            proc.join()
+            _forget_metrics(metrics_dir, proc.pid)
+            now = time.monotonic()
+            deaths = [t for t in deaths if now - t < RESTART_WINDOW_S] + [now]
+            if len(deaths) > MAX_RESTARTS:
+                raise ServeError(f"workers died {len(deaths)} times within {RESTART_WINDOW_S:.0f} s "
+                                 f"(last: worker {i}, exit code {proc.exitcode}); stopped. See the log above")
+            log.warning("worker %d exited with code %s while serving; restarting it", i, proc.exitcode)
+            workers.start(i)
+            workers.wait_ready([i], timeout=600)
 
 
 def _forget_metrics(directory: str, pid: int) -> None:
