@@ -1,6 +1,7 @@
 """Registration and the champion gate against a real MLflow SQLite store (the gate alone: test_gate.py)."""
 
 import json
+import os
 from pathlib import Path
 
 import mlflow
@@ -227,3 +228,60 @@ def test_a_registry_error_caused_by_a_lost_server_is_retried_and_bad_input_is_no
     assert retry_on_io(None, None, Failed(registry_error(ConnectionError("reset"))))
     assert not retry_on_io(None, None, Failed(registry_error(None)))
     assert not retry_on_io(None, None, Failed(ConfigError("bad key")))
+
+
+def test_two_runs_with_one_cache_key_on_a_tracking_server_keep_one_version(tmp_path, bundle, monkeypatch):
+    """Two machines on one MLflow server (no shared lock): the later version waits for the earlier,
+    deletes itself and reuses it."""
+    import threading
+    import time
+
+    from forgeline.config.schema import RegistryConfig
+    from forgeline.registry.client import CACHE_KEY_TAG
+    from forgeline.registry.register import register_and_gate
+    from forgeline.settings import FAILPOINT_ENV
+    from tests.pipeline.test_deploy import BIN, free_port, start, stop
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                    "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+                    "--workers", "2"], tmp_path / "mlflow.log", dict(os.environ), f"{uri}/health")
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        client = MlflowClient(uri, uri)
+        exp = client.create_experiment("t")
+        files, labels = bundle
+        # the first run holds still for 3 s right after its version exists: the second arrives meanwhile
+        monkeypatch.setenv(FAILPOINT_ENV, "register.created:sleep")
+        monkeypatch.setenv("FORGELINE_FAILPOINT_SLEEP_S", "3")
+        results: dict[str, object] = {}
+
+        def one(label: str) -> None:
+            run = client.create_run(exp)
+            try:
+                results[label] = register_and_gate(
+                    client, run.info.run_id, RegistryConfig(model_name="m", f1_tolerance=0.01),
+                    files, {"labels": labels, "max_length": 32, "variants": ["fp32"]},
+                    {"test_macro_f1": 0.8, "test_accuracy": 0.8}, {CACHE_KEY_TAG: "same-key", "data_fingerprint": "abc"},
+                    True, ["great ride", "awful trip"])
+            except Exception as e:  # noqa: BLE001 - asserted below
+                results[label] = e
+
+        first = threading.Thread(target=one, args=("first",))
+        first.start()
+        deadline = time.time() + 120
+        while time.time() < deadline and not client.search_model_versions("name='m'"):
+            time.sleep(0.1)
+        second = threading.Thread(target=one, args=("second",))
+        second.start()
+        first.join(180)
+        second.join(180)
+        assert results["first"].version == "1" and results["first"].aliases == ["champion"], results
+        assert results["second"].version == "1", results  # reused, not a second version
+        assert "nothing registered" in results["second"].decision.reason
+        (kept,) = client.search_model_versions("name='m'")
+        assert kept.version == "1" and client.get_model_version("m", "1").tags[CACHE_KEY_TAG] == "same-key"
+    finally:
+        stop(server)

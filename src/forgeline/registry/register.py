@@ -11,13 +11,20 @@ description. The bundle metadata records the sha256 of every file, checked at ea
 Registration is all or nothing: the version is created tagged ``forgeline.complete=false``, gets its
 tags, gate decision and card, then ``true``, and only then an alias. A failure in between deletes
 the version (or, when the server is gone, leaves it marked incomplete: never reused, never aliased).
+
+Two runs with the same cache key at once (two machines on one tracking server; on a SQLite store
+the register lock already serializes them) both create a version; the one with the higher number
+sees the lower one (``earlier_peer``), waits for it to finish, deletes its own and reuses that one,
+so one key keeps one version.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import subprocess
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +36,7 @@ from mlflow.tracking import MlflowClient
 from forgeline.config.schema import RegistryConfig
 from forgeline.errors import RegistryError
 from forgeline.inference.contract import CHECKSUMS_KEY, META_FILE, file_sha256
-from forgeline.registry.client import CHALLENGER, CHAMPION, COMPLETE_TAG, current_champion
+from forgeline.registry.client import CACHE_KEY_TAG, CHALLENGER, CHAMPION, COMPLETE_TAG, current_champion, is_complete
 from forgeline.registry.card import CardContext, model_card
 from forgeline.registry.compare import PairedComparison, compare_paired, macro_f1_ci, slice_table
 from forgeline.registry.gate import ChampionInfo, GateDecision, chance_macro_f1, decide_promotion
@@ -162,7 +169,7 @@ def score_against_champion(name: str, champion: ChampionInfo | None, candidate: 
 
 
 def log_pyfunc(run_id: str, artifacts: dict[str, str], probe: Any, meta: dict[str, Any], registered_name: str,
-               input_example: list[str]) -> tuple[str, str]:
+               input_example: list[str], creation_tags: dict[str, str] | None = None) -> tuple[str, str]:
     """Log the ONNX bundle as a pyfunc model in ``run_id`` and register it; returns (model_uri, version).
     ``probe``: the bundle loaded (``load_bundle``), for the signature.
 
@@ -201,7 +208,8 @@ def log_pyfunc(run_id: str, artifacts: dict[str, str], probe: Any, meta: dict[st
                 model_config={"variant": "auto", "device": "auto", "batch_size": "auto"},
                 metadata={"labels": meta["labels"], "variants": meta["variants"]},
             )
-        registered = mlflow.register_model(info.model_uri, registered_name, tags={COMPLETE_TAG: "false"})
+        registered = mlflow.register_model(info.model_uri, registered_name,
+                                           tags={COMPLETE_TAG: "false", **(creation_tags or {})})
     finally:
         mlflow.end_run(status="RUNNING")
     return info.model_uri, str(registered.version)
@@ -218,11 +226,20 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
     artifacts = bundle_artifacts(bundle, meta)
     candidate = load_bundle(artifacts)
     scored = score_against_champion(name, champion, candidate, eval_rows)
+    key = tags.get(CACHE_KEY_TAG)
     try:
-        model_uri, version = log_pyfunc(run_id, artifacts, candidate, meta, name, input_example)
+        model_uri, version = log_pyfunc(run_id, artifacts, candidate, meta, name, input_example,
+                                        {CACHE_KEY_TAG: key} if key else None)
     except MlflowException as e:
         raise RegistryError(f"registering {name} failed: {e}") from e
     try:
+        earlier = earlier_peer(client, name, key, version) if key else None
+        if earlier is not None:
+            client.delete_model_version(name, version)
+            logging.getLogger("forgeline").warning(
+                "another run with the same cache key registered %s v%s first; v%s was deleted and v%s is reused",
+                name, earlier, version, earlier)
+            return reuse_registration(client, run_id, cfg, earlier, len(meta["labels"]), eval_rows)
         failpoint("register.created")
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, str(v))
@@ -259,6 +276,31 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
     else:
         client.set_registered_model_alias(name, CHALLENGER, version)
     return Registration(name=name, version=version, model_uri=f"models:/{name}/{version}", aliases=aliases, decision=decision)
+
+
+PEER_WAIT_S = 120.0
+"""How long a run waits for an earlier version of its cache key to finish registering."""
+PEER_FRESH_S = 600.0
+"""An unfinished version older than this is a leftover of a killed run (``forgeline doctor`` removes
+it), not a registration in progress: nobody waits for it."""
+
+
+def earlier_peer(client: MlflowClient, name: str, key: str, version: str, wait_s: float = PEER_WAIT_S) -> str | None:
+    """The lowest-numbered complete version below ``version`` with cache key ``key``, waiting for one
+    that is still registering; None when there is none (this version stays)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        peers = [mv for mv in client.search_model_versions(f"name='{name}'")
+                 if int(mv.version) < int(version) and (mv.tags or {}).get(CACHE_KEY_TAG) == key]
+        done = sorted(int(mv.version) for mv in peers if is_complete(mv.tags))
+        if done:
+            return str(done[0])
+        now_ms = time.time() * 1000
+        pending = [mv for mv in peers if (mv.tags or {}).get(COMPLETE_TAG) == "false"
+                   and now_ms - (mv.creation_timestamp or 0) < PEER_FRESH_S * 1000]
+        if not pending or time.monotonic() > deadline:
+            return None
+        time.sleep(1.0)
 
 
 def discard_version(client: MlflowClient, name: str, version: str, error: BaseException) -> None:
