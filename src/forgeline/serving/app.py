@@ -7,6 +7,7 @@
   batches already running finish on the old model, later ones use the new, so no request fails.
 - On shutdown (SIGTERM/SIGINT via uvicorn) readiness turns 503, queued requests are answered, then the
   process exits 0.
+- ``workers`` > 1: that many processes each run this app on one port (``forgeline.serving.workers``).
 """
 
 from __future__ import annotations
