@@ -121,12 +121,12 @@ def fake_stage(*args, **kwargs):  # Prefect's crash handler failing with the sig
         raise ValueError('Task run is not set')
 """
 SIGINT_SWALLOWED = """
-import os, signal, time
+import signal, time
 from forgeline.errors import DataLoadError
 def fake_stage(*args, **kwargs):  # pandas' C reader turning Ctrl-C into a read error, no chain left
     swallowed = False
-    try:
-        os.kill(os.getpid(), signal.SIGINT)
+    try:  # raise_signal: to this thread; os.kill's signal could land on another thread and leave sleep running
+        signal.raise_signal(signal.SIGINT)
         time.sleep(5)
     except KeyboardInterrupt:
         swallowed = True

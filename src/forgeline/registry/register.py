@@ -281,8 +281,8 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
 PEER_WAIT_S = 120.0
 """How long a run waits for an earlier version of its cache key to finish registering."""
 PEER_FRESH_S = 600.0
-"""An unfinished version older than this is a leftover of a killed run (``forgeline doctor`` removes
-it), not a registration in progress: nobody waits for it."""
+"""An unfinished version older than this, or one whose run is no longer RUNNING, is a leftover of a
+killed run (``forgeline doctor`` removes it), not a registration in progress: nobody waits for it."""
 
 
 def earlier_peer(client: MlflowClient, name: str, key: str, version: str, wait_s: float = PEER_WAIT_S) -> str | None:
@@ -297,10 +297,21 @@ def earlier_peer(client: MlflowClient, name: str, key: str, version: str, wait_s
             return str(done[0])
         now_ms = time.time() * 1000
         pending = [mv for mv in peers if (mv.tags or {}).get(COMPLETE_TAG) == "false"
-                   and now_ms - (mv.creation_timestamp or 0) < PEER_FRESH_S * 1000]
+                   and now_ms - (mv.creation_timestamp or 0) < PEER_FRESH_S * 1000 and _running(client, mv.run_id)]
         if not pending or time.monotonic() > deadline:
             return None
         time.sleep(1.0)
+
+
+def _running(client: MlflowClient, run_id: str | None) -> bool:
+    """Whether the run that created a version may still be registering it: a run this store already
+    marked KILLED or FAILED (``forgeline`` marks runs whose process is gone when it starts) is not."""
+    if not run_id:
+        return False
+    try:
+        return client.get_run(run_id).info.status == "RUNNING"
+    except MlflowException:
+        return False
 
 
 def discard_version(client: MlflowClient, name: str, version: str, error: BaseException) -> None:
