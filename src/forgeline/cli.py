@@ -185,8 +185,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from forgeline.config.schema import ServeConfig
 
     values: dict = {"model": args.model, "tracking_uri": args.tracking_uri, "host": args.host, "port": args.port}
-    values |= {k: v for k, v in (("shadow", args.shadow), ("log_sample", args.log_sample),
-                                                 ("workers", args.workers)) if v is not None}
+    given = (("shadow", args.shadow), ("log_sample", args.log_sample), ("workers", args.workers))
+    values |= {k: v for k, v in given if v is not None}
     for item in args.overrides:  # serving options, and tracking.* as `forgeline run` takes them
         apply_override(values, item)
     try:
