@@ -24,6 +24,21 @@ OFFLINE_ENV = {
 }
 
 
+def die_with_parent() -> None:
+    """SIGTERM this process when its parent dies (Linux ``PR_SET_PDEATHSIG``): for children that must
+    not outlive what started them (the temporary Prefect server; serving workers)."""
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 def apply_offline_env() -> None:
     """Set the defaults above where the user has not set them."""
     for key, value in OFFLINE_ENV.items():

@@ -16,18 +16,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from typing import Any
 
-
-def die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
+from forgeline.settings import die_with_parent
 
 
 ANALYTICS_ENV = "PREFECT_SERVER_ANALYTICS_ENABLED"

@@ -69,7 +69,13 @@ def port_socket(host: str, port: int) -> socket.socket:
 def _worker(cfg_json: str, index: int, port: int, conn) -> None:
     """One worker process: bind the port, build the app, serve until SIGTERM/SIGINT."""
     from forgeline.serving.app import create_app, run_server
+    from forgeline.settings import die_with_parent
 
+    # Its own process group: Ctrl-C reaches the supervisor alone, which drains the workers with one
+    # SIGTERM each (a second SIGINT would make uvicorn skip the drain); a killed supervisor takes its
+    # workers with it instead of leaving them serving an orphaned port.
+    os.setpgrp()
+    die_with_parent()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s [worker {index}]: %(message)s")
     cfg = ServeConfig.model_validate_json(cfg_json).model_copy(update={"port": port})
     try:
