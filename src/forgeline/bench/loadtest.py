@@ -53,11 +53,21 @@ def run_load(url: str, concurrency: int, requests: int, texts_per_request: int =
     start = time.perf_counter()
     if processes == 1:
         parts = [_part(target, *shares[0], texts_per_request, timeout_s)]
-    else:
-        import multiprocessing
+    else:  # plain child processes: a multiprocessing Pool started from a busy process (pytest's) hung once
+        import subprocess
+        import sys
 
-        with multiprocessing.get_context("spawn").Pool(processes) as pool:
-            parts = pool.starmap(_part, [(target, c, n, texts_per_request, timeout_s) for c, n in shares])
+        children = [subprocess.Popen([sys.executable, "-m", "forgeline.bench.loadtest",
+                                      json.dumps([target, c, n, texts_per_request, timeout_s])],
+                                     stdout=subprocess.PIPE, text=True) for c, n in shares]
+        parts = []
+        for child in children:
+            out, _ = child.communicate()
+            if child.returncode != 0:
+                raise RuntimeError(f"a load generator process exited with code {child.returncode}")
+            part = json.loads(out)
+            part["statuses"] = {int(k): v for k, v in part["statuses"].items()}
+            parts.append(part)
     wall = time.perf_counter() - start
     lat = sorted(x for p in parts for x in p["latencies"])
     statuses: dict[int, int] = {}
@@ -151,3 +161,10 @@ async def _run(target: tuple[str, int, str], concurrency: int, requests: int, pe
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return {"latencies": latencies, "statuses": statuses, "versions": versions, "errors": errors,
             "wall_s": time.perf_counter() - start}
+
+
+if __name__ == "__main__":  # one share of a multi-process load (run_load's processes > 1)
+    import sys
+
+    target, concurrency, requests, per_request, timeout_s = json.loads(sys.argv[1])
+    print(json.dumps(_part(tuple(target), concurrency, requests, per_request, timeout_s)))
