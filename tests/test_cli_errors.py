@@ -39,14 +39,16 @@ def class_left_small_by_sampling(tmp: Path) -> Path:
     return path
 
 
+# name -> (file maker, extra --set, text the message holds, found before any server starts)
 CASES = {
     "stray quote in the first data row": (stray_quote_first_row, [], ["quote.csv:2: malformed CSV",
-                                                                         "'\"I love this car,positive'"]),
-    "CSV without a header row": (no_header_row, [], ["column(s) ['text', 'label'] not found", "data.header=false"]),
+                                                                         "'\"I love this car,positive'"], True),
+    "CSV without a header row": (no_header_row, [], ["column(s) ['text', 'label'] not found", "data.header=false"],
+                                 True),
     "a class left too small by data.sample_rows": (
         class_left_small_by_sampling, ["data.sample_rows=100", "data.min_rows_per_class=10"],
         ["after subsampling to data.sample_rows=100", "'negative' has 14 (of 40 valid)",
-         "Raise data.sample_rows to at least 145"]),
+         "Raise data.sample_rows to at least 145"], False),
 }
 
 
@@ -74,7 +76,7 @@ def assert_nothing_registered(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_a_bad_file_is_one_message_exit_2_and_registers_nothing(tmp_path, case):
-    make, extra, needles = CASES[case]
+    make, extra, needles, preflight = CASES[case]
     out = run(tmp_path, make(tmp_path), *extra)
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
@@ -83,6 +85,10 @@ def test_a_bad_file_is_one_message_exit_2_and_registers_nothing(tmp_path, case):
     for needle in needles:
         assert needle in out.stderr, (needle, out.stderr)
     assert "np.int64" not in out.stderr
+    if preflight:  # found before anything started: no server, no MLflow store, no run, nothing registered
+        assert "Starting temporary server" not in out.stdout + out.stderr
+        assert not (tmp_path / "wd" / "mlflow.db").exists()
+        return
     log = Path(lines[-1].split("full traceback in ", 1)[1].split(" (or run", 1)[0])
     assert log.name == "error.log" and "Traceback" in log.read_text()
     assert_nothing_registered(tmp_path)

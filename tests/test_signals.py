@@ -14,11 +14,14 @@ from pathlib import Path
 
 import httpx
 import mlflow
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import register_version
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.faults
 
 
 def free_port() -> int:

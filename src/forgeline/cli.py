@@ -135,8 +135,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from forgeline.config.loader import load_config
 
     cfg = load_config(args.config, args.overrides)  # fail fast, before any server starts
+    from forgeline.data.load import preflight
     from forgeline.settings import ensure_workdir, require_reachable, resolve_tracking_uri
 
+    preflight(cfg.data)
     ensure_workdir(cfg.tracking)
     require_reachable(resolve_tracking_uri(cfg.tracking))
     from forgeline.pipeline.embedded import start_temporary_server

@@ -7,16 +7,20 @@ import json
 
 import mlflow
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 
 from forgeline.inference.contract import RUNS_ON
 from forgeline.pipeline.flows import training_flow
-from tests.conftest import flow_overrides
+from tests.conftest import TINY_BERT, flow_overrides
+
+pytestmark = pytest.mark.e2e
 
 
-def test_student_variants_are_measured_and_the_fastest_within_budget_is_served(prefect_api, tmp_path, sentiment_csv):
+def test_student_variants_are_measured_and_the_fastest_within_budget_is_served(prefect_api, tmp_path, sentiment_csv,
+                                                                              tiny):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    student = ("compress.student=true", "compress.static_int8=true", "compress.distill_epochs=2",
+    student = (*tiny, "compress.student=true", "compress.static_int8=true", "compress.distill_epochs=2",
                "compress.max_macro_f1_drop=0.2")
     first = training_flow(config="tiny", overrides=flow_overrides(tmp_path, sentiment_csv, *student))
     client = MlflowClient(uri, uri)
@@ -30,7 +34,9 @@ def test_student_variants_are_measured_and_the_fastest_within_budget_is_served(p
         assert lat["p50_b1_ms"] > 0 and lat["p50_b32_ms"] > lat["p50_b1_ms"], name
         assert by_name[name]["parity"]["ok"] == 1.0, name
     assert by_name["student"]["size_bytes"] < by_name["fp32"]["size_bytes"] / 3
-    assert table["student"]["heads_per_layer"] == 6 and table["student"]["layers"] == 1
+    # compress.prune_heads=0.5 of the tiny BERT's heads; student_layers=3 of its 2 layers keeps both
+    assert table["student"]["heads_per_layer"] == TINY_BERT["num_attention_heads"] // 2
+    assert table["student"]["layers"] == TINY_BERT["num_hidden_layers"]
     assert run.data.metrics["variant.student_int8.cpu.p50_b32_ms"] > 0 and "student.distill_val_macro_f1" in run.data.metrics
 
     cpu = next(s for s in table["selections"] if s["device"] == "cpu")

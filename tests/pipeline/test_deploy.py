@@ -15,9 +15,11 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import flow_overrides, sentiment_rows
+from tests.conftest import QUICK, flow_overrides, sentiment_rows
 
 BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.e2e
 
 
 def free_port() -> int:
@@ -68,12 +70,11 @@ def prefect_server(tmp_path_factory):
     stop(proc)
 
 
-def test_deploy_trigger_and_worker_registers_a_version(prefect_server, tmp_path):
+def test_deploy_trigger_and_worker_registers_a_version(prefect_server, tmp_path, tiny):
     url, env, home = prefect_server
     data = tmp_path / "data.csv"
     sentiment_rows().to_csv(data, index=False)
-    # two epochs may leave the model at chance level, which the gate would keep from champion
-    overrides = flow_overrides(tmp_path, data, "train.epochs=2", "registry.min_gain_over_chance=null")
+    overrides = flow_overrides(tmp_path, data, *tiny, *QUICK)
     deploy_cmd = [str(BIN / "forgeline"), "deploy", "--config", "tiny", "--name", "ci", "--pool", "ci-pool",
                   "--cron", "0 3 * * *"]
     for o in overrides:
@@ -115,9 +116,8 @@ def test_deploy_trigger_and_worker_registers_a_version(prefect_server, tmp_path)
     assert str(client.get_model_version_by_alias("e2e", "champion").version) == "1"
 
 
-def test_pipeline_against_a_real_mlflow_server(tmp_path):
+def test_pipeline_against_a_real_mlflow_server(prefect_api, tmp_path, tiny):
     from forgeline.pipeline.flows import training_flow
-    from prefect.testing.utilities import prefect_test_harness
 
     port = free_port()
     env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -130,9 +130,8 @@ def test_pipeline_against_a_real_mlflow_server(tmp_path):
         rows["source"] = ["shop", "forum"] * (len(rows) // 2)
         rows.to_csv(data, index=False)
         uri = f"http://127.0.0.1:{port}"
-        with prefect_test_harness(server_startup_timeout=120):
-            result = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, f"tracking.tracking_uri={uri}",
-                                                                           "data.slice_columns=[source]"))
+        result = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *tiny, f"tracking.tracking_uri={uri}",
+                                                                       "data.slice_columns=[source]"))
         client = MlflowClient(uri, uri)
         assert str(client.get_model_version_by_alias("e2e", "champion").version) == result["version"]
         # the model card is what a reviewer reads on the version page: the REST API returns it

@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 from mlflow.utils.file_utils import local_file_uri_to_path
 
 from forgeline.cli import main
 from forgeline.pipeline.disk import logged_model_id
 from forgeline.pipeline.flows import training_flow
-from tests.conftest import flow_overrides, sentiment_rows
+from tests.conftest import QUICK, flow_overrides, sentiment_rows
+
+pytestmark = pytest.mark.e2e
 
 
 def _inodes(root: Path) -> dict[tuple[int, int], int]:
@@ -55,15 +58,14 @@ def test_a_default_run_leaves_at_most_150_mb_beyond_the_registered_model(prefect
     assert list((workdir / "runs").iterdir()) == [], "a finished run's scratch is removed"
 
 
-def test_gc_trims_the_cache_failed_runs_and_unaliased_versions(prefect_api, tmp_path, capsys, monkeypatch):
+def test_gc_trims_the_cache_failed_runs_and_unaliased_versions(prefect_api, tmp_path, capsys, monkeypatch, tiny):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tmp_path / "data.csv"
     sentiment_rows().to_csv(data, index=False)
-    quick = ("train.epochs=2", "registry.min_gain_over_chance=null")
-    first = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *quick))
+    first = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *tiny, *QUICK))
     # a worse second version: registered, stays challenger (the first keeps champion)
-    second = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *quick, "train.learning_rate=1e-12"))
-    third = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *quick, "train.learning_rate=1e-11"))
+    second = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *tiny, *QUICK, "train.learning_rate=1e-12"))
+    third = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *tiny, *QUICK, "train.learning_rate=1e-11"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri, uri)
     aliased = {v: client.get_model_version("e2e", v).aliases for v in (first["version"], second["version"], third["version"])}

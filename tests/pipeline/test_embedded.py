@@ -16,6 +16,8 @@ from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[2]
 
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+
 
 def _port_open(port: int) -> bool:
     with socket.socket() as s:

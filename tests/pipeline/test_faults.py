@@ -19,6 +19,8 @@ from forgeline.registry.client import COMPLETE_TAG
 from forgeline.settings import FAILPOINT_ENV
 from tests.conftest import small_overrides
 
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+
 
 @pytest.fixture(autouse=True)
 def shared_prefect_api(prefect_api, monkeypatch):
@@ -29,8 +31,9 @@ def shared_prefect_api(prefect_api, monkeypatch):
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
 
 
-def run_command(tmp_path, data, *extra: str) -> list[str]:
-    args = sum((["--set", o] for o in small_overrides(tmp_path, data, "registry.model_name=faults", *extra)), [])
+def run_command(tmp_path, data, tiny, *extra: str) -> list[str]:
+    """``forgeline run`` on the tiny BERT: what these tests check does not depend on its weights."""
+    args = sum((["--set", o] for o in small_overrides(tmp_path, data, "registry.model_name=faults", *tiny, *extra)), [])
     return [sys.executable, "-m", "forgeline", "run", "--config", "tiny", *args]
 
 
@@ -40,8 +43,8 @@ def run_env(env_extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def forgeline_run(tmp_path, data, env_extra: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(run_command(tmp_path, data, *extra), env=run_env(env_extra), capture_output=True, text=True,
+def forgeline_run(tmp_path, data, tiny, env_extra: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(run_command(tmp_path, data, tiny, *extra), env=run_env(env_extra), capture_output=True, text=True,
                           timeout=600)
 
 
@@ -50,11 +53,11 @@ def workdir_client(tmp_path) -> MlflowClient:
     return MlflowClient(uri, uri)
 
 
-def test_sigkill_inside_register_leaves_nothing_aliased_or_reused_and_is_cleaned_up(tmp_path, sentiment_csv, capsys,
+def test_sigkill_inside_register_leaves_nothing_aliased_or_reused_and_is_cleaned_up(tmp_path, sentiment_csv, tiny, capsys,
                                                                                      monkeypatch):
     # mlflow.set_tracking_uri (earlier tests) exports $MLFLOW_TRACKING_URI; this store is the workdir's
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    killed = forgeline_run(tmp_path, sentiment_csv, {FAILPOINT_ENV: "register.tagged:kill"})
+    killed = forgeline_run(tmp_path, sentiment_csv, tiny, {FAILPOINT_ENV: "register.tagged:kill"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     uri = f"sqlite:///{tmp_path / 'state' / 'mlflow.db'}"
     client = MlflowClient(uri, uri)
@@ -79,10 +82,10 @@ def test_sigkill_inside_register_leaves_nothing_aliased_or_reused_and_is_cleaned
     assert "nothing to repair" in capsys.readouterr().out
 
     # killed right after the version is created; the next run, without doctor, marks it and registers anew
-    killed = forgeline_run(tmp_path, sentiment_csv, {FAILPOINT_ENV: "register.created:kill"})
+    killed = forgeline_run(tmp_path, sentiment_csv, tiny, {FAILPOINT_ENV: "register.created:kill"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     (second_half,) = client.search_model_versions("name='faults'")
-    again = forgeline_run(tmp_path, sentiment_csv, {})
+    again = forgeline_run(tmp_path, sentiment_csv, tiny, {})
     assert again.returncode == 0, again.stderr[-3000:]
     statuses = sorted(r.info.status for r in client.search_runs([exp.experiment_id]))
     assert statuses == ["FINISHED", "KILLED", "KILLED"], "no run is left RUNNING"
@@ -91,11 +94,11 @@ def test_sigkill_inside_register_leaves_nothing_aliased_or_reused_and_is_cleaned
     assert client.get_model_version("faults", complete[0].version).aliases == ["champion"]
 
 
-def test_sigkill_in_train_and_in_export_leaves_nothing_behind_that_the_next_run_trips_on(tmp_path, sentiment_csv,
+def test_sigkill_in_train_and_in_export_leaves_nothing_behind_that_the_next_run_trips_on(tmp_path, sentiment_csv, tiny,
                                                                                          capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     for point in ("train.checkpoint", "export.written"):
-        killed = forgeline_run(tmp_path, sentiment_csv, {FAILPOINT_ENV: f"{point}:kill"})
+        killed = forgeline_run(tmp_path, sentiment_csv, tiny, {FAILPOINT_ENV: f"{point}:kill"})
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     client = workdir_client(tmp_path)
     exp = client.get_experiment_by_name("forgeline")
@@ -114,7 +117,7 @@ def test_sigkill_in_train_and_in_export_leaves_nothing_behind_that_the_next_run_
     scratch = tmp_path / "state" / "runs"
     assert all((scratch / r.info.run_id / ".failed").exists() for r in runs), "killed runs' scratch counts as failed"
 
-    again = forgeline_run(tmp_path, sentiment_csv, {})
+    again = forgeline_run(tmp_path, sentiment_csv, tiny, {})
     assert again.returncode == 0, again.stderr[-3000:]
     assert sorted(r.info.status for r in client.search_runs([exp.experiment_id])) == ["FINISHED", "KILLED", "KILLED"]
     (mv,) = client.search_model_versions("name='faults'")
@@ -125,12 +128,12 @@ def test_sigkill_in_train_and_in_export_leaves_nothing_behind_that_the_next_run_
     assert not (scratch / finished.info.run_id).exists(), "a finished run's scratch is removed"
 
 
-def test_two_runs_at_once_on_an_existing_workdir_register_one_version(tmp_path, sentiment_csv, monkeypatch):
+def test_two_runs_at_once_on_an_existing_workdir_register_one_version(tmp_path, sentiment_csv, tiny, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    first = forgeline_run(tmp_path, sentiment_csv, {})
+    first = forgeline_run(tmp_path, sentiment_csv, tiny, {})
     assert first.returncode == 0, first.stderr[-3000:]
     # the same new config twice, started together: both compute everything, one registers
-    procs = [subprocess.Popen(run_command(tmp_path, sentiment_csv, "compress.prune_amount=0.1"), env=run_env({}),
+    procs = [subprocess.Popen(run_command(tmp_path, sentiment_csv, tiny, "compress.prune_amount=0.1"), env=run_env({}),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
@@ -145,16 +148,17 @@ def test_two_runs_at_once_on_an_existing_workdir_register_one_version(tmp_path, 
     assert decisions == ["hit", "miss", "miss"], "the later of the two found the earlier's version"
 
 
-def test_a_full_disk_ends_the_run_with_one_message_and_registers_nothing(tmp_path, sentiment_csv, monkeypatch):
+def test_a_full_disk_ends_the_run_with_one_message_and_registers_nothing(tmp_path, sentiment_csv, tiny, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    # a real full disk: the workdir on a 24 MB tmpfs (the 1-layer checkpoint alone is ~50 MB)
+    # a real full disk: the workdir on a 12 MB tmpfs (the tiny BERT's checkpoint, ONNX export and
+    # compressed variants come to more than 30 MB)
     small = tmp_path / "small"
     small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(small)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(small)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
     try:
-        full = subprocess.run(run_command(small, sentiment_csv), env=run_env({}), capture_output=True, text=True,
+        full = subprocess.run(run_command(small, sentiment_csv, tiny), env=run_env({}), capture_output=True, text=True,
                               timeout=600)
         assert full.returncode == 2, full.stderr[-3000:]
         message = [line for line in full.stderr.splitlines() if line.startswith("forgeline: error:")]
@@ -167,9 +171,9 @@ def test_a_full_disk_ends_the_run_with_one_message_and_registers_nothing(tmp_pat
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
 
     # the disk fills inside register, after the version exists: deleted, no alias moved
-    ok = forgeline_run(tmp_path, sentiment_csv, {})
+    ok = forgeline_run(tmp_path, sentiment_csv, tiny, {})
     assert ok.returncode == 0, ok.stderr[-3000:]
-    failed = forgeline_run(tmp_path, sentiment_csv, {FAILPOINT_ENV: "register.created:enospc"}, "compress.prune_amount=0.1")
+    failed = forgeline_run(tmp_path, sentiment_csv, tiny, {FAILPOINT_ENV: "register.created:enospc"}, "compress.prune_amount=0.1")
     assert failed.returncode == 2 and "the disk filled up during the run (No space left on device" in failed.stderr
     client = workdir_client(tmp_path)
     (mv,) = client.search_model_versions("name='faults'")
@@ -179,7 +183,7 @@ def test_a_full_disk_ends_the_run_with_one_message_and_registers_nothing(tmp_pat
     assert len(failed_run) == 1 and failed_run[0].data.tags["forgeline.error"].startswith("DiskFullError")
 
 
-def test_a_tracking_server_lost_inside_register_fails_clearly_and_leaves_no_usable_half_version(tmp_path, sentiment_csv,
+def test_a_tracking_server_lost_inside_register_fails_clearly_and_leaves_no_usable_half_version(tmp_path, sentiment_csv, tiny,
                                                                                                capsys):
     import time
 
@@ -195,7 +199,7 @@ def test_a_tracking_server_lost_inside_register_fails_clearly_and_leaves_no_usab
     # the failpoint only holds the run for 8 s right after the version exists; the server loss is real
     run_env_ = env | {FAILPOINT_ENV: "register.created:sleep", "FORGELINE_FAILPOINT_SLEEP_S": "8",
                       "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    proc = subprocess.Popen(run_command(tmp_path, sentiment_csv, f"tracking.tracking_uri={uri}"), env=run_env_,
+    proc = subprocess.Popen(run_command(tmp_path, sentiment_csv, tiny, f"tracking.tracking_uri={uri}"), env=run_env_,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = MlflowClient(uri, uri)
     try:

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from forgeline.errors import DataValidationError
 from forgeline.pipeline.flows import training_flow
-from tests.conftest import flow_overrides, sentiment_rows
+from tests.conftest import QUICK, flow_overrides, sentiment_rows
 
 
 def test_pipeline_end_to_end(prefect_api, tmp_path):
@@ -168,22 +168,17 @@ def test_a_signal_hidden_behind_another_error_still_marks_the_run_killed(prefect
     assert runs[0].data.tags["forgeline.error"].startswith(error)
 
 
-# two epochs do not always lift the 1-layer model off chance level; these tests are about caching and drift,
-# so the gate's floor above chance (tests/tasks/test_register.py) is off
-QUICK = ("train.epochs=2", "registry.min_gain_over_chance=null")
-
-
-def test_cached_rerun_skips_stages_and_registers_nothing_new(prefect_api, tmp_path):
+def test_cached_rerun_skips_stages_and_registers_nothing_new(prefect_api, tmp_path, tiny):
     data = tmp_path / "data.csv"
     sentiment_rows().to_csv(data, index=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri, uri)
 
-    first = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *QUICK))
+    first = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *tiny, *QUICK))
     assert first["cached_stages"] == [] and first["version"] == "1"
 
     # unchanged: every stage comes from the cache, registration is idempotent
-    again = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *QUICK))
+    again = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *tiny, *QUICK))
     assert again["cached_stages"] == ["validate", "split", "train", "evaluate", "export", "compress", "register"]
     assert again["version"] == "1" and len(client.search_model_versions("name='e2e'")) == 1
     tags = client.get_run(again["run_id"]).data.tags
@@ -192,14 +187,14 @@ def test_cached_rerun_skips_stages_and_registers_nothing_new(prefect_api, tmp_pa
     assert "test_macro_f1" in client.get_run(again["run_id"]).data.metrics  # the cached run still reports
 
     # a compression change: upstream stages reused, compression and registration run again
-    changed = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *QUICK,
+    changed = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *tiny, *QUICK,
                                                                     "compress.prune_amount=0.1"))
     assert changed["cached_stages"] == ["validate", "split", "train", "evaluate", "export"]
     assert changed["version"] == "2"
 
     # new data: everything downstream of validation runs again
     sentiment_rows(seed=5).to_csv(data, index=False)
-    fresh = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *QUICK))
+    fresh = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *tiny, *QUICK))
     assert fresh["cached_stages"] == [] and fresh["version"] == "3"
 
     # a failing run (parity outside tolerance) leaves the registry as it was
@@ -207,19 +202,19 @@ def test_cached_rerun_skips_stages_and_registers_nothing_new(prefect_api, tmp_pa
 
     champion_before = str(client.get_model_version_by_alias("e2e", "champion").version)
     with pytest.raises(ParityError):
-        training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *QUICK, "export.parity_atol=1e-12"))
+        training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *tiny, *QUICK, "export.parity_atol=1e-12"))
     assert len(client.search_model_versions("name='e2e'")) == 3
     assert str(client.get_model_version_by_alias("e2e", "champion").version) == champion_before
 
 
-def test_retraining_flow_trains_only_on_drift(prefect_api, tmp_path):
+def test_retraining_flow_trains_only_on_drift(prefect_api, tmp_path, tiny):
     from forgeline.pipeline.flows import retraining_flow
 
     data = tmp_path / "data.csv"
     sentiment_rows().to_csv(data, index=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri, uri)
-    sets = flow_overrides(tmp_path, data, *QUICK, "drift.sample_size=64")
+    sets = flow_overrides(tmp_path, data, *tiny, *QUICK, "drift.sample_size=64")
 
     first = retraining_flow(config="tiny", overrides=sets)
     assert first["retrained"] and "no champion" in first["drift"]["reasons"][0]

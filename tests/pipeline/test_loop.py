@@ -12,10 +12,8 @@ import httpx
 from mlflow.tracking import MlflowClient
 
 from forgeline.pipeline.flows import retraining_flow, training_flow
-from tests.conftest import flow_overrides, sentiment_rows
+from tests.conftest import QUICK, flow_overrides, sentiment_rows
 from tests.serving.conftest import ROOT, Server
-
-QUICK = ("train.epochs=2", "registry.min_gain_over_chance=null")
 
 
 def forgeline(*args: str) -> subprocess.CompletedProcess:
@@ -24,11 +22,11 @@ def forgeline(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
-def test_served_traffic_drives_drift_retraining_and_the_gate(prefect_api, tmp_path):
+def test_served_traffic_drives_drift_retraining_and_the_gate(prefect_api, tmp_path, tiny):
     data = tmp_path / "train.csv"
     sentiment_rows().to_csv(data, index=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *QUICK))
+    first = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *tiny, *QUICK))
     assert first["version"] == "1" and first["aliases"] == ["champion"]
 
     traffic = tmp_path / "traffic"
@@ -42,7 +40,7 @@ def test_served_traffic_drives_drift_retraining_and_the_gate(prefect_api, tmp_pa
     finally:
         assert srv.stop() == 0
 
-    overrides = flow_overrides(tmp_path, data, *QUICK)
+    overrides = flow_overrides(tmp_path, data, *tiny, *QUICK)
     sets = [a for o in overrides for a in ("--set", o)]
     out = forgeline("drift", "--config", "tiny", *sets, "--traffic", str(traffic))
     assert out.returncode == 0, out.stderr

@@ -14,10 +14,12 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import flow_overrides, sentiment_rows
+from tests.conftest import QUICK, flow_overrides, sentiment_rows
 from tests.pipeline.test_deploy import BIN, free_port, start, stop
 
 PASSWORD = "pg-test-0123456789abcdef"
+
+pytestmark = pytest.mark.e2e
 
 
 def _pg_bin() -> Path | None:
@@ -61,7 +63,7 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_pipeline_and_deploy_against_mlflow_and_prefect_servers_on_postgresql(postgres, tmp_path):
+def test_pipeline_and_deploy_against_mlflow_and_prefect_servers_on_postgresql(postgres, tmp_path, tiny):
     import psycopg2
 
     env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -84,8 +86,7 @@ def test_pipeline_and_deploy_against_mlflow_and_prefect_servers_on_postgresql(po
         data = tmp_path / "data.csv"
         sentiment_rows().to_csv(data, index=False)
         uri = f"http://127.0.0.1:{port}"
-        overrides = flow_overrides(tmp_path, data, f"tracking.tracking_uri={uri}", "train.epochs=2",
-                                   "registry.min_gain_over_chance=null")
+        overrides = flow_overrides(tmp_path, data, f"tracking.tracking_uri={uri}", *tiny, *QUICK)
         cmd = [str(BIN / "forgeline"), "run", "--config", "tiny"] + [a for o in overrides for a in ("--set", o)]
         out = subprocess.run(cmd, env=prefect_env, capture_output=True, text=True, timeout=900)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
