@@ -74,7 +74,7 @@ def assert_nothing_registered(tmp_path: Path) -> None:
     assert "error.log" in artifacts  # the full traceback, for whoever reviews the run
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [pytest.param(name, marks=() if CASES[name][3] else pytest.mark.e2e) for name in CASES])
 def test_a_bad_file_is_one_message_exit_2_and_registers_nothing(tmp_path, case):
     make, extra, needles, preflight = CASES[case]
     out = run(tmp_path, make(tmp_path), *extra)

@@ -15,6 +15,7 @@ from forgeline.pipeline.flows import training_flow
 from tests.conftest import QUICK, flow_overrides, sentiment_rows
 
 
+@pytest.mark.e2e
 def test_pipeline_end_to_end(prefect_api, tmp_path):
     data = tmp_path / "data.csv"
     df = sentiment_rows()
@@ -94,6 +95,7 @@ def test_pipeline_end_to_end(prefect_api, tmp_path):
     assert [a.path for a in client.list_artifacts(first["run_id"], "bench")]
 
 
+@pytest.mark.e2e
 def test_bad_dataset_fails_before_training_and_registers_nothing(prefect_api, tmp_path):
     data = tmp_path / "bad.csv"
     df = sentiment_rows(30)
@@ -135,6 +137,8 @@ def fake_stage(*args, **kwargs):  # pandas' C reader turning Ctrl-C into a read 
 """
 
 
+@pytest.mark.e2e
+@pytest.mark.faults
 @pytest.mark.parametrize("fake, rc, error", [(SIGTERM_HIDDEN, -15, "TerminationSignal"),
                                              (SIGINT_SWALLOWED, -2, "KeyboardInterrupt")], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_hidden_behind_another_error_still_marks_the_run_killed(prefect_api, tmp_path, fake, rc, error):
@@ -168,6 +172,7 @@ def test_a_signal_hidden_behind_another_error_still_marks_the_run_killed(prefect
     assert runs[0].data.tags["forgeline.error"].startswith(error)
 
 
+@pytest.mark.e2e
 def test_cached_rerun_skips_stages_and_registers_nothing_new(prefect_api, tmp_path, tiny):
     data = tmp_path / "data.csv"
     sentiment_rows().to_csv(data, index=False)
@@ -207,6 +212,7 @@ def test_cached_rerun_skips_stages_and_registers_nothing_new(prefect_api, tmp_pa
     assert str(client.get_model_version_by_alias("e2e", "champion").version) == champion_before
 
 
+@pytest.mark.e2e
 def test_retraining_flow_trains_only_on_drift(prefect_api, tmp_path, tiny):
     from forgeline.pipeline.flows import retraining_flow
 

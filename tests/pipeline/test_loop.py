@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 from mlflow.tracking import MlflowClient
 
 from forgeline.pipeline.flows import retraining_flow, training_flow
@@ -22,6 +23,7 @@ def forgeline(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+@pytest.mark.e2e
 def test_served_traffic_drives_drift_retraining_and_the_gate(prefect_api, tmp_path, tiny):
     data = tmp_path / "train.csv"
     sentiment_rows().to_csv(data, index=False)
