@@ -5,6 +5,7 @@ stores."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from pathlib import Path
@@ -65,13 +66,45 @@ def sentiment_rows(n_per_class: int = 100, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@functools.cache
+def _empty_store() -> Path:
+    """An empty MLflow SQLite store, created and migrated by MLflow once per session (in the tests'
+    working directory, as a test's own would be)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    folder = Path(tempfile.mkdtemp(prefix="forgeline-empty-store-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    return folder / "mlflow.db"
+
+
+def sqlite_store(db: Path) -> str:
+    """The URI of a SQLite MLflow store at ``db``, a copy of the session's empty store when none is
+    there yet: creating and migrating a new store costs 2.7 s on the 2-core machine, copying it
+    milliseconds. Tests of how a new store is created (tests/pipeline/test_store.py) make their own."""
+    import shutil
+
+    if not db.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_empty_store(), db)
+    return f"sqlite:///{db}"
+
+
 # Two epochs do not always lift a model off chance level; tests about caching, drift, faults and
 # plumbing turn the gate's floor above chance off (its own tests are tests/registry/test_gate.py)
 QUICK = ("train.epochs=2", "registry.min_gain_over_chance=null")
 
 
 def small_overrides(tmp: Path, data_path: Path, *extra: str) -> list[str]:
-    """``tiny`` preset overrides for the separable two-class CSV at ``data_path``."""
+    """``tiny`` preset overrides for the separable two-class CSV at ``data_path``; without a
+    ``tracking.tracking_uri`` in ``extra``, the workdir's own store starts as a copy of the session's
+    empty one."""
+    if not any(o.startswith("tracking.tracking_uri=") for o in extra):
+        sqlite_store(tmp / "state" / "mlflow.db")
     return [
         "data.source=file", f"data.path={data_path}", "data.encoding=utf-8", "data.label_column=label",
         "data.labels=[negative, positive]", "data.sample_rows=null", "data.min_rows_per_class=5",
@@ -84,7 +117,7 @@ def small_overrides(tmp: Path, data_path: Path, *extra: str) -> list[str]:
 
 def flow_overrides(tmp: Path, data_path: Path, *extra: str) -> list[str]:
     """As small_overrides, tracking into ``tmp/mlflow.db`` and registering model ``e2e``."""
-    return small_overrides(tmp, data_path, f"tracking.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
+    return small_overrides(tmp, data_path, f"tracking.tracking_uri={sqlite_store(tmp / 'mlflow.db')}",
                            "registry.model_name=e2e", *extra)
 
 
@@ -172,20 +205,24 @@ def exported(session_dir, trained):
 
 @pytest.fixture
 def mlflow_uri(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return sqlite_store(tmp_path / "mlflow.db")
 
 
-@pytest.fixture
-def bundle(tmp_path, trained, exported):
+def make_bundle(folder: Path, trained, exported):
     """ONNX + tokenizer files of the session model, laid out as the register stage bundles them."""
     import shutil
 
     _, _, result = trained
-    d = tmp_path / "bundle"
+    d = folder / "bundle"
     d.mkdir()
     shutil.copy(exported, d / "model.onnx")
     shutil.copy(result.checkpoint_dir / "tokenizer.json", d / "tokenizer.json")
     return {"fp32": d / "model.onnx", "tokenizer": d / "tokenizer.json"}, result.labels
+
+
+@pytest.fixture
+def bundle(tmp_path, trained, exported):
+    return make_bundle(tmp_path, trained, exported)
 
 
 def register_version(client, bundle, labels, f1, parity_ok=True, name="m", eval_rows=None, **registry):

@@ -45,7 +45,7 @@ def test_a_default_run_leaves_at_most_150_mb_beyond_the_registered_model(prefect
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     workdir = tmp_path / "wd"
     result = training_flow(config="default", overrides=[
-        f"tracking.workdir={workdir}", "registry.model_name=disk", "data.sample_rows=900", "train.max_steps=4",
+        f"tracking.workdir={workdir}", "registry.model_name=disk", "data.sample_rows=300", "train.max_steps=4",
         "train.progress_bar=false", "compress.distill_epochs=1", "compress.importance_batches=2",
         "compress.calibration_rows=32", "compress.latency_rounds=1", "registry.min_gain_over_chance=null"])
     uri = f"sqlite:///{workdir / 'mlflow.db'}"

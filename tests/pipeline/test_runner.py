@@ -17,6 +17,7 @@ from forgeline.pipeline.cache import StageCache
 from forgeline.pipeline.runner import Stage, StageRunner, retry_on_io
 from forgeline.pipeline.stages import REGISTER, SUMMARY, TRAIN, VALIDATE
 from forgeline.pipeline.tracking import Tracker
+from tests.conftest import sqlite_store
 
 
 def test_io_failures_are_retried_bad_data_is_not():
@@ -73,7 +74,7 @@ PLUS_ONE = Stage("plus_one", _plus_one)
 
 @pytest.fixture
 def make_runner(tmp_path, prefect_api):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     client = MlflowClient(uri, uri)
     exp = client.create_experiment("runner")
 

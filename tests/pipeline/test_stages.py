@@ -22,7 +22,7 @@ from forgeline.pipeline import stages as st
 from forgeline.pipeline.cache import StageCache
 from forgeline.pipeline.runner import StageRunner
 from forgeline.pipeline.tracking import Tracker
-from tests.conftest import QUICK, sentiment_rows, small_overrides
+from tests.conftest import QUICK, sentiment_rows, small_overrides, sqlite_store
 
 
 @dataclass
@@ -67,7 +67,7 @@ def pipeline(tmp_path_factory, tiny) -> Pipeline:
     bad = pd.DataFrame({"text": ["", rows.loc[0, "text"].upper()], "label": ["positive", "negative"],
                         "source": ["shop", "shop"]})
     pd.concat([rows, bad], ignore_index=True).to_csv(data, index=False)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = sqlite_store(root / "mlflow.db")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return Pipeline(root, uri, MlflowClient(uri, uri),

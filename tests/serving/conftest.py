@@ -15,7 +15,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import register_version
+from tests.conftest import register_version, sqlite_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,11 +61,16 @@ class Server:
             return -9
 
 
-@pytest.fixture
-def registry(tmp_path, bundle):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def make_registry(folder: Path, bundle) -> tuple[str, MlflowClient]:
+    """A SQLite registry in ``folder`` whose model ``m`` has one version, the champion."""
+    uri = sqlite_store(folder / "mlflow.db")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, uri)
     register_version(client, bundle, bundle[1], 0.80)
     return uri, client
+
+
+@pytest.fixture
+def registry(tmp_path, bundle):
+    return make_registry(tmp_path, bundle)

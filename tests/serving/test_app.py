@@ -19,17 +19,31 @@ from mlflow.tracking import MlflowClient
 from forgeline.config.schema import ServeConfig
 from forgeline.registry.client import parse_model_ref
 from forgeline.serving.app import BadRequest, parse_predict_body
-from tests.conftest import register_version
-from tests.serving.conftest import Server, free_port
+from tests.conftest import make_bundle, register_version
+from tests.serving.conftest import Server, free_port, make_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+LIMITS = ("poll_interval_s=0.3", "max_wait_ms=20", "max_texts_per_request=8", "max_text_chars=200",
+          "max_body_bytes=6000", "body_timeout_s=2")
+
+
 @pytest.fixture
 def server(tmp_path, registry):
+    """A server of its own, for tests that change the registry under it."""
     uri, _ = registry
-    srv = Server(uri, "m@champion", "poll_interval_s=0.3", "max_wait_ms=20", "max_texts_per_request=8",
-                 "max_text_chars=200", "max_body_bytes=6000", "body_timeout_s=2", log=tmp_path / "server.log")
+    srv = Server(uri, "m@champion", *LIMITS, log=tmp_path / "server.log")
+    yield srv
+    assert srv.stop() == 0, srv.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory, trained, exported):
+    """One server for the tests that only send requests (a server and its registry cost seconds)."""
+    folder = tmp_path_factory.mktemp("shared-server")
+    uri, _ = make_registry(folder, make_bundle(folder, trained, exported))
+    srv = Server(uri, "m@champion", *LIMITS, log=folder / "server.log")
     yield srv
     assert srv.stop() == 0, srv.log.read_text()
 
@@ -70,25 +84,25 @@ BAD_INPUTS = [
 ]
 
 
-def test_bad_inputs_get_clear_4xx_never_500(server):
+def test_bad_inputs_get_clear_4xx_never_500(shared_server):
     for name, body, ctype, status, needle in BAD_INPUTS:
-        resp = post(server.url, body, ctype)
+        resp = post(shared_server.url, body, ctype)
         assert resp.status_code == status, (name, resp.status_code, resp.text)
         assert needle in resp.json()["error"], (name, resp.text)
-    assert httpx.get(f"{server.url}/v1/predict").status_code == 405
+    assert httpx.get(f"{shared_server.url}/v1/predict").status_code == 405
     # the server is still healthy and answering after all of that
-    ok = post(server.url, json.dumps({"texts": ["the ride is wonderful and excellent"]}))
+    ok = post(shared_server.url, json.dumps({"texts": ["the ride is wonderful and excellent"]}))
     assert ok.status_code == 200
-    metrics = httpx.get(f"{server.url}/metrics").text
+    metrics = httpx.get(f"{shared_server.url}/metrics").text
     assert 'forgeline_requests_total{status="500"}' not in metrics
 
 
-def test_a_body_trickled_byte_by_byte_is_timed_out(server):
+def test_a_body_trickled_byte_by_byte_is_timed_out(shared_server):
     """One byte every 0.5 s used to hold the connection for as long as the client liked."""
     import socket
 
     body = b'{"texts": ["slow"]}'
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+    with socket.create_connection(("127.0.0.1", shared_server.port), timeout=30) as sock:
         sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n" % len(body))
         start = time.time()
@@ -113,28 +127,28 @@ def test_a_body_trickled_byte_by_byte_is_timed_out(server):
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 408"), reply
     assert b"body_timeout_s" in reply and time.time() - start < 6
-    assert post(server.url, json.dumps({"texts": ["still serving"]})).status_code == 200
+    assert post(shared_server.url, json.dumps({"texts": ["still serving"]})).status_code == 200
 
 
-def test_predict_health_model_and_metrics(server):
-    resp = post(server.url, json.dumps({"texts": ["this car is wonderful and amazing", "the trip is awful and horrible"]}))
+def test_predict_health_model_and_metrics(shared_server):
+    resp = post(shared_server.url, json.dumps({"texts": ["this car is wonderful and amazing", "the trip is awful and horrible"]}))
     assert resp.status_code == 200
     body = resp.json()
     assert body["model"] == "m" and body["version"] == "1"
     assert [p["label"] for p in body["predictions"]] == ["positive", "negative"]
     for p in body["predictions"]:
         assert abs(sum(p["probabilities"].values()) - 1) < 1e-5 and p["confidence"] == max(p["probabilities"].values())
-    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{server.url}/readyz").json()["version"] == "1"
-    info = httpx.get(f"{server.url}/v1/model").json()
+    assert httpx.get(f"{shared_server.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{shared_server.url}/readyz").json()["version"] == "1"
+    info = httpx.get(f"{shared_server.url}/v1/model").json()
     assert info["version"] == "1" and info["labels"] == ["negative", "positive"] and info["variant"] == "fp32"
-    metrics = httpx.get(f"{server.url}/metrics").text
+    metrics = httpx.get(f"{shared_server.url}/metrics").text
     assert 'forgeline_requests_total{status="200"}' in metrics and "forgeline_model_version 1.0" in metrics
 
 
-def test_concurrent_requests_are_micro_batched(server):
+def test_concurrent_requests_are_micro_batched(shared_server):
     def one(i: int) -> int:
-        return post(server.url, json.dumps({"texts": [f"the app is great and happy {i}"]})).status_code
+        return post(shared_server.url, json.dumps({"texts": [f"the app is great and happy {i}"]})).status_code
 
     threads, codes = [], []
     for i in range(24):
@@ -144,14 +158,14 @@ def test_concurrent_requests_are_micro_batched(server):
     for t in threads:
         t.join()
     assert codes == [200] * 24
-    metrics = httpx.get(f"{server.url}/metrics").text
+    metrics = httpx.get(f"{shared_server.url}/metrics").text
     count = float(next(line.split()[1] for line in metrics.splitlines() if line.startswith("forgeline_batch_texts_count")))
     total = float(next(line.split()[1] for line in metrics.splitlines() if line.startswith("forgeline_batch_texts_sum")))
     assert total >= 24 and count < total, "concurrent single-text requests should share batches"
 
     from forgeline.bench.loadtest import run_load  # the bounded load generator against the same server
 
-    result = run_load(server.url, concurrency=4, requests=40, texts_per_request=2, processes=2)
+    result = run_load(shared_server.url, concurrency=4, requests=40, texts_per_request=2, processes=2)
     assert result["errors"] == 0 and result["statuses"] == {200: 40} and result["processes"] == 2, result
     assert result["versions"] == {"1": 40} and result["texts_per_s"] > 0, result
 
