@@ -127,3 +127,93 @@ def test_put_holds_the_configured_bound_but_keeps_the_entry_it_wrote(tmp_path):
         f.write_bytes(os.urandom(150_000))
         cache.put(stage, "k", stage, {"f": f})
     assert cache.get("one", "k") is None and cache.get("two", "k")[0] == "two"
+
+
+def _damage_meta(entry: Path, change) -> None:
+    meta = json.loads((entry / "entry.json").read_text())
+    (entry / "entry.json").write_text(json.dumps(change(meta)))
+
+
+DAMAGED_META = {
+    "files key removed": (lambda m: {k: v for k, v in m.items() if k != "files"}, "files: Field required"),
+    "document null": (lambda m: None, "the document: Input should be a valid dictionary"),
+    "document a list": (lambda m: [m], "Input should be a valid dictionary"),
+    "files a list": (lambda m: m | {"files": list(m["files"])}, "files: Input should be a valid dictionary"),
+    "value removed": (lambda m: {k: v for k, v in m.items() if k != "value"}, "value: Field required"),
+    "path leaving the entry": (lambda m: m | {"files": {"../../outside": "0" * 64}}, "is not inside the entry"),
+    "digest not a sha256": (lambda m: m | {"files": {k: "../x" for k in m["files"]}}, "is not a sha256"),
+    "unknown key": (lambda m: m | {"extra": 1}, "Extra inputs are not permitted"),
+    "value of the wrong shape": (lambda m: m | {"value": {"__type__": "dataclass", "class": 3}}, "cannot be read back"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_META)
+def test_entry_metadata_of_the_wrong_shape_is_dropped_with_one_warning_and_recomputed(tmp_path, caplog, case):
+    """Found by hand: a valid-JSON entry.json without its files key (or null) failed every later run
+    with an internal KeyError / AttributeError until the cache was deleted by hand."""
+    change, why = DAMAGED_META[case]
+    cache = StageCache(tmp_path / "cache", code="c1")
+    entry = cache.put("train", "k1", {"epochs": 3}, _files(tmp_path))
+    cache.put("eval", "k2", {"f1": 0.9}, {"model.onnx": tmp_path / "src" / "model.onnx"})
+    _damage_meta(entry, change)
+    with caplog.at_level("WARNING", logger="forgeline"):
+        assert cache.get("train", "k1") is None
+    (line,) = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert why in line and "runs again" in line and len(line) < 600, line
+    assert why in cache.dropped[entry.name]
+    assert not entry.exists(), "the damaged entry is gone"
+    assert not (tmp_path / "outside").exists() or case != "path leaving the entry"
+    cache.put("train", "k1", {"epochs": 3}, _files(tmp_path))  # the stage ran again and stored anew
+    assert cache.get("train", "k1")[0] == {"epochs": 3}
+    assert cache.get("eval", "k2")[0] == {"f1": 0.9}, "other entries and their blobs are untouched"
+    _damage_meta(cache.path("eval", "k2"), change)  # the walks that read every manifest survive it too
+    assert cache.size_bytes() > 0 and cache.prune(0).kept_bytes == 0
+
+
+def test_an_entry_of_another_format_version_is_a_miss_not_a_warning(tmp_path, caplog):
+    cache = StageCache(tmp_path / "cache", code="c1")
+    entry = cache.put("train", "k1", {"epochs": 3}, _files(tmp_path))
+    _damage_meta(entry, lambda m: m | {"schema": 3})
+    with caplog.at_level("WARNING", logger="forgeline"):
+        assert cache.get("train", "k1") is None
+    assert not [r for r in caplog.records if "dropped" in r.getMessage()]
+
+
+def test_walks_of_the_cache_tolerate_entries_vanishing_under_them(tmp_path):
+    """Seen with three runs on one workdir: size_bytes() walked the cache while another run renamed its
+    temporary folder, and the run failed with FileNotFoundError."""
+    import threading
+
+    cache = StageCache(tmp_path / "cache", code="c1")
+    cache.put("train", "k0", {"epochs": 3}, _files(tmp_path))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        other = StageCache(tmp_path / "cache", code="c1")
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                other.put("s", f"k{i}", {"i": i}, {"model.onnx": tmp_path / "src" / "model.onnx"})
+                other.prune(0, keep=set())
+            except BaseException as e:  # noqa: BLE001
+                import traceback
+
+                errors.append("".join(traceback.format_exception(e)))
+                return
+
+    writers = [threading.Thread(target=churn) for _ in range(2)]
+    for w in writers:
+        w.start()
+    try:
+        deadline = time.time() + 3
+        while time.time() < deadline:
+            cache.size_bytes()
+            cache.prune(1 << 30)
+            cache.entries()
+    finally:
+        stop.set()
+        for w in writers:
+            w.join()
+    assert not errors, errors[:1]

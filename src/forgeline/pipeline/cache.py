@@ -22,19 +22,25 @@ a half entry. ``StageCache.prune`` bounds the size, least recently used first (`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import importlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from forgeline.inference.contract import file_sha256
 
@@ -60,6 +66,68 @@ def code_version(root: Path = _ROOT) -> str:
 def stable_hash(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return file_sha256(path)
+    except FileNotFoundError:  # removed by another run meanwhile
+        return None
+
+
+def _unique() -> str:
+    """A temporary name no other process or thread of this one picks."""
+    return f"{os.getpid()}.{threading.get_ident()}.{os.urandom(4).hex()}"
+
+
+class EntryMeta(BaseModel):
+    """``entry.json``, checked on every read: a document of another shape (a key removed, ``null``, a
+    path leaving the entry, a digest that is no sha256) is a damaged entry, dropped and recomputed like
+    a file that fails its checksum, never an internal error."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    schema_: Literal[2] = Field(alias="schema")  # SCHEMA; other versions are a miss before this check
+    stage: str
+    key: str
+    created: float
+    value: Any
+    files: dict[str, str]
+
+    @field_validator("files")
+    @classmethod
+    def _inside_the_entry(cls, files: dict[str, str]) -> dict[str, str]:
+        for rel, digest in files.items():
+            parts = Path(rel).parts
+            if not parts or Path(rel).is_absolute() or ".." in parts or parts[0] not in ("files", "frames"):
+                raise ValueError(f"file {rel[:200]!r} is not inside the entry's files/ or frames/")
+            if not _SHA256.fullmatch(digest):
+                raise ValueError(f"the digest of {rel[:200]!r} is not a sha256")
+        return files
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def read_entry(entry: Path) -> EntryMeta | str | None:
+    """The entry's checked metadata; a string saying what is wrong with a damaged one; None when the
+    entry is missing or of another format version (a miss: no run of this version reads it)."""
+    try:
+        raw = json.loads((entry / "entry.json").read_bytes())
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"entry.json cannot be read ({e.strerror or e})"
+    except ValueError as e:
+        return f"entry.json is not JSON ({str(e)[:200]})"
+    if isinstance(raw, dict) and isinstance(raw.get("schema"), int) and raw["schema"] != SCHEMA:
+        return None
+    try:
+        return EntryMeta.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "the document"
+        return f"entry.json does not match the cache's schema ({where}: {first['msg'][:200]})"
 
 
 class CacheFormatError(TypeError):
@@ -174,27 +242,27 @@ class StageCache:
         if not self.enabled:
             return None
         entry = self.path(stage, key)
-        try:
-            meta = json.loads((entry / "entry.json").read_text())
-        except (OSError, ValueError):
+        meta = read_entry(entry)
+        if meta is None:
             return None
-        if meta.get("schema") != SCHEMA:
-            return None
-        bad = self._verify(entry, meta["files"])
+        if isinstance(meta, str):
+            return self._drop(entry, meta, {})
+        bad = self._verify(entry, meta.files)
         if bad:
-            self.dropped[entry.name] = bad
-            log.warning("cache entry %s dropped: %s; the stage runs again", entry.name, bad)
-            self._remove(entry, meta["files"])
-            return None
+            return self._drop(entry, bad, meta.files)
         try:
-            value = _Codec(entry).decode(meta["value"])
+            value = _Codec(entry).decode(meta.value)
         except (ValueError, TypeError, AttributeError, ImportError, KeyError, OSError) as e:
-            log.warning("cache entry %s dropped: %s", entry.name, e)
-            self._remove(entry, meta["files"])
-            return None
+            return self._drop(entry, f"its value cannot be read back ({type(e).__name__}: {str(e)[:200]})", meta.files)
         os.utime(entry / "entry.json")  # last use, for the least-recently-used bound
         files = entry / "files"
         return value, ({p.name: p for p in files.iterdir()} if files.is_dir() else {})
+
+    def _drop(self, entry: Path, why: str, manifest: dict[str, str]) -> None:
+        self.dropped[entry.name] = why
+        log.warning("cache entry %s dropped: %s; the stage runs again", entry.name, why)
+        self._remove(entry, manifest)
+        return None
 
     def _verify(self, entry: Path, manifest: dict[str, str]) -> str | None:
         for rel, digest in manifest.items():
@@ -213,7 +281,7 @@ class StageCache:
         listed = self._listed()
         for digest in set(manifest.values()):
             blob = self.blobs / digest
-            if blob.exists() and (digest not in listed or file_sha256(blob) != digest):
+            if digest not in listed or _sha256_or_none(blob) not in (digest, None):
                 blob.unlink(missing_ok=True)
 
     def _listed(self) -> set[str]:
@@ -221,11 +289,14 @@ class StageCache:
         model's files may be links to the same blobs (``share``)."""
         out: set[str] = set()
         for entry in self.entries():
-            try:
-                out.update(json.loads((entry / "entry.json").read_text()).get("files", {}).values())
-            except (OSError, ValueError):
-                pass
+            out.update(self._manifest(entry).values())
         return out
+
+    @staticmethod
+    def _manifest(entry: Path) -> dict[str, str]:
+        """An entry's files, {} for a damaged or vanished one."""
+        meta = read_entry(entry)
+        return meta.files if isinstance(meta, EntryMeta) else {}
 
     def put(self, stage: str, key: str, value: Any, files: dict[str, Path] | None = None) -> Path:
         """Store ``files`` (name → file or folder) and ``value``, then hold the size bound."""
@@ -250,16 +321,22 @@ class StageCache:
             if (entry / "entry.json").exists():  # a run beside this one stored the same key meanwhile
                 shutil.rmtree(tmp)
                 return entry
-            if entry.exists():  # a broken leftover: moved aside first, so no reader sees it half-deleted
-                aside = self.root / f".{entry.name}.old.{os.getpid()}"
-                entry.rename(aside)
-                shutil.rmtree(aside, ignore_errors=True)
-            try:
-                tmp.rename(entry)
-            except OSError:
-                if not (entry / "entry.json").exists():
-                    raise
-                shutil.rmtree(tmp)  # lost the race to an identical entry
+            for attempt in range(3):
+                if entry.exists():  # a broken leftover: moved aside first, so no reader sees it half-deleted
+                    aside = self.root / f".{entry.name}.old.{_unique()}"
+                    with contextlib.suppress(FileNotFoundError):
+                        entry.rename(aside)
+                    shutil.rmtree(aside, ignore_errors=True)
+                try:
+                    tmp.rename(entry)
+                    break
+                except OSError as e:
+                    if (entry / "entry.json").exists():
+                        shutil.rmtree(tmp)  # lost the race to an identical entry
+                        break
+                    # another run's entry of this key appeared and is being removed meanwhile
+                    if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT) or attempt == 2:
+                        raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -271,20 +348,30 @@ class StageCache:
         """``dst`` as a hard link to the blob of ``src``'s content (a copy where links do not work)."""
         digest = file_sha256(src)
         blob = self.blobs / digest
-        if blob.exists() and file_sha256(blob) != digest:
-            blob.unlink()  # a corrupted blob is replaced, never linked again
-        if not blob.exists():
-            part = self.blobs / f".{digest}.{os.getpid()}"
-            shutil.copyfile(src, part)
-            os.replace(part, blob)
-        try:
-            os.link(blob, dst)
-        except OSError:
-            shutil.copyfile(blob, dst)
+        if _sha256_or_none(blob) not in (digest, None):
+            blob.unlink(missing_ok=True)  # a corrupted blob is replaced, never linked again
+        for _ in range(3):  # another run's prune may remove the blob as an orphan before the link
+            if not blob.exists():
+                part = self.blobs / f".{digest}.{_unique()}"
+                shutil.copyfile(src, part)
+                os.replace(part, blob)
+            try:
+                os.link(blob, dst)
+                return digest
+            except FileNotFoundError:
+                continue
+            except OSError:  # no hard links on this filesystem
+                break
+        shutil.copyfile(src, dst)
         return digest
 
     def entries(self) -> list[Path]:
-        return [p for p in self.root.iterdir() if p.is_dir() and (p / "entry.json").exists()] if self.root.is_dir() else []
+        """Finished entries; not another run's temporary folder (``.<stage>-…``), which holds its
+        entry.json just before the rename (``prune`` in one run deleted another's half-written entry)."""
+        if not self.root.is_dir():
+            return []
+        return [p for p in self.root.iterdir()
+                if not p.name.startswith(".") and p.is_dir() and (p / "entry.json").exists()]
 
     def size_bytes(self) -> int:
         """Bytes under the cache folder, each blob once, plus entries' own files (JSON, parquet); a blob
@@ -293,31 +380,37 @@ class StageCache:
             return 0
         seen: set[tuple[int, int]] = set()
         total = 0
-        for path in self.root.rglob("*"):
-            if path.is_file():
-                st = path.stat()
+        for dirpath, _, names in os.walk(self.root):  # os.walk skips folders renamed away meanwhile
+            for name in names:
+                try:  # another run may rename its temporary entry or remove an entry meanwhile
+                    st = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
                 if (st.st_dev, st.st_ino) not in seen:
                     seen.add((st.st_dev, st.st_ino))
                     total += st.st_size
         return total
+
+    @staticmethod
+    def _last_use(entry: Path) -> float:
+        try:
+            return (entry / "entry.json").stat().st_mtime
+        except FileNotFoundError:  # removed by another run meanwhile
+            return 0.0
 
     def prune(self, max_bytes: int, keep: set[str] = frozenset()) -> PruneReport:
         """Remove least recently used entries until the cache holds at most ``max_bytes``; blobs no
         entry links any more go with them; half-written temporary folders of dead runs too."""
         self._sweep_temporaries()
         before = self.size_bytes()
-        by_use = sorted(self.entries(), key=lambda p: (p / "entry.json").stat().st_mtime)
+        by_use = sorted(self.entries(), key=self._last_use)
         removed: list[str] = []
         for entry in by_use:
             if self.size_bytes() <= max_bytes:
                 break
             if entry.name in keep:
                 continue
-            try:
-                manifest = json.loads((entry / "entry.json").read_text()).get("files", {})
-            except (OSError, ValueError):
-                manifest = {}
-            self._remove(entry, manifest)
+            self._remove(entry, self._manifest(entry))
             removed.append(entry.name)
         self._remove_orphan_blobs()
         after = self.size_bytes()
@@ -354,7 +447,7 @@ class StageCache:
             blob = self.blobs / file_sha256(path)
             if blob not in by_size[st.st_size]:
                 continue
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.link")
+            tmp = path.with_name(f".{path.name}.{_unique()}.link")
             try:
                 os.link(blob, tmp)
                 os.replace(tmp, path)
@@ -373,5 +466,11 @@ class StageCache:
             if not d.is_dir():
                 continue
             for p in d.iterdir():
-                if p.name.startswith(".") and now - p.stat().st_mtime > older_than_s:
+                if not p.name.startswith("."):
+                    continue
+                try:
+                    stale = now - p.stat().st_mtime > older_than_s
+                except FileNotFoundError:  # another run renamed its temporary into place meanwhile
+                    continue
+                if stale:
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
