@@ -16,9 +16,20 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one BLAS/OpenMP thread per pytest-xdist worker (and the processes it starts): two workers of
+    # two threads each on the 2-core machine oversubscribe it
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from forgeline.config.loader import load_config  # noqa: E402
 from forgeline.config.schema import PipelineConfig  # noqa: E402
+
+def pytest_collection_modifyitems(config, items):
+    """Whole-flow and fault tests first, in their files' order, so that a parallel run (pytest-xdist)
+    has them spread over its workers from the start instead of one long test left at the end."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("e2e") or item.get_closest_marker("faults") else 1)
+
 
 def _torch_cuda() -> bool:
     import torch
