@@ -59,16 +59,20 @@ def test_a_long_bad_value_is_echoed_cut_with_its_length(capsys):
     assert_bounded(err)
 
 
+def no_file(tmp_path: Path, what: str, name: str) -> tuple[Path, str]:
+    """A path that is no regular file, and how forgeline should name it."""
+    if what == "directory":
+        return tmp_path, "is a directory"
+    if what == "device":
+        return Path("/dev/null"), "is a character device"
+    os.mkfifo(tmp_path / name)  # reading it would block for ever
+    return tmp_path / name, "is a named pipe (FIFO)"
+
+
 @pytest.mark.parametrize("what", ["directory", "device", "fifo"])
 def test_a_config_path_that_is_no_file_is_named_as_what_it_is(tmp_path, capsys, what):
     """A directory, /dev/null and a FIFO were reported as "does not exist"."""
-    if what == "directory":
-        path, said = tmp_path, "is a directory"
-    elif what == "device":
-        path, said = Path("/dev/null"), "is a character device"
-    else:
-        path, said = tmp_path / "pipe.yaml", "is a named pipe (FIFO)"
-        os.mkfifo(path)
+    path, said = no_file(tmp_path, what, "pipe.yaml")
     code, err = cli(capsys, "config", "--config", str(path))
     assert code == 2 and said in err and "pass a readable YAML file" in err, err
     assert_bounded(err)
@@ -76,13 +80,7 @@ def test_a_config_path_that_is_no_file_is_named_as_what_it_is(tmp_path, capsys, 
 
 @pytest.mark.parametrize("what", ["directory", "fifo", "device"])
 def test_a_data_path_that_is_no_file_is_named_as_what_it_is_before_anything_starts(tmp_path, capsys, what):
-    if what == "directory":
-        path, said = tmp_path, "is a directory"
-    elif what == "device":
-        path, said = Path("/dev/null"), "is a character device"
-    else:
-        path, said = tmp_path / "data.csv", "is a named pipe (FIFO)"
-        os.mkfifo(path)  # reading it would block for ever
+    path, said = no_file(tmp_path, what, "data.csv")
     code, err = cli(capsys, "run", "--config", "tiny", "--set", "data.source=file", "--set", f"data.path={path}",
                     "--set", f"tracking.workdir={tmp_path / 'wd'}")
     assert code == 2 and said in err and "set data.path to a readable" in err, err
