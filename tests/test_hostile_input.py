@@ -53,6 +53,12 @@ def test_a_5000_digit_integer_is_a_config_error_naming_the_key(capsys):
     assert "train.epochs" in err and "cannot be read" in err
 
 
+def test_a_value_nested_20000_deep_is_a_config_error(capsys):
+    code, err = cli(capsys, "config", "--config", "tiny", "--set", "train.epochs=" + "[" * 20000)
+    assert code == 2 and "nested too deeply" in err and "train.epochs" in err, err
+    assert_bounded(err)
+
+
 def test_a_long_bad_value_is_echoed_cut_with_its_length(capsys):
     code, err = cli(capsys, "config", "--config", "tiny", "--set", "train.epochs=" + "x" * 100_000)
     assert code == 2 and "train.epochs" in err and "characters)" in err

@@ -110,6 +110,8 @@ def load_yaml(text: str):
         return loader.get_single_data()
     except ValueError as e:  # int("9" * 5000): "Exceeds the limit (4300 digits) for integer string conversion"
         raise yaml.YAMLError(f"a number in it cannot be read ({str(e).split(';')[0][:SHOWN_CHARS]})") from None
+    except RecursionError:  # PyYAML composes nested collections recursively: "[" * 20000 was an internal error
+        raise yaml.YAMLError("its collections are nested too deeply") from None
     finally:
         loader.dispose()
 
