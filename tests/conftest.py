@@ -26,9 +26,9 @@ from forgeline.config.loader import load_config  # noqa: E402
 from forgeline.config.schema import PipelineConfig  # noqa: E402
 
 def pytest_collection_modifyitems(config, items):
-    """Whole-flow and fault tests first, in their files' order: pytest-xdist's ``--dist load`` deals
-    tests to its workers in turn, so the long ones are spread over the workers from the start instead
-    of one left at the end (with ``loadscope``, ``test_faults.py`` ran 11 min on one worker)."""
+    """Whole-flow and fault tests first, in their files' order, so that they start early and
+    pytest-xdist's work stealing balances the short ones around them (with ``--dist loadscope``,
+    ``test_faults.py`` ran 11 min on one worker at the end; docs/benchmarks.md, "Test suite")."""
     items.sort(key=lambda item: 0 if item.get_closest_marker("e2e") or item.get_closest_marker("faults") else 1)
 
 
