@@ -25,6 +25,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 from forgeline.config.loader import load_config  # noqa: E402
 from forgeline.config.schema import PipelineConfig  # noqa: E402
 
+
 def pytest_collection_modifyitems(config, items):
     """Whole-flow and fault tests first, in their files' order, so that they start early and
     pytest-xdist's work stealing balances the short ones around them (with ``--dist loadscope``,
