@@ -25,6 +25,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 from forgeline.config.loader import load_config  # noqa: E402
 from forgeline.config.schema import PipelineConfig  # noqa: E402
 
+try:  # the fuzz suite (marker `fuzz`): the same examples on every run, bounded in number and time
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "forgeline", max_examples=int(os.environ.get("FORGELINE_FUZZ_EXAMPLES", "100")), deadline=None,
+        derandomize=True, database=None, print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    settings.load_profile("forgeline")
+except ImportError:  # the `test` extra not installed: only the fuzz tests need it
+    pass
+
 
 def pytest_collection_modifyitems(config, items):
     """Whole-flow and fault tests first, in their files' order, so that they start early and

@@ -141,7 +141,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from forgeline.data.load import preflight
     from forgeline.settings import ensure_workdir, require_reachable, resolve_tracking_uri
 
+    from forgeline.training.classifier import check_base
+
     preflight(cfg.data)
+    check_base(cfg.model)
     ensure_workdir(cfg.tracking)
     require_reachable(resolve_tracking_uri(cfg.tracking))
     from forgeline.pipeline.embedded import start_temporary_server

@@ -41,6 +41,47 @@ def test_out_of_range_value():
         load_config("tiny", ["data.max_invalid_fraction=1.5"])
 
 
+@pytest.mark.parametrize("item, said", [
+    ("train.epochs=10001", "less than or equal to 10000"),
+    ("train.batch_size=100000", "less than or equal to 65536"),
+    ("seed=-1", "greater than or equal to 0"),
+    ("seed=4294967296", "less than or equal to 4294967295"),  # NumPy's seeds end below 2**32
+    ("train.max_steps=" + "9" * 40, "less than or equal to 1000000000"),
+    ("registry.f1_tolerance=1.5", "less than or equal to 1"),
+    ("train.learning_rate=.nan", "finite number"),
+    ("drift.p_value=.inf", "finite number"),
+    ("compress.temperature=-.inf", "finite number"),
+])
+def test_a_value_outside_its_range_names_the_key_the_value_and_the_range(item, said):
+    """A NaN threshold compares false with everything and would silently switch a check off; unbounded
+    counts reached NumPy and PyTorch as internal errors."""
+    key, value = item.split("=", 1)
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", [item])
+    msg = str(e.value)
+    assert f"'{key}'" in msg and said in msg and "(got " in msg, msg
+
+
+def test_max_length_past_the_base_models_positions_is_refused_before_anything_starts(tmp_path: Path, capsys):
+    from forgeline.cli import main
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text('{"model_type": "bert", "max_position_embeddings": 64}')
+    code = main(["run", "--config", "tiny", "--set", f"model.base={base}", "--set", "model.max_length=128",
+                 "--set", f"tracking.workdir={tmp_path / 'wd'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "model.max_length 128 is more than the 64 token positions" in err, err
+    assert "at most 64" in err and not (tmp_path / "wd").exists()
+    (base / "config.json").write_text('{"model_type": "roberta", "max_position_embeddings": 66}')  # offset by 2
+    assert main(["run", "--config", "tiny", "--set", f"model.base={base}", "--set", "model.max_length=65",
+                 "--set", f"tracking.workdir={tmp_path / 'wd'}"]) == 2
+    assert "64 token positions" in capsys.readouterr().err
+    (base / "config.json").write_text("[1, 2")
+    assert main(["run", "--config", "tiny", "--set", f"model.base={base}", "--set", f"tracking.workdir={tmp_path / 'wd'}"]) == 2
+    assert "cannot be read as JSON" in capsys.readouterr().err
+
+
 def test_override_applies_and_parses_yaml():
     cfg = load_config("tiny", ["train.epochs=5", "data.labels=[a, b]", "data.sample_rows=null"])
     assert cfg.train.epochs == 5 and cfg.data.labels == ["a", "b"] and cfg.data.sample_rows is None

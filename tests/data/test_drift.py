@@ -1,5 +1,8 @@
+import json
+
 import numpy as np
 import pandas as pd
+import pytest
 
 from forgeline.config.schema import DriftConfig, ModelConfig
 from forgeline.data.drift import build_profile, compare
@@ -113,3 +116,36 @@ def test_unlabelled_traffic_skips_the_label_test_and_says_so():
     short = df[df.text.str.len() < 90]["text"].tolist()  # shorter texts than the model was trained on
     moved = compare(*ref, *traffic_profile(short, cfg.drift, model, 1), cfg.drift)
     assert moved.retrain and any("text lengths moved" in r for r in moved.reasons)
+
+
+DAMAGED_PROFILE = {
+    "not JSON": (lambda p, e: p.write_text("{rows"), "unreadable: JSONDecodeError"),
+    "a list": (lambda p, e: p.write_text("[1, 2]"), "not a JSON object"),
+    "rows removed": (lambda p, e: p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items()
+                                                           if k != "rows"})), "no positive 'rows'"),
+    "lengths of text": (lambda p, e: p.write_text(json.dumps(json.loads(p.read_text()) | {"lengths": "many"})),
+                        "'lengths' is not a list"),
+    "labels not fractions": (lambda p, e: p.write_text(json.dumps(json.loads(p.read_text()) | {
+        "label_distribution": {"positive": "half"}})), "'label_distribution'"),
+    "embeddings cut": (lambda p, e: e.write_bytes(e.read_bytes()[:100]), "unreadable"),
+    "embeddings a pickle": (lambda p, e: np.save(e, np.array([{"a": 1}], dtype=object), allow_pickle=True), "unreadable"),
+    "embeddings 1-D": (lambda p, e: np.save(e, np.zeros(8, dtype=np.float16)), "shape (8,)"),
+    "embeddings NaN": (lambda p, e: np.save(e, np.full((4, 8), np.nan, dtype=np.float16)), "not finite"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_PROFILE)
+def test_a_damaged_profile_is_named_never_a_key_error(tmp_path, case):
+    """A damaged champion profile ended the drift check in a KeyError or JSONDecodeError; now it says what is
+    wrong and the check decides to retrain (``pipeline.flows.check_drift``), which writes a new profile."""
+    from forgeline.data.drift import DamagedProfile, checked_profile, save_profile
+
+    df = sentiment_rows(20)
+    p, e = save_profile(*profile(df), tmp_path)
+    loaded, emb = checked_profile("3", str(p), str(e))  # intact: read back as saved
+    assert loaded["rows"] == 40 and emb.dtype == np.float32 and emb.shape == (40, 384)
+    damage, why = DAMAGED_PROFILE[case]
+    damage(p, e)
+    with pytest.raises(DamagedProfile, match="champion v3 is damaged") as err:
+        checked_profile("3", str(p), str(e))
+    assert why in str(err.value) and err.value.version == "3"

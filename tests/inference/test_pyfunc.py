@@ -86,3 +86,35 @@ def test_pyfunc_predicts_from_bundled_files(tmp_path, trained, exported):
     assert model.predict(None, pd.DataFrame({"text": []})).empty
     long = model.predict(None, ["word " * 1000])
     assert len(long) == 1
+
+
+DAMAGED_META = {
+    "not JSON": ('{"labels": ["a", "b"', "cannot be read as JSON"),
+    "a list": ('["a", "b"]', "is a JSON list, not an object"),
+    "null": ("null", "is a JSON NoneType, not an object"),
+    "labels missing": ('{"max_length": 32}', "'labels'"),
+    "labels not strings": ('{"labels": [1, 2], "max_length": 32}', "'labels'"),
+    "max_length a string": ('{"labels": ["a", "b"], "max_length": "32"}', "'max_length'"),
+    "checksums a list": ('{"labels": ["a", "b"], "max_length": 32, "sha256": ["x"]}', "'sha256'"),
+    "default variant not names": ('{"labels": ["a", "b"], "max_length": 32, "default_variant": {"cpu": 1}}',
+                                  "'default_variant'"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_META)
+def test_damaged_bundle_metadata_is_an_integrity_error_naming_the_file(tmp_path, case):
+    """A damaged forgeline_meta.json was a JSONDecodeError or KeyError inside MLflow's load; serving and the
+    watcher turn this error into one message naming the version (exit 2, or the old version kept)."""
+    from forgeline.inference.contract import ArtifactIntegrityError, read_bundle_meta
+
+    path = tmp_path / "forgeline_meta.json"
+    path.write_text('{"labels": ["a", "b"], "max_length": 32, "sha256": {"fp32": "0"}}')
+    assert read_bundle_meta(str(path))["labels"] == ["a", "b"]
+    text, why = DAMAGED_META[case]
+    path.write_text(text)
+    with pytest.raises(ArtifactIntegrityError, match="forgeline_meta.json of this model version") as err:
+        read_bundle_meta(str(path))
+    assert why in str(err.value) and "Re-register" in str(err.value)
+    context = SimpleNamespace(artifacts={"meta": str(path)}, model_config={})
+    with pytest.raises(ArtifactIntegrityError):
+        OnnxTextClassifier().load_context(context)

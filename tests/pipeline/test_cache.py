@@ -129,9 +129,15 @@ def test_put_holds_the_configured_bound_but_keeps_the_entry_it_wrote(tmp_path):
     assert cache.get("one", "k") is None and cache.get("two", "k")[0] == "two"
 
 
-def _damage_meta(entry: Path, change) -> None:
-    meta = json.loads((entry / "entry.json").read_text())
-    (entry / "entry.json").write_text(json.dumps(change(meta)))
+def _damage_meta(entry: Path, change, digest: bool = True) -> None:
+    """Change entry.json; with ``digest``, its digest is recomputed, so that the checks behind it are reached."""
+    from forgeline.pipeline.cache import entry_digest
+
+    meta = change(json.loads((entry / "entry.json").read_text()))
+    if digest and isinstance(meta, dict) and {"stage", "key", "value", "files", "digest"} <= set(meta) and isinstance(
+            meta["files"], dict):
+        meta["digest"] = entry_digest(meta["stage"], meta["key"], meta["value"], meta["files"])
+    (entry / "entry.json").write_text(json.dumps(meta))
 
 
 DAMAGED_META = {
@@ -144,6 +150,8 @@ DAMAGED_META = {
     "digest not a sha256": (lambda m: m | {"files": {k: "../x" for k in m["files"]}}, "is not a sha256"),
     "unknown key": (lambda m: m | {"extra": 1}, "Extra inputs are not permitted"),
     "value of the wrong shape": (lambda m: m | {"value": {"__type__": "dataclass", "class": 3}}, "cannot be read back"),
+    "another entry's metadata": (lambda m: m | {"key": "k2"}, "belongs to another entry"),
+    "digest removed": (lambda m: {k: v for k, v in m.items() if k != "digest"}, "digest: Field required"),
 }
 
 
@@ -173,10 +181,23 @@ def test_entry_metadata_of_the_wrong_shape_is_dropped_with_one_warning_and_recom
 def test_an_entry_of_another_format_version_is_a_miss_not_a_warning(tmp_path, caplog):
     cache = StageCache(tmp_path / "cache", code="c1")
     entry = cache.put("train", "k1", {"epochs": 3}, _files(tmp_path))
-    _damage_meta(entry, lambda m: m | {"schema": 3})
+    _damage_meta(entry, lambda m: m | {"schema": 99})
     with caplog.at_level("WARNING", logger="forgeline"):
         assert cache.get("train", "k1") is None
     assert not [r for r in caplog.records if "dropped" in r.getMessage()]
+    cache.put("train", "k1", {"epochs": 4}, _files(tmp_path))  # replaced by the next run's result
+    assert cache.get("train", "k1")[0] == {"epochs": 4}
+
+
+def test_a_value_edited_in_entry_json_is_a_damaged_entry_not_a_wrong_hit(tmp_path, caplog):
+    """Found by tests/pipeline/test_fuzz_cache.py: ``"shape": null`` written into a cached value came back
+    as the stage's result (the files had checksums, entry.json itself none)."""
+    cache = StageCache(tmp_path / "cache", code="c1")
+    entry = cache.put("train", "k1", {"epochs": 3, "shape": [2, 2]}, _files(tmp_path))
+    _damage_meta(entry, lambda m: m | {"value": m["value"] | {"shape": None}}, digest=False)
+    with caplog.at_level("WARNING", logger="forgeline"):
+        assert cache.get("train", "k1") is None
+    assert "changed after it was written" in cache.dropped[entry.name]
 
 
 def test_walks_of_the_cache_tolerate_entries_vanishing_under_them(tmp_path):

@@ -87,8 +87,14 @@ def test_pipeline_end_to_end(prefect_api, tmp_path):
                  "--json", str(out_json)]) == 0
     result = json.loads(out_json.read_text())
     ok = {(r["engine"], r["seq"]) for r in result["inference"] if "error" not in r}
-    assert {("torch_eager_fp32_cpu", "16"), ("ort_fp32_cpu", "real"), ("ort_int8_cpu", "real"), ("pyfunc_registry", "real"),
+    assert {("torch_eager_fp32_cpu", "16"), ("ort_fp32_cpu", "real"), ("pyfunc_registry", "real"),
             ("pyfunc_registry_model", "real")} <= ok
+    # every CPU variant the version bundles is timed; which ones are bundled depends on latency measured
+    # on this (shared, noisy) machine: int8 of the 1-layer model is sometimes dominated by fp32
+    from forgeline.inference.contract import RUNS_ON
+
+    bundled = client.get_model_version("e2e", "1").tags["variants"].split(",")
+    assert {(f"ort_{v}_cpu", "real") for v in bundled if "cpu" in RUNS_ON[v]} <= ok
     assert ("pyfunc_registry", "16") not in ok
     assert result["targets"]["fused_attention_nodes>=6"] == {"value": 1, "met": False}  # the tiny preset has 1 layer
     assert [t["seq"] for t in result["training"]] == [16, "real"]

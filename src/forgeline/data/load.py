@@ -19,7 +19,7 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
 from forgeline.config.schema import DataConfig, SplitConfig
-from forgeline.errors import DataLoadError, DataValidationError, path_kind
+from forgeline.errors import DataLoadError, DataValidationError, path_kind, shown
 from forgeline.inference.contract import file_sha256
 from forgeline.inference.text import CONTROL_CHARS, NOT_UTF8, RULES
 
@@ -104,6 +104,7 @@ def _read_bytes(path: Path) -> bytes:
     import gzip
     import lzma
     import zipfile
+    import zlib
 
     _, compression = _suffixes(path)
     data = path.read_bytes()
@@ -127,8 +128,12 @@ def _read_bytes(path: Path) -> bytes:
                 if len(members) != 1:
                     raise DataLoadError(f"{path}: a .zip dataset must hold exactly one file; it holds {members}")
                 return z.read(members[0])
-    except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile) as e:
-        raise DataLoadError(f"{path}: not a valid {compression} file ({e}); check the file or its suffix") from None
+    # zlib.error: a damaged deflate stream (gzip, zip), found by tests/data/test_fuzz_load.py; RuntimeError and
+    # NotImplementedError: an encrypted zip member or one of a compression method zipfile lacks
+    except (OSError, EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile, RuntimeError, NotImplementedError,
+            ValueError) as e:
+        raise DataLoadError(f"{path}: not a valid {compression} file ({shown(str(e))}); check the file or its "
+                            "suffix") from None
     except Exception as e:  # noqa: BLE001 - zstandard's own error type
         if compression == "zstd" and type(e).__name__ == "ZstdError":
             raise DataLoadError(f"{path}: not a valid zstd file ({e})") from None
@@ -212,14 +217,26 @@ def read_table(path: Path, cfg: DataConfig, check_columns: bool = True) -> pd.Da
         else:
             import pyarrow.parquet as pq
 
-            df = pq.read_table(io.BytesIO(data)).to_pandas()
+            import pyarrow as pa
+
+            table = pq.read_table(io.BytesIO(data))
+            # Arrow does not check that a string column is UTF-8 when reading; a damaged one failed in
+            # to_pandas with ArrowException (tests/data/test_fuzz_load.py). As bytes, each cell is decoded
+            # with data.encoding below: invalid bytes become U+FFFD and the row is quarantined (non_utf8).
+            table = table.cast(pa.schema([f.with_type(pa.large_binary()) if pa.types.is_string(f.type)
+                                          or pa.types.is_large_string(f.type) else f for f in table.schema]))
+            df = table.to_pandas()
             for col in df.columns:
                 if df[col].dtype == object:
                     df[col] = df[col].map(lambda v: _decode_cell(v, cfg.encoding))
     except DataLoadError:
         raise
     except (OSError, ValueError, pd.errors.ParserError) as e:
-        raise DataLoadError(f"cannot read {path} as {fmt}: {e}") from e
+        raise DataLoadError(f"cannot read {path} as {fmt}: {shown(str(e))}") from e
+    except Exception as e:  # pyarrow's ArrowException (not a ValueError) for other damage inside a Parquet file
+        if type(e).__module__.startswith("pyarrow"):
+            raise DataLoadError(f"cannot read {path} as {fmt}: {shown(str(e))}") from e
+        raise
     if check_columns:
         _check_columns(df, path, cfg)
     return df.reset_index(drop=True)

@@ -75,3 +75,35 @@ def verify_artifacts(artifacts: dict[str, str], meta: dict, names: list[str]) ->
                 f"{path.rsplit('/', 1)[-1]} ({name}) does not match the checksum recorded at registration "
                 f"(sha256 {actual[:12]}… != {expected[:12]}…): the artifact store copy is corrupted or was "
                 "replaced. Re-register the model (run the pipeline again) or serve another version")
+
+
+def read_bundle_meta(path: str) -> dict:
+    """The bundle's ``forgeline_meta.json``, checked for the shape every reader relies on: a damaged or
+    replaced file is an ``ArtifactIntegrityError`` naming it, never a ``KeyError`` or ``JSONDecodeError``
+    at load time (it holds the checksums, so it cannot be checked against them)."""
+    import json
+
+    name = str(path).rsplit("/", 1)[-1]
+
+    def bad(why: str) -> ArtifactIntegrityError:
+        return ArtifactIntegrityError(f"{name} of this model version {why}: the bundle is damaged or was replaced. "
+                                      "Re-register the model (run the pipeline again) or serve another version")
+
+    try:
+        with open(path, "rb") as f:
+            meta = json.loads(f.read(1 << 22))  # a real one is a few KB
+    except (OSError, ValueError) as e:
+        raise bad(f"cannot be read as JSON ({type(e).__name__})") from None
+    if not isinstance(meta, dict):
+        raise bad(f"is a JSON {type(meta).__name__}, not an object")
+    labels, max_length = meta.get("labels"), meta.get("max_length")
+    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) for x in labels)):
+        raise bad("has no list of at least two string 'labels'")
+    if not (isinstance(max_length, int) and not isinstance(max_length, bool) and 1 <= max_length <= 1 << 16):
+        raise bad("has no integer 'max_length' in [1, 65536]")
+    for key in (DEFAULT_VARIANT_KEY, CHECKSUMS_KEY):
+        value = meta.get(key)
+        if value is not None and not (isinstance(value, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
+            raise bad(f"has a '{key}' that is not a mapping of names to strings")
+    return meta

@@ -11,15 +11,13 @@ Imports only numpy, pandas, onnxruntime, tokenizers and mlflow.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from forgeline.inference.contract import DEFAULT_VARIANT_KEY, VARIANT_FILES, verify_artifacts
+from forgeline.inference.contract import DEFAULT_VARIANT_KEY, VARIANT_FILES, read_bundle_meta, verify_artifacts
 from forgeline.inference.runtime import (
     CudaGraphRunner,
     FastTokenizer,
@@ -102,7 +100,7 @@ def texts_from_input(model_input: Any) -> list[str]:
 
 class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        meta = read_bundle_meta(context.artifacts["meta"])
         self.labels: list[str] = list(meta["labels"])
         self.max_length = int(meta["max_length"])
         cfg = dict(context.model_config or {})

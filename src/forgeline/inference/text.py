@@ -11,11 +11,13 @@ CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 """C0 control characters (NUL included) and DEL; tab, newline and carriage return are text."""
 NOT_UTF8 = re.compile("[\ud800-\udfff\ufffd]")
 """Lone surrogates cannot be UTF-8; U+FFFD marks bytes an earlier decode could not read."""
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 RULES = {
     "empty_text": "text is empty or whitespace only",
     "control_chars": "text holds control characters (NUL and other C0 bytes other than tab/newline)",
     "non_utf8": "text holds bytes that are not valid UTF-8 (or U+FFFD replacement characters)",
+    "lone_surrogate": "text holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its pair), which is no character",
 }
 """Reason code → what it means, as the validation report and serving errors word it."""
 
@@ -26,6 +28,8 @@ def text_problem(text: str) -> str | None:
         return "empty_text"
     if CONTROL_CHARS.search(text):
         return "control_chars"
+    if LONE_SURROGATE.search(text):  # JSON's "\ud800" escape: the request was valid UTF-8, the text is not
+        return "lone_surrogate"
     if NOT_UTF8.search(text):
         return "non_utf8"
     return None

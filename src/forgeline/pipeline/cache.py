@@ -46,8 +46,9 @@ from forgeline.inference.contract import file_sha256
 
 log = logging.getLogger("forgeline")
 
-SCHEMA = 2
-"""Entry format version; an entry written by another version is a miss (1 was pickles)."""
+SCHEMA = 3
+"""Entry format version; an entry written by another version is a miss and is replaced by the next put
+(1 was pickles; 2 had no digest of entry.json itself, so an edited value came back as a hit)."""
 PACKAGE_DIRS = ("config", "data", "training", "export", "inference", "registry", "pipeline")
 """The forgeline subpackages whose source can change a stage's output (not serving, bench or the CLI)."""
 _ROOT = Path(__file__).resolve().parent.parent
@@ -87,12 +88,16 @@ class EntryMeta(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    schema_: Literal[2] = Field(alias="schema")  # SCHEMA; other versions are a miss before this check
+    schema_: Literal[3] = Field(alias="schema")  # SCHEMA; other versions are a miss before this check
     stage: str
     key: str
     created: float
     value: Any
     files: dict[str, str]
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """sha256 of stage, key, value and files (:func:`entry_digest`): the files are checked against their
+    digests, and this checks the rest, so any edit of entry.json is a damaged entry, not a wrong hit
+    (tests/pipeline/test_fuzz_cache.py found a value edited by hand coming back as the stage's result)."""
 
     @field_validator("files")
     @classmethod
@@ -109,6 +114,11 @@ class EntryMeta(BaseModel):
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+def entry_digest(stage: str, key: str, value: Any, files: dict[str, str]) -> str:
+    blob = json.dumps([stage, key, value, files], sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def read_entry(entry: Path) -> EntryMeta | str | None:
     """The entry's checked metadata; a string saying what is wrong with a damaged one; None when the
     entry is missing or of another format version (a miss: no run of this version reads it)."""
@@ -123,11 +133,16 @@ def read_entry(entry: Path) -> EntryMeta | str | None:
     if isinstance(raw, dict) and isinstance(raw.get("schema"), int) and raw["schema"] != SCHEMA:
         return None
     try:
-        return EntryMeta.model_validate(raw)
+        meta = EntryMeta.model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first["loc"]) or "the document"
         return f"entry.json does not match the cache's schema ({where}: {first['msg'][:200]})"
+    if meta.digest != entry_digest(meta.stage, meta.key, meta.value, meta.files):
+        return "entry.json was changed after it was written (it does not match its digest)"
+    if entry.name != f"{meta.stage}-{meta.key}":
+        return f"entry.json belongs to another entry ({meta.stage}-{meta.key[:80]})"
+    return meta
 
 
 class CacheFormatError(TypeError):
@@ -317,8 +332,9 @@ class StageCache:
             for frame in sorted((tmp / "frames").glob("*.parquet")) if (tmp / "frames").is_dir() else []:
                 manifest[frame.relative_to(tmp).as_posix()] = file_sha256(frame)
             (tmp / "entry.json").write_text(json.dumps(
-                {"schema": SCHEMA, "stage": stage, "key": key, "created": time.time(), "value": encoded, "files": manifest}))
-            if (entry / "entry.json").exists():  # a run beside this one stored the same key meanwhile
+                {"schema": SCHEMA, "stage": stage, "key": key, "created": time.time(), "value": encoded, "files": manifest,
+                 "digest": entry_digest(stage, key, encoded, manifest)}))
+            if isinstance(read_entry(entry), EntryMeta):  # a run beside this one stored the same key meanwhile
                 shutil.rmtree(tmp)
                 return entry
             for attempt in range(3):

@@ -238,7 +238,8 @@ def check_drift(cfg: PipelineConfig) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
     from forgeline.data.load import load_and_validate
-    from forgeline.data.drift import DriftReport, build_profile, compare, load_champion_profile, traffic_profile
+    from forgeline.data.drift import (DamagedProfile, DriftReport, build_profile, compare, load_champion_profile,
+                                      traffic_profile)
     from forgeline.serving.traffic import read_traffic
 
     quiet_libraries()
@@ -255,8 +256,15 @@ def check_drift(cfg: PipelineConfig) -> dict[str, Any]:
             else:
                 data = load_and_validate(cfg.data, Path(tmp) / "data", cfg.seed)
                 fingerprint = data.fingerprint
-            champion = load_champion_profile(client, cfg.registry.model_name, Path(tmp) / "ref")
-            if champion is None:
+            try:
+                champion = load_champion_profile(client, cfg.registry.model_name, Path(tmp) / "ref")
+                damaged = None
+            except DamagedProfile as e:  # nothing to compare with: a new run writes a new profile
+                champion, damaged = None, e
+            if damaged is not None:
+                report = DriftReport(retrain=True, reasons=[f"{damaged}: retraining writes a new one"],
+                                     champion_version=damaged.version)
+            elif champion is None:
                 reason = f"no champion of {cfg.registry.model_name} with a training-data profile"
                 challenger = _challenger_note(client, cfg.registry.model_name)
                 report = DriftReport(retrain=True, reasons=[reason + (f" ({challenger})" if challenger else "")])

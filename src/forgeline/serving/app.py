@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
 
 from forgeline.config.schema import ServeConfig
 from forgeline.inference.text import RULES, text_problem
@@ -84,6 +85,67 @@ def parse_predict_body(body: bytes, content_type: str | None, cfg: ServeConfig) 
     return texts
 
 
+# --- the API's shapes, for its OpenAPI document -----------------------------------------------------
+# The body is parsed by hand above (each refusal says what is wrong and what to send); these models only
+# describe the API, so that clients, and the Schemathesis run of tests/serving/test_fuzz_api.py, see
+# every answer the server can give.
+class Prediction(BaseModel):
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: str
+    predictions: list[Prediction]
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+class Status(BaseModel):
+    status: str
+    version: str | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    run_id: str | None
+    labels: list[str]
+    variant: str
+    device: str
+    providers: list[str]
+    loaded_at: str
+    reference: str
+
+
+class ShadowStatus(BaseModel):
+    reference: str
+    version: str | None
+    problem: str | None
+    texts: int
+    agreement_rate: float | None
+    disagreements: list[dict[str, Any]]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    why = {400: "not JSON, or not UTF-8", 401: "missing or wrong bearer token (when the server has one)",
+           408: "body not received in time", 413: "too many texts, or a text or the body too long",
+           415: "Content-Type is not application/json", 422: "valid JSON of the wrong shape, or a text training "
+           "would have quarantined", 503: "starting, draining, or no model loaded"}
+    return {c: {"model": ErrorBody, "description": why[c]} for c in codes}
+
+
+def predict_request_schema(cfg: ServeConfig) -> dict[str, Any]:
+    """``{"texts": [...]}`` with this server's limits."""
+    return {"type": "object", "additionalProperties": False, "required": ["texts"], "properties": {
+        "texts": {"type": "array", "minItems": 1, "maxItems": cfg.max_texts_per_request,
+                  "items": {"type": "string", "minLength": 1, "maxLength": cfg.max_text_chars}}}}
+
+
 # --- authentication ----------------------------------------------------------------------------------
 TOKEN_ENV = "FORGELINE_SERVE_TOKEN"
 MIN_TOKEN_CHARS = 16
@@ -115,6 +177,10 @@ def authorized(header: str | None, token: str | None) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
+DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+"""The API's description follows the token too: with one set, it is not for everyone who can connect."""
+
+
 class _BearerAuth:
     """Plain ASGI middleware, added only when a token is set: Starlette's ``@app.middleware("http")``
     wraps every request in a task and stream pair, a cost the unauthenticated default must not pay."""
@@ -123,7 +189,7 @@ class _BearerAuth:
         self.app, self.token, self.reject = app, token, reject
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and (scope["path"].startswith("/v1/") or scope["path"] in DOC_PATHS):
             header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
             if not authorized(header, self.token):
                 await self.reject()(scope, receive, send)
@@ -189,7 +255,12 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None, shadow: b
         app.add_middleware(_BearerAuth, token=token, reject=lambda: error(
             401, f"missing or wrong bearer token: send `Authorization: Bearer <token>` (${TOKEN_ENV} on the server)"))
 
-    @app.post("/v1/predict")
+    auth = (401,) if token is not None else ()
+
+    @app.post("/v1/predict", response_model=None,
+              responses={200: {"model": PredictResponse}} | _errors(400, *auth, 408, 413, 415, 422, 503),
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": predict_request_schema(cfg)}}}})
     async def predict(request: Request):
         start = time.perf_counter()
         if state["draining"] or not state["ready"]:
@@ -233,30 +304,32 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None, shadow: b
         return Response(orjson.dumps({"model": model.name, "version": model.version, "predictions": preds}),
                         media_type="application/json")
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=None, responses={200: {"model": Status}})
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=None, responses={200: {"model": Status}, 503: {"model": Status}})
     async def readyz():
         if state["ready"] and not state["draining"]:
             return {"status": "ready", "version": state["batcher"].model.version}
         return JSONResponse({"status": "draining" if state["draining"] else "starting"}, status_code=503)
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", response_model=None, responses={200: {"model": ModelInfo}} | _errors(*auth, 503))
     async def model_info():
         batcher = state.get("batcher")
         if batcher is None or batcher.model is None:
             return JSONResponse({"error": "no model loaded yet"}, status_code=503)
         return batcher.model.info() | {"reference": cfg.model}
 
-    @app.get("/v1/shadow")
+    @app.get("/v1/shadow", response_model=None, responses={200: {"model": ShadowStatus}} | _errors(*auth) | {
+        404: {"model": ErrorBody, "description": "the server runs no shadow model"}})
     async def shadow_info():
         if "shadow" not in state:
             return JSONResponse({"error": "no shadow model: start the server with --shadow ALIAS"}, status_code=404)
         return state["shadow"].status()
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus"}})
     async def prometheus():
         import os
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from forgeline.config.schema import ModelConfig
-from forgeline.errors import ConfigError
+from forgeline.errors import ConfigError, shown
 from forgeline.settings import apply_offline_env, quiet_libraries
 
 apply_offline_env()
@@ -29,6 +29,29 @@ def base_model_dir(base: str) -> Path:
     return path
 
 
+def check_base(cfg: ModelConfig) -> Path:
+    """The base model's folder, after the checks that need only its config.json (no torch): a
+    ``model.max_length`` past its position embeddings failed deep inside the first forward pass."""
+    import json
+
+    path = base_model_dir(cfg.base)
+    try:
+        hf = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.base {shown(cfg.base)}: {path / 'config.json'} cannot be read as JSON "
+                          f"({shown(str(e))}); point model.base at a Hugging Face model folder") from None
+    if not isinstance(hf, dict):
+        raise ConfigError(f"model.base {shown(cfg.base)}: {path / 'config.json'} is not a JSON object")
+    positions = hf.get("max_position_embeddings")
+    if isinstance(positions, int) and not isinstance(positions, bool):
+        usable = positions - 2 if "roberta" in str(hf.get("model_type", "")) else positions  # RoBERTa offsets by 2
+        if cfg.max_length > usable:
+            raise ConfigError(f"model.max_length {cfg.max_length} is more than the {usable} token positions of "
+                              f"model.base {shown(cfg.base)} (max_position_embeddings in its config.json); "
+                              f"set model.max_length to at most {usable}")
+    return path
+
+
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
@@ -40,7 +63,7 @@ def build_classifier(cfg: ModelConfig, labels: list[str]):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     quiet_libraries()
-    path = base_model_dir(cfg.base)
+    path = check_base(cfg)
     hf_cfg = AutoConfig.from_pretrained(path, local_files_only=True)
     hf_cfg.num_labels = len(labels)
     hf_cfg.id2label = dict(enumerate(labels))
