@@ -285,3 +285,64 @@ def test_two_runs_with_one_cache_key_on_a_tracking_server_keep_one_version(tmp_p
         assert kept.version == "1" and client.get_model_version("m", "1").tags[CACHE_KEY_TAG] == "same-key"
     finally:
         stop(server)
+
+
+class _Payload:
+    """Unpickling it writes a marker file: the proof that a replaced pickle was (not) loaded."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path(self.marker).write_text, ("the replaced pickle ran",))
+
+
+TAMPERED = {
+    "python_model.pkl replaced": lambda d, marker: (d / "python_model.pkl").write_bytes(
+        __import__("pickle").dumps(_Payload(marker))),
+    "shipped code edited": lambda d, marker: next(d.rglob("pyfunc.py")).open("a").write("\nprint('replaced')\n"),
+    "metadata edited": lambda d, marker: next(d.rglob("forgeline_meta.json")).write_text(
+        '{"labels": ["negative", "positive"], "max_length": 32}'),
+    "model.onnx flipped": lambda d, marker: _flip(next(d.rglob("model.onnx"))),
+    "a file added": lambda d, marker: (d / "code" / "sitecustomize.py").write_text("import os\n"),
+}
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("case", TAMPERED)
+def test_a_version_whose_files_were_replaced_is_loaded_nowhere(mlflow_uri, bundle, tmp_path, case):
+    """The registry is a code-execution boundary: replacing python_model.pkl (and moving the alias) made the
+    server run the replaced code. Every file of the version is checked against the digest recorded in its
+    tags at registration before MLflow loads any of them: serving, the gate, and reuse by cache key."""
+    from forgeline.config.schema import ServeConfig
+    from forgeline.errors import RegistryError
+    from forgeline.inference.contract import ArtifactIntegrityError
+    from forgeline.registry.client import BUNDLE_DIGEST_TAG, CACHE_KEY_TAG, DAMAGED_TAG, find_registered
+    from forgeline.registry.register import load_version
+    from forgeline.serving.watcher import RegistrySource
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_registry_uri(mlflow_uri)
+    client = MlflowClient(mlflow_uri, mlflow_uri)
+    reg, _ = register_version(client, bundle, bundle[1], 0.8)
+    assert len(client.get_model_version("m", reg.version).tags[BUNDLE_DIGEST_TAG]) == 64
+    client.set_model_version_tag("m", reg.version, CACHE_KEY_TAG, "key-1")
+    assert load_version("m", reg.version).labels == bundle[1]  # intact: loads
+    assert find_registered(client, "m", "key-1") == reg.version
+
+    marker = tmp_path / "pwned"
+    TAMPERED[case](Path(client.get_model_version_download_uri("m", reg.version).removeprefix("file://")), str(marker))
+    with pytest.raises(ArtifactIntegrityError, match=f"m v{reg.version} do not match the digest"):
+        load_version("m", reg.version)
+    source = RegistrySource(ServeConfig(model=f"m/{reg.version}", tracking_uri=mlflow_uri))
+    with pytest.raises(RegistryError, match="cannot be served"):
+        source.load(reg.version, None)
+    assert not marker.exists(), "nothing of the version was unpickled"
+    # an unchanged rerun does not reuse it: it is tagged damaged and the run registers anew
+    assert find_registered(client, "m", "key-1") is None
+    assert "do not match the digest" in client.get_model_version("m", reg.version).tags[DAMAGED_TAG]

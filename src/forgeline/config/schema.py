@@ -337,6 +337,9 @@ class ServeConfig(_Section):
     access_log: bool = False
     """uvicorn's line per request; off, as it cost a quarter of the requests/s (``/metrics`` counts them)."""
     max_batch_size: int = Field(64, ge=1, le=4096)
+    max_batch_chars: int = Field(32_768, ge=1, le=100_000_000)
+    """Characters one batch may hold (a batch's work, as ``max_batch_size`` is its count): a request over
+    either runs as several batches, with other requests between them (``forgeline.serving.batcher``)."""
     max_wait_ms: float = Field(0.0, ge=0.0, le=1000.0)
     """How long a batch waits for more requests once the queue is empty; 0: none, requests arriving
     while a batch runs form the next one (``forgeline.serving.batcher``)."""
@@ -345,6 +348,18 @@ class ServeConfig(_Section):
     max_body_bytes: int = Field(1_000_000, ge=1, le=1 << 30)
     body_timeout_s: float = Field(10.0, gt=0.0, le=3600.0)
     """A request body must arrive within this; slower ones get 408."""
+    header_timeout_s: float = Field(10.0, gt=0.0, le=3600.0)
+    """A request's headers must arrive within this of its first byte (of the connection, for a new one):
+    connections that send nothing, or trickle their headers, are answered 408 and closed."""
+    max_header_bytes: int = Field(65_536, ge=1024, le=16 << 20)
+    """Request line and headers together; larger ones get 431 and the connection is closed (one unfinished
+    100 MB header grew the server by 96 MB)."""
+    keep_alive_s: float = Field(5.0, gt=0.0, le=3600.0)
+    """An idle keep-alive connection is closed after this."""
+    max_in_flight: int = Field(2048, ge=1, le=1_000_000)
+    """Predict requests queued or running at once; beyond it 503 (counted in ``forgeline_requests``). It
+    counts requests, not connections: uvicorn's connection limit counted idle sockets, and 2,100 of them
+    that sent nothing made every request a 503."""
     poll_interval_s: float = Field(10.0, gt=0.0, le=86_400.0)
     warmup_texts: list[str] = Field(default_factory=lambda: ["warm-up request", "a second, somewhat longer warm-up text"])
     shadow: str | None = None

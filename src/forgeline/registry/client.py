@@ -7,7 +7,9 @@ drift and the register stage all resolve models through here.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -26,6 +28,48 @@ COMPLETE_TAG = "forgeline.complete"
 """Model-version tag: "false" right after the version is created, "true" once every tag, the gate
 decision and the model card are written, and before any alias moves to it. A version cut off in
 between (a killed run, a lost server) is never reused, and no alias points at it."""
+
+
+BUNDLE_DIGEST_TAG = "forgeline.bundle_sha256"
+"""Model-version tag: sha256 over every file of the logged model (:func:`tree_digest`: the ONNX variants,
+tokenizer, metadata, ``python_model.pkl``, ``MLmodel``, the shipped ``code/``), written at registration
+and checked before MLflow loads any of them (serving, the gate, reuse by cache key). A tag lives in the
+tracking store, not the artifact store, so a writer of the artifact store alone cannot replace a file and
+its checksum together (docs/faults.md, "Trust boundary")."""
+DAMAGED_TAG = "forgeline.damaged"
+"""Model-version tag: why a version failed its digest check; such a version is never reused."""
+_DOWNLOAD_ONLY = {"registered_model_meta"}
+"""Written by MLflow into every download of a ``models:/`` URI, not part of the logged model."""
+
+
+def tree_digest(folder: Path) -> str:
+    """sha256 over the relative path and sha256 of every file below ``folder``."""
+    from forgeline.inference.contract import file_sha256
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in _DOWNLOAD_ONLY):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{file_sha256(str(path))}\n".encode())
+    return digest.hexdigest()
+
+
+def download_verified(client: MlflowClient, name: str, version: str, dst: Path) -> Path:
+    """The version's files, downloaded into ``dst`` and checked against its ``BUNDLE_DIGEST_TAG`` before
+    anything in them is loaded (``python_model.pkl`` is a pickle: replacing it, with the alias moved,
+    made a server run the replaced code). Versions registered before the tag are not checked."""
+    import mlflow.artifacts
+
+    expected = (client.get_model_version(name, version).tags or {}).get(BUNDLE_DIGEST_TAG)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(dst),
+                                                     tracking_uri=client.tracking_uri,
+                                                     registry_uri=getattr(client, "_registry_uri", None)))  # no public getter
+    if expected is not None and tree_digest(local) != expected:
+        from forgeline.inference.contract import ArtifactIntegrityError
+
+        raise ArtifactIntegrityError(
+            f"the files of {name} v{version} do not match the digest recorded at registration (a file of the "
+            "model, its metadata, pickle or code was corrupted or replaced in the artifact store); nothing of it "
+            "was loaded. Re-register the model (run the pipeline again) or serve another version")
+    return local
 
 
 def is_complete(tags: dict[str, str] | None) -> bool:
@@ -96,13 +140,33 @@ def current_champion(client: MlflowClient, name: str) -> ChampionInfo | None:
     return ChampionInfo(version=str(mv.version), macro_f1=float(raw) if raw not in (None, "") else None)
 
 
-def find_registered(client: MlflowClient, name: str, cache_key: str) -> str | None:
-    """The complete version of ``name`` that an identical earlier run registered (same cache key), if any."""
+def find_registered(client: MlflowClient, name: str, cache_key: str, verify: bool = True) -> str | None:
+    """The newest complete version of ``name`` that an identical earlier run registered (same cache key)
+    and whose files still match their digest, if any. A version whose files do not (a cached file that
+    was a hard link to it corrupted, say) is tagged ``DAMAGED_TAG`` and passed over, so the run registers
+    anew instead of reusing it."""
+    import logging
+    import tempfile
+
+    from forgeline.inference.contract import ArtifactIntegrityError
+
     try:
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:
         return None
-    for mv in versions:
-        if (mv.tags or {}).get(CACHE_KEY_TAG) == cache_key and is_complete(mv.tags):
-            return str(mv.version)
+    for mv in sorted(versions, key=lambda v: -int(v.version)):
+        tags = mv.tags or {}
+        if tags.get(CACHE_KEY_TAG) != cache_key or not is_complete(tags) or DAMAGED_TAG in tags:
+            continue
+        if verify and BUNDLE_DIGEST_TAG in tags:
+            try:
+                with tempfile.TemporaryDirectory(prefix="forgeline-verify-") as tmp:
+                    download_verified(client, name, str(mv.version), Path(tmp))
+            except (ArtifactIntegrityError, MlflowException, OSError) as e:
+                logging.getLogger("forgeline").warning(
+                    "%s v%s has this run's cache key but cannot be reused (%s); registering anew",
+                    name, mv.version, str(e)[:300])
+                client.set_model_version_tag(name, str(mv.version), DAMAGED_TAG, str(e)[:500])
+                continue
+        return str(mv.version)
     return None

@@ -21,9 +21,11 @@ so one key keeps one version.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +38,8 @@ from mlflow.tracking import MlflowClient
 from forgeline.config.schema import RegistryConfig
 from forgeline.errors import RegistryError
 from forgeline.inference.contract import CHECKSUMS_KEY, META_FILE, file_sha256
-from forgeline.registry.client import CACHE_KEY_TAG, CHALLENGER, CHAMPION, COMPLETE_TAG, current_champion, is_complete
+from forgeline.registry.client import (BUNDLE_DIGEST_TAG, CACHE_KEY_TAG, CHALLENGER, CHAMPION, COMPLETE_TAG,
+                                       current_champion, download_verified, is_complete, tree_digest)
 from forgeline.registry.card import CardContext, model_card
 from forgeline.registry.compare import PairedComparison, compare_paired, macro_f1_ci, slice_table
 from forgeline.registry.gate import ChampionInfo, GateDecision, chance_macro_f1, decide_promotion
@@ -107,14 +110,15 @@ def load_bundle(artifacts: dict[str, str]):
 
 
 def load_version(name: str, version: str):
-    """A registered version's model, loaded on CPU with the variant it serves there."""
-    import tempfile
-
+    """A registered version's model, loaded on CPU with the variant it serves there, after its files
+    passed the digest recorded at registration."""
+    import mlflow
     import mlflow.pyfunc
 
+    client = MlflowClient(mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     with tempfile.TemporaryDirectory(prefix="forgeline-gate-") as tmp:  # sessions are in memory once loaded
-        return mlflow.pyfunc.load_model(f"models:/{name}/{version}", dst_path=tmp,
-                                        model_config={"device": "cpu"}).unwrap_python_model()
+        local = download_verified(client, name, version, Path(tmp))
+        return mlflow.pyfunc.load_model(str(local), model_config={"device": "cpu"}).unwrap_python_model()
 
 
 @dataclass
@@ -208,8 +212,14 @@ def log_pyfunc(run_id: str, artifacts: dict[str, str], probe: Any, meta: dict[st
                 model_config={"variant": "auto", "device": "auto", "batch_size": "auto"},
                 metadata={"labels": meta["labels"], "variants": meta["variants"]},
             )
-        registered = mlflow.register_model(info.model_uri, registered_name,
-                                           tags={COMPLETE_TAG: "false", **(creation_tags or {})})
+        said = io.StringIO()
+        # MLflow prints "Successfully registered model ... / Created version ..." on stderr, where a
+        # successful run writes nothing; said once in the log instead
+        with contextlib.redirect_stderr(said):
+            registered = mlflow.register_model(info.model_uri, registered_name,
+                                               tags={COMPLETE_TAG: "false", **(creation_tags or {})})
+        for line in said.getvalue().splitlines():
+            logging.getLogger("forgeline").info("mlflow: %s", line)
     finally:
         mlflow.end_run(status="RUNNING")
     return info.model_uri, str(registered.version)
@@ -241,6 +251,8 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
                 name, earlier, version, earlier)
             return reuse_registration(client, run_id, cfg, earlier, len(meta["labels"]), eval_rows)
         failpoint("register.created")
+        with tempfile.TemporaryDirectory(prefix="forgeline-digest-") as tmp:  # checked before every load
+            tags = tags | {BUNDLE_DIGEST_TAG: tree_digest(download_verified(client, name, version, Path(tmp)))}
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, str(v))
         for k, v in metrics.items():

@@ -17,6 +17,7 @@ import json
 import logging
 import threading
 import time
+import contextlib
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,7 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None, shadow: b
     @asynccontextmanager
     async def lifespan(app):
         src = source or RegistrySource(cfg)
-        batcher = MicroBatcher(cfg.max_batch_size, cfg.max_wait_ms, metrics)
+        batcher = MicroBatcher(cfg.max_batch_size, cfg.max_wait_ms, metrics, cfg.max_batch_chars)
         watcher = Watcher(src, batcher, metrics, cfg.poll_interval_s)
         loop = asyncio.get_running_loop()
         try:
@@ -265,6 +266,8 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None, shadow: b
         start = time.perf_counter()
         if state["draining"] or not state["ready"]:
             return error(503, "server is not ready (starting or shutting down); retry")
+        if state["batcher"].in_flight >= cfg.max_in_flight:
+            return error(503, f"server is at its limit of {cfg.max_in_flight} requests in flight (max_in_flight); retry")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
             return error(413, f"request body is {declared} bytes; the limit is {cfg.max_body_bytes}")
@@ -352,6 +355,98 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None, shadow: b
     return app
 
 
+def raise_open_files_limit() -> None:
+    """Soft limit on open files up to the hard one: every connection, idle or not, is a descriptor, and
+    the common soft default of 1,024 refused connections long before any other limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+
+
+def guarded_protocol(cfg: ServeConfig, metrics):
+    """uvicorn's httptools protocol with the two limits it lacks: a deadline for a request's headers
+    (``header_timeout_s``, from the connection's start or the request's first byte) and a bound on their
+    size (``max_header_bytes``). Without them a client holding sockets open without a complete request
+    (2,100 silent sockets, 100 clients trickling a header byte a second, one 100 MB header) kept them for
+    as long as it liked. Rejections are counted (``forgeline_rejected_connections``) and logged at most
+    once per 10 s per reason, not once per connection."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    said: dict[str, tuple[float, int]] = {}
+
+    def note(reason: str, message: str) -> None:
+        metrics.rejected.labels(reason).inc()
+        last, count = said.get(reason, (0.0, 0))
+        now = time.monotonic()
+        if now - last >= 10.0:
+            log.warning("closed %d connection(s) in the last 10 s: %s", count + 1, message)
+            said[reason] = (now, 0)
+        else:
+            said[reason] = (last, count + 1)
+
+    class Guarded(HttpToolsProtocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._header_bytes = 0
+            self._header_timer = None
+            self._awaiting_headers()
+
+        def _awaiting_headers(self) -> None:
+            self._in_headers = True
+            self._header_bytes = 0
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(cfg.header_timeout_s, self._headers_late)
+
+        def _stop_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if not self._in_headers:  # the next request on a kept-alive connection
+                self._awaiting_headers()
+
+        def on_headers_complete(self) -> None:
+            self._in_headers = False
+            self._stop_timer()
+            super().on_headers_complete()
+
+        def data_received(self, data: bytes) -> None:
+            if self._in_headers:
+                self._header_bytes += len(data)
+            super().data_received(data)
+            if self._in_headers and self._header_bytes > cfg.max_header_bytes:
+                self._reject(431, "Request Header Fields Too Large", "header_too_large",
+                             f"request line and headers exceed {cfg.max_header_bytes} bytes (max_header_bytes)")
+
+        def connection_lost(self, exc) -> None:
+            self._stop_timer()
+            super().connection_lost(exc)
+
+        def _headers_late(self) -> None:
+            self._header_timer = None
+            if self._in_headers:
+                self._reject(408, "Request Timeout", "header_timeout",
+                             f"no complete request headers within {cfg.header_timeout_s:g} s (header_timeout_s)")
+
+        def _reject(self, status: int, phrase: str, reason: str, message: str) -> None:
+            self._in_headers = False
+            self._stop_timer()
+            if self.transport.is_closing():
+                return
+            note(reason, f"{status}: {message}")
+            body = orjson.dumps({"error": message})
+            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                                 b"connection: close\r\n\r\n%s" % (status, phrase.encode(), len(body), body))
+            self.transport.close()
+
+    return Guarded
+
+
 def serve(cfg: ServeConfig) -> int:
     if cfg.workers > 1:
         from forgeline.serving.workers import serve_workers
@@ -393,8 +488,11 @@ def run_server(app, cfg: ServeConfig, sockets=None) -> None:
     # uvloop and httptools when installed (they are dependencies): at concurrency 1 on the 2-core CPU they
     # took a request from 2.42 to 1.55 ms p50 against asyncio + h11. The access log line per request cost
     # a quarter of the requests/s at concurrency 8 (913 vs 1,193 there); /metrics counts requests instead.
-    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info",
-                            timeout_graceful_shutdown=30, limit_concurrency=2048, access_log=cfg.access_log)
+    raise_open_files_limit()
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info", timeout_graceful_shutdown=30,
+                            limit_concurrency=None,  # counted idle sockets; requests are bounded by max_in_flight
+                            timeout_keep_alive=cfg.keep_alive_s, access_log=cfg.access_log,
+                            http=guarded_protocol(cfg, app.state.metrics))
     try:
         _Server(config).run(sockets=sockets)
     except SystemExit:  # uvicorn exits 3 when start-up fails; the reason is what the user needs

@@ -26,6 +26,8 @@ class Metrics:
                            registry=self.registry, multiprocess_mode="livesum")
         self.in_flight = Gauge("forgeline_in_flight_requests", "Predict requests waiting for or in inference",
                                registry=self.registry, multiprocess_mode="livesum")
+        self.rejected = Counter("forgeline_rejected_connections", "Connections closed before a request: headers "
+                                "too slow (408) or too large (431)", ["reason"], registry=self.registry)
         # the traffic log (--log-sample)
         self.traffic_logged = Counter("forgeline_traffic_logged", "Texts written to the traffic log", registry=self.registry)
         self.traffic_dropped = Counter("forgeline_traffic_dropped", "Sampled texts dropped: the log writer fell behind",

@@ -10,12 +10,13 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from forgeline.config.schema import ServeConfig
 from forgeline.errors import RegistryError
 from forgeline.inference.contract import ArtifactIntegrityError
-from forgeline.registry.client import open_registry, parse_model_ref, resolve_version
+from forgeline.registry.client import download_verified, open_registry, parse_model_ref, resolve_version
 from forgeline.serving.batcher import MicroBatcher, cancel_task
 from forgeline.serving.metrics import Metrics
 from forgeline.settings import resolve_tracking_uri
@@ -71,14 +72,19 @@ class RegistrySource:
         # MLflow would download into a temporary folder it never removes (about 150 MB a version, each hot
         # swap); the sessions and the tokenizer are in memory once loaded, so the files can go
         with tempfile.TemporaryDirectory(prefix="forgeline-model-") as tmp:
-            try:
-                pyfunc = mlflow.pyfunc.load_model(f"models:/{self.name}/{version}", dst_path=tmp,
-                                                  model_config=self.model_config())
+            try:  # the files are checked against the digest recorded at registration before MLflow unpickles any
+                local = download_verified(self.client, self.name, version, Path(tmp))
+                pyfunc = mlflow.pyfunc.load_model(str(local), model_config=self.model_config())
             except ArtifactIntegrityError as e:
                 raise RegistryError(f"{self.name} v{version} cannot be served: {e}") from None
         model = LoadedModel(name=self.name, version=version, run_id=run_id, impl=pyfunc.unwrap_python_model())
         model.impl.predict_proba(self.cfg.warmup_texts)  # warm-up: first-run allocations, kernel selection
         return model
+
+
+MAX_BACKOFF_S = 600.0
+"""The longest wait before a version that failed to load (a corrupt artifact, a bad bundle) is tried again:
+each retry downloaded the whole version, every poll, for as long as the alias pointed at it."""
 
 
 class Watcher:
@@ -93,6 +99,8 @@ class Watcher:
         self.source, self.batcher, self.metrics, self.interval = source, batcher, metrics, interval
         self.exclusive = exclusive
         self._lock = threading.Lock()
+        self._failed: dict[str, tuple[int, float]] = {}
+        """version → (failed loads, monotonic time of the next try)."""
         self._task: asyncio.Task | None = None
 
     def load_initial(self) -> LoadedModel:
@@ -112,7 +120,16 @@ class Watcher:
             current = self.batcher.model
             if current is not None and current.version == version:
                 return False
-            model = self.source.load(version, run_id)  # loaded + warmed beside the old one
+            failed = self._failed.get(version)
+            if failed is not None and time.monotonic() < failed[1]:
+                return False  # a version that failed to load is retried with back-off, not downloaded each poll
+            try:
+                model = self.source.load(version, run_id)  # loaded + warmed beside the old one
+            except Exception:
+                tries = (failed[0] + 1) if failed else 1
+                self._failed[version] = (tries, time.monotonic() + min(MAX_BACKOFF_S, self.interval * 2 ** tries))
+                raise
+            self._failed.pop(version, None)
             self._install(model)
             self.metrics.swaps.inc()
             log.info("swapped %s: v%s → v%s", self.source.name, current.version if current else None, version)
