@@ -111,3 +111,17 @@ def test_every_cli_failure_is_at_most_5_lines_and_2_kb(capsys):
     err = capsys.readouterr().err
     assert_bounded(err)
     assert "characters in all; --verbose shows everything" in err
+
+
+def test_a_full_disk_while_marking_stale_runs_is_a_disk_full_error_not_an_internal_one(tmp_path, capsys, monkeypatch):
+    """The reliability probe: ENOSPC while `forgeline run` / `doctor` marked a killed run's scratch ended as
+    `internal error: OSError`, exit 1."""
+    from forgeline.settings import FAILPOINT_ENV
+    from tests.conftest import sqlite_store
+
+    sqlite_store(tmp_path / "wd" / "mlflow.db")
+    monkeypatch.setenv(FAILPOINT_ENV, "runs.mark_failed:enospc")
+    code, err = cli(capsys, "doctor", "--config", "tiny", "--set", f"tracking.workdir={tmp_path / 'wd'}",
+                    "--set", "tracking.tracking_uri=null")
+    assert code == 2 and "the disk is full (No space left on device" in err and "forgeline gc" in err, err
+    assert_bounded(err)

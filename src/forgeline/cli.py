@@ -87,8 +87,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="client processes the concurrency is split over (for servers faster than one can drive)")
     load.add_argument("--json", dest="json_out", default=None, help="write the result as JSON to this file")
     sub.add_parser("config", parents=config, help="print the resolved config")
-    sub.add_parser("doctor", parents=config, help="repair what killed runs left in the store: runs stuck RUNNING "
-                   "(marked KILLED), model versions whose registration did not finish (deleted)")
+    doctor = sub.add_parser("doctor", parents=config, help="repair what killed runs left in the store: runs stuck "
+                            "RUNNING (marked KILLED), model versions whose registration did not finish (deleted)")
+    doctor.add_argument("--relocate", action="store_true", help="a copied or moved workdir: point its MLflow store's "
+                        "artifact locations at this workdir's mlartifacts/ instead of the old one's")
     gc = sub.add_parser("gc", parents=config, help="free disk: the stage cache down to tracking.cache_max_gb, failed "
                         "runs' scratch beyond tracking.keep_failed_runs, and with --keep-versions old model versions")
     gc.add_argument("--cache-max-gb", type=float, default=None, help="bound for this pass (default: the config's)")
@@ -296,7 +298,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if db is not None and not Path(db).exists():
         raise ConfigError(f"no MLflow store at {db}: nothing to repair. Point at the store with --set "
                           "tracking.workdir=DIR ($FORGELINE_WORKDIR) or $MLFLOW_TRACKING_URI")
-    report = doctor(open_client(uri))
+    if args.relocate:
+        from forgeline.pipeline.doctor import relocate
+
+        if db is None:
+            raise ConfigError(f"--relocate rewrites an embedded SQLite store; {uri} is not one (a server keeps its own "
+                              "artifact locations)")
+        for line in relocate(Path(db), Path(cfg.tracking.workdir)) or ["artifact locations: already inside this workdir"]:
+            print(line)
+    else:
+        from forgeline.pipeline.tracking import check_not_copied
+
+        check_not_copied(cfg.tracking, uri)  # doctor deletes files: never another workdir's
+    report = doctor(open_client(uri), Path(cfg.tracking.workdir))
     mark_failed_runs(Path(cfg.tracking.workdir) / "runs", report.stale_runs, cfg.tracking.keep_failed_runs)
     for line in report.lines():
         print(line)
@@ -308,7 +322,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from forgeline.errors import ConfigError
     from forgeline.pipeline.disk import collect_garbage
     from forgeline.pipeline.tracking import open_client
-    from forgeline.settings import require_reachable, resolve_tracking_uri
+    from forgeline.settings import require_reachable, resolve_tracking_uri, sqlite_file
 
     cfg = load_config(args.config, args.overrides)
     for flag, value in (("--cache-max-gb", args.cache_max_gb), ("--keep-versions", args.keep_versions)):
@@ -319,10 +333,15 @@ def cmd_gc(args: argparse.Namespace) -> int:
         raise ConfigError(f"no workdir at {workdir}: nothing to collect. Point at it with --set tracking.workdir=DIR "
                           "($FORGELINE_WORKDIR)")
     client = None
-    if args.keep_versions is not None:
-        uri = resolve_tracking_uri(cfg.tracking)
+    uri = resolve_tracking_uri(cfg.tracking)
+    db = sqlite_file(uri)
+    if args.keep_versions is not None or db is None or Path(db).exists():  # no store yet: only the cache
         require_reachable(uri)
         client = open_client(uri)
+    if client is not None:
+        from forgeline.pipeline.tracking import check_not_copied
+
+        check_not_copied(cfg.tracking, uri)  # gc deletes files: never another workdir's
     report = collect_garbage(workdir, client, keep_versions=args.keep_versions, keep_failed_runs=cfg.tracking.keep_failed_runs,
                              cache_max_gb=cfg.tracking.cache_max_gb if args.cache_max_gb is None else args.cache_max_gb)
     for line in report.lines():
@@ -386,6 +405,21 @@ def report_error(e: BaseException, verbose: bool) -> int:
     return 2 if user else 1
 
 
+def as_user_error(e: Exception) -> Exception:
+    """A full disk met outside a run's stages (marking stale runs, `doctor`, `gc`) is the user's to fix,
+    like one inside: DiskFullError, exit 2 (it was an internal error, exit 1)."""
+    from forgeline.errors import DiskFullError, ForgelineError, disk_full
+
+    full = None if isinstance(e, ForgelineError) else disk_full(e)
+    if full is None:
+        return e
+    error = DiskFullError(f"the disk is full ({full}). Free space (`forgeline gc` trims the stage cache and failed "
+                          "runs; `--keep-versions N` also deletes old unaliased model versions) or point "
+                          "tracking.workdir at a bigger disk, then run again")
+    error.__cause__ = e
+    return error
+
+
 def main(argv: list[str] | None = None) -> int:
     apply_offline_env()
     args = _parser().parse_args(argv)
@@ -395,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         print("forgeline: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - every failure ends as one message and an exit code
-        return report_error(e, args.verbose)
+        return report_error(as_user_error(e), args.verbose)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,9 @@ def test_gc_trims_the_cache_failed_runs_and_unaliased_versions(prefect_api, tmp_
         else:
             assert f"deleted model version e2e v{v} and its artifacts" in out
     assert not any(d.exists() for d in doomed), "their artifacts are gone too"
+    # the probe saw `gc --keep-versions 0` free nothing: the report now says what the workdir takes on disk
+    before, after = (float(x) for x in re.search(r"workdir: ([\d.]+) MB before, ([\d.]+) MB after", out).groups())
+    assert after < before
     assert len(client.search_model_versions("name='e2e'")) == len(aliased) - len(unaliased)
 
     assert main(["gc", *sets, "--keep-versions", "-1"]) == 2

@@ -314,11 +314,12 @@ def _flip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("case", TAMPERED)
-def test_a_version_whose_files_were_replaced_is_loaded_nowhere(mlflow_uri, bundle, tmp_path, case):
+def test_a_version_whose_files_were_replaced_is_loaded_nowhere(mlflow_uri, bundle, tmp_path):
     """The registry is a code-execution boundary: replacing python_model.pkl (and moving the alias) made the
     server run the replaced code. Every file of the version is checked against the digest recorded in its
     tags at registration before MLflow loads any of them: serving, the gate, and reuse by cache key."""
+    import shutil
+
     from forgeline.config.schema import ServeConfig
     from forgeline.errors import RegistryError
     from forgeline.inference.contract import ArtifactIntegrityError
@@ -334,15 +335,24 @@ def test_a_version_whose_files_were_replaced_is_loaded_nowhere(mlflow_uri, bundl
     client.set_model_version_tag("m", reg.version, CACHE_KEY_TAG, "key-1")
     assert load_version("m", reg.version).labels == bundle[1]  # intact: loads
     assert find_registered(client, "m", "key-1") == reg.version
-
-    marker = tmp_path / "pwned"
-    TAMPERED[case](Path(client.get_model_version_download_uri("m", reg.version).removeprefix("file://")), str(marker))
-    with pytest.raises(ArtifactIntegrityError, match=f"m v{reg.version} do not match the digest"):
-        load_version("m", reg.version)
+    stored = Path(client.get_model_version_download_uri("m", reg.version).removeprefix("file://"))
+    intact = tmp_path / "intact"
+    shutil.copytree(stored, intact)
     source = RegistrySource(ServeConfig(model=f"m/{reg.version}", tracking_uri=mlflow_uri))
-    with pytest.raises(RegistryError, match="cannot be served"):
-        source.load(reg.version, None)
-    assert not marker.exists(), "nothing of the version was unpickled"
-    # an unchanged rerun does not reuse it: it is tagged damaged and the run registers anew
+
+    for case, tamper in TAMPERED.items():
+        marker = tmp_path / "pwned"
+        tamper(stored, str(marker))
+        with pytest.raises(ArtifactIntegrityError, match=f"m v{reg.version} do not match the digest"):
+            load_version("m", reg.version)
+        with pytest.raises(RegistryError, match="cannot be served"):
+            source.load(reg.version, None)
+        assert not marker.exists(), f"{case}: nothing of the version was unpickled"
+        shutil.rmtree(stored)
+        shutil.copytree(intact, stored)
+    assert source.load(reg.version, None).version == reg.version  # restored: serves again
+
+    # a damaged version is not reused by an unchanged rerun: it is tagged and the run registers anew
+    _flip(next(stored.rglob("model.onnx")))
     assert find_registered(client, "m", "key-1") is None
     assert "do not match the digest" in client.get_model_version("m", reg.version).tags[DAMAGED_TAG]

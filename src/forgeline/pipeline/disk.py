@@ -40,6 +40,9 @@ def finish_run_dir(run_dir: Path, finished: bool, keep_failed: int) -> None:
 
 def mark_failed_runs(runs: Path, run_ids: list[str], keep: int) -> None:
     """Scratch folders of runs found killed (their process could not mark them): counted as failed."""
+    from forgeline.settings import failpoint
+
+    failpoint("runs.mark_failed")
     for run_id in run_ids:
         if (runs / run_id).is_dir():
             (runs / run_id / FAILED_MARK).touch()
@@ -61,41 +64,118 @@ def prune_failed_runs(runs: Path, keep: int, spare: set[str] = frozenset()) -> l
     return removed
 
 
+COLLECTED_TAG = "forgeline.artifacts_collected"
+"""Run tag: ``forgeline gc`` deleted this run's artifacts (its params, metrics and tags stay)."""
+
+
 @dataclass
 class GcReport:
     cache_entries: list[str] = field(default_factory=list)
     cache_freed_bytes: int = 0
     cache_bytes: int = 0
     run_dirs: list[str] = field(default_factory=list)
+    run_artifacts: list[str] = field(default_factory=list)
+    """Runs whose artifacts were deleted: failed or killed ones beyond ``keep_failed_runs``, and those whose
+    every registered version was deleted."""
     versions: list[str] = field(default_factory=list)
     """``name vN`` deleted, with their artifacts."""
     problems: list[str] = field(default_factory=list)
+    disk_before: int = 0
+    disk_after: int = 0
+    """Bytes the workdir takes on disk, each file counted once however many hard links it has."""
 
     def lines(self) -> list[str]:
         out = [f"cache: removed {len(self.cache_entries)} entries ({self.cache_freed_bytes / 1e6:.1f} MB); "
                f"{self.cache_bytes / 1e6:.1f} MB kept"]
         out += [f"removed the scratch folder of failed run {r}" for r in self.run_dirs]
+        out += [f"deleted the artifacts of run {r}" for r in self.run_artifacts]
         out += [f"deleted model version {v} and its artifacts" for v in self.versions]
         out += [f"could not delete: {p}" for p in self.problems]
+        out.append(f"workdir: {self.disk_before / 1e6:.1f} MB before, {self.disk_after / 1e6:.1f} MB after"
+                   + ("" if self.disk_after < self.disk_before or self.cache_bytes == 0 else
+                      " (files shared with the stage cache stay until it lets them go: --cache-max-gb 0)"))
         return out
+
+
+def disk_bytes(folder: Path) -> int:
+    """Allocated bytes below ``folder``, each inode once (cache blobs and artifacts are hard links)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for path in folder.rglob("*") if folder.is_dir() else []:
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+    return total
+
+
+def inside(location: str, workdir: Path) -> bool | None:
+    """Whether an artifact location is a folder inside ``workdir`` (None: not a local folder, e.g. a
+    tracking server's). gc and doctor delete local files only inside their own workdir: after
+    ``cp -a wdA wdB`` the store in wdB still named wdA's folders, and gc in wdB deleted wdA's files."""
+    from mlflow.utils.file_utils import local_file_uri_to_path
+    from mlflow.utils.uri import is_local_uri
+
+    if not is_local_uri(location, is_tracking_or_registry_uri=False):
+        return None
+    return Path(local_file_uri_to_path(location)).resolve().is_relative_to(workdir.resolve())
 
 
 def collect_garbage(workdir: Path, client: MlflowClient | None, *, cache_max_gb: float, keep_failed_runs: int,
                     keep_versions: int | None) -> GcReport:
-    """Prune the cache to ``cache_max_gb``, failed runs' scratch to ``keep_failed_runs``, and (when
-    ``keep_versions`` is set) each model's versions without an alias beyond its newest ``keep_versions``."""
-    report = GcReport()
+    """Prune the cache to ``cache_max_gb``, failed runs' scratch and artifacts to ``keep_failed_runs``, and
+    (when ``keep_versions`` is set) each model's versions without an alias beyond its newest
+    ``keep_versions``, with the artifacts of runs left without a version."""
+    report = GcReport(disk_before=disk_bytes(workdir))
     cache = StageCache(workdir / "cache", code="gc")
     pruned = cache.prune(int(cache_max_gb * 1e9))
     report.cache_entries, report.cache_freed_bytes, report.cache_bytes = (
         pruned.removed_entries, pruned.removed_bytes, pruned.kept_bytes)
     report.run_dirs = prune_failed_runs(workdir / "runs", keep_failed_runs)
-    if client is not None and keep_versions is not None:
-        delete_old_versions(client, keep_versions, report)
+    if client is not None:
+        delete_failed_run_artifacts(client, workdir, keep_failed_runs, report)
+        if keep_versions is not None:
+            delete_old_versions(client, keep_versions, report, workdir)
+    report.disk_after = disk_bytes(workdir)
     return report
 
 
-def delete_old_versions(client: MlflowClient, keep: int, report: GcReport) -> None:
+def delete_run_artifacts(client: MlflowClient, run, workdir: Path, report: GcReport) -> None:
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    location = run.info.artifact_uri
+    if inside(location, workdir) is False:
+        report.problems.append(f"run {run.info.run_id}: its artifacts at {location} are outside this workdir "
+                               f"({workdir}); left alone")
+        return
+    try:
+        get_artifact_repository(location).delete_artifacts()
+        client.set_tag(run.info.run_id, COLLECTED_TAG, "true")
+        report.run_artifacts.append(run.info.run_id)
+    except (MlflowException, OSError) as e:
+        report.problems.append(f"run {run.info.run_id}: {e}")
+
+
+def delete_failed_run_artifacts(client: MlflowClient, workdir: Path, keep: int, report: GcReport) -> None:
+    """Artifacts (checkpoint, ONNX files: 54 MB for a tiny run) of failed and killed runs beyond the newest
+    ``keep`` of each experiment; nothing collected them before."""
+    try:
+        experiments = client.search_experiments()
+    except MlflowException as e:
+        report.problems.append(f"runs: {e}")
+        return
+    for exp in experiments:
+        runs = [r for status in ("FAILED", "KILLED") for r in client.search_runs(
+            [exp.experiment_id], f"attributes.status = '{status}'", max_results=5000)]
+        for run in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True)[keep:]:
+            if run.data.tags.get(COLLECTED_TAG) != "true":
+                delete_run_artifacts(client, run, workdir, report)
+
+
+def delete_old_versions(client: MlflowClient, keep: int, report: GcReport, workdir: Path | None = None) -> None:
     """Versions with no alias, older than each model's newest ``keep``, deleted with their logged
     model's artifacts. Versions still registering (``forgeline.complete=false`` with a running run)
     are ``forgeline doctor``'s to judge and are left alone."""
@@ -106,9 +186,14 @@ def delete_old_versions(client: MlflowClient, keep: int, report: GcReport) -> No
             if full.aliases or (full.tags or {}).get(COMPLETE_TAG) == "false":
                 continue
             try:
-                delete_artifacts(client, full)
+                if not delete_artifacts(client, full, workdir):
+                    report.problems.append(f"{model.name} v{mv.version}: its files are outside this workdir "
+                                           f"({workdir}); left alone")
+                    continue
                 client.delete_model_version(model.name, mv.version)
                 report.versions.append(f"{model.name} v{mv.version}")
+                if workdir is not None and full.run_id and not client.search_model_versions(f"run_id='{full.run_id}'"):
+                    delete_run_artifacts(client, client.get_run(full.run_id), workdir, report)
             except (MlflowException, OSError) as e:
                 report.problems.append(f"{model.name} v{mv.version}: {e}")
 
@@ -122,15 +207,20 @@ def logged_model_id(mv) -> str | None:
     return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
-def delete_artifacts(client: MlflowClient, mv) -> None:
+def delete_artifacts(client: MlflowClient, mv, workdir: Path | None = None) -> bool:
+    """The version's logged-model files; False (nothing deleted) when they are a local folder outside
+    ``workdir``."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     model_id = logged_model_id(mv)
     if model_id is None:
-        return
+        return True
     logged = client.get_logged_model(model_id)
+    if workdir is not None and inside(logged.artifact_location, workdir) is False:
+        return False
     get_artifact_repository(logged.artifact_location).delete_artifacts()
     client.delete_logged_model(model_id)
+    return True
 
 
 def share_with_cache(cache: StageCache, client: MlflowClient, run_id: str, name: str, version: str) -> int:

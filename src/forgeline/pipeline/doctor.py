@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -79,7 +80,7 @@ def mark_stale_runs(client: MlflowClient, experiment_ids: list[str], report: Doc
     return report
 
 
-def remove_incomplete_versions(client: MlflowClient, report: DoctorReport) -> DoctorReport:
+def remove_incomplete_versions(client: MlflowClient, report: DoctorReport, workdir: Path | None = None) -> DoctorReport:
     for model in client.search_registered_models(max_results=1000):
         for mv in client.search_model_versions(f"name='{model.name}'"):
             if (mv.tags or {}).get(COMPLETE_TAG) != "false":
@@ -92,13 +93,67 @@ def remove_incomplete_versions(client: MlflowClient, report: DoctorReport) -> Do
             except MlflowException:
                 pass
             with contextlib.suppress(MlflowException, OSError):  # the files first: nothing else points at them
-                delete_artifacts(client, mv)
+                if not delete_artifacts(client, mv, workdir):
+                    continue  # a local folder outside this workdir (a copied store): not doctor's to delete
             client.delete_model_version(model.name, mv.version)
             report.removed_versions.append(f"{model.name} v{mv.version}")
     return report
 
 
-def doctor(client: MlflowClient) -> DoctorReport:
+def doctor(client: MlflowClient, workdir: Path | None = None) -> DoctorReport:
     experiments = [e.experiment_id for e in client.search_experiments()]
     report = mark_stale_runs(client, experiments)
-    return remove_incomplete_versions(client, report)
+    return remove_incomplete_versions(client, report, workdir)
+
+
+# --- a copied or moved workdir -----------------------------------------------------------------------
+_ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                     ("logged_models", "artifact_location"), ("model_versions", "source"),
+                     ("model_versions", "storage_location"))
+"""Where MLflow's SQLite store records absolute artifact locations (MLflow 3.x schema)."""
+
+
+def foreign_artifact_root(db: Path, workdir: Path) -> str | None:
+    """The artifact location an embedded store (``<workdir>/mlflow.db``) records outside its workdir, if
+    any: the workdir was copied or moved, and the store still names the old place."""
+    import sqlite3
+
+    from forgeline.pipeline.disk import inside
+
+    if not db.resolve().is_relative_to(workdir.resolve()) or not db.exists():
+        return None
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        try:
+            # not MLflow's own "Default" experiment (id 0): it names the creating process's ./mlruns and
+            # holds nothing of forgeline's, unless runs were logged there (those are in the second query)
+            rows = con.execute("SELECT artifact_location FROM experiments WHERE experiment_id != 0 "
+                               "UNION ALL SELECT artifact_uri FROM runs").fetchall()
+        except sqlite3.Error:
+            return None
+    return next((loc for (loc,) in rows if loc and inside(loc, workdir) is False), None)
+
+
+def relocate(db: Path, workdir: Path) -> list[str]:
+    """Point an embedded store's artifact locations at ``workdir/mlartifacts`` where they name another
+    folder's ``mlartifacts`` (the workdir it was copied or moved from). Returns what was rewritten."""
+    import sqlite3
+
+    from forgeline.settings import store_lock
+
+    done = []
+    new_root = (workdir.resolve() / "mlartifacts").as_uri()
+    with store_lock(f"sqlite:///{db}"):
+        while (old := foreign_artifact_root(db, workdir)) is not None:
+            if "/mlartifacts" not in old:  # not where forgeline puts artifacts: a person's to decide
+                done.append(f"left alone: {old} is not another workdir's mlartifacts/")
+                break
+            old_root = old.split("/mlartifacts")[0] + "/mlartifacts"
+            with contextlib.closing(sqlite3.connect(db)) as con, con:
+                for table, column in _ARTIFACT_COLUMNS:
+                    for prefix, replacement in ((old_root, new_root),
+                                                (old_root.removeprefix("file://"), new_root.removeprefix("file://"))):
+                        con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "  # noqa: S608 - fixed names
+                                    f"WHERE substr({column}, 1, ?) = ?",
+                                    (replacement, len(prefix) + 1, len(prefix), prefix))
+            done.append(f"artifact locations {old_root} -> {new_root}")
+    return done

@@ -29,11 +29,29 @@ def open_client(uri: str) -> MlflowClient:
     return client
 
 
+def check_not_copied(cfg: TrackingConfig, tracking_uri: str) -> None:
+    """Refuse a workdir whose embedded store names artifact folders outside it: after ``cp -a wdA wdB``,
+    runs in wdB wrote into wdA and ``forgeline gc`` in wdB deleted wdA's files."""
+    from forgeline.errors import ConfigError
+    from forgeline.pipeline.doctor import foreign_artifact_root
+    from forgeline.settings import sqlite_file
+
+    db = sqlite_file(tracking_uri)
+    if db is None:
+        return
+    foreign = foreign_artifact_root(Path(db), Path(cfg.workdir))
+    if foreign is not None:
+        raise ConfigError(f"the MLflow store {db} keeps its artifacts in {foreign}, outside its workdir {cfg.workdir}: "
+                          "the workdir was copied or moved, and runs here would write there. Run `forgeline doctor "
+                          "--relocate` with the same --set options to point the store at this workdir, or use the original")
+
+
 def ensure_experiment(client: MlflowClient, cfg: TrackingConfig, tracking_uri: str) -> str:
     """The experiment's id, created if missing. The first call on a new SQLite store also creates its
     tables; both happen under ``store_lock`` so runs started together do not race on them."""
     from mlflow.exceptions import MlflowException
 
+    check_not_copied(cfg, tracking_uri)
     with store_lock(tracking_uri):
         exp = client.get_experiment_by_name(cfg.experiment)
         if exp is not None:
