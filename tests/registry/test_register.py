@@ -308,6 +308,12 @@ TAMPERED = {
 }
 
 
+NAMED = {"python_model.pkl replaced": "python_model.pkl changed", "shipped code edited": "pyfunc.py changed",
+         "metadata edited": "forgeline_meta.json changed", "model.onnx flipped": "artifacts/model.onnx changed",
+         "a file added": "code/sitecustomize.py added"}
+"""What the refusal names for each case: the files, from the version's forgeline.bundle_files tag."""
+
+
 def _flip(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -343,8 +349,9 @@ def test_a_version_whose_files_were_replaced_is_loaded_nowhere(mlflow_uri, bundl
     for case, tamper in TAMPERED.items():
         marker = tmp_path / "pwned"
         tamper(stored, str(marker))
-        with pytest.raises(ArtifactIntegrityError, match=f"m v{reg.version} do not match the digest"):
+        with pytest.raises(ArtifactIntegrityError, match=f"m v{reg.version} do not match the digest") as err:
             load_version("m", reg.version)
+        assert NAMED[case] in str(err.value), (case, str(err.value))
         with pytest.raises(RegistryError, match="cannot be served"):
             source.load(reg.version, None)
         assert not marker.exists(), f"{case}: nothing of the version was unpickled"

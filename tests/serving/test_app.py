@@ -451,8 +451,8 @@ def test_serve_refuses_a_corrupted_version_naming_the_version_and_file(tmp_path,
                          timeout=180)
     assert out.returncode == 2, out.stderr[-3000:]
     last = out.stderr.strip().splitlines()
-    assert last[-1].startswith("forgeline: error: m v1 cannot be served: model.onnx (fp32) does not match the checksum "
-                               "recorded at registration"), out.stderr[-3000:]
+    assert last[-1].startswith("forgeline: error: m v1 cannot be served: artifacts/model.onnx changed: the files of m v1 "
+                               "do not match the digest recorded at registration"), out.stderr[-3000:]
     assert "Traceback" not in out.stderr and "INVALID_PROTOBUF" not in out.stderr
 
 
@@ -470,7 +470,7 @@ def test_a_hot_swap_to_a_corrupted_version_keeps_serving_the_old_one(server, reg
     assert "forgeline_model_swap_failures_total 0.0" not in metrics
     r = post(server.url, json.dumps({"texts": ["the ride is wonderful and excellent"]}))
     assert r.status_code == 200 and r.json()["version"] == "1"
-    assert f"m v{reg.version} cannot be served: model.onnx (fp32) does not match" in server.log.read_text()
+    assert f"m v{reg.version} cannot be served: artifacts/model.onnx changed" in server.log.read_text()
 
 
 def test_a_serve_token_guards_the_api_but_not_the_probes(tmp_path, registry, monkeypatch):

@@ -42,14 +42,49 @@ _DOWNLOAD_ONLY = {"registered_model_meta"}
 """Written by MLflow into every download of a ``models:/`` URI, not part of the logged model."""
 
 
-def tree_digest(folder: Path) -> str:
-    """sha256 over the relative path and sha256 of every file below ``folder``."""
+BUNDLE_FILES_TAG = "forgeline.bundle_files"
+"""Model-version tag: {relative path: first 16 hex digits of its sha256} of every file, so that a failed
+check names the files that changed (left out when it would not fit MLflow's 5,000-character tag value)."""
+
+
+def tree_manifest(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file below ``folder``."""
     from forgeline.inference.contract import file_sha256
 
+    return {p.relative_to(folder).as_posix(): file_sha256(str(p))
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in _DOWNLOAD_ONLY}
+
+
+def tree_digest(folder: Path, manifest: dict[str, str] | None = None) -> str:
+    """sha256 over the relative path and sha256 of every file below ``folder``."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in _DOWNLOAD_ONLY):
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{file_sha256(str(path))}\n".encode())
+    for rel, sha in (manifest if manifest is not None else tree_manifest(folder)).items():
+        digest.update(f"{rel}\0{sha}\n".encode())
     return digest.hexdigest()
+
+
+def bundle_tags(folder: Path) -> dict[str, str]:
+    """The tags :func:`download_verified` checks, for the logged model in ``folder``."""
+    import json
+
+    manifest = tree_manifest(folder)
+    files = json.dumps({rel: sha[:16] for rel, sha in manifest.items()}, separators=(",", ":"))
+    return {BUNDLE_DIGEST_TAG: tree_digest(folder, manifest)} | ({BUNDLE_FILES_TAG: files} if len(files) <= 5000 else {})
+
+
+def _differences(recorded: str | None, manifest: dict[str, str]) -> str:
+    import json
+
+    try:
+        before = json.loads(recorded) if recorded else None
+    except ValueError:
+        before = None
+    if not isinstance(before, dict):
+        return "a file of the model, its metadata, pickle or code"
+    now = {rel: sha[:16] for rel, sha in manifest.items()}
+    said = [f"{rel} changed" for rel in now if rel in before and before[rel] != now[rel]]
+    said += [f"{rel} added" for rel in now if rel not in before] + [f"{rel} missing" for rel in before if rel not in now]
+    return ", ".join(said[:5]) + (f" and {len(said) - 5} more" if len(said) > 5 else "") or "the file list"
 
 
 def download_verified(client: MlflowClient, name: str, version: str, dst: Path) -> Path:
@@ -58,17 +93,20 @@ def download_verified(client: MlflowClient, name: str, version: str, dst: Path) 
     made a server run the replaced code). Versions registered before the tag are not checked."""
     import mlflow.artifacts
 
-    expected = (client.get_model_version(name, version).tags or {}).get(BUNDLE_DIGEST_TAG)
+    tags = client.get_model_version(name, version).tags or {}
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(dst),
                                                      tracking_uri=client.tracking_uri,
                                                      registry_uri=getattr(client, "_registry_uri", None)))  # no public getter
-    if expected is not None and tree_digest(local) != expected:
-        from forgeline.inference.contract import ArtifactIntegrityError
+    expected = tags.get(BUNDLE_DIGEST_TAG)
+    if expected is not None:
+        manifest = tree_manifest(local)
+        if tree_digest(local, manifest) != expected:
+            from forgeline.inference.contract import ArtifactIntegrityError
 
-        raise ArtifactIntegrityError(
-            f"the files of {name} v{version} do not match the digest recorded at registration (a file of the "
-            "model, its metadata, pickle or code was corrupted or replaced in the artifact store); nothing of it "
-            "was loaded. Re-register the model (run the pipeline again) or serve another version")
+            raise ArtifactIntegrityError(
+                f"{_differences(tags.get(BUNDLE_FILES_TAG), manifest)}: the files of {name} v{version} do not match "
+                "the digest recorded at registration (corrupted or replaced in the artifact store); nothing of it was "
+                "loaded. Re-register the model (run the pipeline again) or serve another version")
     return local
 
 

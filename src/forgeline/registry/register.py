@@ -38,8 +38,8 @@ from mlflow.tracking import MlflowClient
 from forgeline.config.schema import RegistryConfig
 from forgeline.errors import RegistryError
 from forgeline.inference.contract import CHECKSUMS_KEY, META_FILE, file_sha256
-from forgeline.registry.client import (BUNDLE_DIGEST_TAG, CACHE_KEY_TAG, CHALLENGER, CHAMPION, COMPLETE_TAG,
-                                       current_champion, download_verified, is_complete, tree_digest)
+from forgeline.registry.client import (CACHE_KEY_TAG, CHALLENGER, CHAMPION, COMPLETE_TAG, bundle_tags,
+                                       current_champion, download_verified, is_complete)
 from forgeline.registry.card import CardContext, model_card
 from forgeline.registry.compare import PairedComparison, compare_paired, macro_f1_ci, slice_table
 from forgeline.registry.gate import ChampionInfo, GateDecision, chance_macro_f1, decide_promotion
@@ -252,7 +252,7 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
             return reuse_registration(client, run_id, cfg, earlier, len(meta["labels"]), eval_rows)
         failpoint("register.created")
         with tempfile.TemporaryDirectory(prefix="forgeline-digest-") as tmp:  # checked before every load
-            tags = tags | {BUNDLE_DIGEST_TAG: tree_digest(download_verified(client, name, version, Path(tmp)))}
+            tags = tags | bundle_tags(download_verified(client, name, version, Path(tmp)))
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, str(v))
         for k, v in metrics.items():
