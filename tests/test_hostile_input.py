@@ -120,6 +120,7 @@ def test_a_full_disk_while_marking_stale_runs_is_a_disk_full_error_not_an_intern
     from tests.conftest import sqlite_store
 
     sqlite_store(tmp_path / "wd" / "mlflow.db")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv(FAILPOINT_ENV, "runs.mark_failed:enospc")
     code, err = cli(capsys, "doctor", "--config", "tiny", "--set", f"tracking.workdir={tmp_path / 'wd'}",
                     "--set", "tracking.tracking_uri=null")

@@ -37,7 +37,8 @@ def test_processes_starting_together_on_a_new_sqlite_store_all_succeed(tmp_path)
     assert len(client.search_runs([experiments[0].experiment_id])) == 4
 
 
-def test_a_copied_workdir_is_refused_until_relocated_and_never_writes_or_deletes_in_the_original(tmp_path, capsys):
+def test_a_copied_workdir_is_refused_until_relocated_and_never_writes_or_deletes_in_the_original(tmp_path, capsys,
+                                                                                                 monkeypatch):
     """The reliability probe: the SQLite store records absolute artifact paths, so after `cp -a wdA wdB` runs
     in wdB wrote into wdA, and `forgeline gc` in wdB deleted wdA's version files."""
     import shutil
@@ -49,6 +50,7 @@ def test_a_copied_workdir_is_refused_until_relocated_and_never_writes_or_deletes
     from forgeline.errors import ConfigError
     from forgeline.pipeline.tracking import ensure_experiment
 
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the CLI then finds the store in the workdir
     wd_a, wd_b = tmp_path / "wdA", tmp_path / "wdB"
     uri_a = f"sqlite:///{wd_a / 'mlflow.db'}"
     client = MlflowClient(uri_a, uri_a)

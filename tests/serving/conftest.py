@@ -15,7 +15,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import register_version, sqlite_store
+from tests.conftest import make_bundle, register_version, sqlite_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,3 +74,13 @@ def make_registry(folder: Path, bundle) -> tuple[str, MlflowClient]:
 @pytest.fixture
 def registry(tmp_path, bundle):
     return make_registry(tmp_path, bundle)
+
+
+def module_server(tmp_path_factory, trained, exported, name: str, *sets: str, env: dict[str, str] | None = None):
+    """A server, and a registry of its own whose champion is the session's model, for a module's tests
+    that only send requests (a server and its registry cost seconds): ``yield from`` it in a fixture."""
+    folder = tmp_path_factory.mktemp(name)
+    uri, _ = make_registry(folder, make_bundle(folder, trained, exported))
+    srv = Server(uri, "m@champion", *sets, log=folder / "server.log", env=env)
+    yield srv
+    assert srv.stop() == 0, srv.log.read_text()

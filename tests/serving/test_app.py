@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 from forgeline.config.schema import ServeConfig
 from forgeline.registry.client import parse_model_ref
 from forgeline.serving.app import BadRequest, parse_predict_body
-from tests.conftest import make_bundle, register_version
-from tests.serving.conftest import Server, free_port, make_registry
+from tests.conftest import register_version
+from tests.serving.conftest import Server, free_port, module_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,12 +40,8 @@ def server(tmp_path, registry):
 
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory, trained, exported):
-    """One server for the tests that only send requests (a server and its registry cost seconds)."""
-    folder = tmp_path_factory.mktemp("shared-server")
-    uri, _ = make_registry(folder, make_bundle(folder, trained, exported))
-    srv = Server(uri, "m@champion", *LIMITS, log=folder / "server.log")
-    yield srv
-    assert srv.stop() == 0, srv.log.read_text()
+    """One server for the tests that only send requests."""
+    yield from module_server(tmp_path_factory, trained, exported, "shared-server", *LIMITS)
 
 
 def post(url: str, content, content_type: str | None = "application/json") -> httpx.Response:

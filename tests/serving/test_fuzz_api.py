@@ -14,7 +14,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.serving.conftest import Server
+from tests.serving.conftest import module_server
 
 pytestmark = [pytest.mark.fuzz]
 
@@ -25,22 +25,9 @@ VALID = json.dumps({"texts": ["the ride is wonderful and excellent"]}).encode()
 
 
 @pytest.fixture(scope="module")
-def token_server(tmp_path_factory, registry_module):
-    folder = tmp_path_factory.mktemp("fuzz-server")
-    srv = Server(registry_module, "m@champion", "max_texts_per_request=8", "max_text_chars=200",
-                 "max_body_bytes=4000", log=folder / "server.log", env={"FORGELINE_SERVE_TOKEN": TOKEN})
-    yield srv
-    assert srv.stop() == 0, srv.log.read_text()
-
-
-@pytest.fixture(scope="module")
-def registry_module(tmp_path_factory, trained, exported):
-    from tests.conftest import make_bundle
-    from tests.serving.conftest import make_registry
-
-    folder = tmp_path_factory.mktemp("fuzz-registry")
-    uri, _ = make_registry(folder, make_bundle(folder, trained, exported))
-    return uri
+def token_server(tmp_path_factory, trained, exported):
+    yield from module_server(tmp_path_factory, trained, exported, "fuzz-server", "max_texts_per_request=8",
+                             "max_text_chars=200", "max_body_bytes=4000", env={"FORGELINE_SERVE_TOKEN": TOKEN})
 
 
 def test_the_api_description_follows_the_token(token_server):
