@@ -238,3 +238,15 @@ def test_walks_of_the_cache_tolerate_entries_vanishing_under_them(tmp_path):
         for w in writers:
             w.join()
     assert not errors, errors[:1]
+
+
+def test_a_hit_hands_out_links_in_the_runs_folder_that_outlive_another_runs_prune(tmp_path):
+    """Four runs at once under a small bound: three failed with FileNotFoundError on a file of an entry
+    they had hit, which another run's prune evicted meanwhile (tests/pipeline/test_faults.py)."""
+    cache = StageCache(tmp_path / "cache", code="c1")
+    cache.put("train", "k1", {"epochs": 3}, _files(tmp_path))
+    value, files = cache.get("train", "k1", into=tmp_path / "run" / "train")
+    assert value == {"epochs": 3} and files["checkpoint"].parent == tmp_path / "run" / "train"
+    StageCache(tmp_path / "cache", code="c1").prune(0)  # another run evicts everything
+    assert cache.get("train", "k1") is None
+    assert (files["checkpoint"] / "model.bin").read_text() == "weights" and files["model.onnx"].read_text() == "weights as onnx"

@@ -130,7 +130,7 @@ def test_sigkill_in_train_and_in_export_leaves_nothing_behind_that_the_next_run_
     assert not (scratch / finished.info.run_id).exists(), "a finished run's scratch is removed"
 
 
-def test_two_runs_at_once_on_an_existing_workdir_register_one_version(tmp_path, sentiment_csv, tiny, monkeypatch):
+def test_runs_at_once_on_an_existing_workdir_register_one_version_per_config(tmp_path, sentiment_csv, tiny, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     first = forgeline_run(tmp_path, sentiment_csv, tiny, {})
     assert first.returncode == 0, first.stderr[-3000:]
@@ -148,6 +148,16 @@ def test_two_runs_at_once_on_an_existing_workdir_register_one_version(tmp_path, 
     assert sorted(r.info.status for r in client.search_runs([exp.experiment_id])) == ["FINISHED"] * 3
     decisions = sorted(r.data.tags.get("cache.register") for r in client.search_runs([exp.experiment_id]))
     assert decisions == ["hit", "miss", "miss"], "the later of the two found the earlier's version"
+
+    # four different configs at once under a cache bound small enough that every run prunes while the
+    # others write: one in three such runs failed with FileNotFoundError from a cache walk (the probe)
+    procs = [subprocess.Popen(run_command(tmp_path, sentiment_csv, tiny, f"compress.prune_amount=0.{i}",
+                                          "tracking.cache_max_gb=0.02"), env=run_env({}),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (3, 4, 5, 6)]  # 0.2: the first run's
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in outs]
+    assert not [err for _, err in outs if "internal error" in err]
+    assert len(client.search_model_versions("name='faults'")) == 6, "one new version per config"
 
 
 def test_a_full_disk_ends_the_run_with_one_message_and_registers_nothing(tmp_path, sentiment_csv, tiny, monkeypatch):

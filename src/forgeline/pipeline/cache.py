@@ -145,6 +145,23 @@ def read_entry(entry: Path) -> EntryMeta | str | None:
     return meta
 
 
+def _link_tree(src: Path, dst: Path) -> Path:
+    """``dst`` as hard links to the files of ``src`` (a file or a folder), copies where links fail."""
+    if dst.exists():
+        shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
+    sources = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
+    for path in sources:
+        target = dst / path.relative_to(src) if src.is_dir() else dst
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                raise FileNotFoundError(e.errno, e.strerror, str(path)) from None
+            shutil.copyfile(path, target)  # another file system, or no hard links there
+    return dst
+
+
 class CacheFormatError(TypeError):
     """A stage result holds a type the cache cannot write as JSON (a bug in the stage's ``store``)."""
 
@@ -252,8 +269,12 @@ class StageCache:
     def path(self, stage: str, key: str) -> Path:
         return self.root / f"{stage}-{key}"
 
-    def get(self, stage: str, key: str) -> tuple[Any, dict[str, Path]] | None:
-        """(value, {name: stored file or folder}) when a complete, intact entry exists, else None."""
+    def get(self, stage: str, key: str, into: Path | None = None) -> tuple[Any, dict[str, Path]] | None:
+        """(value, {name: stored file or folder}) when a complete, intact entry exists, else None.
+
+        ``into``: the files are hard-linked there (the run's scratch folder) and those links returned, so
+        another run's prune can evict the entry while this run still reads them: with four runs at once
+        under a small bound, three failed with FileNotFoundError on a file of an entry they had hit."""
         if not self.enabled:
             return None
         entry = self.path(stage, key)
@@ -269,9 +290,15 @@ class StageCache:
             value = _Codec(entry).decode(meta.value)
         except (ValueError, TypeError, AttributeError, ImportError, KeyError, OSError) as e:
             return self._drop(entry, f"its value cannot be read back ({type(e).__name__}: {str(e)[:200]})", meta.files)
-        os.utime(entry / "entry.json")  # last use, for the least-recently-used bound
         files = entry / "files"
-        return value, ({p.name: p for p in files.iterdir()} if files.is_dir() else {})
+        try:
+            os.utime(entry / "entry.json")  # last use, for the least-recently-used bound
+            stored = {p.name: p for p in files.iterdir()} if files.is_dir() else {}
+            if into is not None:
+                stored = {name: _link_tree(path, into / name) for name, path in stored.items()}
+        except FileNotFoundError:  # another run evicted the entry since it was checked: a miss
+            return None
+        return value, stored
 
     def _drop(self, entry: Path, why: str, manifest: dict[str, str]) -> None:
         self.dropped[entry.name] = why

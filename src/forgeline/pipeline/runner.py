@@ -190,7 +190,7 @@ class StageRunner:
             return None, {}
         if stage.reuse is not None:
             return stage.reuse(env, *inputs), {}
-        hit = self.cache.get(stage.name, env.key)
+        hit = self.cache.get(stage.name, env.key, into=self.run_dir / "cache-hits" / stage.name)
         if hit is None:
             return None, {}
         value, files = hit
