@@ -200,7 +200,7 @@ def find_registered(client: MlflowClient, name: str, cache_key: str, verify: boo
             try:
                 with tempfile.TemporaryDirectory(prefix="forgeline-verify-") as tmp:
                     download_verified(client, name, str(mv.version), Path(tmp))
-            except (ArtifactIntegrityError, MlflowException, OSError) as e:
+            except ArtifactIntegrityError as e:  # not a lost server or disk: those propagate to the stage's retry
                 logging.getLogger("forgeline").warning(
                     "%s v%s has this run's cache key but cannot be reused (%s); registering anew",
                     name, mv.version, str(e)[:300])

@@ -13,11 +13,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
 import time
-import contextlib
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
