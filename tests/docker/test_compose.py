@@ -21,7 +21,8 @@ def compose_command() -> list[str] | None:
     return None
 
 
-SECRETS = ("POSTGRES_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY", "FORGELINE_SERVE_TOKEN")
+SECRETS = ("POSTGRES_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY", "FORGELINE_SERVE_TOKEN", "MLFLOW_ADMIN_PASSWORD",
+           "MLFLOW_SERVING_PASSWORD")
 STRONG = {name: f"{name.lower()}-0123456789abcdef" for name in SECRETS}
 
 
@@ -111,3 +112,18 @@ def test_stack_services_and_urls():
     assert services["worker"]["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
     for name in ("mlflow", "worker", "serving"):
         assert (DOCKER.parent / services[name]["build"]["dockerfile"]).is_file()
+
+
+def test_serving_reads_the_registry_as_a_read_only_user_and_never_holds_the_training_identity():
+    """tests/registry/test_auth.py shows what the READ-only user may do against a real server."""
+    services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    serving, worker = services["serving"]["environment"], services["worker"]["environment"]
+    assert serving["MLFLOW_TRACKING_USERNAME"] == "serving" and worker["MLFLOW_TRACKING_USERNAME"] == "admin"
+    assert serving["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_SERVING_PASSWORD:?")
+    assert worker["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    assert "MLFLOW_ADMIN_PASSWORD" not in json.dumps(services["serving"])
+    assert services["serving"]["depends_on"]["mlflow-users"]["condition"] == "service_completed_successfully"
+    assert "--app-name basic-auth" in (DOCKER / "mlflow.Dockerfile").read_text()
+    ini = (DOCKER / "mlflow-auth.ini").read_text()
+    assert "default_permission = READ" in ini and "/auth/" in ini
+    assert any(v.startswith("mlflowauth:/auth") for v in services["mlflow"]["volumes"])
