@@ -3,7 +3,8 @@
 # `secrets-check` service before anything else (compose.yaml); secrets come from docker/.env
 # (copy docker/env.example, fill with `openssl rand -hex 24`).
 bad=0
-for name in POSTGRES_PASSWORD S3_ACCESS_KEY S3_SECRET_KEY FORGELINE_SERVE_TOKEN MLFLOW_ADMIN_PASSWORD MLFLOW_SERVING_PASSWORD; do
+for name in POSTGRES_PASSWORD S3_ACCESS_KEY S3_SECRET_KEY FORGELINE_SERVE_TOKEN MLFLOW_ADMIN_PASSWORD MLFLOW_SERVING_PASSWORD \
+    MLFLOW_FLASK_SECRET_KEY; do
   eval "value=\${$name:-}"
   case "$value" in
     ""|forgeline|forgeline-secret|changeme|change-me|password|minioadmin)

@@ -22,7 +22,7 @@ def compose_command() -> list[str] | None:
 
 
 SECRETS = ("POSTGRES_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY", "FORGELINE_SERVE_TOKEN", "MLFLOW_ADMIN_PASSWORD",
-           "MLFLOW_SERVING_PASSWORD")
+           "MLFLOW_SERVING_PASSWORD", "MLFLOW_FLASK_SECRET_KEY")
 STRONG = {name: f"{name.lower()}-0123456789abcdef" for name in SECRETS}
 
 
@@ -124,6 +124,9 @@ def test_serving_reads_the_registry_as_a_read_only_user_and_never_holds_the_trai
     assert "MLFLOW_ADMIN_PASSWORD" not in json.dumps(services["serving"])
     assert services["serving"]["depends_on"]["mlflow-users"]["condition"] == "service_completed_successfully"
     assert "--app-name basic-auth" in (DOCKER / "mlflow.Dockerfile").read_text()
+    mlflow_env = services["mlflow"]["environment"]  # what the basic-auth app needs to start
+    assert mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    assert mlflow_env["MLFLOW_FLASK_SERVER_SECRET_KEY"].startswith("${MLFLOW_FLASK_SECRET_KEY:?")
     ini = (DOCKER / "mlflow-auth.ini").read_text()
     assert "default_permission = READ" in ini and "/auth/" in ini
     assert any(v.startswith("mlflowauth:/auth") for v in services["mlflow"]["volumes"])
