@@ -140,13 +140,15 @@ def relocate(db: Path, workdir: Path) -> list[str]:
 
     from forgeline.settings import store_lock
 
-    done = []
+    done: list[str] = []
+    seen: set[str] = set()
     new_root = (workdir.resolve() / "mlartifacts").as_uri()
     with store_lock(f"sqlite:///{db}"):
         while (old := foreign_artifact_root(db, workdir)) is not None:
-            if "/mlartifacts" not in old:  # not where forgeline puts artifacts: a person's to decide
-                done.append(f"left alone: {old} is not another workdir's mlartifacts/")
+            if "/mlartifacts" not in old or old in seen:  # not where forgeline puts artifacts: a person's to decide
+                done.append(f"left alone: {old} is not another workdir's mlartifacts/ (set it by hand)")
                 break
+            seen.add(old)
             old_root = old.split("/mlartifacts")[0] + "/mlartifacts"
             with contextlib.closing(sqlite3.connect(db)) as con, con:
                 for table, column in _ARTIFACT_COLUMNS:
