@@ -11,28 +11,11 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.file_utils import local_file_uri_to_path
 
 from forgeline.cli import main
-from forgeline.pipeline.disk import logged_model_id
+from forgeline.pipeline.disk import disk_bytes, logged_model_id
 from forgeline.pipeline.flows import training_flow
 from tests.conftest import QUICK, flow_overrides, sentiment_rows
 
 pytestmark = pytest.mark.e2e
-
-
-def _inodes(root: Path) -> dict[tuple[int, int], int]:
-    """(device, inode) → bytes on disk of every file under ``root``: hard links counted once, as du does."""
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            st = (Path(dirpath) / name).lstat()
-            out[(st.st_dev, st.st_ino)] = st.st_blocks * 512
-    return out
-
-
-def disk_bytes(root: Path, exclude: Path | None = None) -> int:
-    """Bytes on disk under ``root``, without the files (inodes) that also are under ``exclude``: a
-    file the registered model shares with the cache is the model's."""
-    skip = _inodes(exclude) if exclude is not None else {}
-    return sum(size for inode, size in _inodes(root).items() if inode not in skip)
 
 
 def registered_dir(client: MlflowClient, name: str, version: str) -> Path:

@@ -11,6 +11,7 @@ points at, beyond the newest few, with their artifacts.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,19 +98,24 @@ class GcReport:
         return out
 
 
-def disk_bytes(folder: Path) -> int:
-    """Allocated bytes below ``folder``, each inode once (cache blobs and artifacts are hard links)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for path in folder.rglob("*") if folder.is_dir() else []:
-        try:
-            st = path.lstat()
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) not in seen:
-            seen.add((st.st_dev, st.st_ino))
-            total += st.st_blocks * 512
-    return total
+def inode_sizes(root: Path) -> dict[tuple[int, int], int]:
+    """(device, inode) → bytes on disk of every file under ``root``: hard links counted once, as du does."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            try:
+                st = (Path(dirpath) / name).lstat()
+            except OSError:  # removed meanwhile (another run's scratch or cache entry)
+                continue
+            out[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+    return out
+
+
+def disk_bytes(root: Path, exclude: Path | None = None) -> int:
+    """Bytes on disk under ``root``, each file once (cache blobs and artifacts are hard links to one
+    inode), without the files that also are under ``exclude``."""
+    skip = inode_sizes(exclude) if exclude is not None else {}
+    return sum(size for inode, size in inode_sizes(root).items() if inode not in skip)
 
 
 def inside(location: str, workdir: Path) -> bool | None:
