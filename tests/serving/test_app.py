@@ -230,7 +230,12 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path, registry):
         for t in wave:
             t.start()
         threads += wave
-        while any(t.is_alive() for t in wave) and (waiting := in_flight()) < 3:  # waiting in the 1 s window
+        # SIGTERM once at least 3 requests wait in the server and every request still open is inside it: one
+        # still in the listen backlog would be reset when the socket closes, which says nothing of draining
+        while any(t.is_alive() for t in wave):
+            waiting = in_flight()
+            if waiting >= 3 and waiting >= sum(t.is_alive() for t in wave):
+                break
             time.sleep(0.02)
         if waiting >= 3:
             break
@@ -239,7 +244,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path, registry):
         t.join()
     assert srv.proc.wait(timeout=60) == 0
     assert waiting >= 3
-    assert all(c in (200, "refused") for c in codes), codes
+    assert all(c in (200, "refused") for c in codes), [c for c in codes if c != 200]
     assert codes.count(200) >= waiting, codes
     assert "drained" in srv.log.read_text()
 
