@@ -149,16 +149,24 @@ def collect_garbage(workdir: Path, client: MlflowClient | None, *, cache_max_gb:
     return report
 
 
-def delete_run_artifacts(client: MlflowClient, run, workdir: Path, report: GcReport) -> None:
+def delete_location(location: str, workdir: Path | None) -> bool:
+    """Delete the artifacts at ``location``; False (nothing deleted) when it is a local folder outside
+    ``workdir`` (:func:`inside`)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+    if workdir is not None and inside(location, workdir) is False:
+        return False
+    get_artifact_repository(location).delete_artifacts()
+    return True
+
+
+def delete_run_artifacts(client: MlflowClient, run, workdir: Path, report: GcReport) -> None:
     location = run.info.artifact_uri
-    if inside(location, workdir) is False:
-        report.problems.append(f"run {run.info.run_id}: its artifacts at {location} are outside this workdir "
-                               f"({workdir}); left alone")
-        return
     try:
-        get_artifact_repository(location).delete_artifacts()
+        if not delete_location(location, workdir):
+            report.problems.append(f"run {run.info.run_id}: its artifacts at {location} are outside this workdir "
+                                   f"({workdir}); left alone")
+            return
         client.set_tag(run.info.run_id, COLLECTED_TAG, "true")
         report.run_artifacts.append(run.info.run_id)
     except (MlflowException, OSError) as e:
@@ -216,15 +224,11 @@ def logged_model_id(mv) -> str | None:
 def delete_artifacts(client: MlflowClient, mv, workdir: Path | None = None) -> bool:
     """The version's logged-model files; False (nothing deleted) when they are a local folder outside
     ``workdir``."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
     model_id = logged_model_id(mv)
     if model_id is None:
         return True
-    logged = client.get_logged_model(model_id)
-    if workdir is not None and inside(logged.artifact_location, workdir) is False:
+    if not delete_location(client.get_logged_model(model_id).artifact_location, workdir):
         return False
-    get_artifact_repository(logged.artifact_location).delete_artifacts()
     client.delete_logged_model(model_id)
     return True
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -176,6 +177,20 @@ def current_champion(client: MlflowClient, name: str) -> ChampionInfo | None:
         return None
     raw = (mv.tags or {}).get("metric.test_macro_f1")
     return ChampionInfo(version=str(mv.version), macro_f1=float(raw) if raw not in (None, "") else None)
+
+
+def load_verified(client: MlflowClient, name: str, version: str, model_config: dict[str, Any]):
+    """The version's model implementation, loaded through MLflow from files that passed
+    :func:`download_verified`. They are downloaded into a temporary folder removed afterwards: MLflow's own
+    download folder was never removed (about 150 MB a version, each hot swap), and once loaded the sessions
+    and the tokenizer are in memory."""
+    import tempfile
+
+    import mlflow.pyfunc
+
+    with tempfile.TemporaryDirectory(prefix="forgeline-model-") as tmp:
+        local = download_verified(client, name, version, Path(tmp))
+        return mlflow.pyfunc.load_model(str(local), model_config=model_config).unwrap_python_model()
 
 
 def find_registered(client: MlflowClient, name: str, cache_key: str, verify: bool = True) -> str | None:

@@ -39,7 +39,8 @@ from forgeline.config.schema import RegistryConfig
 from forgeline.errors import RegistryError
 from forgeline.inference.contract import CHECKSUMS_KEY, META_FILE, file_sha256
 from forgeline.registry.client import (CACHE_KEY_TAG, CHALLENGER, CHAMPION, COMPLETE_TAG, bundle_tags,
-                                       current_champion, download_verified, is_complete)
+                                       current_champion, download_verified, is_complete,
+                                       load_verified)
 from forgeline.registry.card import CardContext, model_card
 from forgeline.registry.compare import PairedComparison, compare_paired, macro_f1_ci, slice_table
 from forgeline.registry.gate import ChampionInfo, GateDecision, chance_macro_f1, decide_promotion
@@ -113,12 +114,9 @@ def load_version(name: str, version: str):
     """A registered version's model, loaded on CPU with the variant it serves there, after its files
     passed the digest recorded at registration."""
     import mlflow
-    import mlflow.pyfunc
 
-    client = MlflowClient(mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    with tempfile.TemporaryDirectory(prefix="forgeline-gate-") as tmp:  # sessions are in memory once loaded
-        local = download_verified(client, name, version, Path(tmp))
-        return mlflow.pyfunc.load_model(str(local), model_config={"device": "cpu"}).unwrap_python_model()
+    return load_verified(MlflowClient(mlflow.get_tracking_uri(), mlflow.get_registry_uri()), name, version,
+                         {"device": "cpu"})
 
 
 @dataclass
@@ -180,8 +178,6 @@ def log_pyfunc(run_id: str, artifacts: dict[str, str], probe: Any, meta: dict[st
     The version is created already tagged ``COMPLETE_TAG=false`` (one request): tagging it in a second
     call left a window in which a lost server kept an untagged version that ``forgeline doctor`` did not
     recognise as half-registered (seen once in CI's fault test)."""
-    import tempfile
-
     import mlflow
     import mlflow.pyfunc
     import onnxruntime

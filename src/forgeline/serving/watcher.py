@@ -10,13 +10,12 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from forgeline.config.schema import ServeConfig
 from forgeline.errors import RegistryError
 from forgeline.inference.contract import ArtifactIntegrityError
-from forgeline.registry.client import download_verified, open_registry, parse_model_ref, resolve_version
+from forgeline.registry.client import load_verified, open_registry, parse_model_ref, resolve_version
 from forgeline.serving.batcher import MicroBatcher, cancel_task
 from forgeline.serving.metrics import Metrics
 from forgeline.settings import resolve_tracking_uri
@@ -63,21 +62,15 @@ class RegistrySource:
         return config
 
     def load(self, version: str, run_id: str | None) -> LoadedModel:
-        import tempfile
-
-        import mlflow.pyfunc
+        import mlflow
 
         mlflow.set_registry_uri(self.uri)
         mlflow.set_tracking_uri(self.uri)
-        # MLflow would download into a temporary folder it never removes (about 150 MB a version, each hot
-        # swap); the sessions and the tokenizer are in memory once loaded, so the files can go
-        with tempfile.TemporaryDirectory(prefix="forgeline-model-") as tmp:
-            try:  # the files are checked against the digest recorded at registration before MLflow unpickles any
-                local = download_verified(self.client, self.name, version, Path(tmp))
-                pyfunc = mlflow.pyfunc.load_model(str(local), model_config=self.model_config())
-            except ArtifactIntegrityError as e:
-                raise RegistryError(f"{self.name} v{version} cannot be served: {e}") from None
-        model = LoadedModel(name=self.name, version=version, run_id=run_id, impl=pyfunc.unwrap_python_model())
+        try:  # the files are checked against the digest recorded at registration before MLflow unpickles any
+            impl = load_verified(self.client, self.name, version, self.model_config())
+        except ArtifactIntegrityError as e:
+            raise RegistryError(f"{self.name} v{version} cannot be served: {e}") from None
+        model = LoadedModel(name=self.name, version=version, run_id=run_id, impl=impl)
         model.impl.predict_proba(self.cfg.warmup_texts)  # warm-up: first-run allocations, kernel selection
         return model
 
