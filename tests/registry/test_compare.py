@@ -26,7 +26,7 @@ def test_a_clearly_worse_challenger_on_the_same_rows():
     r = compare_paired(y, challenger, champion, 2, n_boot=4000, seed=1)
     assert (r.only_champion_right, r.only_challenger_right, r.n) == (40, 20, 200)
     assert r.mcnemar_p == pytest.approx(binomtest(20, 60, 0.5).pvalue) and r.mcnemar_p < 0.05
-    assert r.challenger_macro_f1 == pytest.approx(0.8, abs=1e-3) and r.champion_macro_f1 == pytest.approx(0.9, abs=1e-3)
+    assert r.challenger_value == pytest.approx(0.8, abs=1e-3) and r.champion_value == pytest.approx(0.9, abs=1e-3)
     assert r.ci_low < r.diff < r.ci_high < 0  # the interval is entirely below zero
 
 

@@ -3,7 +3,17 @@
 import numpy as np
 import pytest
 
-from forgeline.registry.gate import ChampionInfo, chance_macro_f1, decide_promotion
+from forgeline.registry.gate import ChampionInfo, GateEvidence, GatePolicy, chance_macro_f1, decide
+from forgeline.tasks.base import Metric
+
+
+def decide_promotion(candidate_macro_f1, parity_ok, champion, tolerance, chance_macro_f1=None,
+                     min_gain_over_chance=None, paired=None, champion_problem=None, slices=None, max_slice_drop=None,
+                     min_slice_rows=30):
+    """The single-label gate of macro-F1 as policy + evidence."""
+    policy = GatePolicy(Metric("macro_f1"), tolerance, min_gain_over_chance, max_slice_drop, min_slice_rows)
+    return decide(policy, GateEvidence(candidate_macro_f1, parity_ok, champion, chance_macro_f1, "chance", paired,
+                                       champion_problem, slices))
 
 
 @pytest.mark.parametrize(
@@ -36,7 +46,7 @@ def test_gate(candidate, parity, champion, promote, needle):
 def test_gate_keeps_a_model_at_chance_level_from_becoming_champion(candidate, champion, promote, needle):
     d = decide_promotion(candidate, True, champion, 0.01, chance_macro_f1=1 / 3, min_gain_over_chance=0.05)
     assert d.promote is promote and needle in d.reason
-    assert (d.chance_macro_f1, d.min_gain_over_chance) == (1 / 3, 0.05)
+    assert (d.baseline_value, d.min_gain_over_baseline) == (1 / 3, 0.05)
     assert decide_promotion(candidate, True, champion, 0.01, 1 / 3, None).promote is (champion is None or candidate > 0.35)
 
 
@@ -74,3 +84,28 @@ def test_a_slice_that_drops_beyond_the_limit_blocks_promotion_and_is_named():
     assert blocked.slices == slices
     assert decide_promotion(**args, max_slice_drop=0.25).promote  # within the limit; 5-row slice too small to count
     assert decide_promotion(**args, max_slice_drop=None).promote
+
+
+@pytest.mark.parametrize("challenger_rmse,promote", [(1.00, True), (1.01, True), (1.20, False)])
+def test_a_lower_is_better_metric_refuses_a_higher_rmse_beyond_a_relative_tolerance(challenger_rmse, promote):
+    """RMSE: the upper bound of (challenger − champion) against 2 % of the champion's value."""
+    from forgeline.inference.tasks import OutputSpec
+    from forgeline.registry.compare import compare_outputs
+    from forgeline.tasks import get_task
+
+    task = get_task("regression")
+    rng = np.random.default_rng(0)
+    y = rng.normal(0, 1, 400)
+    noise = rng.normal(0, 0.3, 400)
+    champion = (y + noise)[:, None]  # RMSE ~0.3; predicting the mean: ~1
+    challenger = (y + noise * challenger_rmse)[:, None]
+    spec = OutputSpec("regression", ("y",), mean=0.0, scale=1.0)
+    paired = compare_outputs(task, spec, y, challenger, champion)
+    assert paired.mcnemar_p is None and paired.metric == "rmse"
+    policy = GatePolicy(task.primary, 0.02, 0.05)
+    d = decide(policy, GateEvidence(paired.challenger_value, True, ChampionInfo("1", paired.champion_value),
+                                    task.baseline(y, spec)[0], "the mean", paired))
+    assert d.promote is promote, d.reason
+    assert not d.higher_is_better and d.metric == "rmse"
+    if not promote:
+        assert "reaches above" in d.reason and "no McNemar" in d.reason

@@ -10,7 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from forgeline.config.schema import RegistryConfig
-from forgeline.registry.gate import ChampionInfo, decide_promotion
+from forgeline.registry.gate import ChampionInfo
+from tests.registry.test_gate import decide_promotion
 from forgeline.registry.register import reuse_registration
 from tests.conftest import register_version
 
@@ -27,7 +28,7 @@ def test_a_first_model_at_chance_level_is_registered_but_not_champion(mlflow_uri
     reason = client.get_model_version("m", reg.version).tags["gate.reason"]
     assert "above chance, 0.5000" in reason and "train.epochs" in reason
     gate = json.loads(Path(client.download_artifacts(run_id, "gate.json")).read_text())
-    assert gate["chance_macro_f1"] == 0.5 and gate["min_gain_over_chance"] == 0.05
+    assert gate["baseline_value"] == 0.5 and gate["min_gain_over_baseline"] == 0.05
     # a learned model becomes the first champion; the floor can be turned off
     assert register_version(client, bundle, labels, 0.56)[0].aliases == ["champion"]
     assert register_version(client, bundle, labels, 0.52, name="n", min_gain_over_chance=None)[0].aliases == ["champion"]

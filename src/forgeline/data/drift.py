@@ -65,11 +65,13 @@ def _sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 
 def build_profile(df: pd.DataFrame, labels: list[str], cfg: DriftConfig, model_cfg: ModelConfig,
-                  seed: int) -> tuple[dict[str, Any], np.ndarray]:
-    """``traffic_profile`` of the texts plus the label distribution."""
+                  seed: int, task=None) -> tuple[dict[str, Any], np.ndarray]:
+    """``traffic_profile`` of the texts plus the targets' distribution, as the task profiles it
+    (``label_distribution``; per-label ``label_rates``; a ``target_sample`` of a regression target)."""
+    from forgeline.tasks import get_task
+
     profile, emb = traffic_profile(df["text"].tolist(), cfg, model_cfg, seed)
-    counts = df["label"].value_counts()
-    profile["label_distribution"] = {lab: float(counts.get(lab, 0) / len(df)) for lab in labels}
+    profile |= (task or get_task("single_label")).target_profile(df["label"], labels)
     return profile, emb
 
 
@@ -84,6 +86,12 @@ class DriftReport:
     embedding_cosine: float | None = None
     embedding_mmd2: float | None = None
     embedding_p: float | None = None
+    target_ks: float | None = None
+    """Regression: KS statistic of the target values."""
+    target_p: float | None = None
+    label_rate_diff: float | None = None
+    """Multi-label: the largest change of one label's rate."""
+    label_rate_p: float | None = None
     rows: int | None = None
     """Rows of the current data (texts for traffic)."""
     champion_version: str | None = None
@@ -96,7 +104,8 @@ class DriftReport:
         return asdict(self)
 
     def metrics(self) -> dict[str, float]:
-        keys = ("label_tv", "label_p", "length_ks", "length_p", "embedding_cosine", "embedding_mmd2", "embedding_p")
+        keys = ("label_tv", "label_p", "length_ks", "length_p", "embedding_cosine", "embedding_mmd2", "embedding_p",
+                "target_ks", "target_p", "label_rate_diff", "label_rate_p")
         return {k: float(getattr(self, k)) for k in keys if getattr(self, k) is not None}
 
 
@@ -133,7 +142,9 @@ def compare(reference: dict[str, Any], ref_emb: np.ndarray, current: dict[str, A
     notes: list[str] = []
     report = DriftReport(retrain=False, reasons=reasons, notes=notes, rows=current.get("rows"))
     cur_dist = current.get("label_distribution")
-    if cur_dist is None:
+    if "target_sample" in reference or "label_rates" in reference:
+        _target_drift(reference, current, cfg, alpha, report)
+    elif cur_dist is None:
         notes.append("label check skipped: the current data has no labels (served traffic); length and "
                      "embedding checks still apply")
     else:
@@ -173,6 +184,46 @@ def compare(reference: dict[str, Any], ref_emb: np.ndarray, current: dict[str, A
     return report
 
 
+def _target_drift(reference: dict[str, Any], current: dict[str, Any], cfg: DriftConfig, alpha: float,
+                  report: DriftReport) -> None:
+    """Multi-label: each label's rate (two-proportion chi-square per label, Bonferroni over labels; effect:
+    the largest change of a rate against ``label_tv_threshold``). Regression: the target's distribution
+    (KS; effect against ``target_ks_threshold``)."""
+    from scipy.stats import chi2_contingency, ks_2samp
+
+    if "target_sample" in reference:
+        if not current.get("target_sample"):
+            report.notes.append("target check skipped: the current data has no targets (served traffic)")
+            return
+        ks = ks_2samp(reference["target_sample"], current["target_sample"])
+        report.target_ks, report.target_p = float(ks.statistic), float(ks.pvalue)
+        if report.target_p < alpha and report.target_ks > cfg.target_ks_threshold:
+            report.reasons.append(f"target distribution moved: KS statistic {report.target_ks:.3f} > "
+                                  f"{cfg.target_ks_threshold} (p={report.target_p:.2g} < {alpha:.2g}); mean "
+                                  f"{reference.get('target_mean', float('nan')):.4g} → {current.get('target_mean', float('nan')):.4g}")
+        return
+    rates = current.get("label_rates")
+    if rates is None:
+        report.notes.append("label check skipped: the current data has no labels (served traffic)")
+        return
+    ref = reference["label_rates"]
+    labels = sorted(set(ref) | set(rates))
+    diffs, ps = [], []
+    for lab in labels:
+        a, b = ref.get(lab, 0.0), rates.get(lab, 0.0)
+        diffs.append(abs(a - b))
+        table = np.rint([[a * reference["rows"], (1 - a) * reference["rows"]], [b * current["rows"], (1 - b) * current["rows"]]])
+        ps.append(float(chi2_contingency(table).pvalue) if (table.sum(0) > 0).all() else 1.0)
+    worst = int(np.argmax(diffs))
+    report.label_rate_diff, report.label_rate_p = float(diffs[worst]), min(1.0, float(min(ps)) * len(labels))
+    report.new_labels = sorted(k for k, v in rates.items() if v > 0 and ref.get(k, 0) == 0)
+    if report.new_labels:
+        report.reasons.append(f"labels new to the model: {', '.join(map(repr, report.new_labels[:10]))}")
+    if report.label_rate_p < alpha and report.label_rate_diff > cfg.label_tv_threshold:
+        report.reasons.append(f"label rates moved: {labels[worst]!r} by {report.label_rate_diff:.3f} > "
+                              f"{cfg.label_tv_threshold} (chi-square p={report.label_rate_p:.2g} < {alpha:.2g}, Bonferroni)")
+
+
 def traffic_profile(texts: list[str], cfg: DriftConfig, model_cfg: ModelConfig, seed: int) -> tuple[dict[str, Any], np.ndarray]:
     """Profile of unlabelled texts (the served-traffic log): lengths and embeddings, no labels."""
     df = pd.DataFrame({"text": texts})
@@ -209,14 +260,21 @@ def checked_profile(version: str, profile_path: str, embeddings_path: str) -> tu
         raise DamagedProfile(version, f"unreadable: {type(e).__name__}") from None
     if not isinstance(profile, dict):
         raise DamagedProfile(version, "profile.json is not a JSON object")
-    rows, lengths, dist = profile.get("rows"), profile.get("lengths"), profile.get("label_distribution")
+    rows, lengths = profile.get("rows"), profile.get("lengths")
     if not (isinstance(rows, int) and rows > 0):
         raise DamagedProfile(version, "no positive 'rows'")
     if not (isinstance(lengths, list) and lengths and all(isinstance(n, int) and n >= 0 for n in lengths)):
         raise DamagedProfile(version, "'lengths' is not a list of text lengths")
-    if not (isinstance(dist, dict) and all(isinstance(k, str) and isinstance(v, (int, float)) and 0 <= v <= 1
-                                           for k, v in dist.items())):
-        raise DamagedProfile(version, "'label_distribution' is not a mapping of labels to fractions")
+    targets = profile.get("target_sample")
+    for key in ("label_distribution", "label_rates"):
+        value = profile.get(key)
+        if (value is not None or (key == "label_distribution" and targets is None and "label_rates" not in profile)) and not (
+                isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, (int, float)) and 0 <= v <= 1
+                                                for k, v in value.items())):
+            raise DamagedProfile(version, f"'{key}' is not a mapping of labels to fractions")
+    if targets is not None and not (isinstance(targets, list) and targets and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in targets)):
+        raise DamagedProfile(version, "'target_sample' is not a list of finite numbers")
     if emb.ndim != 2 or emb.shape[0] < 2 or not np.issubdtype(emb.dtype, np.floating) or not np.isfinite(emb).all():
         raise DamagedProfile(version, f"embeddings.npy holds a {emb.dtype} array of shape {emb.shape}, not finite "
                                       "embedding rows")

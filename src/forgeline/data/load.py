@@ -36,12 +36,22 @@ REASONS = {
     "duplicate_text": "same text (case/whitespace-insensitive) as an earlier row",
     **RULES,  # empty_text, control_chars, non_utf8: the rules serving applies too
 }
+TEXT_REASONS = ("null_text", "text_too_short", "text_too_long", *RULES)
+REASONS |= {f"pair_{k}": f"text pair: {REASONS[k]}" for k in TEXT_REASONS}
+"""Reasons of ``data.text_pair_column``'s text: the same rules, prefixed ``pair_``."""
+
+
+def _all_reasons() -> dict[str, str]:
+    from forgeline.tasks import TASKS
+
+    return REASONS | {k: v for t in TASKS.values() for k, v in t.reasons.items()}
 
 
 @dataclass
 class ValidationResult:
     valid: pd.DataFrame
-    """Columns ``text`` and ``label`` (str), index = row number in the source file."""
+    """Columns ``text``, ``label`` (the task's target: a str, a tuple of str, a float) and, for pairs,
+    ``text_pair``; index = row number in the source file."""
     quarantine: pd.DataFrame
     report: dict[str, Any]
     fingerprint: str
@@ -243,7 +253,8 @@ def read_table(path: Path, cfg: DataConfig, check_columns: bool = True) -> pd.Da
 
 
 def _check_columns(df: pd.DataFrame, path: Path, cfg: DataConfig) -> None:
-    wanted = list(dict.fromkeys((cfg.text_column, cfg.label_column, *cfg.slice_columns)))
+    pair = () if cfg.text_pair_column is None else (cfg.text_pair_column,)
+    wanted = list(dict.fromkeys((cfg.text_column, *pair, cfg.label_column, *cfg.slice_columns)))
     missing = [c for c in wanted if c not in df.columns]
     if not missing:
         return
@@ -272,32 +283,55 @@ def _as_str_or_none(value: Any) -> Any:
     return str(value)
 
 
-def build_schema(cfg: DataConfig) -> pa.DataFrameSchema:
+def _text_checks(cfg: DataConfig, prefix: str = "") -> list[pa.Check]:
     def length(s: pd.Series) -> pd.Series:
         return s.str.strip().str.len()
 
-    text_checks = [
-        pa.Check(lambda s: length(s) > 0, name="empty_text"),
-        pa.Check(lambda s: (length(s) >= cfg.min_text_chars) | (length(s) == 0), name="text_too_short"),
-        pa.Check(lambda s: length(s) <= cfg.max_text_chars, name="text_too_long"),
-        pa.Check(lambda s: ~s.str.contains(CONTROL_CHARS), name="control_chars"),
-        pa.Check(lambda s: ~s.str.contains(NOT_UTF8), name="non_utf8"),
+    return [
+        pa.Check(lambda s: length(s) > 0, name=f"{prefix}empty_text"),
+        pa.Check(lambda s: (length(s) >= cfg.min_text_chars) | (length(s) == 0), name=f"{prefix}text_too_short"),
+        pa.Check(lambda s: length(s) <= cfg.max_text_chars, name=f"{prefix}text_too_long"),
+        pa.Check(lambda s: ~s.str.contains(CONTROL_CHARS), name=f"{prefix}control_chars"),
+        pa.Check(lambda s: ~s.str.contains(NOT_UTF8), name=f"{prefix}non_utf8"),
     ]
-    allowed = set(cfg.labels or [])
-    label_checks = [pa.Check(lambda s: s.isin(allowed), name="unknown_label")] if cfg.labels else []
-    return pa.DataFrameSchema(
-        {
-            "text": pa.Column(None, nullable=False, checks=text_checks),
-            "label": pa.Column(None, nullable=False, checks=label_checks),
-            "_norm": pa.Column(None, nullable=True, unique=True, report_duplicates="exclude_first"),
-        },
-        name="labelled_text",
-    )
+
+
+def _target_checks(cfg: DataConfig, task) -> list[pa.Check]:
+    """The task's quarantine reasons (cells its ``parse_target`` refused) and, with ``data.labels``,
+    labels outside that set."""
+    from forgeline.tasks import Problem
+
+    checks = [pa.Check(lambda s, r=reason: ~s.map(lambda v: isinstance(v, Problem) and v.reason == r).astype(bool), name=reason)
+              for reason in task.reasons]
+    if cfg.labels and task.has_classes:
+        allowed = set(cfg.labels)
+
+        def known(v: Any) -> bool:
+            if isinstance(v, Problem):
+                return True  # said by its own reason
+            return all(x in allowed for x in v) if isinstance(v, tuple) else v in allowed
+
+        checks.append(pa.Check(lambda s: s.map(known).astype(bool), name="unknown_label"))
+    return checks
+
+
+def build_schema(cfg: DataConfig, task=None) -> pa.DataFrameSchema:
+    from forgeline.tasks import get_task
+
+    task = task or get_task("single_label")
+    columns = {
+        "text": pa.Column(None, nullable=False, checks=_text_checks(cfg)),
+        "label": pa.Column(None, nullable=False, checks=_target_checks(cfg, task)),
+        "_norm": pa.Column(None, nullable=True, unique=True, report_duplicates="exclude_first"),
+    }
+    if cfg.text_pair_column is not None:
+        columns["text_pair"] = pa.Column(None, nullable=False, checks=_text_checks(cfg, "pair_"))
+    return pa.DataFrameSchema(columns, name=f"labelled_text:{task.type}")
 
 
 def _reason_for(column: str, check: str) -> str:
     if check == "not_nullable":
-        return "null_text" if column == "text" else "null_label"
+        return {"text": "null_text", "text_pair": "pair_null_text"}.get(column, "null_label")
     if column == "_norm" and check in {"field_uniqueness", "unique"}:
         return "duplicate_text"
     return check
@@ -307,19 +341,43 @@ SLICE_PREFIX = "slice:"
 """Columns of the valid frame holding ``data.slice_columns`` values."""
 
 
-def validate_frame(raw: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, list[str]]]:
-    """Return (valid rows, quarantined rows with reasons, reasons by row index)."""
+def validate_frame(raw: pd.DataFrame, cfg: DataConfig, task=None) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, list[str]]]:
+    """Return (valid rows, quarantined rows with reasons, reasons by row index). A target column of
+    the wrong shape for the task (lists for a single label, text for regression) is one
+    ``DataValidationError`` naming the task that fits, not a quarantine of every row."""
+    from forgeline.tasks import Problem, get_task
+
+    task = task or get_task("single_label")
+    wrong = task.column_problem(raw[cfg.label_column], cfg.label_column)
+    if wrong:
+        raise DataValidationError(f"{wrong}. Nothing was trained or registered")
     work = pd.DataFrame(
         {
             "text": raw[cfg.text_column].map(_as_str_or_none).astype(object),
-            "label": raw[cfg.label_column].map(_as_str_or_none).astype(object),
+            "label": raw[cfg.label_column].map(lambda v: task.parse_target(v, cfg.label_delimiter)).astype(object),
         },
         index=raw.index,
     )
-    work["_norm"] = work["text"].map(lambda t: normalize_text(t) if isinstance(t, str) and t.strip() else None)
+    if cfg.text_pair_column is not None:
+        work["text_pair"] = raw[cfg.text_pair_column].map(_as_str_or_none).astype(object)
+
+    def norm(row) -> str | None:
+        t = row["text"]
+        if not (isinstance(t, str) and t.strip()):
+            return None
+        key = normalize_text(t)
+        if cfg.text_pair_column is not None:  # a pair is a duplicate only when both texts repeat
+            p = row["text_pair"]
+            key += "\x1f" + (normalize_text(p) if isinstance(p, str) else "")
+        return key
+
+    if cfg.text_pair_column is None:
+        work["_norm"] = work["text"].map(lambda t: normalize_text(t) if isinstance(t, str) and t.strip() else None)
+    else:
+        work["_norm"] = work.apply(norm, axis=1) if len(work) else pd.Series(dtype=object)
     reasons: dict[int, list[str]] = {}
     try:
-        build_schema(cfg).validate(work, lazy=True)
+        build_schema(cfg, task).validate(work, lazy=True)
     except SchemaErrors as err:
         fc = err.failure_cases
         for row in fc.itertuples(index=False):
@@ -330,9 +388,15 @@ def validate_frame(raw: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, pd
             bucket = reasons.setdefault(int(idx), [])
             if reason not in bucket:
                 bucket.append(reason)
+    for idx, value in work["label"].items():  # a Problem no check named (defensive: every reason has one)
+        if isinstance(value, Problem) and value.reason not in reasons.get(int(idx), []):
+            reasons.setdefault(int(idx), []).append(value.reason)
     bad_idx = sorted(reasons)
-    valid = work.drop(index=bad_idx)[["text", "label"]].copy()
+    keep = ["text", "label"] + (["text_pair"] if cfg.text_pair_column is not None else [])
+    valid = work.drop(index=bad_idx)[keep].copy()
     valid["text"] = valid["text"].str.strip()
+    if cfg.text_pair_column is not None:
+        valid["text_pair"] = valid["text_pair"].str.strip()
     for col in cfg.slice_columns:  # carried to the test split for the gate's slices, never to the model
         valid[f"{SLICE_PREFIX}{col}"] = raw.loc[valid.index, col].map(_as_str_or_none).astype(object)
     quarantine = raw.loc[bad_idx].copy()
@@ -346,6 +410,11 @@ def validate_frame(raw: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, pd
     return valid, quarantine, reasons
 
 
+def stripped_labels(raw: pd.Series) -> int:
+    """Label cells with spaces around them (stripped before use: " positive" and "positive" are one class)."""
+    return int(raw.map(lambda v: isinstance(v, str) and v != v.strip() and bool(v.strip())).sum())
+
+
 def preflight(cfg: DataConfig) -> None:
     """The cheap structural checks of a user's file (it exists, its format, CSV structure, the
     configured columns), before a command starts any server: a malformed CSV was reported 32 s into a
@@ -356,7 +425,8 @@ def preflight(cfg: DataConfig) -> None:
         read_table(dataset_path(cfg), cfg)
 
 
-def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: SplitConfig | None = None) -> ValidationResult:
+def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: SplitConfig | None = None,
+                      task=None) -> ValidationResult:
     """Read, validate, quarantine and (optionally) subsample a dataset.
 
     Writes ``quarantine.csv`` and ``validation_report.json`` to ``out_dir`` before deciding whether
@@ -365,19 +435,25 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
     message names the setting that fixes it."""
     path = dataset_path(cfg)
     fingerprint = file_fingerprint(path)
+    from forgeline.tasks import get_task
+
+    task = task or get_task("single_label")
     raw = read_table(path, cfg)
     if raw.empty:
         raise DataValidationError(f"{path} has no rows")
-    valid, quarantine, reasons = validate_frame(raw, cfg)
+    valid, quarantine, reasons = validate_frame(raw, cfg, task)
 
     counts: dict[str, int] = {}
     for rs in reasons.values():
         for r in rs:
             counts[r] = counts.get(r, 0) + 1
     invalid_fraction = len(quarantine) / len(raw)
-    per_class = {str(k): int(v) for k, v in valid["label"].value_counts().sort_index().items()}
-    labels = list(cfg.labels) if cfg.labels else sorted(per_class)
-    small = {lab: per_class.get(lab, 0) for lab in labels if per_class.get(lab, 0) < cfg.min_rows_per_class}
+    labels = task.labels_from(valid["label"], cfg.labels) if task.has_classes else [str(cfg.label_column)]
+    per_class = task.rows_per_class(valid["label"], labels)
+    if task.has_classes:
+        small = {lab: per_class.get(lab, 0) for lab in labels if per_class.get(lab, 0) < cfg.min_rows_per_class}
+    else:  # no classes: the rows as a whole need what one class would
+        small = {} if len(valid) >= cfg.min_rows_per_class else {"(all rows)": len(valid)}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     quarantine_path = out_dir / "quarantine.csv"
@@ -390,7 +466,7 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
             f"data.max_invalid_fraction={cfg.max_invalid_fraction:.1%} (reasons: "
             + ", ".join(f"{r} {n}" for r, n in top[:5]) + (", …" if len(top) > 5 else "") + ")"
         )
-    if len(labels) < 2:
+    if task.has_classes and len(labels) < (1 if task.type == "multi_label" else 2):
         problems.append(
             f"the valid rows hold {len(labels)} distinct label(s) ({', '.join(map(repr, labels)) or 'none'}) in column "
             f"{cfg.label_column!r}; a classifier needs at least two. Check data.label_column, or set data.labels"
@@ -403,9 +479,9 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
         )
     final = valid
     if not problems and cfg.sample_rows and len(valid) > cfg.sample_rows:
-        final = stratified_sample(valid, cfg.sample_rows, seed)
+        final = stratified_sample(valid, cfg.sample_rows, seed, task.strata(valid["label"], labels, 2))
     if not problems and split is not None:
-        problems += _split_problems(final, valid, labels, cfg, split)
+        problems += _split_problems(final, valid, labels, cfg, split, task)
     report: dict[str, Any] = {
         "source": str(path),
         "fingerprint": fingerprint,
@@ -415,8 +491,10 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
         "invalid_fraction": round(invalid_fraction, 6),
         "max_invalid_fraction": cfg.max_invalid_fraction,
         "reasons": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
-        "reason_descriptions": {k: REASONS.get(k, k) for k in counts},
+        "reason_descriptions": {k: _all_reasons().get(k, k) for k in counts},
+        "task": task.type,
         "rows_per_class": per_class,
+        "stripped_labels": stripped_labels(raw[cfg.label_column]),
         "labels": labels,
         "quarantine_file": str(quarantine_path),
         "passed": not problems,
@@ -436,14 +514,20 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
 
 
 def _split_problems(final: pd.DataFrame, valid: pd.DataFrame, labels: list[str], cfg: DataConfig,
-                    split: SplitConfig) -> list[str]:
+                    split: SplitConfig, task=None) -> list[str]:
     """Classes left with fewer rows than the split needs, and which setting fixes it."""
     import math
 
     need = max(cfg.min_rows_per_class, split.min_rows_per_class)
     why = (f"data.min_rows_per_class={cfg.min_rows_per_class}" if cfg.min_rows_per_class >= split.min_rows_per_class
            else f"{split.describe()} need that many for a stratified split")
-    have, total = final["label"].value_counts(), valid["label"].value_counts()
+    if task is not None and not task.has_classes:
+        return [] if len(final) >= 2 * need else [
+            f"{len(final)} valid rows; the split needs at least {2 * need} ({why}). Add rows, or set data.sample_rows=null"]
+    if task is not None and task.type != "single_label":
+        have, total = pd.Series(task.rows_per_class(final["label"], labels)), pd.Series(task.rows_per_class(valid["label"], labels))
+    else:
+        have, total = final["label"].value_counts(), valid["label"].value_counts()
     short = {lab: int(have.get(lab, 0)) for lab in labels if have.get(lab, 0) < need}
     if not short:
         return []
@@ -460,10 +544,15 @@ def _split_problems(final: pd.DataFrame, valid: pd.DataFrame, labels: list[str],
             "classes, or raise split.val_fraction / split.test_fraction"]
 
 
-def stratified_sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+def stratified_sample(df: pd.DataFrame, n: int, seed: int, strata=None) -> pd.DataFrame:
+    """``n`` rows, stratified on ``strata`` (the task's keys; default: the label)."""
     from sklearn.model_selection import train_test_split
 
-    sample, _ = train_test_split(df, train_size=n, stratify=df["label"], random_state=seed)
+    keys = df["label"] if strata is None else strata
+    try:
+        sample, _ = train_test_split(df, train_size=n, stratify=keys, random_state=seed)
+    except ValueError:  # a stratum with one row: a plain seeded sample
+        sample, _ = train_test_split(df, train_size=n, random_state=seed)
     return sample.sort_index()
 
 
@@ -484,7 +573,11 @@ def report_markdown(report: dict[str, Any]) -> str:
         "| reason | rows | meaning |",
         "|---|---:|---|",
     ]
-    md += [f"| {r} | {n} | {REASONS.get(r, r)} |" for r, n in report["reasons"].items()]
-    md += ["", "Valid rows per class: " + _per_class(report["rows_per_class"], ": ")]
+    md += [f"| {r} | {n} | {_all_reasons().get(r, r)} |" for r, n in report["reasons"].items()]
+    if report.get("rows_per_class"):
+        md += ["", "Valid rows per class: " + _per_class(report["rows_per_class"], ": ")]
+    if report.get("stripped_labels"):
+        md += ["", f"{report['stripped_labels']} label cell(s) had spaces around the label; they were stripped "
+               "(' positive' and 'positive' are one class)."]
     md += [f"- {p}" for p in report["problems"]]
     return "\n".join(md) + "\n"

@@ -26,8 +26,10 @@ def check_no_leakage(splits: Splits) -> None:
     """Raise LeakageError if any (normalized) text appears in more than one split."""
     seen: dict[str, str] = {}
     for name in ("train", "val", "test"):
-        for text in getattr(splits, name)["text"]:
-            key = normalize_text(text)
+        frame = getattr(splits, name)
+        pairs = frame["text_pair"] if "text_pair" in frame.columns else [None] * len(frame)
+        for text, pair in zip(frame["text"], pairs):
+            key = normalize_text(text) + ("" if pair is None else "\x1f" + normalize_text(pair))
             other = seen.get(key)
             if other is not None and other != name:
                 raise LeakageError(
@@ -37,21 +39,29 @@ def check_no_leakage(splits: Splits) -> None:
             seen[key] = name
 
 
-def split_dataset(df: pd.DataFrame, cfg: SplitConfig, seed: int) -> Splits:
-    counts = df["label"].value_counts()
+def split_dataset(df: pd.DataFrame, cfg: SplitConfig, seed: int, task=None, labels: list[str] | None = None) -> Splits:
+    """Seeded train/val/test split, stratified on the task's keys (the label; label combinations for
+    multi-label; target quantiles for regression)."""
+    if task is None or task.type == "single_label":
+        counts = df["label"].value_counts()
+        need = cfg.min_rows_per_class
+        tiny = counts[counts < need]
+        if len(tiny):  # validation checks this first (load_and_validate(split=...)); kept for direct callers
+            raise DataValidationError(
+                f"{len(tiny)} class(es) have fewer than the {need} rows that {cfg.describe()} need for a stratified "
+                "split: " + ", ".join(f"{lab!r} has {int(n)}" for lab, n in tiny.items())
+                + ". Add rows of those classes, or raise split.val_fraction / split.test_fraction"
+            )
+        strata = df["label"].to_numpy()
+    else:
+        strata = task.strata(df["label"], labels or [], cfg.min_rows_per_class)
     holdout = cfg.val_fraction + cfg.test_fraction
-    need = cfg.min_rows_per_class
-    tiny = counts[counts < need]
-    if len(tiny):  # validation checks this first (load_and_validate(split=...)); kept for direct callers
-        raise DataValidationError(
-            f"{len(tiny)} class(es) have fewer than the {need} rows that {cfg.describe()} need for a stratified "
-            "split: " + ", ".join(f"{lab!r} has {int(n)}" for lab, n in tiny.items())
-            + ". Add rows of those classes, or raise split.val_fraction / split.test_fraction"
-        )
-    train, rest = train_test_split(df, test_size=holdout, stratify=df["label"], random_state=seed)
-    val, test = train_test_split(
-        rest, test_size=cfg.test_fraction / holdout, stratify=rest["label"], random_state=seed
-    )
+    train, rest = train_test_split(df, test_size=holdout, stratify=strata, random_state=seed)
+    rest_strata = None if strata is None else pd.Series(strata, index=df.index).loc[rest.index].to_numpy()
+    try:
+        val, test = train_test_split(rest, test_size=cfg.test_fraction / holdout, stratify=rest_strata, random_state=seed)
+    except ValueError:  # a stratum left with one row in the holdout (multi-label, regression bins)
+        val, test = train_test_split(rest, test_size=cfg.test_fraction / holdout, random_state=seed)
     splits = Splits(train=train.sort_index(), val=val.sort_index(), test=test.sort_index())
     check_no_leakage(splits)
     return splits

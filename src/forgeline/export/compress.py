@@ -20,6 +20,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,10 +35,12 @@ class Variant:
     size_bytes: int
     gzip_bytes: int
     metrics: dict[str, float]
-    accuracy_delta: float
-    macro_f1_delta: float
+    accuracy_delta: float | None
+    """Change against the fp32 teacher (variant − teacher); None where the task has no such metric."""
+    macro_f1_delta: float | None
     within_budget: bool
-    """Accuracy and macro-F1 within ``compress.max_accuracy_drop`` / ``max_macro_f1_drop`` of the fp32 teacher."""
+    """Every metric of the ``Budget`` (single-label: accuracy and macro-F1; other tasks: the primary
+    metric) within its drop of the fp32 teacher."""
     extra: dict[str, float] = field(default_factory=dict)
     latency: dict[str, dict[str, float]] = field(default_factory=dict)
     """Device -> {"p50_b1_ms", "p50_b32_ms"} at ``model.max_length`` tokens, measured side by side."""
@@ -46,6 +49,17 @@ class Variant:
     bundled: bool = False
     note: str = ""
     """Why it is or is not in the registered bundle."""
+    primary: str = "macro_f1"
+    """The task's primary metric, which ranks variants on the Pareto front."""
+    higher_is_better: bool = True
+    metric_delta: float = 0.0
+    """Primary metric, variant − teacher."""
+
+    @property
+    def score(self) -> float:
+        """The primary metric oriented so that higher is better (for the Pareto front)."""
+        value = self.metrics[self.primary]
+        return value if self.higher_is_better else -value
 
     def summary(self) -> dict:
         d = asdict(self)
@@ -174,26 +188,71 @@ def convert_fp16(onnx_path: Path, out_path: Path) -> Path:
     return out_path
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How much worse than the fp32 teacher a variant may be: (metric, max drop) pairs, each drop in
+    the metric's direction and units (relative for RMSE/MAE: ``tasks.base.Metric.relative_drop``)."""
+
+    limits: tuple[tuple[Any, float], ...]
+    primary: Any
+
+    @classmethod
+    def of(cls, task: Any, cfg: CompressConfig) -> "Budget":
+        """single_label: ``max_accuracy_drop`` and ``max_macro_f1_drop`` (or ``max_metric_drop`` on the
+        primary metric, when set); other tasks: ``max_metric_drop`` on the primary metric, by default
+        ``max_macro_f1_drop`` for F1-type metrics and 5 % for RMSE/MAE."""
+        metric = task.primary
+        if task.type == "single_label":
+            from forgeline.tasks.base import Metric
+
+            if cfg.max_metric_drop is not None:
+                return cls(((metric, cfg.max_metric_drop),), metric)
+            limits = ((Metric("accuracy"), cfg.max_accuracy_drop), (Metric("macro_f1"), cfg.max_macro_f1_drop))
+            return cls(limits, metric)
+        drop = cfg.max_metric_drop if cfg.max_metric_drop is not None else (0.05 if metric.relative_drop else cfg.max_macro_f1_drop)
+        return cls(((metric, drop),), metric)
+
+    def holds(self, metrics: dict[str, float], base: dict[str, float]) -> bool:
+        return all(m.worse_by(metrics[m.name], base[m.name]) <= drop + 1e-12 for m, drop in self.limits)
+
+    def describe(self) -> str:
+        return " and ".join(f"{m.name} drop <= {drop:g}{' (relative)' if m.relative_drop else ''}" for m, drop in self.limits)
+
+
 def make_variant(name: str, path: Path | None, metrics: dict[str, float], base: dict[str, float],
-                 cfg: CompressConfig, size_bytes: int | None = None, extra: dict[str, float] | None = None) -> Variant:
-    acc_delta = metrics["accuracy"] - base["accuracy"]
-    f1_delta = metrics["macro_f1"] - base["macro_f1"]
+                 cfg: CompressConfig | Budget, size_bytes: int | None = None, extra: dict[str, float] | None = None) -> Variant:
+    """``cfg``: the budget, or a ``CompressConfig`` read as single-label's (accuracy and macro-F1)."""
+    if isinstance(cfg, CompressConfig):
+        from forgeline.tasks import get_task
+
+        cfg = Budget.of(get_task("single_label"), cfg)
+    primary = cfg.primary
+    acc_delta = metrics["accuracy"] - base["accuracy"] if "accuracy" in metrics and "accuracy" in base else None
+    f1_delta = metrics["macro_f1"] - base["macro_f1"] if "macro_f1" in metrics and "macro_f1" in base else None
     size = size_bytes if size_bytes is not None else (path.stat().st_size if path else 0)
-    within = -acc_delta <= cfg.max_accuracy_drop + 1e-12 and -f1_delta <= cfg.max_macro_f1_drop + 1e-12
     return Variant(
         name=name, path=path, size_bytes=size, gzip_bytes=gzip_size(path) if path else 0, metrics=metrics,
-        accuracy_delta=float(acc_delta), macro_f1_delta=float(f1_delta), within_budget=bool(within), extra=extra or {},
+        accuracy_delta=None if acc_delta is None else float(acc_delta),
+        macro_f1_delta=None if f1_delta is None else float(f1_delta), within_budget=bool(cfg.holds(metrics, base)),
+        extra=extra or {}, primary=primary.name, higher_is_better=primary.higher_is_better,
+        metric_delta=float(metrics[primary.name] - base[primary.name]),
     )
 
 
-def parity_against(source_proba: np.ndarray, proba: np.ndarray, precision: str, fp32_atol: float) -> dict[str, float]:
-    """How far a variant's probabilities are from those of the PyTorch model it was made from, judged
-    by ``contract.PARITY_TOLERANCE`` for its precision (fp32: ``export.parity_atol`` on the max)."""
+def parity_against(source_proba: np.ndarray, proba: np.ndarray, precision: str, fp32_atol: float,
+                   spec: Any = None) -> dict[str, float]:
+    """How far a variant's outputs are from those of the PyTorch model it was made from, judged by
+    ``contract.PARITY_TOLERANCE`` for its precision (fp32: ``export.parity_atol`` on the max). With the
+    task's ``spec`` outputs are compared on its unit scale and "argmax agreement" is its decision agreement."""
     from forgeline.inference.contract import PARITY_TOLERANCE
 
-    diff = np.abs(source_proba - proba)
+    if spec is not None:
+        diff = np.abs(spec.comparable(source_proba) - spec.comparable(proba))
+        agree = float(spec.agree(source_proba, proba).mean())
+    else:
+        diff, agree = np.abs(source_proba - proba), agreement(source_proba, proba)
     out = {"mean_abs_prob_diff": float(diff.mean()), "max_abs_prob_diff": float(diff.max()),
-           "argmax_agreement": agreement(source_proba, proba)}
+           "argmax_agreement": agree}
     limit, min_agree = PARITY_TOLERANCE[precision]
     if precision == "fp32":
         ok = out["max_abs_prob_diff"] <= fp32_atol
@@ -260,7 +319,8 @@ def eligible(v: Variant, device: str) -> bool:
     return v.path is not None and device in RUNS_ON.get(v.name, ()) and v.within_budget and v.parity_ok
 
 
-def select(variants: Sequence[Variant], device: str, cfg: CompressConfig, teacher: str = "fp32") -> Selection:
+def select(variants: Sequence[Variant], device: str, cfg: CompressConfig, teacher: str = "fp32",
+           budget: Budget | None = None) -> Selection:
     """The variant served by default on ``device``: the fastest (p50 at ``cfg.latency_batch``) among
     those within both accuracy budgets, passing parity and, when set, within ``cfg.latency_budget_ms``.
     When nothing qualifies the teacher is served and the reason says why. A pure function of the table."""
@@ -274,23 +334,25 @@ def select(variants: Sequence[Variant], device: str, cfg: CompressConfig, teache
                                  "fixed preference", False)
         return Selection(device, teacher, f"not measured on {device}: the teacher", False)
     if not measured:
-        return Selection(device, teacher, f"no variant for {device} is within compress.max_accuracy_drop="
-                         f"{cfg.max_accuracy_drop:g} and max_macro_f1_drop={cfg.max_macro_f1_drop:g} with parity: the "
-                         "fp32 teacher is served", True)
+        within = (f"within the compression budget ({budget.describe()})" if budget is not None else
+                  f"within compress.max_accuracy_drop={cfg.max_accuracy_drop:g} and max_macro_f1_drop={cfg.max_macro_f1_drop:g}")
+        return Selection(device, teacher, f"no variant for {device} is {within} with parity: the fp32 teacher is served", True)
     fastest = min(measured, key=lambda v: v.p50(device, cfg.latency_batch))
     lat = fastest.p50(device, cfg.latency_batch)
     if cfg.latency_budget_ms is not None and lat > cfg.latency_budget_ms:
         return Selection(device, teacher, f"no variant meets compress.latency_budget_ms={cfg.latency_budget_ms:g} on "
                          f"{device} ({metric}); the fastest within the accuracy budgets, {fastest.name}, takes "
                          f"{lat:.2f} ms. The fp32 teacher is served; raise the budget or prune further", True)
+    change = (f"macro-F1 {fastest.macro_f1_delta:+.4f} and accuracy {fastest.accuracy_delta:+.4f}"
+              if fastest.primary == "macro_f1" and fastest.accuracy_delta is not None else
+              f"{fastest.primary} {fastest.metric_delta:+.4g}")
     return Selection(device, fastest.name, f"fastest within the accuracy budgets on {device}: {lat:.2f} ms {metric}, "
-                     f"macro-F1 {fastest.macro_f1_delta:+.4f} and accuracy {fastest.accuracy_delta:+.4f} vs the teacher",
-                     True)
+                     f"{change} vs the teacher", True)
 
 
 def pareto_front(variants: Sequence[Variant], device: str, batch: int) -> list[str]:
-    """Variants measured on ``device`` that no other beats on both macro-F1 and latency."""
-    pts = [(v.name, v.p50(device, batch), v.metrics["macro_f1"]) for v in variants
+    """Variants measured on ``device`` that no other beats on both the primary metric and latency."""
+    pts = [(v.name, v.p50(device, batch), v.score) for v in variants
            if v.p50(device, batch) is not None and v.parity_ok]
     return [n for n, lat, f1 in pts
             if not any(l2 <= lat and f2 >= f1 and (l2 < lat or f2 > f1) for m, l2, f2 in pts if m != n)]
@@ -328,19 +390,27 @@ def choose_bundle(variants: Sequence[Variant], selections: Sequence[Selection], 
             v.bundled, v.note = False, "dominated: another variant is as accurate and faster"
 
 
+def _delta(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.4f}"
+
+
 def table_markdown(variants: Sequence[Variant], selections: Sequence[Selection]) -> str:
-    """The variant table of the run summary and ``compression/variants.md``."""
+    """The variant table of the run summary and ``compression/variants.md``: accuracy and macro-F1
+    for single-label, the primary metric for other tasks."""
     devices = sorted({d for v in variants for d in v.latency})
     default = {s.variant: s.device for s in selections}
-    head = "| variant | size MB | accuracy | Δ acc | macro-F1 | Δ F1 | parity |" + "".join(
-        f" {d} p50 b1 ms | {d} p50 b32 ms |" for d in devices) + " registered |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|---|" + "---:|---:|" * len(devices) + "---|"]
+    classic = all(v.accuracy_delta is not None and v.primary in ("macro_f1", "accuracy") for v in variants)
+    primary = variants[0].primary if variants else "macro_f1"
+    cols = "| accuracy | Δ acc | macro-F1 | Δ F1 |" if classic else f"| {primary} | Δ {primary} |"
+    head = f"| variant | size MB {cols} parity |" + "".join(f" {d} p50 b1 ms | {d} p50 b32 ms |" for d in devices) + " registered |"
+    lines = [head, "|---|---:|" + ("---:|" * (4 if classic else 2)) + "---|" + "---:|---:|" * len(devices) + "---|"]
     for v in variants:
         parity = "–" if not v.parity else ("ok" if v.parity_ok else "FAIL") + f" ({v.parity['argmax_agreement']:.1%})"
         lat = "".join(f" {_ms(v.p50(d, 1))} | {_ms(v.p50(d, 32))} |" for d in devices)
         mark = ("**default " + "/".join(s.device for s in selections if s.variant == v.name) + "**; ") if v.name in default else ""
-        lines.append(f"| {v.name} | {v.size_bytes / 1e6:.1f} | {v.metrics['accuracy']:.4f} | {v.accuracy_delta:+.4f} | "
-                     f"{v.metrics['macro_f1']:.4f} | {v.macro_f1_delta:+.4f} | {parity} |{lat} "
+        values = (f"{v.metrics['accuracy']:.4f} | {_delta(v.accuracy_delta)} | {v.metrics['macro_f1']:.4f} | "
+                  f"{_delta(v.macro_f1_delta)}" if classic else f"{v.metrics[v.primary]:.4f} | {_delta(v.metric_delta)}")
+        lines.append(f"| {v.name} | {v.size_bytes / 1e6:.1f} | {values} | {parity} |{lat} "
                      f"{mark}{'yes' if v.bundled else 'no'}{': ' + v.note if v.note else ''} |")
     lines += [""] + [f"- **{s.device}** serves `{s.variant}`: {s.reason}" for s in selections]
     return "\n".join(lines)
@@ -352,7 +422,8 @@ def _ms(value: float | None) -> str:
 
 def pareto_plot(variants: Sequence[Variant], device: str, batch: int, teacher_f1: float, max_drop: float,
                 path: Path) -> Path | None:
-    """Macro-F1 against p50 latency on ``device``, Pareto front joined, budget line dashed."""
+    """The primary metric (macro-F1 for classification) against p50 latency on ``device``, Pareto front
+    joined, budget line dashed (``teacher_f1``: the teacher's value; ``max_drop`` in the metric's units)."""
     pts = [v for v in variants if v.p50(device, batch) is not None]
     if not pts:
         return None
@@ -365,17 +436,19 @@ def pareto_plot(variants: Sequence[Variant], device: str, batch: int, teacher_f1
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for v in pts:
         on = v.name in front
-        ax.scatter(v.p50(device, batch), v.metrics["macro_f1"], s=60 if on else 30,
+        ax.scatter(v.p50(device, batch), v.metrics[v.primary], s=60 if on else 30,
                    color="tab:red" if on else "tab:gray", zorder=3)
-        ax.annotate(f"{v.name} ({v.size_bytes / 1e6:.0f} MB)", (v.p50(device, batch), v.metrics["macro_f1"]),
+        ax.annotate(f"{v.name} ({v.size_bytes / 1e6:.0f} MB)", (v.p50(device, batch), v.metrics[v.primary]),
                     textcoords="offset points", xytext=(5, 4), fontsize=8)
-    line = sorted((v.p50(device, batch), v.metrics["macro_f1"]) for v in pts if v.name in front)
+    line = sorted((v.p50(device, batch), v.metrics[v.primary]) for v in pts if v.name in front)
     if line:
         ax.plot(*zip(*line), color="tab:red", lw=1, label="Pareto front")
-    ax.axhline(teacher_f1 - max_drop, ls="--", color="tab:blue", lw=1, label="macro-F1 budget")
+    higher = pts[0].higher_is_better
+    ax.axhline(teacher_f1 - max_drop if higher else teacher_f1 + max_drop, ls="--", color="tab:blue", lw=1,
+               label=f"{pts[0].primary} budget")
     ax.set_xscale("log")
     ax.set_xlabel(f"p50 latency, batch {batch} (ms, {device}, log scale)")
-    ax.set_ylabel("test macro-F1")
+    ax.set_ylabel(f"test {pts[0].primary}")
     ax.set_title(f"Compression variants on {device}")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -15,20 +15,26 @@ import torch
 from forgeline.errors import ExportError, ParityError
 from forgeline.config.schema import ExportConfig
 from forgeline.inference import contract
-from forgeline.inference.runtime import create_session, pad_batch, predict_proba_ids, run_logits, softmax
-from forgeline.training.loop import encode, predict_proba
+from forgeline.inference.runtime import create_session, pad_batch, predict_proba_ids, run_logits
+from forgeline.inference.tasks import softmax
+from forgeline.training.classifier import output_spec_of, sep_id_of
+from forgeline.training.loop import encode, predict_proba, segment_ids
 
 
 class _LogitsOnly(torch.nn.Module):
     """(input_ids, attention_mask) -> logits. token_type_ids are passed as ``input_ids * 0`` so the
-    graph has no shape-computing subgraph for them: every node can stay on the GPU (CUDA graphs)."""
+    graph has no shape-computing subgraph for them: every node can stay on the GPU (CUDA graphs). A
+    pair model computes them from the first separator instead (``training.loop.segment_ids``)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.sep = sep_id_of(model)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        kwargs = {"token_type_ids": input_ids * 0} if _has_token_types(self.model) else {}
+        kwargs = {}
+        if _has_token_types(self.model):
+            kwargs["token_type_ids"] = input_ids * 0 if self.sep is None else segment_ids(input_ids, self.sep)
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
 
 
@@ -174,7 +180,10 @@ def export_onnx(model: torch.nn.Module, tokenizer, labels: list[str], path: Path
             except Exception as e:  # noqa: BLE001
                 raise ExportError(f"onnxruntime's transformer optimizer failed on the exported graph: {e}. "
                                   "Export without it: --set export.optimize=false") from e
+    sep = sep_id_of(copy_)
     add_metadata(path, {"labels": json.dumps(labels), "max_length": str(max_length), "producer": "forgeline",
+                        "task": json.dumps(output_spec_of(copy_).to_meta()),
+                        **({contract.SEP_ID_KEY: str(sep)} if sep is not None else {}),
                         "outputs": contract.LOGITS, "pad_token_id": str(tokenizer.pad_token_id),
                         "exporter": cfg.exporter, "fused_operators": json.dumps({k: v for k, v in fused.items() if v})})
     try:
@@ -221,25 +230,33 @@ class ParityReport:
 
 
 def check_parity(model: torch.nn.Module, tokenizer, onnx_path: Path, texts: Sequence[str], max_length: int,
-                 cfg: ExportConfig, batch_size: int = 32, raise_on_fail: bool = True) -> ParityReport:
-    """Compare PyTorch (fp32, CPU) and ONNX Runtime (CPU) on real batches of ``texts``."""
+                 cfg: ExportConfig, batch_size: int = 32, raise_on_fail: bool = True,
+                 pairs: Sequence[str] | None = None) -> ParityReport:
+    """Compare PyTorch (fp32, CPU) and ONNX Runtime (CPU) on real batches of ``texts`` (and their
+    ``pairs``). The task's outputs are compared on a unit scale (``OutputSpec.comparable``: regression
+    scores in target standard deviations), and "argmax agreement" is the task's decision agreement."""
     texts = list(texts)[: cfg.parity_batches * batch_size]
+    pairs = None if pairs is None else list(pairs)[: len(texts)]
     if not texts:
         raise ParityError("no texts to check parity on; the test split is empty")
     cpu = copy.deepcopy(model).float().cpu().eval()
+    spec, sep = output_spec_of(cpu), sep_id_of(cpu)
     session = create_session(onnx_path, device="cpu")
-    ids = encode(tokenizer, texts, max_length)
+    ids = encode(tokenizer, texts, max_length, pairs if sep is not None else None)
     logit_diff = 0.0
     with torch.inference_mode():
         for start in range(0, len(ids), batch_size):
             input_ids, mask = pad_batch(ids[start : start + batch_size], tokenizer.pad_token_id)
-            ref = cpu(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+            tensors = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+            if sep is not None:
+                tensors["token_type_ids"] = segment_ids(tensors["input_ids"], sep)
+            ref = cpu(**tensors).logits.numpy()
             got = run_logits(session, input_ids, mask)
             logit_diff = max(logit_diff, float(np.abs(ref - got).max()))
-    ref_p = predict_proba(cpu, tokenizer, texts, max_length, batch_size, "cpu")
-    got_p = predict_proba_ids(session, ids, tokenizer.pad_token_id, batch_size)
-    prob_diff = float(np.abs(ref_p - got_p).max())
-    agree = float((ref_p.argmax(1) == got_p.argmax(1)).mean())
+    ref_p = predict_proba(cpu, tokenizer, texts, max_length, batch_size, "cpu", pairs)
+    got_p = predict_proba_ids(session, ids, tokenizer.pad_token_id, batch_size, activate=spec.activate)
+    prob_diff = float(np.abs(spec.comparable(ref_p) - spec.comparable(got_p)).max())
+    agree = float(spec.agree(ref_p, got_p).mean())
     ok = bool(np.isfinite(prob_diff) and prob_diff <= cfg.parity_atol)
     report = ParityReport(ok=ok, max_abs_prob_diff=prob_diff, max_abs_logit_diff=logit_diff,
                           argmax_agreement=agree, rows=len(texts), atol=cfg.parity_atol)

@@ -11,8 +11,12 @@ from __future__ import annotations
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 TOKEN_TYPE_IDS = "token_type_ids"
-"""Fed as zeros when a graph declares it; forgeline's own exports compute it inside the graph."""
+"""Fed as zeros when a graph declares it; forgeline's own exports compute it inside the graph: zeros
+for single texts, and for text pairs (``[CLS] a [SEP] b [SEP]``) 1 from the token after the first
+``[SEP]`` on (``segment_ids``), so pair models keep the same two inputs and their CUDA graphs."""
 LOGITS = "logits"
+SEP_ID_KEY = "sep_token_id"
+"""ONNX metadata of a pair model: the separator id its graph computes segment ids from."""
 
 INPUTS = (INPUT_IDS, ATTENTION_MASK)
 OUTPUTS = (LOGITS,)
@@ -97,10 +101,16 @@ def read_bundle_meta(path: str) -> dict:
     if not isinstance(meta, dict):
         raise bad(f"is a JSON {type(meta).__name__}, not an object")
     labels, max_length = meta.get("labels"), meta.get("max_length")
-    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) for x in labels)):
-        raise bad("has no list of at least two string 'labels'")
+    if not (isinstance(labels, list) and len(labels) >= 1 and all(isinstance(x, str) for x in labels)):
+        raise bad("has no list of string 'labels'")
     if not (isinstance(max_length, int) and not isinstance(max_length, bool) and 1 <= max_length <= 1 << 16):
         raise bad("has no integer 'max_length' in [1, 65536]")
+    from forgeline.inference.tasks import OutputSpec
+
+    try:
+        OutputSpec.from_meta(meta)  # the task: its labels, thresholds or target scale
+    except (ValueError, TypeError) as e:
+        raise bad(f"has a task description that cannot be used ({e})") from None
     for key in (DEFAULT_VARIANT_KEY, CHECKSUMS_KEY):
         value = meta.get(key)
         if value is not None and not (isinstance(value, dict) and all(

@@ -1,8 +1,10 @@
 """MLflow pyfunc that serves the bundled ONNX model(s) with ONNX Runtime.
 
 ``mlflow.pyfunc.load_model("models:/NAME@champion").predict(pd.DataFrame({"text": [...]}))`` returns
-one row per text: ``label``, ``confidence`` and ``probabilities`` (in ``labels`` order), plus one
-``proba_<label>`` column per class. CUDA EP is used when onnxruntime has it, else CPU; the variant
+one row per text, in the task's columns (``inference.tasks.OutputSpec.frame``): single_label
+``label``, ``confidence``, ``probabilities`` (in ``labels`` order) and ``proba_<label>`` per class;
+multi_label ``labels`` (a list), ``probabilities`` and ``proba_<label>``; regression ``score``. A
+pair model takes a ``text_pair`` column beside ``text``. CUDA EP is used when onnxruntime has it, else CPU; the variant
 is the one registration chose for that device (fastest within the compression budgets, measured).
 ``model_config={"variant": ..., "device": ...}`` at load time overrides both.
 
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from forgeline.inference.contract import DEFAULT_VARIANT_KEY, VARIANT_FILES, read_bundle_meta, verify_artifacts
+from forgeline.inference.tasks import OutputSpec
 from forgeline.inference.runtime import (
     CudaGraphRunner,
     FastTokenizer,
@@ -69,6 +72,15 @@ def batch_size_for(value: Any, device: str) -> int:
     return size
 
 
+def _strings(values: list, what: str) -> list[str]:
+    bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
+    if bad:
+        raise PredictInputError(f"every {what} must be a string; rows {bad[:10]} are not (e.g. {values[bad[0]]!r})")
+    if len(values) > MAX_TEXTS:
+        raise PredictInputError(f"{len(values)} texts in one call; send at most {MAX_TEXTS}")
+    return values
+
+
 def texts_from_input(model_input: Any) -> list[str]:
     if isinstance(model_input, pd.DataFrame):
         if "text" not in model_input.columns:
@@ -90,18 +102,32 @@ def texts_from_input(model_input: Any) -> list[str]:
         values = list(model_input)
     else:
         raise PredictInputError(f"unsupported input type {type(model_input).__name__}; pass a DataFrame with a 'text' column")
-    bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
-    if bad:
-        raise PredictInputError(f"every text must be a string; rows {bad[:10]} are not (e.g. {values[bad[0]]!r})")
-    if len(values) > MAX_TEXTS:
-        raise PredictInputError(f"{len(values)} texts in one call; send at most {MAX_TEXTS}")
-    return values
+    return _strings(values, "text")
+
+
+def pairs_from_input(model_input: Any) -> tuple[list[str], list[str]]:
+    """(texts, text pairs) of a pair model's input: a DataFrame (or dict) with ``text`` and ``text_pair``
+    columns, or a list of [text, text_pair] pairs."""
+    if isinstance(model_input, (pd.DataFrame, dict)) and "text" in model_input and "text_pair" in model_input:
+        texts, pairs = model_input["text"], model_input["text_pair"]
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        pairs = [pairs] if isinstance(pairs, str) else list(pairs)
+    elif isinstance(model_input, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in model_input):
+        texts, pairs = [p[0] for p in model_input], [p[1] for p in model_input]
+    else:
+        cols = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else type(model_input).__name__
+        raise PredictInputError(f"this model scores text pairs: pass a DataFrame with 'text' and 'text_pair' columns "
+                                f"(got {cols})")
+    if len(texts) != len(pairs):
+        raise PredictInputError(f"{len(texts)} texts but {len(pairs)} text pairs")
+    return _strings(texts, "text"), _strings(pairs, "text_pair")
 
 
 class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         meta = read_bundle_meta(context.artifacts["meta"])
-        self.labels: list[str] = list(meta["labels"])
+        self.spec = OutputSpec.from_meta(meta)
+        self.labels: list[str] = list(self.spec.labels)
         self.max_length = int(meta["max_length"])
         cfg = dict(context.model_config or {})
         device = cfg.get("device", "auto")
@@ -113,7 +139,7 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
         # per-kernel launch cost. model_config {"cuda_graphs": false} turns it off.
         self.graphs: CudaGraphRunner | None = None
         if device == "cuda" and bool(cfg.get("cuda_graphs", True)):
-            self.graphs = CudaGraphRunner(context.artifacts[self.variant], len(self.labels))
+            self.graphs = CudaGraphRunner(context.artifacts[self.variant], self.spec.width)
             self.session = self.graphs.session
         else:
             # "threads": ONNX Runtime's intra-op threads (default: one per core); a server with several
@@ -125,28 +151,30 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
         self.tokenizer = FastTokenizer(context.artifacts["tokenizer"], self.max_length)
         self.batch_size = batch_size_for(cfg.get("batch_size", "auto"), self.device)
 
-    def predict_proba(self, texts: list[str]) -> np.ndarray:
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    def predict_proba(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
+        """The task's outputs (probabilities, or scores for regression), one row per text (or pair)."""
         if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return self.predict_proba_token_ids(self.tokenizer.encode(texts))
+            return np.zeros((0, self.spec.width), dtype=np.float32)
+        if self.spec.pairs and pairs is None:
+            raise PredictInputError("this model scores text pairs; give a text_pair for every text")
+        return self.predict_proba_token_ids(self.tokenizer.encode(texts, pairs if self.spec.pairs else None))
 
     def predict_proba_token_ids(self, ids: list[list[int]]) -> np.ndarray:
-        """The model part of ``predict``: unpadded token ids in, probabilities out."""
+        """The model part of ``predict``: unpadded token ids in, outputs out."""
         if not ids:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
+            return np.zeros((0, self.spec.width), dtype=np.float32)
         if self.graphs is not None:
-            return predict_proba_graphs(self.graphs, ids, self.tokenizer.pad_id, self.batch_size, self.max_length)
-        return predict_proba_ids(self.session, ids, self.tokenizer.pad_id, self.batch_size)
+            return predict_proba_graphs(self.graphs, ids, self.tokenizer.pad_id, self.batch_size, self.max_length,
+                                        activate=self.spec.activate)
+        return predict_proba_ids(self.session, ids, self.tokenizer.pad_id, self.batch_size, activate=self.spec.activate)
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        texts = texts_from_input(model_input)
-        proba = self.predict_proba(texts)
-        idx = proba.argmax(axis=1) if len(texts) else np.zeros(0, dtype=int)
-        out = pd.DataFrame({
-            "label": [self.labels[i] for i in idx],
-            "confidence": proba.max(axis=1).astype(float) if len(texts) else np.zeros(0),
-            "probabilities": [row.astype(float).tolist() for row in proba],
-        })
-        for j, lab in enumerate(self.labels):
-            out[f"proba_{lab}"] = proba[:, j].astype(float) if len(texts) else np.zeros(0)
-        return out
+        if self.spec.pairs:
+            texts, pairs = pairs_from_input(model_input)
+        else:
+            texts, pairs = texts_from_input(model_input), None
+        return self.spec.frame(self.predict_proba(texts, pairs))

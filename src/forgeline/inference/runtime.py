@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from forgeline.inference.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, TOKEN_TYPE_IDS
+from forgeline.inference.tasks import softmax
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
@@ -146,7 +147,7 @@ def graph_shape(rows: int, longest: int, max_batch: int, max_length: int, width_
 
 
 def predict_proba_graphs(runner: CudaGraphRunner, ids: Sequence[Sequence[int]], pad_id: int, max_batch: int,
-                         max_length: int, width_step: int = 16) -> np.ndarray:
+                         max_length: int, width_step: int = 16, activate=softmax) -> np.ndarray:
     """Like ``predict_proba_ids`` but on CUDA graphs: batches are padded up to power-of-two sizes and
     widths to multiples of ``width_step``, so a handful of captured shapes serve every request. Up to
     ``max_batch`` texts go in one batch as they come; more are sorted by length first."""
@@ -158,7 +159,7 @@ def predict_proba_graphs(runner: CudaGraphRunner, ids: Sequence[Sequence[int]], 
         chunks = [(idx, [ids[i] for i in idx]) for idx in (order[s : s + max_batch] for s in range(0, len(order), max_batch))]
     for idx, rows in chunks:
         shape = graph_shape(len(rows), max(map(len, rows)), max_batch, max_length, width_step)
-        proba = softmax(runner(*pad_rows(rows, shape, pad_id))[: len(rows)])
+        proba = activate(runner(*pad_rows(rows, shape, pad_id))[: len(rows)])
         if idx is None:
             out[:] = proba
         else:
@@ -186,13 +187,6 @@ def pad_batch(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np
     return pad_rows(ids, (len(ids), max(len(x) for x in ids)), pad_id)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float32) - logits.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
-
-
 def run_logits(session, input_ids: np.ndarray, attention_mask: np.ndarray, io_binding: bool | None = None) -> np.ndarray:
     """Logits for one padded batch. On CUDA (or when asked) inputs and outputs go through IOBinding:
     one host→device copy per input, the output allocated by ORT on the host, no intermediate copies."""
@@ -212,14 +206,16 @@ def run_logits(session, input_ids: np.ndarray, attention_mask: np.ndarray, io_bi
     return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
 
 
-def predict_proba_ids(session, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:
-    """Probabilities for pre-tokenized ids, batching by length (little padding)."""
+def predict_proba_ids(session, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int = 64,
+                      activate=softmax) -> np.ndarray:
+    """Outputs (``activate`` of the logits: softmax probabilities by default; ``OutputSpec.activate``
+    for any task) for pre-tokenized ids, batching by length (little padding)."""
     order = np.argsort([len(x) for x in ids], kind="stable")
     out: np.ndarray | None = None
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
-        proba = softmax(run_logits(session, input_ids, mask))
+        proba = activate(run_logits(session, input_ids, mask))
         if out is None:
             out = np.zeros((len(ids), proba.shape[1]), dtype=np.float32)
         out[idx] = proba
@@ -234,11 +230,14 @@ class FastTokenizer:
 
         self._tok = Tokenizer.from_file(str(path))
         self._tok.no_padding()
-        self._tok.enable_truncation(max_length=max_length)
+        # longest_first: a pair is cut from its longer text first, as transformers' tokenizer does in training
+        self._tok.enable_truncation(max_length=max_length, strategy="longest_first")
         pad = self._tok.token_to_id("[PAD]")
         self.pad_id = 0 if pad is None else pad
 
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[list[int]]:
+        """Token ids per text, or per (text, pair) when ``pairs`` is given (``[CLS] a [SEP] b [SEP]``)."""
         # encode_batch_fast skips character offsets, which nothing here uses (tokenizers >= 0.20)
         encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
-        return [e.ids for e in encode(list(texts))]
+        batch = list(texts) if pairs is None else list(zip(texts, pairs))
+        return [e.ids for e in encode(batch)]

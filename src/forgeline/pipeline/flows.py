@@ -241,6 +241,7 @@ def check_drift(cfg: PipelineConfig) -> dict[str, Any]:
     from forgeline.data.drift import (DamagedProfile, DriftReport, build_profile, compare, load_champion_profile,
                                       traffic_profile)
     from forgeline.serving.traffic import read_traffic
+    from forgeline.tasks import get_task
 
     quiet_libraries()
     uri = resolve_tracking_uri(cfg.tracking)
@@ -254,7 +255,7 @@ def check_drift(cfg: PipelineConfig) -> dict[str, Any]:
                 traffic = read_traffic(cfg.drift.traffic)
                 fingerprint = traffic.fingerprint
             else:
-                data = load_and_validate(cfg.data, Path(tmp) / "data", cfg.seed)
+                data = load_and_validate(cfg.data, Path(tmp) / "data", cfg.seed, task=get_task(cfg.task))
                 fingerprint = data.fingerprint
             try:
                 champion = load_champion_profile(client, cfg.registry.model_name, Path(tmp) / "ref")
@@ -273,7 +274,8 @@ def check_drift(cfg: PipelineConfig) -> dict[str, Any]:
                 if cfg.drift.traffic:
                     current, cur_emb = traffic_profile(traffic.texts, cfg.drift, cfg.model, cfg.seed)
                 else:
-                    current, cur_emb = build_profile(data.valid, data.labels, cfg.drift, cfg.model, cfg.seed)
+                    current, cur_emb = build_profile(data.valid, data.labels, cfg.drift, cfg.model, cfg.seed,
+                                                     get_task(cfg.task))
                 report = compare(ref, ref_emb, current, cur_emb, cfg.drift, cfg.seed)
                 report.champion_version = version
             if cfg.drift.traffic:

@@ -26,8 +26,10 @@ from forgeline.pipeline.tracking import Tracker
 from forgeline.registry.client import CACHE_KEY_TAG, find_registered
 from forgeline.registry.card import CardContext
 from forgeline.registry.register import EvalRows, Registration, git_commit, register_and_gate, reuse_registration
+from forgeline.inference.tasks import TASK_KEY, OutputSpec
 from forgeline.settings import GPU_TAG, failpoint, store_lock
-from forgeline.training.evaluate import EvalResult, evaluate_probabilities
+from forgeline.tasks import get_task
+from forgeline.training.evaluate import EvalResult
 from forgeline.training.distributed import launch, world_size
 from forgeline.training.loop import TrainResult, predict_proba, resolve_device, train_model
 
@@ -39,12 +41,23 @@ def label_ids(labels: list[str], values) -> np.ndarray:
     return np.array([index[v] for v in values])
 
 
+def pairs_of(frame) -> list[str] | None:
+    """The split's second texts (``data.text_pair_column``), or None for single texts."""
+    return frame["text_pair"].tolist() if "text_pair" in frame.columns else None
+
+
+def spec_of(trained: TrainResult) -> OutputSpec:
+    """The trained model's ``OutputSpec`` (cached results from before tasks: single-label)."""
+    return trained.spec or OutputSpec("single_label", tuple(trained.labels))
+
+
 # --- 1. validate -----------------------------------------------------------------------------------
 VALIDATION_FILES = ("validation_report.json", "validation_report.md", "quarantine.csv")
 
 
 def validate(env: Env) -> ValidationResult:
-    return load_and_validate(env.cfg.data, env.run_dir / "data", env.cfg.seed, split=env.cfg.split)
+    return load_and_validate(env.cfg.data, env.run_dir / "data", env.cfg.seed, split=env.cfg.split,
+                             task=get_task(env.cfg.task))
 
 
 def _validation_files(env: Env, _: Any = None) -> Files:
@@ -76,7 +89,8 @@ def _log_failed_validation(t: Tracker, cfg: PipelineConfig, env: Env, e: Excepti
 VALIDATE = Stage(
     "validate", validate, task_name="validate-data", io_retries=3,
     key=lambda cfg: (file_fingerprint(dataset_path(cfg.data)), cfg.data.model_dump(mode="json"), cfg.seed,
-                     cfg.split.min_rows_per_class),
+                     cfg.split.min_rows_per_class) + ((cfg.task.model_dump(mode="json"),)
+                                                      if cfg.task.type != "single_label" else ()),
     files=_validation_files,
     log=lambda t, cfg, result, files: _log_validation(t, cfg, result.report, files, passed=True),
     on_error=_log_failed_validation,
@@ -89,8 +103,9 @@ def split(env: Env, data: ValidationResult) -> Splits:
     from forgeline.data.drift import build_profile, save_profile
 
     cfg = env.cfg
-    splits = split_dataset(data.valid, cfg.split, cfg.seed)
-    profile, emb = build_profile(splits.train, data.labels, cfg.drift, cfg.model, cfg.seed)
+    task = get_task(cfg.task)
+    splits = split_dataset(data.valid, cfg.split, cfg.seed, task, data.labels)
+    profile, emb = build_profile(splits.train, data.labels, cfg.drift, cfg.model, cfg.seed, task)
     save_profile(profile, emb, env.run_dir / "drift")
     return splits
 
@@ -118,7 +133,8 @@ def train(env: Env, splits: Splits, labels: list[str]) -> TrainResult:
 
 def _train_key(cfg: PipelineConfig) -> tuple:
     train_cfg = cfg.train.model_dump(mode="json", exclude={"progress_bar", "num_threads"})
-    return cfg.model.model_dump(mode="json"), train_cfg, cfg.seed, resolve_device(cfg.train.device)
+    task = (cfg.task.model_dump(mode="json"),) if cfg.task.type != "single_label" or cfg.task.primary_metric else ()
+    return (cfg.model.model_dump(mode="json"), train_cfg, cfg.seed, resolve_device(cfg.train.device)) + task
 
 
 def _restore_trained(env: Env, stored: TrainResult, files: Files) -> TrainResult:
@@ -133,7 +149,7 @@ def _restore_trained(env: Env, stored: TrainResult, files: Files) -> TrainResult
 
 
 def _log_train(t: Tracker, cfg: PipelineConfig, r: TrainResult, files: Files) -> None:
-    t.metrics({"train.best_epoch": r.best_epoch, "train.best_val_macro_f1": r.best_val_macro_f1,
+    t.metrics({"train.best_epoch": r.best_epoch, f"train.best_val_{r.val_metric}": r.best_val_macro_f1,
                "train.steps": r.steps, "train.seconds": r.train_seconds,
                "train.samples_per_second": r.samples_per_second, "train.tokens_per_second": r.tokens_per_second,
                "train.step_samples_per_second": r.step_samples_per_second})
@@ -152,11 +168,10 @@ TRAIN = Stage(
 
 # --- 4. evaluate -----------------------------------------------------------------------------------
 def evaluate(env: Env, trained: TrainResult, splits: Splits) -> EvalResult:
-    cfg = env.cfg
-    proba = predict_proba(trained.model, trained.tokenizer, splits.test["text"].tolist(), cfg.model.max_length,
-                          cfg.train.eval_batch_size)
-    y = label_ids(trained.labels, splits.test["label"])
-    return evaluate_probabilities(y, proba, trained.labels, env.run_dir / "eval", "test")
+    cfg, task, spec = env.cfg, get_task(env.cfg.task), spec_of(trained)
+    outputs = predict_proba(trained.model, trained.tokenizer, splits.test["text"].tolist(), cfg.model.max_length,
+                            cfg.train.eval_batch_size, pairs=pairs_of(splits.test))
+    return task.evaluate(task.y(splits.test["label"], spec), outputs, spec, env.run_dir / "eval", "test")
 
 
 def _log_evaluation(t: Tracker, cfg: PipelineConfig, result: EvalResult, files: Files) -> None:
@@ -190,7 +205,7 @@ def export(env: Env, trained: TrainResult, splits: Splits) -> Exported:
                        cfg.export, cfg.model.max_length, sample_texts=texts[:2])
     failpoint("export.written")
     parity = check_parity(trained.model, trained.tokenizer, path, texts, cfg.model.max_length, cfg.export,
-                          raise_on_fail=False)
+                          raise_on_fail=False, pairs=pairs_of(splits.test))
     return Exported(path, parity, fusion_report(path, trained.model.config.model_type, cfg.export.optimize))
 
 
@@ -237,32 +252,36 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
     from forgeline.training.loop import encode
 
     cfg, c = env.cfg, env.cfg.compress
-    texts = splits.test["text"].tolist()
-    y = label_ids(trained.labels, splits.test["label"])
+    task, spec = get_task(cfg.task), spec_of(trained)
+    budget = cmp.Budget.of(task, c)
+    texts, pairs = splits.test["text"].tolist(), pairs_of(splits.test)
+    y = task.y(splits.test["label"], spec)
     out = env.run_dir / "onnx"
-    ids = encode(trained.tokenizer, texts, cfg.model.max_length)
+    ids = encode(trained.tokenizer, texts, cfg.model.max_length, pairs)
     pad = trained.tokenizer.pad_token_id
     problems: dict[str, str] = {}
 
     def scored(name: str, path: Path, proba: np.ndarray, source: np.ndarray | None, extra=None) -> cmp.Variant:
-        metrics = evaluate_probabilities(y, proba, trained.labels, env.run_dir / "eval", f"test_{name}").metrics
-        v = cmp.make_variant(name, path, metrics, base.metrics, c, extra=extra)
+        metrics = task.evaluate(y, proba, spec, env.run_dir / "eval", f"test_{name}").metrics
+        v = cmp.make_variant(name, path, metrics, base.metrics, budget, extra=extra)
         if source is not None:
-            v.parity = cmp.parity_against(source, proba, cmp.precision_of(name), cfg.export.parity_atol)
+            v.parity = cmp.parity_against(source, proba, cmp.precision_of(name), cfg.export.parity_atol, spec)
         return v
 
     def onnx_proba(path: Path, device: str) -> np.ndarray:
-        return predict_proba_ids(create_session(path, device=device), ids, pad, cfg.train.eval_batch_size)
+        return predict_proba_ids(create_session(path, device=device), ids, pad, cfg.train.eval_batch_size,
+                                 activate=spec.activate)
 
-    calib_ids = encode(trained.tokenizer, splits.train["text"].tolist()[: c.calibration_rows], cfg.model.max_length)
+    calib_ids = encode(trained.tokenizer, splits.train["text"].tolist()[: c.calibration_rows], cfg.model.max_length,
+                       None if pairs is None else pairs_of(splits.train)[: c.calibration_rows])
     calibration = [pad_batch(calib_ids[i : i + 32], pad) for i in range(0, len(calib_ids), 32)]
     # references in fp32 on the CPU, as the ONNX files are scored (a CUDA-trained model would run bf16)
     teacher_proba = predict_proba(copy.deepcopy(trained.model).float().cpu(), trained.tokenizer, texts,
-                                  cfg.model.max_length, cfg.train.eval_batch_size, "cpu")
+                                  cfg.model.max_length, cfg.train.eval_batch_size, "cpu", pairs)
     variants = [scored("fp32", exported.path, onnx_proba(exported.path, "cpu"), teacher_proba)]
     if c.prune and c.prune_amount > 0:
         pruned = cmp.prune_global(trained.model, c.prune_amount)
-        proba = predict_proba(pruned, trained.tokenizer, texts, cfg.model.max_length, cfg.train.eval_batch_size, "cpu")
+        proba = predict_proba(pruned, trained.tokenizer, texts, cfg.model.max_length, cfg.train.eval_batch_size, "cpu", pairs)
         path = export_onnx(pruned, trained.tokenizer, trained.labels, out / VARIANT_FILES["pruned"], cfg.export,
                            cfg.model.max_length, sample_texts=texts[:2])
         variants.append(scored("pruned", path, proba, None, extra={"sparsity": cmp.sparsity(pruned)}))
@@ -278,9 +297,12 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
         paths = {v.name: v.path for v in variants if v.path is not None and device in RUNS_ON[v.name]}
         for name, lat in cmp.measure_latency(paths, device, ids, cfg.model.max_length, c.latency_rounds).items():
             next(v for v in variants if v.name == name).latency[device] = lat
-    selections = [cmp.select(variants, d, c) for d in ("cpu", "cuda")]
+    selections = [cmp.select(variants, d, c, budget=budget) for d in ("cpu", "cuda")]
     cmp.choose_bundle(variants, selections, c.latency_batch)
-    plots = {d: cmp.pareto_plot(variants, d, c.latency_batch, base.metrics["macro_f1"], c.max_macro_f1_drop,
+    (metric, drop), = [(m, d) for m, d in budget.limits if m.name == task.primary.name] or [(task.primary, 0.0)]
+    teacher_value = base.metrics[metric.name]
+    drop_units = drop * abs(teacher_value) if metric.relative_drop else drop
+    plots = {d: cmp.pareto_plot(variants, d, c.latency_batch, teacher_value, drop_units,
                                 env.run_dir / "compression" / f"pareto-{d}.png") for d in devices}
     return Compressed(variants, selections, student, problems, {d: p for d, p in plots.items() if p})
 
@@ -318,19 +340,22 @@ def _student_variants(env: Env, trained: TrainResult, splits: Splits, calibratio
     from forgeline.training.prune import PruningError
 
     cfg = env.cfg
+    task, spec = get_task(cfg.task), spec_of(trained)
     try:
         made = make_student(trained.model, trained.tokenizer, splits.train["text"].tolist(),
-                            label_ids(trained.labels, splits.train["label"]), splits.val["text"].tolist(),
-                            label_ids(trained.labels, splits.val["label"]), cfg.compress, cfg.train,
+                            task.train_y(splits.train["label"], spec), splits.val["text"].tolist(),
+                            task.y(splits.val["label"], spec), cfg.compress, cfg.train,
                             cfg.model.max_length, resolve_device(cfg.train.device), cfg.seed,
-                            log=lambda m, step: env.tracker.metrics(m, step=step))
+                            log=lambda m, step: env.tracker.metrics(m, step=step), task=task,
+                            train_pairs=pairs_of(splits.train), val_pairs=pairs_of(splits.val))
     except PruningError as e:
         problems["student"] = str(e)
         log.warning("no student: %s. The teacher's variants are registered", e)
         return [], {}
     texts = splits.test["text"].tolist()
     student = made.model.float().cpu()
-    proba = predict_proba(student, trained.tokenizer, texts, cfg.model.max_length, cfg.train.eval_batch_size, "cpu")
+    proba = predict_proba(student, trained.tokenizer, texts, cfg.model.max_length, cfg.train.eval_batch_size, "cpu",
+                          pairs_of(splits.test))
     path = export_onnx(student, trained.tokenizer, trained.labels, env.run_dir / "onnx" / VARIANT_FILES["student"],
                        cfg.export, cfg.model.max_length, sample_texts=texts[:2])
     first = scored("student", path, onnx_proba(path, "cpu"), proba)
@@ -345,12 +370,12 @@ def _student_variants(env: Env, trained: TrainResult, splits: Splits, calibratio
 
 def _log_variants(t: Tracker, cfg: PipelineConfig, r: Compressed, files: Files) -> None:
     for v in r.variants:
-        t.metrics({f"variant.{v.name}.size_bytes": v.size_bytes, f"variant.{v.name}.gzip_bytes": v.gzip_bytes,
-                   f"variant.{v.name}.accuracy": v.metrics["accuracy"],
-                   f"variant.{v.name}.macro_f1": v.metrics["macro_f1"],
-                   f"variant.{v.name}.accuracy_delta": v.accuracy_delta,
-                   f"variant.{v.name}.macro_f1_delta": v.macro_f1_delta,
-                   f"variant.{v.name}.within_budget": float(v.within_budget),
+        deltas = {"accuracy_delta": v.accuracy_delta, "macro_f1_delta": v.macro_f1_delta, f"{v.primary}_delta": v.metric_delta}
+        t.metrics({f"variant.{v.name}.size_bytes": v.size_bytes, f"variant.{v.name}.gzip_bytes": v.gzip_bytes}
+                  | {f"variant.{v.name}.{k}": v.metrics[k] for k in dict.fromkeys(("accuracy", "macro_f1", v.primary))
+                     if k in v.metrics}
+                  | {f"variant.{v.name}.{k}": val for k, val in deltas.items() if val is not None}
+                  | {f"variant.{v.name}.within_budget": float(v.within_budget),
                    f"variant.{v.name}.bundled": float(v.bundled)}
                   | {f"variant.{v.name}.{k}": val for k, val in v.extra.items()}
                   | {f"variant.{v.name}.{d}.{k}": val for d, lat in v.latency.items() for k, val in lat.items()}
@@ -391,8 +416,9 @@ def register(env: Env, trained: TrainResult, splits: Splits, evaluation: EvalRes
     kept = [v for v in variants if v.bundled]
     bundle = {v.name: cmp.copy_into(v.path, bundle_dir, VARIANT_FILES[v.name]) for v in kept}
     bundle["tokenizer"] = cmp.copy_into(trained.checkpoint_dir / TOKENIZER_FILE, bundle_dir, TOKENIZER_FILE)
-    meta = {"labels": trained.labels, "max_length": cfg.model.max_length, "variants": [v.name for v in kept],
-            DEFAULT_VARIANT_KEY: {s.device: s.variant for s in compressed.selections},
+    spec = spec_of(trained)
+    meta = {"labels": list(spec.labels), "max_length": cfg.model.max_length, "variants": [v.name for v in kept],
+            DEFAULT_VARIANT_KEY: {s.device: s.variant for s in compressed.selections}, TASK_KEY: spec.to_meta(),
             "config_hash": cfg.config_hash(), "data_fingerprint": fingerprint}
     metrics = {f"test_{k}": v for k, v in evaluation.metrics.items()}
     parity = exported.parity
@@ -400,12 +426,12 @@ def register(env: Env, trained: TrainResult, splits: Splits, evaluation: EvalRes
             "variants": ",".join(meta["variants"]), "parity_ok": str(parity.ok),
             **{f"default_variant.{d}": v for d, v in meta[DEFAULT_VARIANT_KEY].items()},
             "parity_max_abs_prob_diff": f"{parity.max_abs_prob_diff:.3g}", "mlflow_run_id": env.tracker.run_id,
-            CACHE_KEY_TAG: env.key}
+            "task": spec.task, CACHE_KEY_TAG: env.key}
     card = CardContext(
         data=str(cfg.data.path) if cfg.data.source == "file" else f"bundled corpus ({cfg.data.source})",
         rows=len(splits.train) + len(splits.val) + len(splits.test), splits=splits.sizes(),
-        variants=[{"name": v.name, "size_mb": v.size_bytes / 1e6, "accuracy": v.metrics["accuracy"],
-                   "macro_f1": v.metrics["macro_f1"], "bundled": v.bundled,
+        variants=[{"name": v.name, "size_mb": v.size_bytes / 1e6, "bundled": v.bundled,
+                   "metrics": {k: v.metrics[k] for k in dict.fromkeys((v.primary, "accuracy", "macro_f1")) if k in v.metrics},
                    "extra": {f"{d} p50 b{cfg.compress.latency_batch} ms": v.p50(d, cfg.compress.latency_batch)
                              for d in v.latency}} for v in variants],
         defaults={s.device: f"{s.variant} ({s.reason})" for s in compressed.selections},
@@ -418,7 +444,7 @@ def _test_rows(splits: Splits) -> EvalRows:
     """What the gate scores the new version and the champion on, side by side."""
     test = splits.test
     slices = {c[len(SLICE_PREFIX):]: test[c].tolist() for c in test.columns if str(c).startswith(SLICE_PREFIX)}
-    return EvalRows(test["text"].tolist(), test["label"].tolist(), slices or None)
+    return EvalRows(test["text"].tolist(), test["label"].tolist(), slices or None, pairs_of(test))
 
 
 def _reuse_registration(env: Env, trained: TrainResult, splits: Splits, *_: Any) -> Registration | None:
@@ -459,17 +485,22 @@ def summary_markdown(runner: StageRunner, data: ValidationResult, splits: Splits
                      reg: Registration) -> str:
     m = evaluation.metrics
     parity = exported.parity
+    spec = spec_of(trained)
+    if spec.task == "single_label":
+        table = ["| accuracy | macro P | macro R | macro F1 | ROC-AUC (OvR) |", "|---:|---:|---:|---:|---:|",
+                 f"| {m['accuracy']:.4f} | {m['macro_precision']:.4f} | {m['macro_recall']:.4f} | {m['macro_f1']:.4f} | "
+                 f"{m.get('roc_auc_ovr', float('nan')):.4f} |"]
+    else:
+        table = ["| " + " | ".join(m) + " |", "|" + "---:|" * len(m), "| " + " | ".join(f"{v:.4f}" for v in m.values()) + " |"]
     lines = [
         f"# forgeline training run `{runner.tracker.run_id}`",
         "",
         f"**Model** `{reg.name}` version **{reg.version}** → alias **{', '.join(reg.aliases)}**  ",
+        f"**Task**: {spec.task}{' (text pairs)' if spec.pairs else ''}  ",
         f"**Gate**: {_gate_word(runner, reg)} — {reg.decision.reason}",
         "",
         "## Test metrics (PyTorch fp32)",
-        "| accuracy | macro P | macro R | macro F1 | ROC-AUC (OvR) |",
-        "|---:|---:|---:|---:|---:|",
-        f"| {m['accuracy']:.4f} | {m['macro_precision']:.4f} | {m['macro_recall']:.4f} | {m['macro_f1']:.4f} | "
-        f"{m.get('roc_auc_ovr', float('nan')):.4f} |",
+        *table,
         "",
         "## Variants",
         cmp.table_markdown(compressed.variants, compressed.selections),

@@ -24,7 +24,8 @@ class CardContext:
     quarantined: int | None = None
     splits: dict[str, int] = field(default_factory=dict)
     variants: list[dict[str, Any]] = field(default_factory=list)
-    """Each compression variant: name, size_mb, accuracy, macro_f1, bundled, and any measured extras."""
+    """Each compression variant: name, size_mb, its metrics (``metrics``: the task's primary one first),
+    bundled, and any measured extras."""
     defaults: dict[str, str] = field(default_factory=dict)
     """Device -> the variant served there by default, and why."""
     max_length: int | None = None
@@ -36,14 +37,31 @@ def _f(value: Any, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+TARGETS = {"single_label": "one label per text", "multi_label": "any number of labels per text (per-label thresholds "
+           "tuned on the validation split)", "regression": "a score per text, in the target's units"}
+
+
 def model_card(name: str, version: str, run_id: str, decision: GateDecision, metrics: dict[str, float],
-               labels: list[str], fingerprint: str, ctx: CardContext, macro_f1_ci: tuple[float, float] | None) -> str:
+               labels: list[str], fingerprint: str, ctx: CardContext, metric_ci: tuple[float, float] | None,
+               spec: Any = None) -> str:
+    task = spec.task if spec is not None else "single_label"
+    m = decision.metric
     word = "promoted to champion" if decision.promote else "kept as challenger"
-    ci = f" (95% CI {macro_f1_ci[0]:.4f}–{macro_f1_ci[1]:.4f})" if macro_f1_ci else ""
+    ci = f" (95% CI {metric_ci[0]:.4f}–{metric_ci[1]:.4f})" if metric_ci else ""
+    others = [f"{k.removeprefix('test_')} {v:.4f}" for k, v in metrics.items()
+              if k.startswith("test_") and k != f"test_{m}" and isinstance(v, float) and v == v][:6]
+    if task == "regression":
+        target = f"- target: `{labels[0]}` (standardised in training: mean {spec.mean:.4g}, scale {spec.scale:.4g})"
+    else:
+        target = f"- labels ({len(labels)}): {', '.join(f'`{lab}`' for lab in labels)}"
+        if task == "multi_label" and spec.thresholds:
+            target += "; thresholds " + ", ".join(f"`{lab}` {t:.2f}" for lab, t in zip(labels, spec.thresholds))
     lines = [
         f"# {name} v{version}",
         "",
         f"**Gate: {word}.** {decision.reason}",
+        "",
+        f"**Task: {task}**{' on text pairs' if spec is not None and spec.pairs else ''} — {TARGETS[task]}.",
         "",
         f"Rule: {decision.rule or 'stored-metric comparison (no same-data rows)'}. Full record: `gate.json` in run "
         f"`{run_id}`.",
@@ -52,21 +70,25 @@ def model_card(name: str, version: str, run_id: str, decision: GateDecision, met
         f"- source: {ctx.data}; fingerprint `{fingerprint[:16]}`",
         f"- rows: {ctx.rows if ctx.rows is not None else '?'}, splits {ctx.splits or '?'}"
         + (f"; {ctx.quarantined} quarantined" if ctx.quarantined is not None else ""),
-        f"- labels ({len(labels)}): {', '.join(f'`{lab}`' for lab in labels)}",
+        target,
         "",
         "## Test metrics (this run's test split)",
-        f"- macro-F1 **{metrics.get('test_macro_f1', float('nan')):.4f}**{ci}; accuracy "
-        f"{metrics.get('test_accuracy', float('nan')):.4f}",
+        f"- {m} (primary, {'higher' if decision.higher_is_better else 'lower'} is better) "
+        f"**{metrics.get(f'test_{m}', float('nan')):.4f}**{ci}" + (f"; {', '.join(others)}" if others else ""),
     ]
+    if decision.baseline_value is not None:
+        lines.append(f"- trivial baseline on the same rows: {m} {decision.baseline_value:.4f}")
     c = decision.comparison
     if c:
+        test = "McNemar p" if c.get("mcnemar_p") is not None else "paired test"
+        p_value = f"{c['mcnemar_p']:.3g}" if c.get("mcnemar_p") is not None else "– (no per-row right/wrong)"
         lines += [
             "",
             f"## Against champion v{decision.champion_version}, on the same {c['n']} rows",
-            "| | this version | champion | difference (CI) | McNemar p |",
+            f"| | this version | champion | difference (CI) | {test} |",
             "|---|---:|---:|---:|---:|",
-            f"| macro-F1 | {c['challenger_macro_f1']:.4f} | {c['champion_macro_f1']:.4f} | {c['diff']:+.4f} "
-            f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {c['mcnemar_p']:.3g} |",
+            f"| {m} | {c['challenger_value']:.4f} | {c['champion_value']:.4f} | {c['diff']:+.4f} "
+            f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {p_value} |",
         ]
     elif decision.champion_problem:
         lines += ["", f"## Champion v{decision.champion_version} not compared", f"It could not be scored: "
@@ -76,19 +98,26 @@ def model_card(name: str, version: str, run_id: str, decision: GateDecision, met
         lines += [f"| {r['slice']} | {r['n']} | {r['metric']} | {_f(r['challenger'], 3)} | {_f(r['champion'], 3)} | "
                   f"{_f(r['drop'], 3)} |" for r in decision.slices]
     if ctx.variants:
+        keys = list(dict.fromkeys(k for v in ctx.variants for k in v.get("metrics", {})))
         extra_keys = sorted({k for v in ctx.variants for k in v.get("extra", {})})
         lines += ["", "## Compression variants",
-                  "| variant | size MB | accuracy | macro-F1 | bundled |" + "".join(f" {k} |" for k in extra_keys),
-                  "|---|---:|---:|---:|---|" + "---:|" * len(extra_keys)]
-        lines += [f"| {v['name']} | {v['size_mb']:.1f} | {v['accuracy']:.4f} | {v['macro_f1']:.4f} | "
-                  f"{'yes' if v['bundled'] else 'no'} |" + "".join(f" {_f(v.get('extra', {}).get(k), 3)} |" for k in extra_keys)
+                  "| variant | size MB |" + "".join(f" {k} |" for k in keys) + " bundled |" + "".join(f" {k} |" for k in extra_keys),
+                  "|---|---:|" + "---:|" * len(keys) + "---|" + "---:|" * len(extra_keys)]
+        lines += [f"| {v['name']} | {v['size_mb']:.1f} |" + "".join(f" {_f(v.get('metrics', {}).get(k))} |" for k in keys)
+                  + f" {'yes' if v['bundled'] else 'no'} |" + "".join(f" {_f(v.get('extra', {}).get(k), 3)} |" for k in extra_keys)
                   for v in ctx.variants]
         lines += [f"- Served by default on {d}: {why}" for d, why in ctx.defaults.items()]
+    limits = {"single_label": f"- Predicts only the {len(labels)} labels above; a text about something else still gets one of them.",
+              "multi_label": f"- Predicts only the {len(labels)} labels above; a text may get none of them.",
+              "regression": "- Scores outside the range seen in training are extrapolations."}[task]
+    example = ("pd.DataFrame({'text': [...], 'text_pair': [...]})" if spec is not None and spec.pairs
+               else "pd.DataFrame({'text': [...]})")
     lines += [
         "",
         "## Limits",
-        f"- Predicts only the {len(labels)} labels above; a text about something else still gets one of them.",
-        f"- Reads at most {ctx.max_length or '?'} tokens of a text; the rest is cut off.",
+        limits,
+        f"- Reads at most {ctx.max_length or '?'} tokens of a text{' pair' if spec is not None and spec.pairs else ''}; "
+        "the rest is cut off.",
         "- Texts that are empty, hold control characters or are not valid UTF-8 are refused (HTTP 422), as "
         "training quarantined them.",
         "- Scores hold for data like the training data; check drift (`forgeline drift`, or on served traffic "
@@ -97,7 +126,7 @@ def model_card(name: str, version: str, run_id: str, decision: GateDecision, met
         "## How to load",
         "```",
         f"forgeline serve -m {name}/{version}            # HTTP, micro-batching",
-        f"mlflow.pyfunc.load_model('models:/{name}/{version}').predict(pd.DataFrame({{'text': [...]}}))",
+        f"mlflow.pyfunc.load_model('models:/{name}/{version}').predict({example})",
         "```",
         "",
         f"config hash `{ctx.config_hash or '?'}` · code `{ctx.git_commit or '?'}`",

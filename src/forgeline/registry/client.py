@@ -16,7 +16,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from forgeline.errors import RegistryError
-from forgeline.registry.gate import ChampionInfo
 from forgeline.settings import require_reachable, sqlite_file
 
 CHAMPION = "champion"
@@ -170,13 +169,16 @@ def resolve_version(client, uri: str, name: str, alias: str | None, version: str
         raise RegistryError(f"model {name!r} has no version {version} in {uri}; its versions: {versions}") from None
 
 
-def current_champion(client: MlflowClient, name: str) -> ChampionInfo | None:
+def current_champion(client: MlflowClient, name: str, metric: str = "macro_f1"):
+    """The champion version and its stored test value of ``metric`` (the gate's), as a ``ChampionInfo``."""
+    from forgeline.registry.gate import ChampionInfo
+
     try:
         mv = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
-    raw = (mv.tags or {}).get("metric.test_macro_f1")
-    return ChampionInfo(version=str(mv.version), macro_f1=float(raw) if raw not in (None, "") else None)
+    raw = (mv.tags or {}).get(f"metric.test_{metric}")
+    return ChampionInfo(version=str(mv.version), value=float(raw) if raw not in (None, "") else None)
 
 
 def load_verified(client: MlflowClient, name: str, version: str, model_config: dict[str, Any]):

@@ -44,94 +44,132 @@ def _resamples(n: int, n_boot: int, seed: int):
         yield np.bincount(picks.ravel(), minlength=k * n).reshape(k, n)
 
 
-def macro_f1_ci(y: np.ndarray, pred: np.ndarray, n_labels: int, n_boot: int = 2000, confidence: float = 0.95,
-                seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of one model's macro-F1 on these rows (for the model card)."""
-    y, pred = np.asarray(y), np.asarray(pred)
-    values = np.concatenate([macro_f1(y, pred, n_labels, w) for w in _resamples(len(y), n_boot, seed)])
-    alpha = (1.0 - confidence) / 2
-    low, high = np.quantile(values, [alpha, 1.0 - alpha])
-    return float(low), float(high)
-
-
 @dataclass
 class PairedComparison:
     n: int
-    challenger_macro_f1: float
-    champion_macro_f1: float
+    challenger_value: float
+    champion_value: float
     diff: float
-    """challenger − champion, macro-F1 on the same rows."""
+    """challenger − champion, the metric on the same rows."""
     ci_low: float
     ci_high: float
     confidence: float
     bootstrap_samples: int
-    only_champion_right: int
-    only_challenger_right: int
-    mcnemar_p: float
-    """Exact two-sided McNemar p-value: could the disagreements split this way by chance?"""
+    metric: str = "macro_f1"
+    only_champion_right: int | None = None
+    only_challenger_right: int | None = None
+    mcnemar_p: float | None = None
+    """Exact two-sided McNemar p-value: could the disagreements split this way by chance? None where the
+    task has no per-row right or wrong (regression)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def compare_paired(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, n_labels: int,
-                   n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> PairedComparison:
-    """Paired bootstrap CI of the macro-F1 difference and McNemar's exact test, on one set of rows."""
+def compare_outputs(task: Any, spec: Any, y: np.ndarray, challenger: np.ndarray, champion: np.ndarray,
+                    n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> PairedComparison:
+    """Paired bootstrap CI of the difference of the task's primary metric (``Task.resampled``: the rows
+    are resampled together, so row difficulty cancels out) and, where the task has per-row correctness,
+    McNemar's exact test on the rows where exactly one of the two is right."""
     from scipy.stats import binomtest
 
-    y, a, b = (np.asarray(v) for v in (y, challenger, champion))
+    a, b = np.asarray(challenger), np.asarray(champion)
     if not (len(y) == len(a) == len(b)) or len(y) == 0:
         raise ValueError(f"need the same non-empty rows for both models; got {len(y)}, {len(a)}, {len(b)}")
     n = len(y)
-    diffs = np.concatenate([macro_f1(y, a, n_labels, w) - macro_f1(y, b, n_labels, w)
+    diffs = np.concatenate([task.resampled(y, a, spec, w) - task.resampled(y, b, spec, w)
                             for w in _resamples(n, n_boot, seed)])
     alpha = (1.0 - confidence) / 2
     low, high = np.quantile(diffs, [alpha, 1.0 - alpha])
-    only_b = int(np.sum((b == y) & (a != y)))
-    only_a = int(np.sum((a == y) & (b != y)))
-    p = 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
-    fa, fb = float(macro_f1(y, a, n_labels)), float(macro_f1(y, b, n_labels))
-    return PairedComparison(n=n, challenger_macro_f1=fa, champion_macro_f1=fb, diff=fa - fb, ci_low=float(low),
-                            ci_high=float(high), confidence=confidence, bootstrap_samples=n_boot,
-                            only_champion_right=only_b, only_challenger_right=only_a, mcnemar_p=p)
+    ones = np.ones((1, n))
+    fa, fb = float(task.resampled(y, a, spec, ones)[0]), float(task.resampled(y, b, spec, ones)[0])
+    out = PairedComparison(n=n, challenger_value=fa, champion_value=fb, diff=fa - fb, ci_low=float(low),
+                           ci_high=float(high), confidence=confidence, bootstrap_samples=n_boot, metric=task.primary.name)
+    right_a, right_b = task.correct(y, a, spec), task.correct(y, b, spec)
+    if right_a is not None and task.paired_test:
+        only_b, only_a = int(np.sum(right_b & ~right_a)), int(np.sum(right_a & ~right_b))
+        out.only_champion_right, out.only_challenger_right = only_b, only_a
+        out.mcnemar_p = 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+    return out
 
 
-def _class_f1(y: np.ndarray, pred: np.ndarray, k: int) -> float:
-    denom = int(np.sum(y == k) + np.sum(pred == k))
-    return 2.0 * int(np.sum((y == k) & (pred == k))) / denom if denom else 0.0
+def metric_ci(task: Any, spec: Any, y: np.ndarray, outputs: np.ndarray, n_boot: int = 2000, confidence: float = 0.95,
+              seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of one model's primary metric on these rows (for the model card)."""
+    values = np.concatenate([task.resampled(y, outputs, spec, w) for w in _resamples(len(y), n_boot, seed)])
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return float(low), float(high)
 
 
-def slice_table(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None, labels: list[str],
-                texts: list[str], columns: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
-    """Both models per slice of the same rows: each class (its F1), text-length tertiles of these rows,
-    and each value of the user's ``data.slice_columns`` (accuracy). ``drop`` = champion − challenger
-    (positive: the challenger is worse there); None without a champion."""
-    y, a = np.asarray(y), np.asarray(challenger)
+def _single_label(n_labels: int):
+    from forgeline.inference.tasks import OutputSpec
+    from forgeline.tasks import get_task
+
+    return get_task("single_label"), OutputSpec("single_label", tuple(str(i) for i in range(n_labels)))
+
+
+def _onehot(pred: np.ndarray, n_labels: int) -> np.ndarray:
+    return np.eye(n_labels, dtype=np.float32)[np.asarray(pred, dtype=np.int64)]
+
+
+def compare_paired(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, n_labels: int,
+                   n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> PairedComparison:
+    """``compare_outputs`` for single-label predictions (class ids): macro-F1 and McNemar."""
+    task, spec = _single_label(n_labels)
+    y, a, b = (np.asarray(v) for v in (y, challenger, champion))
+    if not (len(y) == len(a) == len(b)) or len(y) == 0:
+        raise ValueError(f"need the same non-empty rows for both models; got {len(y)}, {len(a)}, {len(b)}")
+    return compare_outputs(task, spec, y, _onehot(a, n_labels), _onehot(b, n_labels), n_boot, confidence, seed)
+
+
+def slice_rows(task: Any, spec: Any, y: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None,
+               texts: list[str], columns: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+    """Both models per slice of the same rows: the task's target slices (each class's or label's F1),
+    text-length tertiles of these rows and each value of the user's ``data.slice_columns`` (the task's
+    ``subset_metric``: accuracy for single-label, the primary metric otherwise). ``drop`` = how much worse
+    the challenger is there (positive: worse; relative for RMSE/MAE); None without a champion."""
+    a = np.asarray(challenger)
     b = None if champion is None else np.asarray(champion)
     rows: list[dict[str, Any]] = []
+    higher = task.primary.higher_is_better if task.subset_metric == task.primary.name else True
 
-    def add(name: str, mask: np.ndarray, metric: str, score) -> None:
+    def add(name: str, mask: np.ndarray, metric: str, score, higher_is_better: bool = True) -> None:
         n = int(mask.sum())
         if n == 0:
             return
-        ours = float(score(a))
-        theirs = None if b is None else float(score(b))
-        rows.append({"slice": name, "n": n, "metric": metric, "challenger": ours, "champion": theirs,
-                     "drop": None if theirs is None else theirs - ours})
+        ours = float(score(a, mask))
+        theirs = None if b is None else float(score(b, mask))
+        drop = None
+        if theirs is not None:
+            drop = (theirs - ours) if higher_is_better else ((ours - theirs) / abs(theirs) if theirs else ours - theirs)
+        rows.append({"slice": name, "n": n, "metric": metric, "challenger": ours, "champion": theirs, "drop": drop})
 
-    for k, label in enumerate(labels):
-        add(f"class={label}", y == k, "f1", lambda p, k=k: _class_f1(y, p, k))
+    for name, mask, metric, score in task.group_slices(y, spec):
+        add(name, mask, metric, lambda out, m, f=score: f(out))
+    subset = lambda out, m: task.subset_score(y, out, spec, m)  # noqa: E731
     lengths = np.array([len(t) for t in texts])
     q1, q2 = (int(v) for v in np.quantile(lengths, [1 / 3, 2 / 3], method="lower"))  # bounds: real lengths
     for name, mask in ((f"length<={q1}", lengths <= q1), (f"length {q1 + 1}-{q2}", (lengths > q1) & (lengths <= q2)),
                        (f"length>{q2}", lengths > q2)):
-        add(name, mask, "accuracy", lambda p, m=mask: float(np.mean(p[m] == y[m])))
+        add(name, mask, task.subset_metric, subset, higher)
     for column, values in (columns or {}).items():
         vals = np.array(["<missing>" if v is None else str(v) for v in values], dtype=object)
         for value in sorted(set(vals)):
-            mask = vals == value
-            add(f"{column}={value}", mask, "accuracy", lambda p, m=mask: float(np.mean(p[m] == y[m])))
+            add(f"{column}={value}", vals == value, task.subset_metric, subset, higher)
     return rows
+
+
+def slice_table(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None, labels: list[str],
+                texts: list[str], columns: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+    """``slice_rows`` for single-label predictions (class ids)."""
+    from forgeline.inference.tasks import OutputSpec
+    from forgeline.tasks import get_task
+
+    k = len(labels)
+    spec = OutputSpec("single_label", tuple(labels))
+    return slice_rows(get_task("single_label"), spec, np.asarray(y), _onehot(challenger, k),
+                      None if champion is None else _onehot(champion, k), texts, columns)
 
 
 def worst_slice(rows: list[dict[str, Any]], max_drop: float | None, min_rows: int) -> dict[str, Any] | None:

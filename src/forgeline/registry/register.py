@@ -1,10 +1,10 @@
 """Register the ONNX bundle as an MLflow pyfunc model version and run the champion gate.
 
 Every new version gets alias ``challenger`` and tags (data fingerprint, config hash, git commit,
-metrics, variants). ``champion`` moves to it only when the gate passes: parity ok, macro-F1 not
-below the current champion's by more than ``registry.f1_tolerance`` and at least
-``registry.min_gain_over_chance`` above chance, and no slice worse by more than
-``registry.max_slice_drop``. The decision and its reason are written to the version's tags, the
+metrics, variants). ``champion`` moves to it only when the gate passes (``registry.gate``): parity ok,
+the task's primary metric not worse than the current champion's on the same rows by more than the
+tolerance and at least ``registry.min_gain_over_chance`` beyond the trivial baseline, and no slice
+worse by more than ``registry.max_slice_drop``. The decision and its reason are written to the version's tags, the
 run's tags and ``gate.json`` in the run; the model card (``registry.card``) becomes the version's
 description. The bundle metadata records the sha256 of every file, checked at each load.
 
@@ -42,8 +42,8 @@ from forgeline.registry.client import (CACHE_KEY_TAG, CHALLENGER, CHAMPION, COMP
                                        current_champion, download_verified, is_complete,
                                        load_verified)
 from forgeline.registry.card import CardContext, model_card
-from forgeline.registry.compare import PairedComparison, compare_paired, macro_f1_ci, slice_table
-from forgeline.registry.gate import ChampionInfo, GateDecision, chance_macro_f1, decide_promotion
+from forgeline.registry.compare import PairedComparison, compare_outputs, metric_ci, slice_rows
+from forgeline.registry.gate import ChampionInfo, GateDecision, GateEvidence, GatePolicy, decide
 from forgeline.settings import failpoint
 
 
@@ -124,9 +124,12 @@ class EvalRows:
     """This run's test split, which the new version and the champion are both scored on."""
 
     texts: list[str]
-    labels: list[str]
+    labels: list[Any]
+    """The targets: labels, tuples of labels or numbers, as the task's ``y`` takes them."""
     slices: dict[str, list[Any]] | None = None
     """Values of the user's ``data.slice_columns``, row by row."""
+    pairs: list[str] | None = None
+    """Second texts of a pair task."""
 
 
 @dataclass
@@ -135,27 +138,35 @@ class Scored:
     problem: str | None = None
     """Why the champion could not be scored on these rows."""
     slices: list[dict[str, Any]] | None = None
-    macro_f1_ci: tuple[float, float] | None = None
-    """Bootstrap interval of the new version's own macro-F1 on these rows."""
+    metric_ci: tuple[float, float] | None = None
+    """Bootstrap interval of the new version's own primary metric on these rows."""
+    baseline: tuple[float, str] | None = None
+    """The trivial baseline's primary metric on these rows, and what that baseline is."""
 
 
-def score_against_champion(name: str, champion: ChampionInfo | None, candidate: Any, rows: EvalRows | None) -> Scored:
-    """Both models on the same rows (this run's test split): the paired comparison and the slice table,
-    or why the champion could not be scored. Without a champion the slice table has the new version only."""
-    if rows is None:
-        return Scored()
-    index = {lab: i for i, lab in enumerate(candidate.labels)}
+def _task_of(candidate: Any):
+    from forgeline.tasks import get_task
 
-    def predicted(model: Any) -> np.ndarray:
-        return np.array([index[model.labels[j]] for j in model.predict_proba(list(rows.texts)).argmax(axis=1)])
+    return get_task(candidate.spec.task)
 
-    y = np.array([index[t] for t in rows.labels])
-    ours = predicted(candidate)
-    ci = macro_f1_ci(y, ours, len(index))
+
+def score_against_champion(name: str, champion: ChampionInfo | None, candidate: Any, rows: EvalRows | None,
+                           task: Any = None) -> Scored:
+    """Both models on the same rows (this run's test split): the paired comparison of the task's primary
+    metric and the slice table, or why the champion could not be scored. Without a champion the slice
+    table has the new version only."""
+    task = task or _task_of(candidate)
+    spec = candidate.spec
+    if rows is None:  # single-label's chance needs no rows (1/K); other baselines do
+        return Scored(baseline=task.baseline(np.zeros(0, dtype=np.int64), spec) if task.type == "single_label" else None)
+    y = task.y(rows.labels, spec)
+    ours = candidate.predict_proba(list(rows.texts), rows.pairs)
+    ci = metric_ci(task, spec, y, ours)
+    baseline = task.baseline(y, spec)
 
     def alone(problem: str | None = None) -> Scored:
-        return Scored(problem=problem, slices=slice_table(y, ours, None, list(candidate.labels), rows.texts, rows.slices),
-                      macro_f1_ci=ci)
+        return Scored(problem=problem, slices=slice_rows(task, spec, y, ours, None, rows.texts, rows.slices),
+                      metric_ci=ci, baseline=baseline)
 
     if champion is None:
         return alone()
@@ -163,11 +174,24 @@ def score_against_champion(name: str, champion: ChampionInfo | None, candidate: 
         reference = load_version(name, champion.version)
     except Exception as e:  # noqa: BLE001 - a deleted artifact, an incompatible version: said in the decision
         return alone(f"it could not be loaded: {type(e).__name__}: {str(e)[:300]}")
-    if sorted(reference.labels) != sorted(candidate.labels):
+    theirs_spec = getattr(reference, "spec", None)
+    if theirs_spec is not None and (theirs_spec.task, theirs_spec.pairs) != (spec.task, spec.pairs):
+        return alone(f"it is a {theirs_spec.task}{' pair' if theirs_spec.pairs else ''} model, this run trains "
+                     f"{spec.task}{' pairs' if spec.pairs else ''}")
+    if spec.task != "regression" and sorted(reference.labels) != sorted(candidate.labels):
         return alone(f"it predicts {sorted(reference.labels)}, this data has {sorted(candidate.labels)}")
-    theirs = predicted(reference)
-    return Scored(paired=compare_paired(y, ours, theirs, len(index)), macro_f1_ci=ci,
-                  slices=slice_table(y, ours, theirs, list(candidate.labels), rows.texts, rows.slices))
+    theirs = reference.predict_proba(list(rows.texts), rows.pairs)
+    if spec.task != "regression":  # the champion's columns in this version's label order
+        order = [list(reference.labels).index(lab) for lab in candidate.labels]
+        theirs = np.asarray(theirs)[:, order]
+    return Scored(paired=compare_outputs(task, spec, y, ours, theirs), metric_ci=ci, baseline=baseline,
+                  slices=slice_rows(task, spec, y, ours, theirs, rows.texts, rows.slices))
+
+
+def gate_evidence(value: float, parity_ok: bool, champion: ChampionInfo | None, scored: Scored) -> GateEvidence:
+    baseline, what = scored.baseline if scored.baseline else (None, "chance")
+    return GateEvidence(value=value, parity_ok=parity_ok, champion=champion, baseline=baseline, baseline_what=what,
+                        paired=scored.paired, champion_problem=scored.problem, slices=scored.slices)
 
 
 def log_pyfunc(run_id: str, artifacts: dict[str, str], probe: Any, meta: dict[str, Any], registered_name: str,
@@ -188,6 +212,8 @@ def log_pyfunc(run_id: str, artifacts: dict[str, str], probe: Any, meta: dict[st
     from forgeline.inference.pyfunc import OnnxTextClassifier
 
     example = pd.DataFrame({"text": input_example})
+    if probe.spec.pairs:  # a pair model's example shows both columns (the texts, each paired with the next)
+        example["text_pair"] = input_example[1:] + input_example[:1]
     signature = infer_signature(example, probe.predict(None, example))
     # log_model needs an active run; leaving ``with mlflow.start_run(...)`` would end the pipeline's run
     # FINISHED while it is still registering (a run killed here then showed FINISHED), so it is ended
@@ -206,7 +232,8 @@ def log_pyfunc(run_id: str, artifacts: dict[str, str], probe: Any, meta: dict[st
                 input_example=example,
                 # batch_size "auto": 256 on CUDA (one captured graph per request up to 256 texts), 64 on CPU
                 model_config={"variant": "auto", "device": "auto", "batch_size": "auto"},
-                metadata={"labels": meta["labels"], "variants": meta["variants"]},
+                metadata={"labels": meta["labels"], "variants": meta["variants"], "task": probe.spec.task,
+                          "pairs": probe.spec.pairs},
             )
         said = io.StringIO()
         # MLflow prints "Successfully registered model ... / Created version ..." on stderr, where a
@@ -226,12 +253,15 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
                       input_example: list[str], eval_rows: EvalRows | None = None,
                       card: CardContext | None = None) -> Registration:
     """``eval_rows``: this run's test split; the champion and the new version are both scored on it
-    and compared with paired tests and per slice (``registry.compare``)."""
+    and compared with paired tests and per slice (``registry.compare``). The task is the bundle's
+    (``meta["task"]``)."""
     name = cfg.model_name
-    champion = current_champion(client, name)
     artifacts = bundle_artifacts(bundle, meta)
     candidate = load_bundle(artifacts)
-    scored = score_against_champion(name, champion, candidate, eval_rows)
+    task = _task_of(candidate)
+    policy = GatePolicy.of(cfg, task)
+    champion = current_champion(client, name, policy.metric.name)
+    scored = score_against_champion(name, champion, candidate, eval_rows, task)
     key = tags.get(CACHE_KEY_TAG)
     try:
         model_uri, version = log_pyfunc(run_id, artifacts, candidate, meta, name, input_example,
@@ -253,9 +283,7 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
             client.set_model_version_tag(name, version, k, str(v))
         for k, v in metrics.items():
             client.set_model_version_tag(name, version, f"metric.{k}", f"{v:.6f}")
-        decision = decide_promotion(metrics["test_macro_f1"], parity_ok, champion, cfg.f1_tolerance,
-                                    chance_macro_f1(len(meta["labels"])), cfg.min_gain_over_chance, scored.paired,
-                                    scored.problem, scored.slices, cfg.max_slice_drop, cfg.min_slice_rows)
+        decision = decide(policy, gate_evidence(metrics[f"test_{policy.metric.name}"], parity_ok, champion, scored))
         aliases = [CHAMPION] if decision.promote else [CHALLENGER]
         gate_tags = {"gate.decision": "promoted" if decision.promote else "kept_challenger", "gate.reason": decision.reason}
         gate_tags |= comparison_tags(decision)
@@ -266,7 +294,7 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
         client.set_tag(run_id, "registered_model", f"{name}/{version}")
         client.log_dict(run_id, asdict(decision) | {"version": version, "aliases": aliases}, "gate.json")
         text = model_card(name, version, run_id, decision, metrics, list(meta["labels"]),
-                          tags.get("data_fingerprint", "?"), card or CardContext(), scored.macro_f1_ci)
+                          tags.get("data_fingerprint", "?"), card or CardContext(), scored.metric_ci, candidate.spec)
         client.log_text(run_id, text, "model_card.md")
         client.update_model_version(name, version, description=fit_description(text, run_id))
         client.set_model_version_tag(name, version, COMPLETE_TAG, "true")
@@ -354,9 +382,11 @@ def comparison_tags(decision: GateDecision) -> dict[str, str]:
     tags = {"gate.champion_problem": decision.champion_problem} if decision.champion_problem else {}
     c = decision.comparison
     if c:
-        tags |= {"gate.same_data_rows": str(c["n"]), "gate.champion_macro_f1_same_data": f"{c['champion_macro_f1']:.6f}",
-                 "gate.macro_f1_diff": f"{c['diff']:+.6f}", "gate.macro_f1_diff_ci": f"[{c['ci_low']:+.6f}, {c['ci_high']:+.6f}]",
-                 "gate.mcnemar_p": f"{c['mcnemar_p']:.4g}"}
+        m = c.get("metric", "macro_f1")
+        tags |= {"gate.same_data_rows": str(c["n"]), f"gate.champion_{m}_same_data": f"{c['champion_value']:.6f}",
+                 f"gate.{m}_diff": f"{c['diff']:+.6f}", f"gate.{m}_diff_ci": f"[{c['ci_low']:+.6f}, {c['ci_high']:+.6f}]"}
+        if c.get("mcnemar_p") is not None:
+            tags["gate.mcnemar_p"] = f"{c['mcnemar_p']:.4g}"
     return tags
 
 
@@ -370,16 +400,16 @@ def reuse_registration(client: MlflowClient, run_id: str, cfg: RegistryConfig, v
     aliases = list(mv.aliases or [])
     tags = mv.tags or {}
     same = f"same data, pipeline settings and code as registered version {version}; nothing registered"
-    candidate = float(tags.get("metric.test_macro_f1", "nan"))
-    decision = GateDecision(promote=False, reason=same, candidate_macro_f1=candidate)
+    decision = GateDecision(promote=False, reason=same, candidate_value=float("nan"))
     word = "unchanged"
     if CHAMPION not in aliases:
-        champion = current_champion(client, name)
-        scored = (score_against_champion(name, champion, load_version(name, version), eval_rows)
-                  if champion is not None and eval_rows is not None else Scored())
-        gate = decide_promotion(candidate, tags.get("parity_ok") == "True", champion, cfg.f1_tolerance,
-                                chance_macro_f1(n_labels), cfg.min_gain_over_chance, scored.paired, scored.problem,
-                                scored.slices, cfg.max_slice_drop, cfg.min_slice_rows)
+        model = load_version(name, version)
+        task = _task_of(model)
+        policy = GatePolicy.of(cfg, task)
+        candidate = float(tags.get(f"metric.test_{policy.metric.name}", "nan"))
+        champion = current_champion(client, name, policy.metric.name)
+        scored = score_against_champion(name, champion, model, eval_rows, task)
+        gate = decide(policy, gate_evidence(candidate, tags.get("parity_ok") == "True", champion, scored))
         if gate.promote:
             client.set_registered_model_alias(name, CHAMPION, version)
             if CHALLENGER in aliases:

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from forgeline.config.schema import ServeConfig
 from forgeline.inference.text import RULES, text_problem
@@ -49,7 +49,65 @@ class BadRequest(Exception):
 
 
 # --- request validation ------------------------------------------------------------------------------
-def parse_predict_body(body: bytes, content_type: str | None, cfg: ServeConfig) -> list[str]:
+class TextsRequest:
+    """``{"texts": ["...", ...]}``: one text per input (single-text models of every task)."""
+
+    field = "texts"
+    example = '{"texts": ["..."]}'
+
+    @staticmethod
+    def item_schema(cfg: ServeConfig) -> dict[str, Any]:
+        return {"type": "string", "minLength": 1, "maxLength": cfg.max_text_chars}
+
+    @classmethod
+    def items(cls, values: list, cfg: ServeConfig) -> list:
+        for i, t in enumerate(values):
+            _check_text(t, f'"texts"[{i}]', cfg)
+        return values
+
+
+class PairsRequest:
+    """``{"pairs": [["text", "text_pair"], ...]}``: two texts per input (pair models)."""
+
+    field = "pairs"
+    example = '{"pairs": [["...", "..."]]}'
+
+    @staticmethod
+    def item_schema(cfg: ServeConfig) -> dict[str, Any]:
+        text = TextsRequest.item_schema(cfg)
+        return {"type": "array", "minItems": 2, "maxItems": 2, "items": text}
+
+    @classmethod
+    def items(cls, values: list, cfg: ServeConfig) -> list:
+        out = []
+        for i, pair in enumerate(values):
+            if not (isinstance(pair, list) and len(pair) == 2):
+                raise BadRequest(422, f'"pairs"[{i}] must be a list of two strings [text, text_pair], got '
+                                      f'{type(pair).__name__}{f" of {len(pair)}" if isinstance(pair, list) else ""}')
+            _check_text(pair[0], f'"pairs"[{i}][0]', cfg)
+            _check_text(pair[1], f'"pairs"[{i}][1]', cfg)
+            out.append((pair[0], pair[1]))
+        return out
+
+
+REQUESTS = {False: TextsRequest, True: PairsRequest}
+"""The request shape of a model: by whether it scores text pairs (``OutputSpec.pairs``)."""
+
+
+def _check_text(t: Any, where: str, cfg: ServeConfig) -> None:
+    if not isinstance(t, str):
+        raise BadRequest(422, f"{where} must be a string, got {type(t).__name__}")
+    if len(t) > cfg.max_text_chars:
+        raise BadRequest(413, f"{where} has {len(t)} characters; the limit is {cfg.max_text_chars}")
+    problem = text_problem(t)
+    if problem is not None:  # the rules training data is validated with: the model never saw such a text
+        raise BadRequest(422, f"{where}: {RULES[problem]} ({problem}); training quarantines such texts")
+
+
+def parse_predict_body(body: bytes, content_type: str | None, cfg: ServeConfig, pairs: bool = False) -> list:
+    """The inputs of a predict request in the loaded model's shape (``REQUESTS``): texts, or
+    (text, text_pair) tuples. A body of the other shape is a 422 naming the one this model takes."""
+    shape, other = REQUESTS[pairs], REQUESTS[not pairs]
     media = (content_type or "").split(";")[0].strip().lower()
     if media != "application/json":
         raise BadRequest(415, f"Content-Type must be application/json, got {content_type or 'none'!r}")
@@ -62,28 +120,23 @@ def parse_predict_body(body: bytes, content_type: str | None, cfg: ServeConfig) 
     except ValueError as e:  # e.g. an integer of more than 4300 digits (Python's int-parsing limit): was a 500
         raise BadRequest(422, f"body holds a value this server does not parse: {str(e).split(';')[0]}") from None
     if not isinstance(payload, dict):
-        raise BadRequest(422, 'body must be a JSON object like {"texts": ["..."]}')
-    if "texts" not in payload:
-        raise BadRequest(422, 'missing field "texts": send {"texts": ["..."]}')
-    extra = sorted(set(payload) - {"texts"})
+        raise BadRequest(422, f"body must be a JSON object like {shape.example}")
+    if shape.field not in payload:
+        if other.field in payload:
+            what = "text pairs" if pairs else "single texts"
+            raise BadRequest(422, f'this model scores {what}: send {shape.example}, not "{other.field}"')
+        raise BadRequest(422, f'missing field "{shape.field}": send {shape.example}')
+    extra = sorted(set(payload) - {shape.field})
     if extra:
-        raise BadRequest(422, f"unknown field(s) {extra}; only \"texts\" is accepted")
-    texts = payload["texts"]
-    if not isinstance(texts, list):
-        raise BadRequest(422, f'"texts" must be a list of strings, got {type(texts).__name__}')
-    if not texts:
-        raise BadRequest(422, '"texts" is empty; send at least one text')
-    if len(texts) > cfg.max_texts_per_request:
-        raise BadRequest(413, f'"texts" has {len(texts)} items; at most {cfg.max_texts_per_request} per request')
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise BadRequest(422, f'"texts"[{i}] must be a string, got {type(t).__name__}')
-        if len(t) > cfg.max_text_chars:
-            raise BadRequest(413, f'"texts"[{i}] has {len(t)} characters; the limit is {cfg.max_text_chars}')
-        problem = text_problem(t)
-        if problem is not None:  # the rules training data is validated with: the model never saw such a text
-            raise BadRequest(422, f'"texts"[{i}]: {RULES[problem]} ({problem}); training quarantines such texts')
-    return texts
+        raise BadRequest(422, f'unknown field(s) {extra}; only "{shape.field}" is accepted')
+    values = payload[shape.field]
+    if not isinstance(values, list):
+        raise BadRequest(422, f'"{shape.field}" must be a list, got {type(values).__name__}')
+    if not values:
+        raise BadRequest(422, f'"{shape.field}" is empty; send at least one')
+    if len(values) > cfg.max_texts_per_request:
+        raise BadRequest(413, f'"{shape.field}" has {len(values)} items; at most {cfg.max_texts_per_request} per request')
+    return shape.items(values, cfg)
 
 
 # --- the API's shapes, for its OpenAPI document -----------------------------------------------------
@@ -91,9 +144,14 @@ def parse_predict_body(body: bytes, content_type: str | None, cfg: ServeConfig) 
 # describe the API, so that clients, and the Schemathesis run of tests/serving/test_fuzz_api.py, see
 # every answer the server can give.
 class Prediction(BaseModel):
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
+    """One input's answer, in its task's fields (``inference.tasks.OutputSpec.answers``): single_label
+    ``label, confidence, probabilities``; multi_label ``labels, probabilities``; regression ``score``."""
+
+    label: str | None = None
+    confidence: float | None = None
+    labels: list[str] | None = None
+    probabilities: dict[str, float] | None = None
+    score: float | None = None
 
 
 class PredictResponse(BaseModel):
@@ -115,7 +173,9 @@ class ModelInfo(BaseModel):
     name: str
     version: str
     run_id: str | None
+    task: str
     labels: list[str]
+    schema_: dict[str, Any] = Field(alias="schema")
     variant: str
     device: str
     providers: list[str]
@@ -141,10 +201,11 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def predict_request_schema(cfg: ServeConfig) -> dict[str, Any]:
-    """``{"texts": [...]}`` with this server's limits."""
-    return {"type": "object", "additionalProperties": False, "required": ["texts"], "properties": {
-        "texts": {"type": "array", "minItems": 1, "maxItems": cfg.max_texts_per_request,
-                  "items": {"type": "string", "minLength": 1, "maxLength": cfg.max_text_chars}}}}
+    """``{"texts": [...]}`` or ``{"pairs": [[a, b], ...]}`` (``REQUESTS``; which one the loaded model takes
+    is in ``/v1/model``), with this server's limits."""
+    return {"oneOf": [{"type": "object", "additionalProperties": False, "required": [shape.field], "properties": {
+        shape.field: {"type": "array", "minItems": 1, "maxItems": cfg.max_texts_per_request,
+                      "items": shape.item_schema(cfg)}}} for shape in REQUESTS.values()]}
 
 
 # --- authentication ----------------------------------------------------------------------------------
@@ -280,29 +341,30 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None, shadow: b
                         return error(413, f"request body exceeds the limit of {cfg.max_body_bytes} bytes")
         except TimeoutError:
             return error(408, f"request body not received within {cfg.body_timeout_s:g} s (serving.body_timeout_s)")
+        current = state["batcher"].model
         try:
-            texts = parse_predict_body(bytes(body), request.headers.get("content-type"), cfg)
+            texts = parse_predict_body(bytes(body), request.headers.get("content-type"), cfg,
+                                       pairs=bool(current is not None and current.impl.spec.pairs))
         except BadRequest as e:
             return error(e.status, e.message)
         try:
             proba, model = await state["batcher"].submit(texts)
         except Exception as e:  # noqa: BLE001
             return error(503, f"inference failed: {e}")
-        labels = model.labels
-        idx = proba.argmax(axis=1).tolist()
-        rows = proba.tolist()  # Python floats in one call, not one numpy scalar at a time
-        preds = [{"label": labels[j], "confidence": row[j], "probabilities": dict(zip(labels, row))}
-                 for row, j in zip(rows, idx)]
+        spec = model.impl.spec
+        preds = spec.answers(proba)
         elapsed = time.perf_counter() - start
         metrics.requests.labels("200").inc()
         metrics.texts.inc(len(texts))
         metrics.latency.observe(elapsed)
         if "shadow" in state or "traffic" in state:  # both non-blocking: a put on a bounded queue
-            predicted = [p["label"] for p in preds]
+            decided = spec.decisions(proba)
             if "shadow" in state:
-                state["shadow"].submit(texts, predicted, model.version, elapsed)
+                state["shadow"].submit(texts, decided, model.version, elapsed)
             if "traffic" in state:
-                state["traffic"].record(model.name, model.version, texts, predicted, [p["confidence"] for p in preds])
+                logged, confidence = spec.logged(proba)
+                firsts = texts if not texts or isinstance(texts[0], str) else [a for a, _ in texts]
+                state["traffic"].record(model.name, model.version, firsts, logged, confidence)
         # orjson bytes straight out: FastAPI's encoder walked every float of a returned dict
         return Response(orjson.dumps({"model": model.name, "version": model.version, "predictions": preds}),
                         media_type="application/json")

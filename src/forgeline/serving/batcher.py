@@ -39,17 +39,30 @@ class _Pending:
     enqueued: float
 
 
-def chunks(texts: list[str], max_texts: int, max_chars: int) -> list[list[str]]:
-    """``texts`` in order, cut into runs of at most ``max_texts`` texts and ``max_chars`` characters
-    (a single longer text is a run of its own)."""
-    out: list[list[str]] = [[]]
+def chars_of(item: str | tuple[str, str]) -> int:
+    """Characters of one input: a text, or a (text, text_pair) pair."""
+    return len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
+
+
+def score(impl, items: list) -> np.ndarray:
+    """The model's outputs for texts, or for (text, text_pair) pairs."""
+    if items and not isinstance(items[0], str):
+        return impl.predict_proba([a for a, _ in items], [b for _, b in items])
+    return impl.predict_proba(items)
+
+
+def chunks(texts: list, max_texts: int, max_chars: int) -> list[list]:
+    """``texts`` (or pairs) in order, cut into runs of at most ``max_texts`` items and ``max_chars``
+    characters (a single longer item is a run of its own)."""
+    out: list[list] = [[]]
     chars = 0
     for t in texts:
-        if out[-1] and (len(out[-1]) >= max_texts or chars + len(t) > max_chars):
+        n = chars_of(t)
+        if out[-1] and (len(out[-1]) >= max_texts or chars + n > max_chars):
             out.append([])
             chars = 0
         out[-1].append(t)
-        chars += len(t)
+        chars += n
     return out
 
 
@@ -103,7 +116,7 @@ class MicroBatcher:
         on the 2-core CPU at concurrency 8 (student INT8, same server otherwise) 0 ms answered 1,116
         requests/s and 5 ms 789, p99 13.6 vs 20.6 ms."""
         first = await self.queue.get()
-        batch, count, chars = [first], len(first.texts), sum(map(len, first.texts))
+        batch, count, chars = [first], len(first.texts), sum(map(chars_of, first.texts))
 
         def room() -> bool:
             return count < self.max_batch and chars < self.max_chars
@@ -112,7 +125,7 @@ class MicroBatcher:
             item = self.queue.get_nowait()
             batch.append(item)
             count += len(item.texts)
-            chars += sum(map(len, item.texts))
+            chars += sum(map(chars_of, item.texts))
         deadline = time.perf_counter() + self.max_wait
         while room() and self.in_flight > len(batch):
             remaining = deadline - time.perf_counter()
@@ -124,7 +137,7 @@ class MicroBatcher:
                 break
             batch.append(item)
             count += len(item.texts)
-            chars += sum(map(len, item.texts))
+            chars += sum(map(chars_of, item.texts))
         return batch
 
     async def _run(self) -> None:
@@ -141,7 +154,7 @@ class MicroBatcher:
             try:
                 if model is None:
                     raise RuntimeError("no model loaded")
-                proba = await loop.run_in_executor(self.executor, model.impl.predict_proba, texts)
+                proba = await loop.run_in_executor(self.executor, score, model.impl, texts)
             except Exception as e:  # noqa: BLE001 - fail these requests, keep serving
                 log.exception("inference failed")
                 for p in batch:

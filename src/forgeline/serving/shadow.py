@@ -117,22 +117,30 @@ class Shadow:
             if time.time() - self._window["since"] >= self.cfg.shadow_log_s:
                 self._flush_mlflow()
 
-    def _compare(self, texts: list[str], labels: list[str], champion_version: str, champion_s: float) -> None:
+    def _compare(self, texts: list, decided: list, champion_version: str, champion_s: float) -> None:
+        """``decided``: the champion's decisions (``OutputSpec.decisions``: labels, label sets or scores);
+        the shadow agrees on a row when its own decision is the same (scores: within
+        ``inference.tasks.REGRESSION_AGREE_SCALES`` target standard deviations)."""
+        from forgeline.serving.batcher import score
+
         model = self.model
         start = time.perf_counter()
         try:
-            proba = model.impl.predict_proba(texts)
+            proba = score(model.impl, texts)
         except Exception as e:  # noqa: BLE001
             self.metrics.shadow_errors.inc()
             self.problem = f"shadow v{model.version} failed on a batch: {e}"
             return
         elapsed = time.perf_counter() - start
-        shadow_labels = [model.labels[int(j)] for j in np.asarray(proba).argmax(axis=1)]
-        agree = sum(a == b for a, b in zip(labels, shadow_labels))
-        for text, a, b, row in zip(texts, labels, shadow_labels, proba):
-            if a != b:
-                self.disagreements.append({"text": text[:500], "champion": a, "champion_version": champion_version,
-                                           "shadow": b, "shadow_version": model.version,
+        spec = model.impl.spec
+        shadow_decided = spec.decisions(proba)
+        same = [spec.same(a, b) for a, b in zip(decided, shadow_decided)]
+        agree = sum(same)
+        for text, a, b, row, ok in zip(texts, decided, shadow_decided, proba, same):
+            if not ok:
+                shown = text if isinstance(text, str) else " [SEP] ".join(text)
+                self.disagreements.append({"text": shown[:500], "champion": _jsonable(a), "champion_version": champion_version,
+                                           "shadow": _jsonable(b), "shadow_version": model.version,
                                            "shadow_confidence": float(np.max(row))})
         self.metrics.shadow_texts.inc(len(texts))
         self.metrics.shadow_agreements.inc(agree)
@@ -164,3 +172,7 @@ class Shadow:
             client.log_dict(model.run_id, list(self.disagreements), "shadow/disagreements.json")
         except Exception as e:  # noqa: BLE001 - the tracking server may be away; serving goes on
             log.warning("shadow: could not record metrics on run %s: %s", model.run_id, e)
+
+
+def _jsonable(decision):
+    return list(decision) if isinstance(decision, tuple) else decision

@@ -36,7 +36,9 @@ class LoadedModel:
         return self.impl.labels
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "run_id": self.run_id, "labels": self.labels,
+        spec = self.impl.spec
+        return {"name": self.name, "version": self.version, "run_id": self.run_id, "task": spec.task,
+                "labels": self.labels, "schema": spec.describe(),
                 "variant": self.impl.variant, "device": self.impl.device,
                 "providers": list(self.impl.session.get_providers()),
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
@@ -71,7 +73,8 @@ class RegistrySource:
         except ArtifactIntegrityError as e:
             raise RegistryError(f"{self.name} v{version} cannot be served: {e}") from None
         model = LoadedModel(name=self.name, version=version, run_id=run_id, impl=impl)
-        model.impl.predict_proba(self.cfg.warmup_texts)  # warm-up: first-run allocations, kernel selection
+        texts = list(self.cfg.warmup_texts)  # warm-up: first-run allocations, kernel selection
+        model.impl.predict_proba(texts, texts[::-1] if model.impl.spec.pairs else None)
         return model
 
 

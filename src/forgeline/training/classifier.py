@@ -58,16 +58,35 @@ def load_tokenizer(cfg: ModelConfig):
     return AutoTokenizer.from_pretrained(base_model_dir(cfg.base), local_files_only=True)
 
 
-def build_classifier(cfg: ModelConfig, labels: list[str]):
-    """A transformers sequence classifier with ``len(labels)`` outputs and label names in its config."""
+TASK_CONFIG_KEY = "forgeline_task"
+"""Key in a checkpoint's config.json: the ``OutputSpec`` (task, labels, thresholds, target scale, pairs)."""
+SEP_CONFIG_KEY = "forgeline_sep_id"
+"""Key in a pair model's config.json: the separator token id segment ids are computed from."""
+
+
+def build_classifier(cfg: ModelConfig, labels, sep_id: int | None = None):
+    """A transformers sequence classifier for ``labels`` (a list of class names: single-label) or an
+    ``OutputSpec`` (any task: ``spec.width`` outputs, the spec kept in the config). ``sep_id``: a pair
+    model, whose segment ids are computed from the first separator."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from forgeline.inference.tasks import OutputSpec
+
     quiet_libraries()
+    spec = labels if isinstance(labels, OutputSpec) else OutputSpec("single_label", tuple(labels))
     path = check_base(cfg)
     hf_cfg = AutoConfig.from_pretrained(path, local_files_only=True)
-    hf_cfg.num_labels = len(labels)
-    hf_cfg.id2label = dict(enumerate(labels))
-    hf_cfg.label2id = {lab: i for i, lab in enumerate(labels)}
+    names = list(spec.labels) if spec.task != "regression" else [spec.labels[0]]
+    hf_cfg.num_labels = spec.width
+    hf_cfg.id2label = dict(enumerate(names))
+    hf_cfg.label2id = {lab: i for i, lab in enumerate(names)}
+    # transformers' own loss is never used (forgeline.tasks computes it), but its problem_type is
+    # what a reader of config.json expects
+    hf_cfg.problem_type = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
+                           "regression": "regression"}[spec.task]
+    setattr(hf_cfg, TASK_CONFIG_KEY, spec.to_meta())
+    if sep_id is not None:
+        setattr(hf_cfg, SEP_CONFIG_KEY, int(sep_id))
     if cfg.num_layers is not None:
         hf_cfg.num_hidden_layers = min(cfg.num_layers, hf_cfg.num_hidden_layers)
     if cfg.dropout is not None:
@@ -95,3 +114,22 @@ def load_checkpoint(path: Path):
 def labels_of(model) -> list[str]:
     id2label = model.config.id2label
     return [str(id2label[i]) for i in range(len(id2label))]
+
+
+def output_spec_of(model):
+    """The ``OutputSpec`` a model was built for (checkpoints from before tasks: single-label)."""
+    from forgeline.inference.tasks import OutputSpec
+
+    raw = getattr(model.config, TASK_CONFIG_KEY, None)
+    if raw:
+        return OutputSpec.from_meta({"task": raw})
+    return OutputSpec("single_label", tuple(labels_of(model)))
+
+
+def set_output_spec(model, spec) -> None:
+    setattr(model.config, TASK_CONFIG_KEY, spec.to_meta())
+
+
+def sep_id_of(model) -> int | None:
+    value = getattr(model.config, SEP_CONFIG_KEY, None)
+    return None if value is None else int(value)

@@ -3,11 +3,14 @@ split with soft targets plus the hard labels (Hinton et al. 2015):
 
     loss = alpha * T² * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, y)
 
+for single-label classification; each task declares its own (``Task.distill_loss``: per-label binary
+soft targets for multi-label, MSE to the teacher's score for regression).
+
 With ``compress.distill_hidden_weight`` > 0 each student layer is also pulled towards the output of
 the teacher layer it was cut from (MSE, as TinyBERT's intermediate-layer loss). The teacher's logits
 are computed once, before the first epoch (it is frozen and runs without dropout). Batching, dynamic
-padding, the optimizer and its schedule are the training stage's; the best epoch by validation
-macro-F1 is kept.
+padding, the optimizer and its schedule are the training stage's; the best epoch by the task's primary
+validation metric is kept.
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
-
 from forgeline.config.schema import CompressConfig, TrainConfig
 from forgeline.training.loop import (_optimizer, autocast_for, collate, encode, linear_warmup, make_batches, predict_proba,
                                      set_seed)
@@ -35,12 +36,10 @@ class DistillResult:
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
-                      temperature: float, alpha: float) -> torch.Tensor:
-    t = temperature
-    soft = torch.nn.functional.kl_div(torch.log_softmax(student_logits / t, -1), torch.log_softmax(teacher_logits / t, -1),
-                                      reduction="batchmean", log_target=True) * (t * t)
-    hard = torch.nn.functional.cross_entropy(student_logits, y)
-    return alpha * soft + (1 - alpha) * hard
+                      temperature: float, alpha: float, task=None) -> torch.Tensor:
+    from forgeline.tasks import get_task
+
+    return (task or get_task("single_label")).distill_loss(student_logits, teacher_logits, y, temperature, alpha)
 
 
 def hidden_loss(student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor],
@@ -56,14 +55,14 @@ def hidden_loss(student_states: Sequence[torch.Tensor], teacher_states: Sequence
 
 @torch.inference_mode()
 def teacher_logits(teacher: torch.nn.Module, ids: list[list[int]], pad_id: int, device: str,
-                   batch_size: int = 64) -> torch.Tensor:
+                   batch_size: int = 64, sep_id: int | None = None) -> torch.Tensor:
     teacher.eval()
     out = torch.zeros(len(ids), teacher.config.num_labels)
     order = np.argsort([len(x) for x in ids], kind="stable")
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         with autocast_for(device):
-            out[torch.from_numpy(idx)] = teacher(**collate(pad_id, [ids[i] for i in idx], device)).logits.float().cpu()
+            out[torch.from_numpy(idx)] = teacher(**collate(pad_id, [ids[i] for i in idx], device, sep_id=sep_id)).logits.float().cpu()
     return out
 
 
@@ -71,19 +70,24 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: 
             train_y: np.ndarray, val_texts: Sequence[str], val_y: np.ndarray, cfg: CompressConfig,
             tcfg: TrainConfig, max_length: int, device: str, seed: int,
             log: Callable[[dict[str, float], int], None] | None = None,
-            layer_map: Sequence[int] | None = None) -> DistillResult:
+            layer_map: Sequence[int] | None = None, task=None, val_pairs: Sequence[str] | None = None) -> DistillResult:
     """Train ``student`` (changed in place and returned as the best epoch's weights) on the teacher's
     soft targets for the training texts' token ``ids`` for ``cfg.distill_epochs`` epochs. With ``layer_map`` (student layer i was teacher
     layer ``layer_map[i]``) and ``cfg.distill_hidden_weight`` > 0, each student layer's output is also
     pulled towards its teacher layer's (MSE over real tokens), which costs a teacher forward per step."""
+    from forgeline.tasks import get_task
+    from forgeline.training.classifier import output_spec_of, sep_id_of
+
+    task = task or get_task("single_label")
     set_seed(seed)
     log = log or (lambda metrics, step: None)
     student.to(device)
     teacher.to(device)
-    pad = tokenizer.pad_token_id
+    pad, sep, spec = tokenizer.pad_token_id, sep_id_of(teacher), output_spec_of(teacher)
     lengths = [len(x) for x in ids]
-    soft = teacher_logits(teacher, ids, pad, device, tcfg.eval_batch_size)
-    y_all = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
+    soft = teacher_logits(teacher, ids, pad, device, tcfg.eval_batch_size, sep)
+    train_y = np.asarray(train_y)
+    y_all = torch.as_tensor(train_y, dtype=torch.long if train_y.dtype.kind in "iu" else torch.float32)
     optimizer = _optimizer(student, tcfg.model_copy(update={"learning_rate": cfg.distill_learning_rate}))
     total = math.ceil(len(ids) / tcfg.batch_size) * cfg.distill_epochs
     scheduler = linear_warmup(optimizer, total, int(0.1 * total))
@@ -95,10 +99,10 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: 
         student.train()
         losses = []
         for idx in make_batches(lengths, tcfg.batch_size, rng, tcfg.length_grouping):
-            batch = collate(pad, [ids[i] for i in idx], device)
+            batch = collate(pad, [ids[i] for i in idx], device, sep_id=sep)
             with autocast_for(device):
                 out = student(**batch, output_hidden_states=hidden)
-            loss = distillation_loss(out.logits.float(), soft[idx].to(device), y_all[idx].to(device),
+            loss = task.distill_loss(out.logits.float(), soft[idx].to(device), y_all[idx].to(device),
                                      cfg.temperature, cfg.alpha)
             if hidden:
                 with torch.no_grad(), autocast_for(device):
@@ -111,12 +115,13 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: 
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             losses.append(float(loss.detach()))
-        pred = predict_proba(student, tokenizer, val_texts, max_length, tcfg.eval_batch_size, device).argmax(1)
-        f1 = float(f1_score(val_y, pred, average="macro", labels=list(range(student.config.num_labels)), zero_division=0))
-        record = {"epoch": float(epoch), "distill_loss": float(np.mean(losses)), "val_macro_f1": f1}
+        outputs = predict_proba(student, tokenizer, val_texts, max_length, tcfg.eval_batch_size, device, val_pairs)
+        f1 = float(task.metrics(val_y, outputs, spec)[task.primary.name])
+        name = task.primary.name
+        record = {"epoch": float(epoch), "distill_loss": float(np.mean(losses)), f"val_{name}": f1}
         history.append(record)
-        log({"distill.loss": record["distill_loss"], "distill.val_macro_f1": f1}, epoch)
-        if f1 > best_f1:
+        log({"distill.loss": record["distill_loss"], f"distill.val_{name}": f1}, epoch)
+        if best_state is None or task.primary.worse_by(f1, best_f1) < 0:
             best_f1, best_epoch, best_state = f1, epoch, copy.deepcopy(student.state_dict())
     student.load_state_dict(best_state)
     return DistillResult(student.eval(), best_epoch, best_f1, history)
@@ -133,29 +138,37 @@ class Student:
 def make_student(teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str], train_y: np.ndarray,
                  val_texts: Sequence[str], val_y: np.ndarray, cfg: CompressConfig, tcfg: TrainConfig,
                  max_length: int, device: str, seed: int,
-                 log: Callable[[dict[str, float], int], None] | None = None) -> Student:
+                 log: Callable[[dict[str, float], int], None] | None = None, task=None,
+                 train_pairs: Sequence[str] | None = None, val_pairs: Sequence[str] | None = None) -> Student:
     """Structured pruning of ``teacher`` by importance on training batches, then distillation.
+    ``train_y``: targets as the task's loss takes them; ``val_y``: as its metrics take them.
     Raises ``PruningError`` for a target the model cannot take."""
+    from forgeline.tasks import get_task
     from forgeline.training import prune
+    from forgeline.training.classifier import sep_id_of
 
-    ids = encode(tokenizer, train_texts, max_length)
+    task = task or get_task("single_label")
+    sep = sep_id_of(teacher)
+    ids = encode(tokenizer, train_texts, max_length, train_pairs if sep is not None else None)
     rng = np.random.default_rng(seed)
     picked = make_batches([len(x) for x in ids], tcfg.batch_size, rng, True)[: cfg.importance_batches]
-    y = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
+    train_y = np.asarray(train_y)
+    y = torch.as_tensor(train_y, dtype=torch.long if train_y.dtype.kind in "iu" else torch.float32)
     teacher = teacher.to(device)
-    batches = [(collate(tokenizer.pad_token_id, [ids[i] for i in b], device), y[b].to(device)) for b in picked]
-    scores = prune.importance(teacher, batches)
+    batches = [(collate(tokenizer.pad_token_id, [ids[i] for i in b], device, sep_id=sep), y[b].to(device)) for b in picked]
+    scores = prune.importance(teacher, batches, task.loss)
     plan = prune.plan(scores, cfg.student_layers, cfg.prune_heads, cfg.prune_ffn)
     student = prune.apply(teacher, plan)
     info: dict[str, float] = {k: float(v) for k, v in plan.describe().items()}
     if cfg.prune_vocab and tokenizer.unk_token_id is not None:
-        keep = prune.used_tokens(ids + encode(tokenizer, val_texts, max_length), tokenizer.all_special_ids)
+        keep = prune.used_tokens(ids + encode(tokenizer, val_texts, max_length, val_pairs if sep is not None else None),
+                                 tokenizer.all_special_ids)
         student = prune.VocabRemap(student, keep, tokenizer.unk_token_id)
     info["vocabulary"] = float(student.config.vocab_size)
     info["parameters"] = float(prune.parameter_count(student))
     info["teacher_parameters"] = float(prune.parameter_count(teacher))
     result = distill(student, teacher, tokenizer, ids, train_y, val_texts, val_y, cfg, tcfg, max_length,
-                     device, seed, log, layer_map=plan.layers)
+                     device, seed, log, layer_map=plan.layers, task=task, val_pairs=val_pairs)
     info["distill_best_epoch"] = float(result.best_epoch)
     info["distill_val_macro_f1"] = result.best_val_macro_f1
     return Student(result.model, info, result.history)

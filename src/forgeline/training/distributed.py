@@ -72,6 +72,9 @@ def launch(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir: Path
                             f"worker log {log_path}:\n" + "\n".join(tail))
     result = json.loads((work / RESULT).read_text())
     ckpt = Path(result.pop("checkpoint_dir"))
+    from forgeline.inference.tasks import OutputSpec
+
+    result["spec"] = OutputSpec.from_meta({"task": result["spec"]}) if result.get("spec") else None
     model = load_checkpoint(ckpt).to(device).eval()
     return TrainResult(model=model, tokenizer=load_tokenizer(cfg.model), checkpoint_dir=ckpt, **result)
 
@@ -127,6 +130,7 @@ def _worker(spec_path: str) -> None:
         if rank0:
             out = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in ("model", "tokenizer")}
             out["checkpoint_dir"] = str(result.checkpoint_dir)
+            out["spec"] = result.spec.to_meta() if result.spec is not None else None
             (work / RESULT).write_text(json.dumps(out))
     finally:
         dist.destroy_process_group()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from forgeline.tasks.base import EvalResult  # noqa: F401 - one result type for every task; cached entries name it here
 from sklearn.metrics import (
     accuracy_score,
     classification_report,
@@ -14,14 +14,6 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
-
-
-@dataclass
-class EvalResult:
-    metrics: dict[str, float]
-    per_class: dict[str, dict[str, float]]
-    confusion: list[list[int]]
-    artifacts: list[Path] = field(default_factory=list)
 
 
 def compute_metrics(y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> EvalResult:

@@ -1,4 +1,5 @@
-"""Fine-tune the classifier: dynamic padding, AdamW + linear warmup, early stopping on val macro-F1.
+"""Fine-tune the model for its task: dynamic padding, AdamW + linear warmup, early stopping on the
+task's primary validation metric (macro-F1 for classification, RMSE for regression).
 
 On CUDA, forward and backward run in bf16 (a bf16 copy of the weights with fp32 master weights for
 AdamW, or bf16 autocast: ``train.precision``) with the fused short-sequence attention
@@ -19,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
-
 from forgeline.config.schema import PipelineConfig, TrainConfig
+from forgeline.inference.tasks import OutputSpec
 from forgeline.training.kernels import short_attention
-from forgeline.training.classifier import build_classifier, freeze_token_embeddings, load_checkpoint, load_tokenizer
+from forgeline.training.classifier import (build_classifier, freeze_token_embeddings, load_checkpoint, load_tokenizer,
+                                           output_spec_of, sep_id_of, set_output_spec)
 from forgeline.data.split import Splits
 from forgeline.settings import failpoint
 
@@ -39,6 +40,8 @@ class TrainResult:
     device: str
     best_epoch: int
     best_val_macro_f1: float
+    """The best epoch's validation value of the task's primary metric (macro-F1 unless the task says
+    otherwise: ``val_metric``)."""
     steps: int
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
@@ -48,6 +51,9 @@ class TrainResult:
     """Real (unpadded) tokens per second."""
     step_samples_per_second: float = 0.0
     """Samples per second of the optimizer steps alone (validation excluded)."""
+    spec: OutputSpec | None = None
+    """How the model's logits are read (task, labels, tuned thresholds, target scale, pairs)."""
+    val_metric: str = "macro_f1"
 
 
 def set_seed(seed: int) -> None:
@@ -74,12 +80,24 @@ def autocast_for(device: str):
     return nullcontext()
 
 
-def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+def encode(tokenizer, texts: Sequence[str], max_length: int, pairs: Sequence[str] | None = None) -> list[list[int]]:
+    """Token ids per text, or per (text, pair): ``[CLS] a [SEP] b [SEP]``, the longer text cut first."""
+    if pairs is None:
+        return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    return tokenizer(list(texts), list(pairs), truncation="longest_first", max_length=max_length)["input_ids"]
 
 
-def collate(pad_id: int, ids: list[list[int]], device: str, multiple: int = 1) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence in the batch (dynamic padding), rounded up to ``multiple``."""
+def segment_ids(input_ids: torch.Tensor, sep_id: int) -> torch.Tensor:
+    """0 up to and including the first separator, 1 after it (BERT's pair segments), computed from the
+    ids alone: the exported graph does the same (``export.onnx``), so a pair model keeps two inputs."""
+    sep = (input_ids == sep_id).long()
+    return ((torch.cumsum(sep, dim=1) - sep) >= 1).long()
+
+
+def collate(pad_id: int, ids: list[list[int]], device: str, multiple: int = 1,
+            sep_id: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence in the batch (dynamic padding), rounded up to ``multiple``; with
+    ``sep_id`` (a pair model) add the segment ids."""
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     width = int(-(-int(lengths.max()) // multiple) * multiple)
     input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
@@ -87,6 +105,8 @@ def collate(pad_id: int, ids: list[list[int]], device: str, multiple: int = 1) -
     input_ids[mask.astype(bool)] = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lengths.sum()))
     pin = device == "cuda"
     tensors = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+    if sep_id is not None:
+        tensors["token_type_ids"] = segment_ids(tensors["input_ids"], sep_id)
     return {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in tensors.items()}
 
 
@@ -113,19 +133,21 @@ def make_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generat
 
 @torch.inference_mode()
 def predict_proba(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64,
-                  device: str | None = None) -> np.ndarray:
-    """Class probabilities for ``texts``, batching by length to keep padding small."""
+                  device: str | None = None, pairs: Sequence[str] | None = None) -> np.ndarray:
+    """The task's outputs for ``texts`` (class probabilities; per-label probabilities; scores in the
+    target's units: ``OutputSpec.activate``), batching by length to keep padding small."""
     device = device or next(model.parameters()).device.type
     model.eval()
-    ids = encode(tokenizer, texts, max_length)
+    spec, sep = output_spec_of(model), sep_id_of(model)
+    ids = encode(tokenizer, texts, max_length, pairs if sep is not None else None)
     order = np.argsort([len(x) for x in ids], kind="stable")
     out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = collate(tokenizer.pad_token_id, [ids[i] for i in idx], device)
+        batch = collate(tokenizer.pad_token_id, [ids[i] for i in idx], device, sep_id=sep)
         with autocast_for(device):
             logits = model(**batch).logits
-        out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        out[idx] = spec.activate(logits.float().cpu().numpy())
     return out
 
 
@@ -162,8 +184,11 @@ class TrainStep:
     """One optimizer step as the training stage runs it: forward and backward (compiled with CUDA
     graphs when ``train.compile``), grad-norm clip at 1.0, AdamW. ``forgeline bench`` times this."""
 
-    def __init__(self, model: torch.nn.Module, tcfg: TrainConfig, device: str):
+    def __init__(self, model: torch.nn.Module, tcfg: TrainConfig, device: str, task=None):
+        from forgeline.tasks import get_task
+
         self.model, self.device = model, device
+        self.task = task or get_task("single_label")
         if tcfg.freeze_embeddings:
             freeze_token_embeddings(model)
         cuda = device == "cuda"
@@ -202,10 +227,10 @@ class TrainStep:
         with nullcontext() if self.master else autocast_for(self.device):
             logits = self.forward(**batch).logits
         if self.world > 1:
-            share = torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum") / global_size
+            share = self.task.loss(logits, y, reduction="sum") / global_size
             loss = share * self.world
         else:
-            share = loss = torch.nn.functional.cross_entropy(logits.float(), y)
+            share = loss = self.task.loss(logits, y)
         loss.backward()
         if self.master:
             self.master.grads_to_master()
@@ -276,22 +301,33 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
     """One process, or one rank of a torch.distributed job (``training.distributed``): every rank sees
     the same batches in the same order and trains on its contiguous share of each; rank 0 validates,
     decides early stopping for all and saves the best checkpoint (other ranks return no model)."""
+    from forgeline.tasks import get_task
+
     tcfg = cfg.train
     set_seed(cfg.seed)
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     device = resolve_device(tcfg.device)
+    task = get_task(cfg.task)
     tokenizer = load_tokenizer(cfg.model)
-    model = build_classifier(cfg.model, labels).to(device)
-    train_step = TrainStep(model, tcfg, device)
+    pairs = "text_pair" in splits.train.columns
+    sep = tokenizer.sep_token_id if pairs else None
+    spec = task.output_spec(labels, splits.train["label"], pairs)
+    model = build_classifier(cfg.model, spec, sep_id=sep).to(device)
+    train_step = TrainStep(model, tcfg, device, task)
     world, rank = _world(), _rank()
-    label_to_id = {lab: i for i, lab in enumerate(labels)}
 
-    train_ids = encode(tokenizer, splits.train["text"].tolist(), cfg.model.max_length)
+    def pair_of(frame):
+        return frame["text_pair"].tolist() if pairs else None
+
+    train_ids = encode(tokenizer, splits.train["text"].tolist(), cfg.model.max_length, pair_of(splits.train))
     train_len = [len(x) for x in train_ids]
-    train_y = torch.tensor([label_to_id[x] for x in splits.train["label"]], dtype=torch.long)
-    val_texts = splits.val["text"].tolist()
-    val_y = np.array([label_to_id[x] for x in splits.val["label"]])
+    train_target = task.train_y(splits.train["label"], spec)
+    train_y = torch.as_tensor(train_target, dtype=torch.long if train_target.dtype.kind in "iu" else torch.float32)
+    val_texts, val_pairs = splits.val["text"].tolist(), pair_of(splits.val)
+    val_y = task.y(splits.val["label"], spec)
+    val_train_y = torch.as_tensor(task.train_y(splits.val["label"], spec))
+    primary = task.primary
 
     steps_per_epoch = math.ceil(len(train_ids) / tcfg.batch_size)
     total_steps = steps_per_epoch * tcfg.epochs
@@ -302,7 +338,7 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
     rng = np.random.default_rng(cfg.seed)
     log = log or (lambda metrics, step: None)
 
-    best_f1, best_epoch, bad_epochs, step, seen, tokens = -1.0, 0, 0, 0, 0, 0
+    best_value, best_epoch, bad_epochs, step, seen, tokens = None, 0, 0, 0, 0, 0
     history: list[dict[str, float]] = []
     stopped_early = False
     t0 = time.perf_counter()
@@ -318,7 +354,7 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
             mine = np.array_split(idx, world)[rank] if world > 1 else idx
             if len(mine) == 0:  # a last batch smaller than the world: skipped by every rank alike
                 continue
-            batch = collate(tokenizer.pad_token_id, [train_ids[i] for i in mine], device, train_step.width_multiple)
+            batch = collate(tokenizer.pad_token_id, [train_ids[i] for i in mine], device, train_step.width_multiple, sep)
             y = train_y[mine].to(device, non_blocking=True)
             loss = train_step(batch, y, len(idx))
             scheduler.step()
@@ -342,20 +378,19 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
             if _from_rank0(False, device) or (tcfg.max_steps and step >= tcfg.max_steps):
                 break
             continue
-        proba = predict_proba(model, tokenizer, val_texts, cfg.model.max_length, tcfg.eval_batch_size, device)
-        pred = proba.argmax(1)
-        val_loss = float(-np.log(np.clip(proba[np.arange(len(val_y)), val_y], 1e-12, None)).mean())
-        record = {
-            "epoch": float(epoch),
-            "train_loss_epoch": float(running) / max(1, n_batches),
-            "val_loss": val_loss,
-            "val_accuracy": float(accuracy_score(val_y, pred)),
-            "val_macro_f1": float(f1_score(val_y, pred, average="macro", labels=list(range(len(labels))), zero_division=0)),
-        }
+        outputs = predict_proba(model, tokenizer, val_texts, cfg.model.max_length, tcfg.eval_batch_size, device, val_pairs)
+        epoch_spec = task.tune(spec, val_y, outputs)  # multi-label thresholds; the spec itself for other tasks
+        metrics = task.metrics(val_y, outputs, epoch_spec)
+        with torch.no_grad():  # the training loss on the validation rows, from the outputs' logits
+            val_loss = float(task.loss(_logits_of(outputs, epoch_spec), val_train_y))
+        record = {"epoch": float(epoch), "train_loss_epoch": float(running) / max(1, n_batches), "val_loss": val_loss}
+        record |= {f"val_{k}": v for k, v in metrics.items()}
         history.append(record)
         log({k: v for k, v in record.items() if k != "epoch"}, epoch)
-        if record["val_macro_f1"] > best_f1:
-            best_f1, best_epoch, bad_epochs = record["val_macro_f1"], epoch, 0
+        value = metrics[primary.name]
+        if best_value is None or primary.worse_by(value, best_value) < 0:
+            best_value, best_epoch, bad_epochs = value, epoch, 0
+            set_output_spec(model, epoch_spec)
             model.save_pretrained(ckpt, safe_serialization=True)
             tokenizer.save_pretrained(ckpt)
             failpoint("train.checkpoint")
@@ -370,12 +405,26 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
     best = load_checkpoint(ckpt).to(device).eval() if rank == 0 else None
     return TrainResult(
         model=best, tokenizer=tokenizer, labels=labels, checkpoint_dir=ckpt, device=device,
-        best_epoch=best_epoch, best_val_macro_f1=best_f1, steps=step, history=history,
+        best_epoch=best_epoch, best_val_macro_f1=float(best_value if best_value is not None else float("nan")),
+        steps=step, history=history,
         stopped_early=stopped_early, train_seconds=seconds,
         samples_per_second=seen / seconds if seconds else 0.0,
         tokens_per_second=tokens / seconds if seconds else 0.0,
         step_samples_per_second=seen / train_time if train_time else 0.0,
+        spec=output_spec_of(best) if best is not None else None, val_metric=primary.name,
     )
+
+
+def _logits_of(outputs: np.ndarray, spec: OutputSpec) -> torch.Tensor:
+    """Back from outputs to the loss's input (probabilities to log-probabilities or logits; scores to
+    standardised values), for the validation loss."""
+    out = np.asarray(outputs, dtype=np.float64)
+    if spec.task == "single_label":
+        return torch.from_numpy(np.log(np.clip(out, 1e-12, None)))
+    if spec.task == "multi_label":
+        p = np.clip(out, 1e-7, 1 - 1e-7)
+        return torch.from_numpy(np.log(p / (1 - p)))
+    return torch.from_numpy((out - spec.mean) / spec.scale)
 
 
 def _progress(items, enabled: bool, desc: str):

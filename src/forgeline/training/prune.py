@@ -72,9 +72,11 @@ def head_size(model: torch.nn.Module) -> int:
     return int(model.config.hidden_size) // int(model.config.num_attention_heads)
 
 
-def importance(model: torch.nn.Module, batches: Sequence[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> Importance:
-    """Taylor importance of every head and FFN neuron on ``batches`` of (inputs, labels), cross-entropy
-    loss, in eval mode (no dropout). The weights are not changed."""
+def importance(model: torch.nn.Module, batches: Sequence[tuple[dict[str, torch.Tensor], torch.Tensor]],
+               loss=None) -> Importance:
+    """Taylor importance of every head and FFN neuron on ``batches`` of (inputs, targets), under the
+    task's ``loss(logits, y)`` (cross-entropy by default), in eval mode (no dropout). The weights are
+    not changed."""
     layers = encoder_layers(model)
     d = head_size(model)
     n_heads = int(model.config.num_attention_heads)
@@ -107,7 +109,7 @@ def importance(model: torch.nn.Module, batches: Sequence[tuple[dict[str, torch.T
         with torch.enable_grad():
             for inputs, y in batches:
                 logits = model(**inputs).logits
-                torch.nn.functional.cross_entropy(logits.float(), y).backward()
+                (loss or torch.nn.functional.cross_entropy)(logits.float(), y).backward()
                 model.zero_grad(set_to_none=True)
     finally:
         for h in handles:

@@ -1,0 +1,219 @@
+"""The task seam: what a task declares, and what every stage asks of it.
+
+A task (``forgeline.tasks.single_label`` and its siblings) is one subclass of ``Task``: its targets and
+their quarantine rules, how the split is stratified, its loss and distillation loss, its metrics with
+one primary metric and its direction, the primary metric per bootstrap resample (the gate's paired
+test), its trivial baseline, its slices and its target-drift profile. The torch-free half of a task,
+how a registered model reads its logits, is ``forgeline.inference.tasks.OutputSpec``, built here by
+``output_spec`` and shipped in the bundle. Stages call these methods instead of assuming labels and
+macro-F1 (docs/architecture.md: how to add a task).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from forgeline.inference.tasks import OutputSpec
+
+
+@dataclass
+class EvalResult:
+    """A model's test metrics (``metrics``) and, for tasks with classes, per-class numbers and the
+    confusion matrix; ``artifacts``: the report files."""
+
+    metrics: dict[str, float]
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    confusion: list[list[int]] = field(default_factory=list)
+    artifacts: list[Path] = field(default_factory=list)
+
+
+class Problem:
+    """A target cell that cannot be used: its quarantine ``reason`` (a key of the task's ``reasons``). Not a
+    ``str`` subclass: pandas turns a column of strings into its string dtype and the marker would be lost."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __eq__(self, other: object) -> bool:
+        return self.reason == (other.reason if isinstance(other, Problem) else other)
+
+    def __hash__(self) -> int:
+        return hash(self.reason)
+
+    def __repr__(self) -> str:
+        return f"Problem({self.reason!r})"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool = True
+    relative_drop: bool = False
+    """Drops (compression budgets, slices) measured as a fraction of the reference value: RMSE has the
+    target's units, which no fixed number fits."""
+
+    def worse_by(self, new: float, reference: float) -> float:
+        """How much worse ``new`` is than ``reference`` (negative: better), in this metric's units or,
+        with ``relative_drop``, as a fraction of ``reference``."""
+        drop = (reference - new) if self.higher_is_better else (new - reference)
+        if self.relative_drop:
+            return drop / abs(reference) if reference else (0.0 if drop == 0 else float("inf") * np.sign(drop))
+        return drop
+
+    def best(self, values: list[float]) -> int:
+        return int(np.argmax(values) if self.higher_is_better else np.argmin(values))
+
+    @property
+    def title(self) -> str:
+        """The name as messages write it."""
+        return TITLES.get(self.name, self.name)
+
+    @property
+    def direction(self) -> str:
+        return "higher is better" if self.higher_is_better else "lower is better"
+
+
+TITLES = {"macro_f1": "macro-F1", "micro_f1": "micro-F1", "samples_f1": "samples-F1", "rmse": "RMSE", "mae": "MAE",
+          "subset_accuracy": "subset accuracy"}
+
+
+class Task:
+    type: ClassVar[str]
+    metrics_known: ClassVar[dict[str, Metric]]
+    """Every metric ``metrics`` returns that can be the primary one (``task.primary_metric``)."""
+    default_primary: ClassVar[str]
+    reasons: ClassVar[dict[str, str]] = {}
+    """Quarantine reasons of this task's targets → what they mean."""
+    paired_test: ClassVar[str | None] = None
+    """The test on per-row correctness the gate adds to the bootstrap (McNemar), or None where rows
+    have no single right or wrong."""
+    has_classes: ClassVar[bool] = True
+
+    def __init__(self, primary: str | None = None, **options: Any) -> None:
+        name = primary or self.default_primary
+        if name not in self.metrics_known:
+            from forgeline.errors import ConfigError
+
+            raise ConfigError(f"task.primary_metric {name!r} is not a metric of task {self.type!r}; "
+                              f"use one of {sorted(self.metrics_known)}")
+        self.primary = self.metrics_known[name]
+        self.options = options
+
+    # --- data ------------------------------------------------------------------------------------
+    def parse_target(self, value: Any, delimiter: str | None) -> Any:
+        """A raw target cell → the target (a label, a tuple of labels, a float) or a ``Problem``.
+        None stays None (``null_label``)."""
+        raise NotImplementedError
+
+    def column_problem(self, raw: pd.Series, column: Any) -> str | None:
+        """A whole target column of the wrong shape for this task (lists for a single label, text for
+        regression): the message that says which task fits, or None."""
+        return None
+
+    def labels_from(self, targets: pd.Series, declared: list[str] | None) -> list[str]:
+        """Class or label names (regression: the target's name, set by the caller)."""
+        raise NotImplementedError
+
+    def rows_per_class(self, targets: pd.Series, labels: list[str]) -> dict[str, int]:
+        """Rows holding each class or label; empty for regression (no classes)."""
+        return {}
+
+    def strata(self, targets: pd.Series, labels: list[str], rows_needed: int) -> np.ndarray | None:
+        """A key per row the split stratifies on (None: a random split)."""
+        return None
+
+    # --- model -----------------------------------------------------------------------------------
+    def output_spec(self, labels: list[str], train_targets: pd.Series, pairs: bool) -> OutputSpec:
+        raise NotImplementedError
+
+    def y(self, targets: pd.Series | list, spec: OutputSpec) -> np.ndarray:
+        """Targets as the metrics take them: class ids, a multi-hot matrix, floats in the target's units."""
+        raise NotImplementedError
+
+    def train_y(self, targets: pd.Series | list, spec: OutputSpec) -> np.ndarray:
+        """Targets as the loss takes them (regression: standardised)."""
+        return self.y(targets, spec)
+
+    def loss(self, logits, y, reduction: str = "mean"):
+        """Loss per example, averaged (``mean``) or summed (``sum``, for DDP shares)."""
+        raise NotImplementedError
+
+    def distill_loss(self, student_logits, teacher_logits, y, temperature: float, alpha: float):
+        raise NotImplementedError
+
+    def tune(self, spec: OutputSpec, y_val: np.ndarray, outputs_val: np.ndarray) -> OutputSpec:
+        """Decision settings chosen on the validation split (multi-label thresholds); the spec as it is
+        for tasks with none."""
+        return spec
+
+    # --- evaluation ------------------------------------------------------------------------------
+    def metrics(self, y: np.ndarray, outputs: np.ndarray, spec: OutputSpec) -> dict[str, float]:
+        raise NotImplementedError
+
+    def evaluate(self, y: np.ndarray, outputs: np.ndarray, spec: OutputSpec, out_dir: Path, name: str = "test") -> EvalResult:
+        """Metrics plus a report file under ``out_dir`` (tasks with classes add per-class numbers and plots)."""
+        result = EvalResult(metrics=self.metrics(y, outputs, spec))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{name}_report.json"
+        path.write_text(json.dumps({"task": self.type, "metrics": result.metrics}, indent=2))
+        result.artifacts = [path]
+        return result
+
+    def resampled(self, y: np.ndarray, outputs: np.ndarray, spec: OutputSpec, weights: np.ndarray) -> np.ndarray:
+        """The primary metric once per row of ``weights`` (B × n bootstrap row counts)."""
+        raise NotImplementedError
+
+    def correct(self, y: np.ndarray, outputs: np.ndarray, spec: OutputSpec) -> np.ndarray | None:
+        """Per row, whether the model got it right (for ``paired_test``); None without such a notion."""
+        return None
+
+    def baseline(self, y: np.ndarray, spec: OutputSpec) -> tuple[float, str]:
+        """The primary metric of guessing without reading the text, and what that guess is."""
+        raise NotImplementedError
+
+    def group_slices(self, y: np.ndarray, spec: OutputSpec) -> list[tuple[str, np.ndarray, str, Any]]:
+        """Slices by target: (name, row mask, metric name, score(outputs) -> float)."""
+        return []
+
+    @property
+    def subset_metric(self) -> str:
+        return self.primary.name
+
+    def subset_score(self, y: np.ndarray, outputs: np.ndarray, spec: OutputSpec, mask: np.ndarray) -> float:
+        """The primary metric on the rows of ``mask`` (length and ``data.slice_columns`` slices)."""
+        w = mask.astype(np.float64)[None, :]
+        return float(self.resampled(y, outputs, spec, w)[0])
+
+    # --- drift -----------------------------------------------------------------------------------
+    def target_profile(self, targets: pd.Series, labels: list[str]) -> dict[str, Any]:
+        """The training targets' distribution, kept for ``forgeline drift``."""
+        raise NotImplementedError
+
+    def target_drift(self, reference: dict[str, Any], current: dict[str, Any], alpha: float, threshold: float) -> dict[str, Any]:
+        """Effect size, p-value and reasons of a change in the target's distribution."""
+        raise NotImplementedError
+
+    def describe_targets(self) -> str:
+        """The target column's shape, for README-style messages."""
+        raise NotImplementedError
+
+
+def as_text(value: Any) -> str | None:
+    """A cell as the string it shows (integers without ``.0``), None for missing."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def is_listlike(value: Any) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray))

@@ -1,0 +1,145 @@
+"""Each task's declaration on constructed cases with known answers: targets, quarantine, strata, metrics,
+the bootstrap's resampled metric, baselines and the torch-free output handling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+
+from forgeline.config.schema import DataConfig
+from forgeline.data.load import validate_frame
+from forgeline.errors import DataValidationError
+from forgeline.inference.tasks import TASK_TYPES, OutputSpec
+from forgeline.tasks import TASKS, Problem, get_task
+
+
+def test_every_task_type_has_one_declaration_and_output_handling():
+    assert set(TASKS) == set(TASK_TYPES)
+    for name, cls in TASKS.items():
+        task = cls()
+        assert task.type == name and task.primary.name in task.metrics_known
+
+
+def test_multi_label_targets_from_lists_delimited_strings_and_json_cells():
+    task = get_task("multi_label")
+    assert task.parse_target(["b", "a", "a "], None) == ("a", "b")
+    assert task.parse_target("sports| politics ", "|") == ("politics", "sports")
+    assert task.parse_target('["x", "y"]', None) == ("x", "y")
+    assert task.parse_target([], None) == "no_label" and isinstance(task.parse_target("", "|"), Problem)
+    assert task.parse_target(None, "|") is None
+
+
+def test_multi_label_metrics_match_scikit_learn_and_resampling_is_weighting():
+    task = get_task("multi_label")
+    rng = np.random.default_rng(0)
+    y = (rng.random((300, 4)) < 0.3).astype(np.float32)
+    out = np.clip(y * 0.7 + rng.random((300, 4)) * 0.5, 0, 1)
+    spec = OutputSpec("multi_label", ("a", "b", "c", "d"), thresholds=(0.5, 0.5, 0.6, 0.4))
+    pred = out >= np.array(spec.thresholds)
+    m = task.metrics(y, out, spec)
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
+    assert m["micro_f1"] == pytest.approx(f1_score(y, pred, average="micro"))
+    assert m["samples_f1"] == pytest.approx(f1_score(y, pred, average="samples", zero_division=1))
+    idx = rng.integers(0, 300, 300)
+    w = np.bincount(idx, minlength=300)[None, :]
+    assert task.resampled(y, out, spec, w)[0] == pytest.approx(f1_score(y[idx], pred[idx], average="macro", zero_division=0))
+
+
+def test_multi_label_thresholds_are_tuned_per_label_on_validation():
+    task = get_task("multi_label")
+    y = np.array([[1, 0]] * 50 + [[0, 1]] * 50, dtype=np.float32)
+    out = np.where(y > 0, 0.3, 0.1).astype(np.float32)  # label scores low but separable at 0.2
+    out[:, 1] = np.where(y[:, 1] > 0, 0.9, 0.6)
+    spec = task.tune(task.output_spec(["a", "b"], pd.Series([("a",)]), False), y, out)
+    assert spec.thresholds[0] <= 0.3 and spec.thresholds[0] > 0.1
+    assert 0.6 < spec.thresholds[1] <= 0.9
+    assert task.metrics(y, out, spec)["macro_f1"] == 1.0
+
+
+def test_regression_metrics_resampling_and_baseline():
+    task = get_task("regression")
+    rng = np.random.default_rng(1)
+    y = rng.normal(10, 2, 400)
+    out = (y + rng.normal(0, 0.5, 400))[:, None]
+    spec = task.output_spec(["score"], pd.Series(y), False)
+    assert spec.mean == pytest.approx(y.mean()) and spec.scale == pytest.approx(y.std())
+    m = task.metrics(y, out, spec)
+    assert m["rmse"] == pytest.approx(np.sqrt(np.mean((out[:, 0] - y) ** 2)))
+    assert m["r2"] > 0.9 and m["spearman"] > 0.9
+    baseline, what = task.baseline(y, spec)
+    assert baseline == pytest.approx(y.std(), rel=1e-6) and "mean" in what
+    assert not task.primary.higher_is_better and task.primary.worse_by(1.1, 1.0) == pytest.approx(0.1)
+    # standardised training targets map back through the spec
+    z = task.train_y(list(y), spec)
+    assert np.allclose(spec.activate(z[:, None]).ravel(), y, atol=1e-4)
+
+
+@pytest.mark.parametrize("value,expected", [("3.5", 3.5), (2, 2.0), ("nan", "target_not_finite"), ("inf", "target_not_finite"),
+                                            ("high", "target_not_numeric"), ([1, 2], "target_not_numeric"), (None, None)])
+def test_regression_targets(value, expected):
+    assert get_task("regression").parse_target(value, None) == expected
+
+
+def test_regression_range_is_configurable():
+    task = get_task("regression")
+    bounded = type(task)(min_value=0.0, max_value=5.0)
+    assert bounded.parse_target("6", None) == "target_out_of_range" and bounded.parse_target("4", None) == 4.0
+
+
+def test_wrong_target_shapes_are_one_clear_error_naming_the_task_that_fits():
+    lists = pd.DataFrame({"text": ["a text", "another"], "label": [["x"], ["y", "z"]]})
+    with pytest.raises(DataValidationError, match="holds lists of labels.*task.type=multi_label"):
+        validate_frame(lists, DataConfig(source="file", path="x"), get_task("single_label"))
+    words = pd.DataFrame({"text": ["a text", "another", "third"], "label": ["high", "low", "high"]})
+    with pytest.raises(DataValidationError, match="holds text.*not numbers.*task.type=single_label"):
+        validate_frame(words, DataConfig(source="file", path="x"), get_task("regression"))
+
+
+def test_multi_label_quarantine_reasons_and_pairs():
+    raw = pd.DataFrame({"text": ["one", "two", "three", "four", "five"],
+                        "pair": ["p1", None, "p3", "p4", "p5"],
+                        "label": ["a|b", "a", "", "a|zz", "b "]})
+    cfg = DataConfig(source="file", path="x", text_pair_column="pair", label_delimiter="|", labels=["a", "b"])
+    valid, quarantine, reasons = validate_frame(raw, cfg, get_task("multi_label"))
+    assert reasons == {1: ["pair_null_text"], 2: ["no_label"], 3: ["unknown_label"]}
+    assert valid["label"].tolist() == [("a", "b"), ("b",)] and valid["text_pair"].tolist() == ["p1", "p5"]
+
+
+def test_a_delimiter_inside_a_label_name_is_refused():
+    with pytest.raises(ValueError, match="appears inside the label name"):
+        DataConfig(source="file", path="x", labels=["sci-fi", "drama"], label_delimiter="-")
+
+
+def test_strata_keep_every_stratum_splittable():
+    task = get_task("multi_label")
+    targets = pd.Series([("a",)] * 40 + [("a", "b")] * 30 + [("c",)] * 3 + [("b", "c")] * 2)
+    keys = task.strata(targets, ["a", "b", "c"], 10)
+    counts = pd.Series(keys).value_counts()
+    assert counts.min() >= 5 and {"a", "a|b"} <= set(counts.index)
+    bins = get_task("regression").strata(pd.Series(np.arange(100.0)), [], 10)
+    assert len(set(bins)) == 10
+
+
+def test_output_spec_round_trips_through_the_bundle_metadata_and_old_bundles_read_as_single_label():
+    spec = OutputSpec("multi_label", ("a", "b"), thresholds=(0.3, 0.7), pairs=True)
+    assert OutputSpec.from_meta({"task": spec.to_meta()}) == spec
+    old = OutputSpec.from_meta({"labels": ["neg", "pos"]})
+    assert old.task == "single_label" and old.labels == ("neg", "pos")
+    with pytest.raises(ValueError, match="knows"):
+        OutputSpec.from_meta({"task": {"task": "ranking", "labels": ["x"]}})
+
+
+@pytest.mark.parametrize("task,outputs,expected", [
+    ("single_label", [[0.2, 0.8]], {"label": "b", "confidence": 0.8}),
+    ("multi_label", [[0.9, 0.1]], {"labels": ["a"]}),
+    ("regression", [[2.5]], {"score": 2.5}),
+])
+def test_answers_and_frames_per_task(task, outputs, expected):
+    labels = ("a", "b") if task != "regression" else ("y",)
+    spec = OutputSpec(task, labels)
+    answer = spec.answers(np.array(outputs, dtype=np.float32))[0]
+    assert {k: (pytest.approx(v) if isinstance(v, float) else v) for k, v in expected.items()} == {k: answer[k] for k in expected}
+    frame = spec.frame(np.array(outputs, dtype=np.float32))
+    assert set(expected) <= set(frame.columns)
