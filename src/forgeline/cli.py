@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -37,8 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     # SUPPRESS: a subcommand's own --verbose default must not undo `forgeline --verbose run`
     sub = p.add_subparsers(dest="command", required=True, parser_class=_subparser(_verbose_option(argparse.SUPPRESS)))
     config = [_config_options()]
-    sub.add_parser("run", parents=config,
-                   help="run the training flow (validate → train → evaluate → export → compress → register)")
+    run = sub.add_parser("run", parents=config,
+                         help="run the training flow (validate → train → evaluate → export → compress → register)")
+    run.add_argument("--data", default=None, metavar="FILE",
+                     help="your own file (CSV/TSV/JSONL/Parquet/xlsx) on the generic preset: columns and task inferred and printed")
+    run.add_argument("--text-column", default=None, help="with --data: the column holding the texts")
+    run.add_argument("--label-column", default=None, help="with --data: the target column (labels, label lists or numbers)")
+    run.add_argument("--text-pair-column", default=None, help="with --data: a second text per row (text pairs)")
     ui = sub.add_parser("ui", parents=config, help="open the MLflow UI on the embedded store")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
@@ -136,9 +142,45 @@ def _console(verbose: bool) -> None:
                     handler.console.file = sys.stdout
 
 
+def data_overrides(args: argparse.Namespace) -> list[str]:
+    """``--data FILE``: the generic preset (unless --config names another) and the columns and task of
+    the file, inferred where not given and said on stderr with how to override each."""
+    from forgeline.config.loader import load_config
+    from forgeline.config.schema import DataConfig
+    from forgeline.data.infer import infer
+    from forgeline.data.load import dataset_path, read_table
+    from forgeline.errors import ConfigError
+
+    if args.data is None:
+        if any(v is not None for v in (args.text_column, args.label_column, args.text_pair_column)):
+            raise ConfigError("--text-column, --label-column and --text-pair-column go with --data FILE")
+        return []
+    args.config = args.config or "generic"
+    base = load_config(args.config, [*args.overrides, "data.source=file", f"data.path={json.dumps(args.data)}"]).data
+    probe = DataConfig(**(base.model_dump() | {"path": args.data, "text_column": args.text_column or "text",
+                                                "label_column": args.label_column or "label"}))
+    raw = read_table(dataset_path(probe), probe, check_columns=False)
+    pair = args.text_pair_column
+    if pair is not None and pair not in raw.columns:
+        raise ConfigError(f"--text-pair-column {pair!r} is not a column of {args.data}; the columns are {list(map(str, raw.columns))[:20]}")
+    found = infer(raw, Path(args.data), args.text_column, args.label_column, exclude=(pair,) if pair else ())
+    sets = found.overrides(args.data, pair)
+    told = [o.split("=", 1)[0] for o in args.overrides]
+    if "registry.model_name" not in told:  # one registered model per file name, not one shared name
+        stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(args.data).name.split(".")[0])[:200]
+        sets.append(f"registry.model_name={json.dumps('forgeline-' + (stem or 'model'))}")
+    if "task.type" in told:  # the user's word wins over the inference
+        sets = [s for s in sets if not s.startswith("task.type=")]
+        found.why = [w for w in found.why if not w.startswith("task ")]
+    print("forgeline: " + "; ".join(found.why) + ". Override with --text-column, --label-column, --set task.type=...",
+          file=sys.stderr)
+    return sets
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from forgeline.config.loader import load_config
 
+    args.overrides = data_overrides(args) + args.overrides
     cfg = load_config(args.config, args.overrides)  # fail fast, before any server starts
     from forgeline.data.load import preflight
     from forgeline.settings import ensure_workdir, require_reachable, resolve_tracking_uri

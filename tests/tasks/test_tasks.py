@@ -76,7 +76,7 @@ def test_regression_metrics_resampling_and_baseline():
     assert np.allclose(spec.activate(z[:, None]).ravel(), y, atol=1e-4)
 
 
-@pytest.mark.parametrize("value,expected", [("3.5", 3.5), (2, 2.0), ("nan", "target_not_finite"), ("inf", "target_not_finite"),
+@pytest.mark.parametrize("value,expected", [("3.5", 3.5), (2, 2.0), ("nan", "target_not_finite"), (float("nan"), None), ("  ", None), ("inf", "target_not_finite"),
                                             ("high", "target_not_numeric"), ([1, 2], "target_not_numeric"), (None, None)])
 def test_regression_targets(value, expected):
     assert get_task("regression").parse_target(value, None) == expected

@@ -164,14 +164,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> PipelineConfig:
     path = resolve_config_path(name_or_path)
     data = read_yaml(path)
-    try:
-        PipelineConfig.model_validate(data)
-    except ValidationError as e:
-        raise _explain(e, str(path)) from None
     overrides = list(overrides or [])
     for item in overrides:
         apply_override(data, item)
     try:
         return PipelineConfig.model_validate(data)
-    except ValidationError as e:
-        raise _explain(e, f"{path} with --set {' '.join(overrides)}") from None
+    except ValidationError as e:  # validated once, with the overrides: the generic preset gets data.path from --data
+        raise _explain(e, f"{path} with --set {' '.join(overrides)}" if overrides else str(path)) from None

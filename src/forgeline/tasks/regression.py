@@ -32,8 +32,10 @@ class Regression(Task):
     def parse_target(self, value: Any, delimiter: str | None) -> Any:
         if is_listlike(value) or isinstance(value, bool):
             return Problem("target_not_numeric")
-        text = as_text(value) if not isinstance(value, (int, float)) else value
-        if text is None:
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+            return None  # a missing cell (pandas reads an empty one as NaN): null_label, as for every task
+        text = value if isinstance(value, (int, float)) else as_text(value)
+        if text is None or (isinstance(text, str) and not text.strip()):
             return None
         try:
             number = float(text.strip()) if isinstance(text, str) else float(text)

@@ -1,0 +1,87 @@
+"""Your own file on the first try: `forgeline run --data FILE` infers the columns and the task, and files
+as real users have them (semicolons, Excel, a zipped CSV, a 1 MB text) read without extra settings."""
+
+from __future__ import annotations
+
+import argparse
+import zipfile
+
+import pandas as pd
+import pytest
+
+from forgeline.cli import data_overrides
+from forgeline.config.loader import load_config
+from forgeline.config.schema import DataConfig
+from forgeline.data.infer import infer
+from forgeline.data.load import load_and_validate, read_table
+from forgeline.errors import ConfigError, DataLoadError
+from forgeline.tasks import get_task
+
+
+def args(data, *sets, **columns):
+    return argparse.Namespace(data=str(data), config=None, overrides=list(sets), text_column=columns.get("text"),
+                              label_column=columns.get("label"), text_pair_column=columns.get("pair"))
+
+
+def test_columns_and_task_are_inferred_and_said(tmp_path, capsys):
+    f = tmp_path / "reviews.csv"
+    pd.DataFrame({"id": range(40), "review": ["a fairly long review text, number %d" % i for i in range(40)],
+                  "stars": [str(i % 5 + 1) for i in range(40)]}).to_csv(f, index=False)
+    a = args(f)
+    sets = data_overrides(a)
+    assert a.config == "generic"
+    cfg = load_config(a.config, sets)
+    assert (cfg.data.text_column, cfg.data.label_column, cfg.task.type) == ("review", "stars", "single_label")
+    assert cfg.data.encoding == "utf-8" and cfg.data.labels is None and cfg.registry.model_name == "forgeline-reviews"
+    said = capsys.readouterr().err
+    assert "text column 'review'" in said and "target column 'stars'" in said and "--set task.type" in said
+
+
+@pytest.mark.parametrize("target,task", [([0.1 * i for i in range(60)], "regression"), ([[f"t{i % 3}"] for i in range(60)], "multi_label"),
+                                         ([i % 2 for i in range(60)], "single_label")])
+def test_the_task_comes_from_the_targets_shape(target, task):
+    raw = pd.DataFrame({"text": [f"text {i}" for i in range(60)], "label": target})
+    assert infer(raw, "f", None, None).task == task
+
+
+def test_given_columns_are_checked_and_the_users_task_wins(tmp_path, capsys):
+    f = tmp_path / "d.jsonl"
+    pd.DataFrame({"body": ["x y z"] * 3, "score": [1.5, 2.5, 3.5]}).to_json(f, orient="records", lines=True)
+    with pytest.raises(DataLoadError, match="--label-column 'nope' is not a column"):
+        data_overrides(args(f, label="nope"))
+    sets = data_overrides(args(f, "task.type=single_label"))
+    assert "task.type=regression" not in sets
+    with pytest.raises(ConfigError, match="go with --data"):
+        data_overrides(argparse.Namespace(data=None, config=None, overrides=[], text_column="t", label_column=None,
+                                          text_pair_column=None))
+
+
+def test_semicolon_excel_zip_and_a_huge_text_are_read(tmp_path):
+    rows = pd.DataFrame({"text": ["one; with a semicolon inside quotes", "two", "x" * 1_200_000], "label": ["a", "b", "a"]})
+    semi = tmp_path / "semi.csv"
+    rows.to_csv(semi, index=False, sep=";")
+    cfg = DataConfig(source="file", path=str(semi))
+    assert read_table(semi, cfg)["text"].tolist() == rows["text"].tolist()
+    xlsx = tmp_path / "sheet.xlsx"
+    rows.iloc[:2].to_excel(xlsx, index=False)
+    assert read_table(xlsx, DataConfig(source="file", path=str(xlsx)))["label"].tolist() == ["a", "b"]
+    zipped = tmp_path / "data.zip"
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("data.csv", rows.iloc[:2].to_csv(index=False))
+    assert len(read_table(zipped, DataConfig(source="file", path=str(zipped)))) == 2
+    with pytest.raises(DataLoadError, match="save the sheet as"):
+        read_table(tmp_path / "old.xls", DataConfig(source="file", path=str(tmp_path / "old.xls")))
+    # the 1.2 MB text is one quarantined row, not a failed read
+    big = tmp_path / "big.csv"
+    pd.concat([rows] + [pd.DataFrame({"text": [f"row {i}" for i in range(40)], "label": ["a", "b"] * 20})]).to_csv(big, index=False)
+    result = load_and_validate(DataConfig(source="file", path=str(big), min_rows_per_class=5, max_text_chars=100_000),
+                               tmp_path / "out", task=get_task("single_label"))
+    assert result.report["reasons"] == {"text_too_long": 1}
+
+
+def test_labels_with_spaces_around_them_are_one_class_and_the_report_says_so(tmp_path):
+    f = tmp_path / "d.csv"
+    pd.DataFrame({"text": [f"text number {i}" for i in range(40)], "label": [" pos", "pos", "neg ", "neg"] * 10}).to_csv(f, index=False)
+    result = load_and_validate(DataConfig(source="file", path=str(f), min_rows_per_class=5), tmp_path / "out")
+    assert result.labels == ["neg", "pos"] and result.report["stripped_labels"] == 20
+    assert "were stripped" in (tmp_path / "out" / "validation_report.md").read_text()
