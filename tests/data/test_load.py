@@ -129,10 +129,14 @@ def test_missing_column_is_a_clear_error(tmp_path: Path):
 
 
 def test_unreadable_format_is_a_clear_error(tmp_path: Path):
-    path = tmp_path / "x.xlsx"
+    path = tmp_path / "x.dat"
     path.write_text("nope")
     with pytest.raises(DataLoadError, match="data.format"):
         load_and_validate(cfg_for(path), tmp_path / "out")
+    sheet = tmp_path / "x.xlsx"
+    sheet.write_text("nope")
+    with pytest.raises(DataLoadError, match="not a readable .xlsx workbook.*save the sheet as CSV"):
+        load_and_validate(cfg_for(sheet), tmp_path / "out")
     with pytest.raises(DataLoadError, match="does not exist"):
         load_and_validate(cfg_for(tmp_path / "missing.csv"), tmp_path / "out")
 
@@ -233,7 +237,7 @@ def test_a_csv_without_header_row_reads_with_column_numbers(tmp_path: Path):
     with pytest.raises(DataLoadError, match=r"column number\(s\) \[5\] out of range; the file has 2 columns"):
         read_table(path, cfg_for(path, header=False, text_column=0, label_column=5))
     jsonl = write_jsonl(tmp_path / "d.jsonl", GOOD)
-    with pytest.raises(DataLoadError, match="data.header=false applies to CSV files"):
+    with pytest.raises(DataLoadError, match="data.header=false applies to CSV and Excel files"):
         read_table(jsonl, cfg_for(jsonl, header=False, text_column=0, label_column=1))
 
 
@@ -282,3 +286,24 @@ def test_slice_columns_travel_with_the_valid_rows_and_a_missing_one_is_named(tmp
     assert set(result.valid["slice:source"]) == {"shop", "forum"}
     with pytest.raises(DataLoadError, match=r"column\(s\) \['region'\] not found"):
         load_and_validate(cfg_for(path, slice_columns=["region"], min_rows_per_class=5), tmp_path / "out2", 0)
+
+
+def test_drift_data_keeps_repeated_and_long_texts_and_counts_them(tmp_path):
+    """A bootstrap resample of the training file (39 % duplicates) and longer texts were refused by the
+    training validation; for `forgeline drift --data` they are counted, never refused."""
+    import numpy as np
+
+    from forgeline.tasks import get_task
+
+    rng = np.random.default_rng(0)
+    base = pd.DataFrame({"text": [f"a text about thing {i}" for i in range(60)], "label": ["a", "b"] * 30})
+    resample = base.iloc[rng.integers(0, 60, 120)].reset_index(drop=True)
+    resample.loc[0, "text"] = "long " * 200
+    f = tmp_path / "new.csv"
+    resample.to_csv(f, index=False)
+    cfg = DataConfig(source="file", path=str(f), max_text_chars=400, min_rows_per_class=5)
+    with pytest.raises(DataValidationError):
+        load_and_validate(cfg, tmp_path / "train")
+    result = load_and_validate(cfg, tmp_path / "drift", task=get_task("single_label"), for_drift=True)
+    assert len(result.valid) == 120 and result.report["long_texts"] == 1
+    assert result.report["repeated_texts"] == 120 - resample["text"].nunique()

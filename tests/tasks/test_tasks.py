@@ -143,3 +143,94 @@ def test_answers_and_frames_per_task(task, outputs, expected):
     assert {k: (pytest.approx(v) if isinstance(v, float) else v) for k, v in expected.items()} == {k: answer[k] for k in expected}
     frame = spec.frame(np.array(outputs, dtype=np.float32))
     assert set(expected) <= set(frame.columns)
+
+
+SPECS = {
+    "multi_label": OutputSpec("multi_label", ("a", "b", "c"), thresholds=(0.4, 0.5, 0.6)),
+    "regression": OutputSpec("regression", ("y",), mean=3.0, scale=2.0),
+    "pairs": OutputSpec("single_label", ("neg", "pos"), pairs=True),
+}
+
+
+@pytest.fixture(scope="module", params=list(SPECS))
+def exported_task(request, tiny_bert, tmp_path_factory):
+    """A random tiny BERT built for the task (no training: parity needs none), exported to ONNX."""
+    from transformers import AutoTokenizer
+
+    from forgeline.config.schema import ExportConfig, ModelConfig
+    from forgeline.export.onnx import export_onnx
+    from forgeline.training.classifier import build_classifier
+
+    spec = SPECS[request.param]
+    tok = AutoTokenizer.from_pretrained(tiny_bert, local_files_only=True)
+    model = build_classifier(ModelConfig(base=str(tiny_bert), max_length=32), spec,
+                             sep_id=tok.sep_token_id if spec.pairs else None).eval()
+    if spec.pairs:  # make the second segment's embedding matter, so a wrong segment id shows
+        import torch
+
+        with torch.no_grad():
+            table = model.base_model.embeddings.token_type_embeddings.weight
+            table[1] = torch.randn(table.shape[1], generator=torch.Generator().manual_seed(0)) * 3.0
+            model.classifier.weight *= 30.0  # random init answers ~0.5 for everything: spread the logits
+    path = export_onnx(model, tok, list(spec.labels), tmp_path_factory.mktemp(request.param) / "model.onnx",
+                       ExportConfig(), 32)
+    return spec, model, tok, path
+
+
+TEXTS = ["the ride is wonderful", "an awful, dreadful app", "a much longer sentence about the future of driving cars"]
+PAIRS = ["is it good?", "what do people say?", "and the update?"]
+
+
+def test_every_task_exports_with_parity_and_segment_ids_in_the_graph(exported_task):
+    """PyTorch and ONNX Runtime agree on the task's outputs; a pair model's graph computes the segment
+    ids itself, so swapping the two texts changes its answer (the segments matter) in both engines alike."""
+    from forgeline.config.schema import ExportConfig
+    from forgeline.export.onnx import check_parity
+    from forgeline.inference.runtime import FastTokenizer, create_session, predict_proba_ids
+    from forgeline.training.loop import predict_proba
+
+    spec, model, tok, path = exported_task
+    pairs = PAIRS if spec.pairs else None
+    report = check_parity(model, tok, path, TEXTS, 32, ExportConfig(), pairs=pairs)
+    assert report.ok and report.argmax_agreement == 1.0
+    fast = FastTokenizer(path.parent / "tokenizer.json" if (path.parent / "tokenizer.json").exists() else _tokenizer_file(tok, path), 32)
+    ids = fast.encode(TEXTS, pairs)
+    assert ids == [list(x) for x in tok(TEXTS, pairs, truncation=True, max_length=32)["input_ids"]]
+    got = predict_proba_ids(create_session(path, "cpu"), ids, fast.pad_id, activate=spec.activate)
+    ref = predict_proba(model, tok, TEXTS, 32, device="cpu", pairs=pairs)
+    assert np.abs(spec.comparable(got) - spec.comparable(ref)).max() < 1e-3
+    assert got.shape == (3, spec.width)
+    if spec.pairs:  # the graph's segment ids are BERT's: without them the answer differs
+        import torch
+
+        from forgeline.inference.runtime import pad_batch, run_logits
+
+        x, mask = pad_batch(ids, fast.pad_id)
+        onnx_logits = run_logits(create_session(path, "cpu"), x, mask)
+        t = torch.from_numpy(x)
+        with torch.no_grad():
+            zeros = model(input_ids=t, attention_mask=torch.from_numpy(mask), token_type_ids=t * 0).logits.numpy()
+            segments = model(**tok(TEXTS, pairs, padding=True, return_tensors="pt")).logits.numpy()
+        assert np.abs(onnx_logits - segments).max() < 1e-3 < np.abs(onnx_logits - zeros).max()
+
+
+def _tokenizer_file(tok, path):
+    tok.save_pretrained(path.parent / "tok")
+    return path.parent / "tok" / "tokenizer.json"
+
+
+@pytest.mark.gpu
+def test_every_task_runs_as_cuda_graphs_like_the_cpu_session(exported_task):
+    from tests.conftest import _ort_cuda
+
+    if not _ort_cuda():
+        pytest.skip("needs onnxruntime's CUDAExecutionProvider")
+    from forgeline.inference.runtime import CudaGraphRunner, FastTokenizer, create_session, predict_proba_graphs, predict_proba_ids
+
+    spec, model, tok, path = exported_task
+    fast = FastTokenizer(_tokenizer_file(tok, path), 32)
+    ids = fast.encode(TEXTS, PAIRS if spec.pairs else None)
+    cpu = predict_proba_ids(create_session(path, "cpu"), ids, fast.pad_id, activate=spec.activate)
+    runner = CudaGraphRunner(path, spec.width)
+    gpu = predict_proba_graphs(runner, ids, fast.pad_id, 64, 32, activate=spec.activate)
+    assert np.abs(spec.comparable(gpu) - spec.comparable(cpu)).max() < 1e-3

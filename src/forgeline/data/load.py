@@ -254,7 +254,12 @@ def read_table(path: Path, cfg: DataConfig, check_columns: bool = True) -> pd.Da
             except ImportError:
                 raise DataLoadError(f"{path}: reading .xlsx files needs openpyxl (pip install openpyxl), or save the "
                                     "sheet as CSV (UTF-8)") from None
-            df = pd.read_excel(io.BytesIO(data), sheet_name=0, header=0 if cfg.header else None, dtype=object)
+            try:
+                df = pd.read_excel(io.BytesIO(data), sheet_name=0, header=0 if cfg.header else None, dtype=object,
+                                   engine="openpyxl")
+            except Exception as e:  # noqa: BLE001 - zipfile, XML and openpyxl errors of a damaged workbook
+                raise DataLoadError(f"{path}: not a readable .xlsx workbook ({shown(str(e))}); save the sheet as CSV "
+                                    "(UTF-8), or set data.format if it is another kind of file") from None
             df = df.map(lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) else v)
         elif fmt == "jsonl":
             rows = []
@@ -361,14 +366,15 @@ def _target_checks(cfg: DataConfig, task) -> list[pa.Check]:
     return checks
 
 
-def build_schema(cfg: DataConfig, task=None) -> pa.DataFrameSchema:
+def build_schema(cfg: DataConfig, task=None, unique: bool = True) -> pa.DataFrameSchema:
+    """``unique``: repeated texts are quarantined (training data); drift data keeps them (``for_drift``)."""
     from forgeline.tasks import get_task
 
     task = task or get_task("single_label")
     columns = {
         "text": pa.Column(None, nullable=False, checks=_text_checks(cfg)),
         "label": pa.Column(None, nullable=False, checks=_target_checks(cfg, task)),
-        "_norm": pa.Column(None, nullable=True, unique=True, report_duplicates="exclude_first"),
+        "_norm": pa.Column(None, nullable=True, unique=unique, report_duplicates="exclude_first"),
     }
     if cfg.text_pair_column is not None:
         columns["text_pair"] = pa.Column(None, nullable=False, checks=_text_checks(cfg, "pair_"))
@@ -387,7 +393,8 @@ SLICE_PREFIX = "slice:"
 """Columns of the valid frame holding ``data.slice_columns`` values."""
 
 
-def validate_frame(raw: pd.DataFrame, cfg: DataConfig, task=None) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, list[str]]]:
+def validate_frame(raw: pd.DataFrame, cfg: DataConfig, task=None,
+                   unique: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, list[str]]]:
     """Return (valid rows, quarantined rows with reasons, reasons by row index). A target column of
     the wrong shape for the task (lists for a single label, text for regression) is one
     ``DataValidationError`` naming the task that fits, not a quarantine of every row."""
@@ -423,7 +430,7 @@ def validate_frame(raw: pd.DataFrame, cfg: DataConfig, task=None) -> tuple[pd.Da
         work["_norm"] = work.apply(norm, axis=1) if len(work) else pd.Series(dtype=object)
     reasons: dict[int, list[str]] = {}
     try:
-        build_schema(cfg, task).validate(work, lazy=True)
+        build_schema(cfg, task, unique).validate(work, lazy=True)
     except SchemaErrors as err:
         fc = err.failure_cases
         for row in fc.itertuples(index=False):
@@ -472,7 +479,7 @@ def preflight(cfg: DataConfig) -> None:
 
 
 def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: SplitConfig | None = None,
-                      task=None) -> ValidationResult:
+                      task=None, for_drift: bool = False) -> ValidationResult:
     """Read, validate, quarantine and (optionally) subsample a dataset.
 
     Writes ``quarantine.csv`` and ``validation_report.json`` to ``out_dir`` before deciding whether
@@ -487,7 +494,15 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
     raw = read_table(path, cfg)
     if raw.empty:
         raise DataValidationError(f"{path} has no rows")
-    valid, quarantine, reasons = validate_frame(raw, cfg, task)
+    drift_counts: dict[str, int] = {}
+    if for_drift:  # new data is not training data: repeated and long texts are normal in production
+        counted = cfg
+        cfg = cfg.model_copy(update={"max_text_chars": 10_000_000, "min_rows_per_class": 1, "sample_rows": None})
+    valid, quarantine, reasons = validate_frame(raw, cfg, task, unique=not for_drift)
+    if for_drift:
+        norm = valid["text"].map(normalize_text)
+        drift_counts = {"repeated_texts": int(norm.duplicated().sum()),
+                        "long_texts": int((valid["text"].str.len() > counted.max_text_chars).sum())}
 
     counts: dict[str, int] = {}
     for rs in reasons.values():
@@ -548,6 +563,7 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
     }
     if final is not valid:
         report["sampled_rows"] = len(final)
+    report |= drift_counts
     (out_dir / "validation_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     (out_dir / "validation_report.md").write_text(report_markdown(report), encoding="utf-8")
     if problems:

@@ -255,7 +255,7 @@ def check_drift(cfg: PipelineConfig) -> dict[str, Any]:
                 traffic = read_traffic(cfg.drift.traffic)
                 fingerprint = traffic.fingerprint
             else:
-                data = load_and_validate(cfg.data, Path(tmp) / "data", cfg.seed, task=get_task(cfg.task))
+                data = load_and_validate(cfg.data, Path(tmp) / "data", cfg.seed, task=get_task(cfg.task), for_drift=True)
                 fingerprint = data.fingerprint
             try:
                 champion = load_champion_profile(client, cfg.registry.model_name, Path(tmp) / "ref")
@@ -280,6 +280,11 @@ def check_drift(cfg: PipelineConfig) -> dict[str, Any]:
                 report.champion_version = version
             if cfg.drift.traffic:
                 report.notes += traffic.notes
+            else:
+                counts = {k: data.report.get(k, 0) for k in ("repeated_texts", "long_texts")}
+                report.notes.append(f"{counts['repeated_texts']} repeated texts and {counts['long_texts']} texts over "
+                                    f"data.max_text_chars={cfg.data.max_text_chars} in the current data: counted, kept "
+                                    "(training quarantines them; new data is not training data)")
         tracker = Tracker(client=MlflowClient(uri, uri), run_id=run.info.run_id, tracking_uri=uri)
         tracker.metrics({f"drift.{k}": v for k, v in report.metrics().items()})
         tracker.tags({"drift.decision": "retrain" if report.retrain else "skip", "drift.reason": "; ".join(report.reasons),
