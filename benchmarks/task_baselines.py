@@ -77,7 +77,7 @@ def main() -> None:
     if run_id:
         from mlflow.tracking import MlflowClient
 
-        from forgeline.pipeline.tracking import resolve_tracking_uri
+        from forgeline.settings import resolve_tracking_uri
 
         uri = resolve_tracking_uri(cfg.tracking)
         metrics = MlflowClient(uri, uri).get_run(run_id).data.metrics

@@ -39,6 +39,25 @@ def class_left_small_by_sampling(tmp: Path) -> Path:
     return path
 
 
+def label_lists(tmp: Path) -> Path:
+    rows = sentiment_rows(30)
+    path = tmp / "lists.jsonl"
+    rows.assign(label=[[lab] for lab in rows.label]).to_json(path, orient="records", lines=True)
+    return path
+
+
+def text_target(tmp: Path) -> Path:
+    path = tmp / "words.csv"
+    sentiment_rows(30).to_csv(path, index=False)
+    return path
+
+
+def pairs_with_a_missing_column(tmp: Path) -> Path:
+    path = tmp / "pairs.csv"
+    sentiment_rows(30).to_csv(path, index=False)
+    return path
+
+
 # name -> (file maker, extra --set, text the message holds, found before any server starts)
 CASES = {
     "stray quote in the first data row": (stray_quote_first_row, [], ["quote.csv:2: malformed CSV",
@@ -49,6 +68,12 @@ CASES = {
         class_left_small_by_sampling, ["data.sample_rows=100", "data.min_rows_per_class=10"],
         ["after subsampling to data.sample_rows=100", "'negative' has 14 (of 40 valid)",
          "Raise data.sample_rows to at least 145"], False),
+    "label lists given to a single-label task": (label_lists, [], ["holds lists of labels", "task.type=multi_label"], True),
+    "a regression target that is text": (text_target, ["task.type=regression", "data.labels=null"],
+                                         ["holds text (e.g. ", "not numbers", "task.type=single_label"], True),
+    "a pair column the file does not have": (pairs_with_a_missing_column, ["data.text_pair_column=question"],
+                                            ["column(s) ['question'] not found"], True),
+    "an unknown task type": (text_target, ["task.type=multilabel"], ["did you mean 'multi_label'?"], True),
 }
 
 

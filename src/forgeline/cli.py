@@ -187,7 +187,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from forgeline.training.classifier import check_base
 
-    preflight(cfg.data)
+    from forgeline.tasks import get_task
+
+    preflight(cfg.data, get_task(cfg.task))
     check_base(cfg.model)
     ensure_workdir(cfg.tracking)
     require_reachable(resolve_tracking_uri(cfg.tracking))

@@ -109,3 +109,14 @@ def test_a_lower_is_better_metric_refuses_a_higher_rmse_beyond_a_relative_tolera
     assert not d.higher_is_better and d.metric == "rmse"
     if not promote:
         assert "reaches above" in d.reason and "no McNemar" in d.reason
+
+
+def test_the_floor_of_a_relative_metric_is_a_fraction_of_the_baseline():
+    """RMSE 0.185 against the mean's 0.1925 is 3.9 % better: below a 5 % floor, above a 3 % one."""
+    from forgeline.tasks import get_task
+
+    rmse = get_task("regression").primary
+    evidence = GateEvidence(0.185, True, None, 0.1925, "the training mean")
+    refused = decide(GatePolicy(rmse, 0.02, 0.05), evidence)
+    assert not refused.promote and "not 0.05 (5% of it)" in refused.reason and "below the training mean, 0.1925" in refused.reason
+    assert decide(GatePolicy(rmse, 0.02, 0.03), evidence).promote

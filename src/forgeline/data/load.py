@@ -468,14 +468,18 @@ def stripped_labels(raw: pd.Series) -> int:
     return int(raw.map(lambda v: isinstance(v, str) and v != v.strip() and bool(v.strip())).sum())
 
 
-def preflight(cfg: DataConfig) -> None:
+def preflight(cfg: DataConfig, task=None) -> None:
     """The cheap structural checks of a user's file (it exists, its format, CSV structure, the
     configured columns), before a command starts any server: a malformed CSV was reported 32 s into a
     run on the 2-core machine, nearly all of it the temporary Prefect server's start-up. The bundled
     corpus is not checked again. Validation proper (rows, classes, sampling) stays in the validate stage,
-    cached with its result."""
+    cached with its result. With ``task``, a target column of the wrong shape for it (lists for a single
+    label, text for regression) is refused here too."""
     if cfg.source == "file":
-        read_table(dataset_path(cfg), cfg)
+        raw = read_table(dataset_path(cfg), cfg)
+        wrong = task.column_problem(raw[cfg.label_column], cfg.label_column) if task is not None else None
+        if wrong:
+            raise DataValidationError(f"{wrong}. Nothing was trained or registered")
 
 
 def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: SplitConfig | None = None,

@@ -118,8 +118,7 @@ def _below_baseline(policy: GatePolicy, e: GateEvidence) -> str | None:
     if e.baseline is None or gain is None:
         return None
     m = policy.metric
-    needed = gain * abs(e.baseline) if m.relative_drop else gain
-    if -m.worse_by(e.value, e.baseline) >= needed - 1e-12:
+    if -m.worse_by(e.value, e.baseline) >= gain - 1e-12:  # both a fraction of the baseline for a relative metric
         return None
     what = f"{gain:g} ({gain:.0%} of it)" if m.relative_drop else f"{gain:g}"
     return (f"{m.title} {e.value:.4f} is not {what} (registry.min_gain_over_chance) "
