@@ -172,7 +172,8 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.01, ge=0.0, le=10.0)
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     patience: int = Field(2, ge=1, le=10_000)
-    """Early stopping: epochs without a better validation macro-F1 before stopping."""
+    """Early stopping: epochs without a better validation value of the task's primary metric (macro-F1,
+    RMSE, ...) before stopping."""
     max_steps: int | None = Field(None, ge=1, le=BIG)
     """Stop after this many optimizer steps in total (smoke runs)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -285,13 +286,16 @@ class RegistryConfig(_Section):
     a challenger may be and still be promoted: absolute for F1-type metrics, relative to the champion's
     value for RMSE/MAE. None: f1_tolerance for classification, 0.02 (2 %) for regression."""
     min_gain_over_chance: float | None = Field(0.05, ge=0.0, le=1.0)
-    """Promotion also needs test macro-F1 at least this far above chance (1/K for K classes: random guessing
-    by the class frequencies; always predicting the most frequent class scores less), so a model that
-    learned nothing never becomes champion, not even the first one. None: no floor."""
+    """Promotion also needs the primary metric at least this far beyond the task's trivial baseline on the
+    test rows, so a model that learned nothing never becomes champion, not even the first one. Single-label:
+    macro-F1 above chance, 1/K for K classes (random guessing by the class frequencies; always predicting
+    the most frequent class scores less); multi-label: above predicting every label; regression: RMSE this
+    fraction below predicting the training mean. None: no floor."""
     max_slice_drop: float | None = Field(0.1, ge=0.0, le=1.0)
-    """A slice (a class's F1, a text-length tertile's or a ``data.slice_columns`` value's accuracy) where
-    the challenger scores more than this below the champion, on the same rows, blocks promotion and is
-    named in the decision. None: slices are reported, never block."""
+    """A slice (a class's or label's F1; a text-length tertile's or a ``data.slice_columns`` value's accuracy,
+    or the task's primary metric for other tasks) where the challenger scores more than this worse than the
+    champion, on the same rows, blocks promotion and is named in the decision (RMSE: a relative increase).
+    None: slices are reported, never block."""
     min_slice_rows: int = Field(30, ge=1, le=BIG)
     """Slices with fewer test rows are reported but do not block: their scores are mostly noise."""
 

@@ -249,11 +249,11 @@ def read_table(path: Path, cfg: DataConfig, check_columns: bool = True) -> pd.Da
             df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""], sep=sep,
                              header=0 if cfg.header else None)
         elif fmt == "excel":
-            try:
-                import openpyxl  # noqa: F401 - pandas' reader for .xlsx
-            except ImportError:
+            import importlib.util
+
+            if importlib.util.find_spec("openpyxl") is None:  # pandas' reader for .xlsx
                 raise DataLoadError(f"{path}: reading .xlsx files needs openpyxl (pip install openpyxl), or save the "
-                                    "sheet as CSV (UTF-8)") from None
+                                    "sheet as CSV (UTF-8)")
             try:
                 df = pd.read_excel(io.BytesIO(data), sheet_name=0, header=0 if cfg.header else None, dtype=object,
                                    engine="openpyxl")

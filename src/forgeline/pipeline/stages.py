@@ -36,11 +36,6 @@ from forgeline.training.loop import TrainResult, predict_proba, resolve_device, 
 log = logging.getLogger("forgeline")
 
 
-def label_ids(labels: list[str], values) -> np.ndarray:
-    index = {lab: i for i, lab in enumerate(labels)}
-    return np.array([index[v] for v in values])
-
-
 def pairs_of(frame) -> list[str] | None:
     """The split's second texts (``data.text_pair_column``), or None for single texts."""
     return frame["text_pair"].tolist() if "text_pair" in frame.columns else None

@@ -4,9 +4,11 @@ The gate used to compare the challenger's test macro-F1 with the number stored o
 version, which the champion scored on its own (possibly different) split: after retraining on new
 data that difference says nothing. Here both predict the same test rows, and the decision uses
 
-- a paired bootstrap confidence interval of macro-F1(challenger) − macro-F1(champion): the rows are
-  resampled together, so row difficulty cancels out, and
-- McNemar's exact test on the rows where exactly one of the two is right.
+- a paired bootstrap confidence interval of the task's primary metric, challenger − champion (macro-F1
+  for classification, RMSE for regression: ``Task.resampled``): the rows are resampled together, so row
+  difficulty cancels out, and
+- where rows are right or wrong (single-label), McNemar's exact test on the rows where exactly one of
+  the two is right.
 
 Pure numpy/scipy, no I/O.
 """
