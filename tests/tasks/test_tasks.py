@@ -234,3 +234,13 @@ def test_every_task_runs_as_cuda_graphs_like_the_cpu_session(exported_task):
     runner = CudaGraphRunner(path, spec.width)
     gpu = predict_proba_graphs(runner, ids, fast.pad_id, 64, 32, activate=spec.activate)
     assert np.abs(spec.comparable(gpu) - spec.comparable(cpu)).max() < 1e-3
+
+
+def test_shadow_agreement_and_the_traffic_log_per_task():
+    reg = OutputSpec("regression", ("y",), mean=0.0, scale=2.0)
+    assert reg.same(1.0, 1.19) and not reg.same(1.0, 1.3)  # within 0.1 target standard deviations (0.2)
+    multi = OutputSpec("multi_label", ("a", "b"), thresholds=(0.5, 0.5))
+    assert multi.same(("a",), ("a",)) and not multi.same(("a",), ("a", "b"))
+    out = np.array([[0.9, 0.6], [0.1, 0.2]], dtype=np.float32)
+    assert multi.logged(out) == (["a|b", ""], [pytest.approx(0.9), pytest.approx(0.2)])
+    assert reg.logged(np.array([[1.5]]))[0] == ["1.5"]
