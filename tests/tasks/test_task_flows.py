@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from forgeline.bench.loadtest import run_load
 from forgeline.pipeline.flows import training_flow
 from tests.conftest import NEG, POS, THINGS, flow_overrides
 from tests.inference.test_isolation import LOAD_BLOCKED, SRC
@@ -144,6 +145,8 @@ print(json.dumps({{"columns": list(out.columns), "rows": json.loads(out.to_json(
         preds = answer.json()["predictions"]
         refused = httpx.post(f"{server.url}/v1/predict", json=wrong, timeout=30)
         assert refused.status_code == 422 and ("pairs" if case == "pairs" else "texts") in refused.json()["error"]
+        load = run_load(server.url, concurrency=2, requests=20)  # the load generator sends the model's shape
+        assert load["statuses"] == {200: 20}, load
     finally:
         assert server.stop() == 0
     if case == "regression":

@@ -244,3 +244,12 @@ def test_shadow_agreement_and_the_traffic_log_per_task():
     out = np.array([[0.9, 0.6], [0.1, 0.2]], dtype=np.float32)
     assert multi.logged(out) == (["a|b", ""], [pytest.approx(0.9), pytest.approx(0.2)])
     assert reg.logged(np.array([[1.5]]))[0] == ["1.5"]
+
+
+def test_multi_label_output_bias_starts_at_each_labels_prior():
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+    y = np.array([[1, 0, 0]] * 9 + [[1, 1, 0]], dtype=np.float32)  # rates 1.0, 0.1, 0.0 (clipped)
+    get_task("multi_label").init_head(model, y)
+    assert torch.sigmoid(model[1].bias).tolist() == pytest.approx([0.999, 0.1, 0.001], abs=1e-6)

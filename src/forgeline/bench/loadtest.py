@@ -47,7 +47,7 @@ def run_load(url: str, concurrency: int, requests: int, texts_per_request: int =
         raise ConfigError(", ".join(f"{k} {v}" for k, v in bad.items()) + ": each must be at least 1")
     if processes > concurrency:
         raise ConfigError(f"--processes {processes} is more than --concurrency {concurrency}: each process needs a client")
-    target = (host, parsed.port or 80, (parsed.path or "").rstrip("/"))
+    target = (host, parsed.port or 80, (parsed.path or "").rstrip("/"), _takes_pairs(url))
     shares = [(concurrency // processes + (i < concurrency % processes), requests // processes + (i < requests % processes))
               for i in range(processes)]
     start = time.perf_counter()
@@ -94,12 +94,28 @@ def run_load(url: str, concurrency: int, requests: int, texts_per_request: int =
     }
 
 
-def _part(target: tuple[str, int, str], concurrency: int, requests: int, per_request: int, timeout_s: float) -> dict:
+def _takes_pairs(url: str) -> bool:
+    """Whether the served model takes text pairs (``/v1/model``'s request shape); a server that does not
+    say (starting, an older version) gets single texts."""
+    import urllib.request
+
+    token = (os.environ.get("FORGELINE_SERVE_TOKEN") or "").strip()
+    request = urllib.request.Request(url.rstrip("/") + "/v1/model", headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return "pairs" in (json.loads(resp.read()).get("schema") or {}).get("request", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _part(target: tuple[str, int, str, bool], concurrency: int, requests: int, per_request: int, timeout_s: float) -> dict:
     return asyncio.run(_run(target, concurrency, requests, per_request, timeout_s))
 
 
-def _request(host: str, port: int, path: str, texts: list[str], token: str | None) -> bytes:
-    body = json.dumps({"texts": texts}).encode()
+def _request(host: str, port: int, path: str, texts: list[str], token: str | None, pairs: bool = False) -> bytes:
+    """A predict request: ``{"texts": ...}``, or for a pair model ``{"pairs": ...}`` (each text with the next)."""
+    body = json.dumps({"pairs": [[t, texts[(i + 1) % len(texts)]] for i, t in enumerate(texts)]} if pairs
+                      else {"texts": texts}).encode()
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
     return (f"POST {path}/v1/predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
             f"{auth}Content-Length: {len(body)}\r\n\r\n").encode() + body
@@ -118,15 +134,15 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     return status, body, headers.get("connection", "").lower() != "close"
 
 
-async def _run(target: tuple[str, int, str], concurrency: int, requests: int, per_request: int, timeout_s: float) -> dict:
-    host, port, path = target
+async def _run(target: tuple[str, int, str, bool], concurrency: int, requests: int, per_request: int, timeout_s: float) -> dict:
+    host, port, path, pairs = target
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     versions: dict[str, int] = {}
     errors = 0
     counter = iter(range(requests))
     token = (os.environ.get("FORGELINE_SERVE_TOKEN") or "").strip() or None  # the server's, when it requires one
-    payloads = [_request(host, port, path, [SAMPLE_TEXTS[(i + k) % len(SAMPLE_TEXTS)] for k in range(per_request)], token)
+    payloads = [_request(host, port, path, [SAMPLE_TEXTS[(i + k) % len(SAMPLE_TEXTS)] for k in range(per_request)], token, pairs)
                 for i in range(len(SAMPLE_TEXTS))]
 
     async def worker() -> None:

@@ -142,6 +142,10 @@ class Task:
         """Targets as the loss takes them (regression: standardised)."""
         return self.y(targets, spec)
 
+    def init_head(self, model, train_y: np.ndarray) -> None:
+        """Set the output layer's starting point from the training targets (multi-label: each label's
+        prior); most tasks start from the base model's initialisation."""
+
     def loss(self, logits, y, reduction: str = "mean"):
         """Loss per example, averaged (``mean``) or summed (``sum``, for DDP shares)."""
         raise NotImplementedError
@@ -217,3 +221,12 @@ def as_text(value: Any) -> str | None:
 
 def is_listlike(value: Any) -> bool:
     return isinstance(value, (list, tuple, np.ndarray))
+
+
+def output_layer(model, width: int):
+    """The model's last Linear layer with ``width`` outputs (BERT's ``classifier``, RoBERTa's
+    ``classifier.out_proj``), or None."""
+    import torch
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == width]
+    return layers[-1] if layers else None

@@ -92,6 +92,21 @@ class MultiLabel(Task):
                 out[i, index[lab]] = 1.0
         return out
 
+    def init_head(self, model, train_y: np.ndarray) -> None:
+        """Each label's bias at the log-odds of its training rate: with the usual zero bias every label
+        starts at probability 0.5, and on the hashtags demo (8 labels, most rare) three epochs went to
+        unlearning that: validation micro-F1 0.34, 0.58, 0.68 by epoch against 0.85 for TF-IDF."""
+        import torch
+
+        from forgeline.tasks.base import output_layer
+
+        layer = output_layer(model, train_y.shape[1])
+        if layer is None or layer.bias is None:
+            return
+        rate = np.clip(np.asarray(train_y, dtype=np.float64).mean(axis=0), 1e-3, 1 - 1e-3)
+        with torch.no_grad():
+            layer.bias.copy_(torch.as_tensor(np.log(rate / (1 - rate)), dtype=layer.bias.dtype))
+
     def loss(self, logits, y, reduction: str = "mean"):
         import torch
 

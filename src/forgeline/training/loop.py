@@ -313,7 +313,10 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
     pairs = "text_pair" in splits.train.columns
     sep = tokenizer.sep_token_id if pairs else None
     spec = task.output_spec(labels, splits.train["label"], pairs)
-    model = build_classifier(cfg.model, spec, sep_id=sep).to(device)
+    model = build_classifier(cfg.model, spec, sep_id=sep)
+    train_target = task.train_y(splits.train["label"], spec)
+    task.init_head(model, train_target)
+    model = model.to(device)
     train_step = TrainStep(model, tcfg, device, task)
     world, rank = _world(), _rank()
 
@@ -322,7 +325,6 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
 
     train_ids = encode(tokenizer, splits.train["text"].tolist(), cfg.model.max_length, pair_of(splits.train))
     train_len = [len(x) for x in train_ids]
-    train_target = task.train_y(splits.train["label"], spec)
     train_y = torch.as_tensor(train_target, dtype=torch.long if train_target.dtype.kind in "iu" else torch.float32)
     val_texts, val_pairs = splits.val["text"].tolist(), pair_of(splits.val)
     val_y = task.y(splits.val["label"], spec)
