@@ -253,3 +253,19 @@ def test_multi_label_output_bias_starts_at_each_labels_prior():
     y = np.array([[1, 0, 0]] * 9 + [[1, 1, 0]], dtype=np.float32)  # rates 1.0, 0.1, 0.0 (clipped)
     get_task("multi_label").init_head(model, y)
     assert torch.sigmoid(model[1].bias).tolist() == pytest.approx([0.999, 0.1, 0.001], abs=1e-6)
+
+
+def test_two_multi_label_models_are_compared_each_at_its_own_thresholds():
+    """The champion's probabilities pass its own tuned thresholds, not the challenger's: the same
+    decisions score the same, whatever thresholds produced them."""
+    from forgeline.registry.compare import compare_outputs
+
+    task = get_task("multi_label")
+    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]] * 25, dtype=np.float32)
+    low = OutputSpec("multi_label", ("a", "b"), thresholds=(0.2, 0.2))
+    high = OutputSpec("multi_label", ("a", "b"), thresholds=(0.8, 0.8))
+    a, a_spec = low.decided(np.where(y > 0, 0.3, 0.1))  # right at 0.2, wrong at 0.8
+    b, _ = high.decided(np.where(y > 0, 0.9, 0.7))  # right at 0.8, wrong at 0.2
+    assert a_spec.thresholds == (0.5, 0.5)
+    paired = compare_outputs(task, a_spec, y, a, b)
+    assert paired.challenger_value == paired.champion_value == 1.0

@@ -139,6 +139,17 @@ class OutputSpec:
             return ((a >= cut) == (b >= cut)).all(axis=1)
         return np.abs(a[:, 0] - b[:, 0]) <= REGRESSION_AGREE_SCALES * self.scale
 
+    def decided(self, outputs: np.ndarray) -> tuple[np.ndarray, "OutputSpec"]:
+        """(outputs, spec) whose decisions are this spec's, with thresholds every model shares (0.5):
+        two multi-label models tuned their own thresholds, so their probabilities are compared only after
+        each passed its own. Other tasks: as they are."""
+        if self.task != "multi_label":
+            return np.asarray(outputs), self
+        from dataclasses import replace
+
+        on = (np.asarray(outputs) >= self.cutoffs[None, :]).astype(np.float32)
+        return on, replace(self, thresholds=tuple([0.5] * len(self.labels)))
+
     def same(self, a: Any, b: Any) -> bool:
         """Whether two decisions (``decisions``' items, possibly of two versions) agree."""
         if self.task == "regression":

@@ -180,12 +180,13 @@ def score_against_champion(name: str, champion: ChampionInfo | None, candidate: 
                      f"{spec.task}{' pairs' if spec.pairs else ''}")
     if spec.task != "regression" and sorted(reference.labels) != sorted(candidate.labels):
         return alone(f"it predicts {sorted(reference.labels)}, this data has {sorted(candidate.labels)}")
-    theirs = reference.predict_proba(list(rows.texts), rows.pairs)
+    theirs, _ = (theirs_spec or spec).decided(reference.predict_proba(list(rows.texts), rows.pairs))
     if spec.task != "regression":  # the champion's columns in this version's label order
         order = [list(reference.labels).index(lab) for lab in candidate.labels]
         theirs = np.asarray(theirs)[:, order]
-    return Scored(paired=compare_outputs(task, spec, y, ours, theirs), metric_ci=ci, baseline=baseline,
-                  slices=slice_rows(task, spec, y, ours, theirs, rows.texts, rows.slices))
+    ours_decided, shared = spec.decided(ours)  # each model's own thresholds, then one spec for both
+    return Scored(paired=compare_outputs(task, shared, y, ours_decided, theirs), metric_ci=ci, baseline=baseline,
+                  slices=slice_rows(task, shared, y, ours_decided, theirs, rows.texts, rows.slices))
 
 
 def gate_evidence(value: float, parity_ok: bool, champion: ChampionInfo | None, scored: Scored) -> GateEvidence:
