@@ -4,10 +4,15 @@ text, real labels): `python benchmarks/demo_corpora.py [DIR]` (default `.forgeli
 - ``hashtags.csv``: predict a tweet's hashtags from its text. Labels: the 8 most frequent hashtags of the
   corpus, as the authors tagged their own tweets (1,763 of 14,050 rows carry two or more); the text has
   every hashtag removed, so the model reads the words, not the tags. ``|``-delimited labels.
-- ``sentiment-pairs.csv``: two tweets, ``same`` or ``different`` sentiment by the corpus's annotations
-  (negative/neutral/positive), about 3,000 pairs of distinct tweets, balanced.
+- ``hashtag-pairs.csv``: a query/document pair task: a hashtag (the text) and a tweet without its hashtags
+  (the pair); ``match`` when the author tagged the tweet with it, ``no_match`` for one of the other top
+  hashtags it does not carry. 3,000 pairs, balanced, each tweet in one pair.
 
-The presets ``hashtags`` and ``sentiment-pairs`` read these files (README: Task types).
+(Two tweets labelled same/different sentiment by the annotations were tried first: the model stayed at
+chance, accuracy 0.527, in three epochs: telling two sentiments apart and comparing them is more than
+2,250 pairs teach.)
+
+The presets ``hashtags`` and ``hashtag-pairs`` read these files (README: Task types).
 """
 
 from __future__ import annotations
@@ -45,20 +50,19 @@ def hashtags(df: pd.DataFrame) -> pd.DataFrame:
     return out.drop_duplicates("text")
 
 
-def sentiment_pairs(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+def hashtag_pairs(tags: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    df = df[df["sentiment"].isin(["negative", "neutral", "positive"])].reset_index(drop=True)
-    by = {s: g.index.to_numpy() for s, g in df.groupby("sentiment")}
-    rows, used = [], set()
-    while len(rows) < PAIRS:
-        same = len(rows) % 2 == 0
-        a_s = rng.choice(list(by))
-        b_s = a_s if same else rng.choice([s for s in by if s != a_s])
-        a, b = int(rng.choice(by[a_s])), int(rng.choice(by[b_s]))
-        if a == b or a in used or b in used:
-            continue
-        used |= {a, b}  # each tweet in one pair: no text crosses the split through another pair
-        rows.append({"text": df.at[a, "text"], "text_pair": df.at[b, "text"], "label": "same" if same else "different"})
+    top = sorted({h for cell in tags["hashtags"] for h in cell.split("|")})
+    picked = tags.sample(n=min(PAIRS, len(tags)), random_state=seed).reset_index(drop=True)
+    rows = []
+    for i, (text, cell) in enumerate(zip(picked["text"], picked["hashtags"])):
+        own = cell.split("|")
+        if i % 2 == 0:
+            tag, label = own[int(rng.integers(len(own)))], "match"
+        else:
+            others = [h for h in top if h not in own]
+            tag, label = others[int(rng.integers(len(others)))], "no_match"
+        rows.append({"hashtag": tag, "tweet": text, "label": label})
     return pd.DataFrame(rows)
 
 
@@ -68,9 +72,9 @@ def main() -> None:
     df = tweets()
     tags = hashtags(df)
     tags.to_csv(out / "hashtags.csv", index=False)
-    pairs = sentiment_pairs(df)
-    pairs.to_csv(out / "sentiment-pairs.csv", index=False)
-    print(f"{out / 'hashtags.csv'}: {len(tags)} rows; {out / 'sentiment-pairs.csv'}: {len(pairs)} pairs")
+    pairs = hashtag_pairs(tags)
+    pairs.to_csv(out / "hashtag-pairs.csv", index=False)
+    print(f"{out / 'hashtags.csv'}: {len(tags)} rows; {out / 'hashtag-pairs.csv'}: {len(pairs)} pairs")
 
 
 if __name__ == "__main__":
