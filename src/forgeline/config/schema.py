@@ -56,8 +56,8 @@ class DataConfig(_Section):
     format: Literal["auto", "csv", "parquet", "jsonl", "excel"] = "auto"
     """``auto``: from the suffix, after a compression suffix (.gz, .bz2, .zip, .xz, .zst); a .zip's
     single member's own suffix."""
-    separator: str | None = None
-    """CSV only: the field separator. None: tab for .tsv, else sniffed from the header line among
+    separator: str | None = Field(None, min_length=1, max_length=1)
+    """CSV only: the field separator (one character). None: tab for .tsv, else sniffed from the header line among
     ``,`` ``;`` ``|`` and tab."""
     encoding: str = "utf-8"
     """Declared text encoding. With utf-8, rows holding bytes that are not UTF-8 are quarantined."""
