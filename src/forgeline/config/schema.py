@@ -391,7 +391,9 @@ class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    variant: Literal["auto", "fp32", "fp16", "int8", "pruned"] = "auto"
+    variant: str = "auto"
+    """``auto``: the variant registration chose for the device; or any variant the version bundles
+    (``forgeline.inference.contract.VARIANTS``: fp32, int8, student, student_int8 ...)."""
     workers: int = Field(1, ge=1, le=64)
     """Serving processes on the port (``forgeline.serving.workers``): more than one where Python, not
     the model, bounds requests/s (a GPU; a CPU with cores to spare)."""
@@ -439,3 +441,16 @@ class ServeConfig(_Section):
     """... or when it holds this many rows."""
     log_max_files: int = Field(1000, ge=1, le=1_000_000)
     """The oldest traffic files beyond this many are deleted."""
+
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, value: str) -> str:
+        import difflib
+
+        from forgeline.inference.contract import VARIANT_FILES
+
+        if value == "auto" or value in VARIANT_FILES:
+            return value
+        hint = difflib.get_close_matches(value, list(VARIANT_FILES), n=1)
+        raise ValueError(f"no variant {value!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                         + f"; use auto or one of {list(VARIANT_FILES)}")

@@ -263,9 +263,10 @@ def parity_against(source_proba: np.ndarray, proba: np.ndarray, precision: str, 
 
 
 def precision_of(name: str) -> str:
-    """fp32 | fp16 | int8 | int8_static, from a variant name (``student_int8`` -> int8)."""
-    base = name.removeprefix("student").lstrip("_") or "fp32"
-    return "fp32" if base == "pruned" else base
+    """fp32 | fp16 | int8 | int8_static: the variant's declared precision (``contract.VARIANTS``)."""
+    from forgeline.inference.contract import VARIANT
+
+    return VARIANT[name].precision
 
 
 def latency_batch(ids: Sequence[Sequence[int]], rows: int, max_length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -25,15 +25,46 @@ DYNAMIC_AXES = {INPUT_IDS: {0: "batch", 1: "sequence"}, ATTENTION_MASK: {0: "bat
 MAX_EXPORT_BATCH = 4096
 """Upper bound the dynamo exporter is told for the batch axis."""
 
-VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx",
-                 "int8_static": "model.int8-static.onnx", "pruned": "model.pruned.onnx",
-                 "student": "model.student.onnx", "student_int8": "model.student.int8.onnx",
-                 "student_int8_static": "model.student.int8-static.onnx", "student_fp16": "model.student.fp16.onnx"}
-"""Bundle file name of each ONNX variant. ``student*``: the structurally pruned, distilled model."""
-RUNS_ON = {"fp32": ("cpu", "cuda"), "fp16": ("cuda",), "int8": ("cpu",), "int8_static": ("cpu",),
-           "pruned": ("cpu", "cuda"), "student": ("cpu", "cuda"), "student_int8": ("cpu",),
-           "student_int8_static": ("cpu",), "student_fp16": ("cuda",)}
-"""Devices each variant is meant for (INT8 kernels are CPU kernels; fp16 pays off on CUDA only)."""
+from dataclasses import dataclass  # noqa: E402 - the registry below is the file's second half
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One ONNX variant a run can make and a bundle can carry (as Optimum's ``QuantizationConfig`` is one
+    quantization): everything else (bundle file names, the devices it is measured and served on, its
+    parity tolerance, which converter makes it, ``forgeline serve --set variant=``) derives from these."""
+
+    name: str
+    source: str
+    """``teacher``: the fine-tuned model; ``student``: the structurally pruned, distilled one."""
+    precision: str
+    """``fp32``, ``fp16``, ``int8`` (dynamic), ``int8_static`` (QDQ, calibrated): its parity tolerance
+    and, below fp32, the converter that makes it from its source's fp32 file."""
+    file: str
+    runs_on: tuple[str, ...]
+    """Devices it is meant for (INT8 kernels are CPU kernels; fp16 pays off on CUDA only)."""
+    magnitude_pruned: bool = False
+    """The teacher with its smallest weights zeroed (unstructured: same file size and speed as fp32)."""
+
+
+VARIANTS = (
+    VariantSpec("fp32", "teacher", "fp32", "model.onnx", ("cpu", "cuda")),
+    VariantSpec("fp16", "teacher", "fp16", "model.fp16.onnx", ("cuda",)),
+    VariantSpec("int8", "teacher", "int8", "model.int8.onnx", ("cpu",)),
+    VariantSpec("int8_static", "teacher", "int8_static", "model.int8-static.onnx", ("cpu",)),
+    VariantSpec("pruned", "teacher", "fp32", "model.pruned.onnx", ("cpu", "cuda"), magnitude_pruned=True),
+    VariantSpec("student", "student", "fp32", "model.student.onnx", ("cpu", "cuda")),
+    VariantSpec("student_int8", "student", "int8", "model.student.int8.onnx", ("cpu",)),
+    VariantSpec("student_int8_static", "student", "int8_static", "model.student.int8-static.onnx", ("cpu",)),
+    VariantSpec("student_fp16", "student", "fp16", "model.student.fp16.onnx", ("cuda",)),
+)
+"""Every variant, declared once."""
+VARIANT = {v.name: v for v in VARIANTS}
+VARIANT_FILES = {v.name: v.file for v in VARIANTS}
+"""Bundle file name of each ONNX variant."""
+RUNS_ON = {v.name: v.runs_on for v in VARIANTS}
+FALLBACK = {"cuda": ("fp16", "fp32", "pruned", "int8"), "cpu": ("int8", "fp32", "pruned", "fp16")}
+"""Per device, the order a bundle registered before per-device defaults existed is served in."""
 PARITY_TOLERANCE = {"fp32": (1e-3, 1.0), "fp16": (2e-2, 0.99), "int8": (0.05, 0.95), "int8_static": (0.05, 0.95)}
 """Per precision: (max mean |Δprob| over the test rows, min argmax agreement) of a variant against the
 PyTorch model it was made from. fp32's first number is ``export.parity_atol`` (a max, not a mean) at

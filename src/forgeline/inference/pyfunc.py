@@ -19,7 +19,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from forgeline.inference.contract import DEFAULT_VARIANT_KEY, VARIANT_FILES, read_bundle_meta, verify_artifacts
+from forgeline.inference.contract import DEFAULT_VARIANT_KEY, FALLBACK, VARIANT_FILES, read_bundle_meta, verify_artifacts
 from forgeline.inference.tasks import OutputSpec
 from forgeline.inference.runtime import (
     CudaGraphRunner,
@@ -49,8 +49,7 @@ def choose_variant(available: list[str], device: str, requested: str = "auto",
     chosen = (defaults or {}).get(device)
     if chosen in available:
         return chosen
-    order = ["fp16", "fp32", "pruned", "int8"] if device == "cuda" else ["int8", "fp32", "pruned", "fp16"]
-    for name in order:
+    for name in FALLBACK.get(device, FALLBACK["cpu"]):
         if name in available:
             return name
     raise PredictInputError(f"no ONNX variant bundled (found {available})")

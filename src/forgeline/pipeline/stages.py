@@ -280,7 +280,7 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
         path = export_onnx(pruned, trained.tokenizer, trained.labels, out / VARIANT_FILES["pruned"], cfg.export,
                            cfg.model.max_length, sample_texts=texts[:2])
         variants.append(scored("pruned", path, proba, None, extra={"sparsity": cmp.sparsity(pruned)}))
-    variants += _precisions("", exported.path, teacher_proba, env, calibration, scored, onnx_proba, problems)
+    variants += _precisions("teacher", exported.path, teacher_proba, env, calibration, scored, onnx_proba, problems)
 
     student: dict[str, float] = {}
     if c.student:
@@ -302,27 +302,30 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
     return Compressed(variants, selections, student, problems, {d: p for d, p in plots.items() if p})
 
 
-def _precisions(prefix: str, fp32: Path, source: np.ndarray, env: Env, calibration: list, scored, onnx_proba,
+def _precisions(source_kind: str, fp32: Path, source: np.ndarray, env: Env, calibration: list, scored, onnx_proba,
                 problems: dict[str, str]) -> list[cmp.Variant]:
-    """INT8 (dynamic, static) and fp16 variants of one fp32 ONNX file (teacher or student), each scored
-    against ``source``, the probabilities of the PyTorch model the file was exported from."""
+    """The lower-precision variants ``contract.VARIANTS`` declares for ``source_kind`` (teacher or
+    student), made from its fp32 ONNX file, each scored against ``source``, the probabilities of the
+    PyTorch model the file was exported from."""
+    from forgeline.inference.contract import VARIANTS
+
     c, out = env.cfg.compress, env.run_dir / "onnx"
-    converters = [("int8", c.quantize_int8, cmp.quantize_int8, "cpu"),
-                  ("int8_static", c.static_int8, lambda src, dst: cmp.quantize_static_int8(src, dst, calibration), "cpu"),
-                  ("fp16", c.fp16, cmp.convert_fp16, "auto")]
+    converters = {"int8": (c.quantize_int8, cmp.quantize_int8, "cpu"),
+                  "int8_static": (c.static_int8, lambda src, dst: cmp.quantize_static_int8(src, dst, calibration), "cpu"),
+                  "fp16": (c.fp16, cmp.convert_fp16, "auto")}
     made = []
-    for kind, enabled, convert, device in converters:
-        name = prefix + kind
-        if not enabled:
+    for precision, (enabled, convert, device) in converters.items():
+        spec = next((v for v in VARIANTS if (v.source, v.precision) == (source_kind, precision) and not v.magnitude_pruned), None)
+        if spec is None or not enabled:
             continue
         try:
-            path = convert(fp32, out / VARIANT_FILES[name])
+            path = convert(fp32, out / spec.file)
             proba = onnx_proba(path, device)
         except Exception as e:  # noqa: BLE001 - an optional variant; the fp32 model is still good
-            problems[name] = f"{type(e).__name__}: {e}"[:4000]
-            log.warning("%s variant failed, not registered: %s", name, e)
+            problems[spec.name] = f"{type(e).__name__}: {e}"[:4000]
+            log.warning("%s variant failed, not registered: %s", spec.name, e)
             continue
-        made.append(scored(name, path, proba, source))
+        made.append(scored(spec.name, path, proba, source))
     return made
 
 
@@ -360,7 +363,7 @@ def _student_variants(env: Env, trained: TrainResult, splits: Splits, calibratio
                                f"{cfg.export.parity_atol:g}): no student variant is registered")
         log.warning("%s", problems["student"])
         return [first], made.info
-    return [first, *_precisions("student_", path, proba, env, calibration, scored, onnx_proba, problems)], made.info
+    return [first, *_precisions("student", path, proba, env, calibration, scored, onnx_proba, problems)], made.info
 
 
 def _log_variants(t: Tracker, cfg: PipelineConfig, r: Compressed, files: Files) -> None:
