@@ -299,8 +299,9 @@ class _Payload:
 
 
 TAMPERED = {
-    "python_model.pkl replaced": lambda d, marker: (d / "python_model.pkl").write_bytes(
-        __import__("pickle").dumps(_Payload(marker))),
+    "model code replaced": lambda d, marker: (d / "forgeline_model.py").write_text(
+        f"from pathlib import Path\nPath({marker!r}).write_text('the replaced model code ran')\n"),
+    "a pickle added": lambda d, marker: (d / "python_model.pkl").write_bytes(__import__("pickle").dumps(_Payload(marker))),
     "shipped code edited": lambda d, marker: next(d.rglob("pyfunc.py")).open("a").write("\nprint('replaced')\n"),
     "metadata edited": lambda d, marker: next(d.rglob("forgeline_meta.json")).write_text(
         '{"labels": ["negative", "positive"], "max_length": 32}'),
@@ -309,7 +310,8 @@ TAMPERED = {
 }
 
 
-NAMED = {"python_model.pkl replaced": "python_model.pkl changed", "shipped code edited": "pyfunc.py changed",
+NAMED = {"model code replaced": "forgeline_model.py changed", "a pickle added": "python_model.pkl added",
+         "shipped code edited": "pyfunc.py changed",
          "metadata edited": "forgeline_meta.json changed", "model.onnx flipped": "artifacts/model.onnx changed",
          "a file added": "code/sitecustomize.py added"}
 """What the refusal names for each case: the files, from the version's forgeline.bundle_files tag."""
@@ -322,8 +324,8 @@ def _flip(path: Path) -> None:
 
 
 def test_a_version_whose_files_were_replaced_is_loaded_nowhere(mlflow_uri, bundle, tmp_path):
-    """The registry is a code-execution boundary: replacing python_model.pkl (and moving the alias) made the
-    server run the replaced code. Every file of the version is checked against the digest recorded in its
+    """The registry is a code-execution boundary: replacing the model's code (then python_model.pkl, now
+    the models-from-code file; and moving the alias) made the server run the replaced code. Every file of the version is checked against the digest recorded in its
     tags at registration before MLflow loads any of them: serving, the gate, and reuse by cache key."""
     import shutil
 
@@ -343,6 +345,7 @@ def test_a_version_whose_files_were_replaced_is_loaded_nowhere(mlflow_uri, bundl
     assert load_version("m", reg.version).labels == bundle[1]  # intact: loads
     assert find_registered(client, "m", "key-1") == reg.version
     stored = Path(client.get_model_version_download_uri("m", reg.version).removeprefix("file://"))
+    assert (stored / "forgeline_model.py").is_file() and not list(stored.rglob("*.pkl"))  # models-from-code, no pickle
     intact = tmp_path / "intact"
     shutil.copytree(stored, intact)
     source = RegistrySource(ServeConfig(model=f"m/{reg.version}", tracking_uri=mlflow_uri))
@@ -355,7 +358,7 @@ def test_a_version_whose_files_were_replaced_is_loaded_nowhere(mlflow_uri, bundl
         assert NAMED[case] in str(err.value), (case, str(err.value))
         with pytest.raises(RegistryError, match="cannot be served"):
             source.load(reg.version, None)
-        assert not marker.exists(), f"{case}: nothing of the version was unpickled"
+        assert not marker.exists(), f"{case}: nothing of the version was run or unpickled"
         shutil.rmtree(stored)
         shutil.copytree(intact, stored)
     assert source.load(reg.version, None).version == reg.version  # restored: serves again

@@ -316,7 +316,7 @@ def test_serve_and_bench_refuse_unknown_models_with_what_the_store_holds(registr
 
 
 @pytest.mark.parametrize("option, needle", [
-    ("variant=fp16x", "variant: Input should be"),
+    ("variant=fp16x", "no variant 'fp16x' (did you mean 'fp16'?)"),
     ("device=gpu", "device: Input should be"),
     ("device=cuda", "no CUDAExecutionProvider"),
 ])

@@ -171,7 +171,10 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
                                         activate=self.spec.activate)
         return predict_proba_ids(self.session, ids, self.tokenizer.pad_id, self.batch_size, activate=self.spec.activate)
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        """``model_input``: a DataFrame with ``text`` (and ``text_pair`` for a pair model); a list of
+        texts, a Series or a dict of columns are read too. The hint tells MLflow the shape without making
+        it validate against one (a DataFrame hint infers no schema): the signature logged with the model does."""
         if self.spec.pairs:
             texts, pairs = pairs_from_input(model_input)
         else:

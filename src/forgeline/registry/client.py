@@ -32,7 +32,8 @@ between (a killed run, a lost server) is never reused, and no alias points at it
 
 BUNDLE_DIGEST_TAG = "forgeline.bundle_sha256"
 """Model-version tag: sha256 over every file of the logged model (:func:`tree_digest`: the ONNX variants,
-tokenizer, metadata, ``python_model.pkl``, ``MLmodel``, the shipped ``code/``), written at registration
+tokenizer, metadata, the model's code file (``python_model.pkl`` in versions before models-from-code),
+``MLmodel``, the shipped ``code/``), written at registration
 and checked before MLflow loads any of them (serving, the gate, reuse by cache key). A tag lives in the
 tracking store, not the artifact store, so a writer of the artifact store alone cannot replace a file and
 its checksum together (docs/faults.md, "Trust boundary")."""
@@ -89,8 +90,9 @@ def _differences(recorded: str | None, manifest: dict[str, str]) -> str:
 
 def download_verified(client: MlflowClient, name: str, version: str, dst: Path) -> Path:
     """The version's files, downloaded into ``dst`` and checked against its ``BUNDLE_DIGEST_TAG`` before
-    anything in them is loaded (``python_model.pkl`` is a pickle: replacing it, with the alias moved,
-    made a server run the replaced code). Versions registered before the tag are not checked."""
+    anything in them is loaded (the model's code file runs at load time, as older versions'
+    ``python_model.pkl`` was unpickled: replacing it, with the alias moved, made a server run the replaced
+    code). Versions registered before the tag are not checked."""
     import mlflow.artifacts
 
     tags = client.get_model_version(name, version).tags or {}

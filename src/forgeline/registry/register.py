@@ -77,6 +77,17 @@ def git_commit() -> str:
         return "unknown"
 
 
+MODEL_CODE_FILE = "forgeline_model.py"
+MODEL_CODE = (
+    '"""The registered model (MLflow models-from-code): the ONNX bundle served by forgeline\'s torch-free pyfunc."""\n'
+    "from mlflow.models import set_model\n\n"
+    "from forgeline.inference.pyfunc import OnnxTextClassifier\n\n"
+    "set_model(OnnxTextClassifier())\n"
+)
+"""What MLflow runs to build a registered model at load time; ``forgeline`` comes from the model's own
+``code/`` folder where it is not installed."""
+
+
 def stage_model_code(dst: Path) -> Path:
     """``dst/forgeline`` holding ``__init__.py`` and the SHIPPED subpackages: what ``code_paths`` copies
     into the model. MLflow puts the model's ``code/`` folder first on ``sys.path`` at load time, so a
@@ -210,8 +221,6 @@ def log_pyfunc(run_id: str, artifacts: dict[str, str], probe: Any, meta: dict[st
     import tokenizers
     from mlflow.models import infer_signature
 
-    from forgeline.inference.pyfunc import OnnxTextClassifier
-
     example = pd.DataFrame({"text": input_example})
     if probe.spec.pairs:  # a pair model's example shows both columns (the texts, each paired with the next)
         example["text_pair"] = input_example[1:] + input_example[:1]
@@ -222,9 +231,14 @@ def log_pyfunc(run_id: str, artifacts: dict[str, str], probe: Any, meta: dict[st
     mlflow.start_run(run_id=run_id)
     try:
         with tempfile.TemporaryDirectory(prefix="forgeline-code-") as code:
+            # models-from-code: the model is this file, run at load time, not a cloudpickle of an instance
+            # (no python_model.pkl: nothing of a registered model is unpickled, and MLflow has nothing to
+            # warn about)
+            model_file = Path(code) / MODEL_CODE_FILE
+            model_file.write_text(MODEL_CODE)
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=OnnxTextClassifier(),
+                python_model=str(model_file),
                 artifacts=artifacts,
                 code_paths=[str(stage_model_code(Path(code)))],
                 pip_requirements=[f"onnxruntime>={onnxruntime.__version__.split('+')[0]}", f"tokenizers=={tokenizers.__version__}",

@@ -68,7 +68,7 @@ class RegistrySource:
 
         mlflow.set_registry_uri(self.uri)
         mlflow.set_tracking_uri(self.uri)
-        try:  # the files are checked against the digest recorded at registration before MLflow unpickles any
+        try:  # the files are checked against the digest recorded at registration before MLflow runs or unpickles any
             impl = load_verified(self.client, self.name, version, self.model_config())
         except ArtifactIntegrityError as e:
             raise RegistryError(f"{self.name} v{version} cannot be served: {e}") from None
