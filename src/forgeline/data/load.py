@@ -218,6 +218,23 @@ def check_csv_structure(text: str, path: Path, sep: str, header: bool) -> None:
         raise fail(end + 1, f"malformed CSV ({e}; a stray double quote?)") from None
 
 
+def json_lines(raw: str, where: object) -> list[dict]:
+    """The objects of a JSON Lines text (blank lines skipped, a BOM ignored); a line that is not a JSON
+    object is a ``DataLoadError`` naming it."""
+    rows = []
+    for lineno, line in enumerate(io.StringIO(raw.lstrip("\ufeff")), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataLoadError(f"{where}:{lineno}: not a JSON object per line ({e.msg}); fix or remove that line") from None
+        if not isinstance(obj, dict):
+            raise DataLoadError(f"{where}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        rows.append(obj)
+    return rows
+
+
 def sniff_separator(text: str) -> str:
     """The separator of a CSV's first line (outside quotes) among ``SEPARATORS``: the most frequent one,
     a comma when none occurs."""
@@ -262,19 +279,7 @@ def read_table(path: Path, cfg: DataConfig, check_columns: bool = True) -> pd.Da
                                     "(UTF-8), or set data.format if it is another kind of file") from None
             df = df.map(lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) else v)
         elif fmt == "jsonl":
-            rows = []
-            raw = data.decode(cfg.encoding, errors="replace")
-            for lineno, line in enumerate(io.StringIO(raw), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataLoadError(f"{path}:{lineno}: not a JSON object per line ({e.msg}); fix or remove that line") from e
-                if not isinstance(obj, dict):
-                    raise DataLoadError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-                rows.append(obj)
-            df = pd.DataFrame(rows)
+            df = pd.DataFrame(json_lines(data.decode(cfg.encoding, errors="replace"), path))
         else:
             import pyarrow.parquet as pq
 

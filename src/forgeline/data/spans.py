@@ -19,7 +19,6 @@ post-processing of a deployed model uses the same entity extraction.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -135,17 +134,9 @@ def read_span_rows(rows: Iterable[dict[str, Any]]) -> list[Sentence]:
 
 def read_jsonl_sentences(raw: str, where: str = "file") -> list[Sentence]:
     """JSON Lines of either shape, told apart by the first row's keys."""
-    rows = []
-    for lineno, line in enumerate(raw.lstrip("\ufeff").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataLoadError(f"{where}:{lineno}: not a JSON object per line ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise DataLoadError(f"{where}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        rows.append(obj)
+    from forgeline.data.load import json_lines
+
+    rows = json_lines(raw, where)
     if rows and "text" in rows[0] and "entities" in rows[0]:
         return read_span_rows(rows)
     return read_token_rows(rows)
