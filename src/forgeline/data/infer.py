@@ -34,13 +34,11 @@ class Inferred:
     task: str
     why: list[str] = field(default_factory=list)
 
-    def overrides(self, path: str, pair_column: str | None = None, delimiter: str | None = None) -> list[str]:
+    def overrides(self, path: str, pair_column: str | None = None) -> list[str]:
         sets = ["data.source=file", f"data.path={json.dumps(str(path))}", f"data.text_column={json.dumps(self.text_column)}",
                 f"data.label_column={json.dumps(self.label_column)}", f"task.type={self.task}"]
         if pair_column is not None:
             sets.append(f"data.text_pair_column={json.dumps(pair_column)}")
-        if delimiter is not None:
-            sets.append(f"data.label_delimiter={json.dumps(delimiter)}")
         return sets
 
 

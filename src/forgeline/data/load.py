@@ -7,6 +7,7 @@ class has too few valid rows) a DataValidationError stops the flow before traini
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
@@ -41,6 +42,7 @@ REASONS |= {f"pair_{k}": f"text pair: {REASONS[k]}" for k in TEXT_REASONS}
 """Reasons of ``data.text_pair_column``'s text: the same rules, prefixed ``pair_``."""
 
 
+@functools.cache
 def _all_reasons() -> dict[str, str]:
     from forgeline.tasks import TASKS
 
@@ -331,14 +333,6 @@ def normalize_text(text: str) -> str:
     return _WS.sub(" ", text).strip().casefold()
 
 
-def _as_str_or_none(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def _text_checks(cfg: DataConfig, prefix: str = "") -> list[pa.Check]:
     def length(s: pd.Series) -> pd.Series:
         return s.str.strip().str.len()
@@ -404,6 +398,7 @@ def validate_frame(raw: pd.DataFrame, cfg: DataConfig, task=None,
     the wrong shape for the task (lists for a single label, text for regression) is one
     ``DataValidationError`` naming the task that fits, not a quarantine of every row."""
     from forgeline.tasks import Problem, get_task
+    from forgeline.tasks.base import as_text
 
     task = task or get_task("single_label")
     wrong = task.column_problem(raw[cfg.label_column], cfg.label_column)
@@ -411,13 +406,13 @@ def validate_frame(raw: pd.DataFrame, cfg: DataConfig, task=None,
         raise DataValidationError(f"{wrong}. Nothing was trained or registered")
     work = pd.DataFrame(
         {
-            "text": raw[cfg.text_column].map(_as_str_or_none).astype(object),
+            "text": raw[cfg.text_column].map(as_text).astype(object),
             "label": raw[cfg.label_column].map(lambda v: task.parse_target(v, cfg.label_delimiter)).astype(object),
         },
         index=raw.index,
     )
     if cfg.text_pair_column is not None:
-        work["text_pair"] = raw[cfg.text_pair_column].map(_as_str_or_none).astype(object)
+        work["text_pair"] = raw[cfg.text_pair_column].map(as_text).astype(object)
 
     def norm(row) -> str | None:
         t = row["text"]
@@ -456,7 +451,7 @@ def validate_frame(raw: pd.DataFrame, cfg: DataConfig, task=None,
     if cfg.text_pair_column is not None:
         valid["text_pair"] = valid["text_pair"].str.strip()
     for col in cfg.slice_columns:  # carried to the test split for the gate's slices, never to the model
-        valid[f"{SLICE_PREFIX}{col}"] = raw.loc[valid.index, col].map(_as_str_or_none).astype(object)
+        valid[f"{SLICE_PREFIX}{col}"] = raw.loc[valid.index, col].map(as_text).astype(object)
     quarantine = raw.loc[bad_idx].copy()
     quarantine.insert(0, "row", [i for i in bad_idx])
     quarantine["reasons"] = [";".join(reasons[i]) for i in bad_idx]

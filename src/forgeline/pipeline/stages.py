@@ -84,8 +84,8 @@ def _log_failed_validation(t: Tracker, cfg: PipelineConfig, env: Env, e: Excepti
 VALIDATE = Stage(
     "validate", validate, task_name="validate-data", io_retries=3,
     key=lambda cfg: (file_fingerprint(dataset_path(cfg.data)), cfg.data.model_dump(mode="json"), cfg.seed,
-                     cfg.split.min_rows_per_class) + ((cfg.task.model_dump(mode="json"),)
-                                                      if cfg.task.type != "single_label" else ()),
+                     cfg.split.min_rows_per_class,
+                     cfg.task.model_dump(mode="json", include={"type", "min_value", "max_value"})),  # what validation reads
     files=_validation_files,
     log=lambda t, cfg, result, files: _log_validation(t, cfg, result.report, files, passed=True),
     on_error=_log_failed_validation,
@@ -128,8 +128,8 @@ def train(env: Env, splits: Splits, labels: list[str]) -> TrainResult:
 
 def _train_key(cfg: PipelineConfig) -> tuple:
     train_cfg = cfg.train.model_dump(mode="json", exclude={"progress_bar", "num_threads"})
-    task = (cfg.task.model_dump(mode="json"),) if cfg.task.type != "single_label" or cfg.task.primary_metric else ()
-    return (cfg.model.model_dump(mode="json"), train_cfg, cfg.seed, resolve_device(cfg.train.device)) + task
+    return (cfg.model.model_dump(mode="json"), train_cfg, cfg.seed, resolve_device(cfg.train.device),
+            cfg.task.model_dump(mode="json"))
 
 
 def _restore_trained(env: Env, stored: TrainResult, files: Files) -> TrainResult:

@@ -104,11 +104,12 @@ def metric_ci(task: Any, spec: Any, y: np.ndarray, outputs: np.ndarray, n_boot: 
     return float(low), float(high)
 
 
-def _single_label(n_labels: int):
+def _single_label(labels: list[str]):
+    """The single-label task and a spec of ``labels``, for callers that hold class ids."""
     from forgeline.inference.tasks import OutputSpec
     from forgeline.tasks import get_task
 
-    return get_task("single_label"), OutputSpec("single_label", tuple(str(i) for i in range(n_labels)))
+    return get_task("single_label"), OutputSpec("single_label", tuple(labels))
 
 
 def _onehot(pred: np.ndarray, n_labels: int) -> np.ndarray:
@@ -118,11 +119,9 @@ def _onehot(pred: np.ndarray, n_labels: int) -> np.ndarray:
 def compare_paired(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, n_labels: int,
                    n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> PairedComparison:
     """``compare_outputs`` for single-label predictions (class ids): macro-F1 and McNemar."""
-    task, spec = _single_label(n_labels)
-    y, a, b = (np.asarray(v) for v in (y, challenger, champion))
-    if not (len(y) == len(a) == len(b)) or len(y) == 0:
-        raise ValueError(f"need the same non-empty rows for both models; got {len(y)}, {len(a)}, {len(b)}")
-    return compare_outputs(task, spec, y, _onehot(a, n_labels), _onehot(b, n_labels), n_boot, confidence, seed)
+    task, spec = _single_label([str(i) for i in range(n_labels)])
+    return compare_outputs(task, spec, np.asarray(y), _onehot(challenger, n_labels), _onehot(champion, n_labels),
+                           n_boot, confidence, seed)
 
 
 def slice_rows(task: Any, spec: Any, y: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None,
@@ -165,12 +164,9 @@ def slice_rows(task: Any, spec: Any, y: np.ndarray, challenger: np.ndarray, cham
 def slice_table(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None, labels: list[str],
                 texts: list[str], columns: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
     """``slice_rows`` for single-label predictions (class ids)."""
-    from forgeline.inference.tasks import OutputSpec
-    from forgeline.tasks import get_task
-
+    task, spec = _single_label(labels)
     k = len(labels)
-    spec = OutputSpec("single_label", tuple(labels))
-    return slice_rows(get_task("single_label"), spec, np.asarray(y), _onehot(challenger, k),
+    return slice_rows(task, spec, np.asarray(y), _onehot(challenger, k),
                       None if champion is None else _onehot(champion, k), texts, columns)
 
 

@@ -185,7 +185,7 @@ def _stored(policy: GatePolicy, e: GateEvidence) -> GateDecision:
     version, value = (champion.version, champion.value) if champion else (None, None)
     if not e.parity_ok:
         return GateDecision(False, "parity check failed: ONNX model disagrees with PyTorch", e.value, version, value)
-    if value is not None and m.worse_by(e.value, value) * (abs(value) if m.relative_drop else 1) > policy.allowed(value):
+    if value is not None and m.worse_by(e.value, value) > policy.tolerance:  # both a fraction for a relative metric
         gap = abs(e.value - value)
         return GateDecision(
             False,
