@@ -58,6 +58,27 @@ def pairs_with_a_missing_column(tmp: Path) -> Path:
     return path
 
 
+def conll_tag_in_another_column(tmp: Path) -> Path:
+    path = tmp / "pos.conll"  # token, POS tag, entity tag
+    path.write_text("\n\n".join(f"Zoë NNP B-PER\nflew VBD O\nto TO O\nParis NNP B-LOC\n#{k} CD O" for k in range(20)) + "\n")
+    return path
+
+
+def conll_mixing_schemes(tmp: Path) -> Path:
+    path = tmp / "mixed.conll"
+    path.write_text("\ufeffZoë\tB-PER\r\nflew\tO\r\n\r\nParis\tS-LOC\r\nrocks\tO\r\n")
+    return path
+
+
+def spans_cutting_words(tmp: Path) -> Path:
+    path = tmp / "spans.jsonl"
+    path.write_text("\n".join(f'{{"text": "Paris {k} is big", "entities": [{{"start": 1, "end": 5, "label": "LOC"}}]}}'
+                              for k in range(20)))
+    return path
+
+
+TOKENS = ["task.type=token_classification", "data.labels=null"]
+
 # name -> (file maker, extra --set, text the message holds, found before any server starts)
 CASES = {
     "stray quote in the first data row": (stray_quote_first_row, [], ["quote.csv:2: malformed CSV",
@@ -74,6 +95,13 @@ CASES = {
     "a pair column the file does not have": (pairs_with_a_missing_column, ["data.text_pair_column=question"],
                                             ["column(s) ['question'] not found"], True),
     "an unknown task type": (text_target, ["task.type=multilabel"], ["did you mean 'multi_label'?"], True),
+    "entity tags in another column than the configured one": (
+        conll_tag_in_another_column, [*TOKENS, "data.tag_column=1"],
+        ["pos.conll: 20 of 20 sentences", "'NNP' in the sentence at line 1", "data.tag_column=1 does not hold the tags"], True),
+    "a CoNLL file mixing IOB2 and BIOES (BOM, Windows line ends)": (
+        conll_mixing_schemes, TOKENS, ["mixed.conll: the tags mix BIOES", "line 4", "line 1"], True),
+    "entity spans cutting through words": (
+        spans_cutting_words, TOKENS, ["20 of 20 sentences", "span_cuts_word 20 (first at row 1"], True),
 }
 
 

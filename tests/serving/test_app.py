@@ -65,7 +65,7 @@ BAD_INPUTS = [
     ("non-string", '{"texts": ["ok", 3]}', "application/json", 422, '"texts"[1] must be a string'),
     ("null text", '{"texts": [null]}', "application/json", 422, "must be a string"),
     ("too many texts", json.dumps({"texts": ["a"] * 9}), "application/json", 413, "at most 8"),
-    ("oversize text", json.dumps({"texts": ["x" * 201]}), "application/json", 413, "201 characters"),
+    ("oversize text", json.dumps({"texts": ["x" * 201]}), "application/json", 422, "201 characters"),
     ("oversize body", json.dumps({"texts": ["y" * 150] * 50}), "application/json", 413, "limit"),
     # Python refuses to parse integers of more than 4300 digits: was a 500
     ("5000-digit integer", '{"texts": [' + "9" * 5000 + ']}', "application/json", 422, "4300 digits"),

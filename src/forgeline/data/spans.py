@@ -19,16 +19,14 @@ post-processing of a deployed model uses the same entity extraction.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from forgeline.errors import DataLoadError
+from forgeline.inference.tokens import WORD  # one word rule for training data and the deployed model
 
 SCHEMES = ("IOB2", "IOB1", "BIOES")
-WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
-"""Tokens of span-annotated text: runs of word characters, and each other non-space character."""
 
 
 @dataclass
@@ -240,3 +238,39 @@ def entity_scores(truth: list[list[str]], predicted: list[list[str]]) -> dict[st
     macro = sum(v["f1"] for v in per_type.values()) / len(per_type) if per_type else 0.0
     return {"precision": p, "recall": r, "f1": f, "macro_f1": macro, "per_type": per_type,
             "token_accuracy": right / total if total else 0.0}
+
+
+# --- to the pipeline's rows ---------------------------------------------------------------------------
+PREFIXES = {"IOB2": "BI", "IOB1": "BI", "BIOES": "BIES"}
+
+
+def sentence_rows(sentences: list[Sentence], scheme: str | None, repair: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Each sentence as a pipeline row: ``line``, ``text`` (tokens joined by one space where the file had no
+    text) and ``entities``, its character spans ``(start, end, type)``, or the first quarantine reason of
+    the sentence. Also what was read: the scheme (and whether it was detected) and how many tags were repaired."""
+    detected = scheme is None
+    scheme = scheme or detect_scheme([s for s in sentences if not s.problems])
+    allowed = set(PREFIXES[scheme])
+    rows, repaired_total = [], 0
+    for s in sentences:
+        text = s.text if s.text is not None else " ".join(s.tokens)
+        offsets = s.offsets
+        if offsets is None:
+            offsets, at = [], 0
+            for tok in s.tokens:
+                offsets.append((at, at + len(tok)))
+                at += len(tok) + 1
+        problem = s.problems[0] if s.problems else None
+        spans: list[tuple[int, int, str]] = []
+        bad = next((t for t in s.tags if t != "O" and _split(t)[0] not in allowed), None)
+        if problem is None and bad is not None:
+            problem = "bad_tag"
+        if problem is None:
+            tags, repaired = to_iob2(s.tags, scheme)
+            if repaired and not repair:
+                problem = "invalid_transition"
+            repaired_total += repaired
+            spans = [(offsets[a][0], offsets[b - 1][1], kind) for kind, a, b in entities(tags)]
+        rows.append({"line": s.line, "text": text, "entities": problem if problem else spans, "bad": bad})
+    return rows, {"tag_scheme": scheme, "tag_scheme_detected": detected, "repaired_tags": repaired_total,
+                  "sentences": len(sentences)}

@@ -22,6 +22,8 @@ INPUTS = (INPUT_IDS, ATTENTION_MASK)
 OUTPUTS = (LOGITS,)
 DYNAMIC_AXES = {INPUT_IDS: {0: "batch", 1: "sequence"}, ATTENTION_MASK: {0: "batch", 1: "sequence"},
                 LOGITS: {0: "batch"}}
+TOKEN_DYNAMIC_AXES = DYNAMIC_AXES | {LOGITS: {0: "batch", 1: "sequence"}}
+"""Token classification: logits (batch, sequence, tags)."""
 MAX_EXPORT_BATCH = 4096
 """Upper bound the dynamo exporter is told for the batch axis."""
 

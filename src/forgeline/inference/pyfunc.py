@@ -26,10 +26,13 @@ from forgeline.inference.runtime import (
     FastTokenizer,
     create_session,
     cuda_available,
+    graph_logits,
     predict_proba_graphs,
     predict_proba_ids,
+    predict_tagged_onnx,
     session_device,
 )
+from forgeline.inference.tokens import TokenEncoder
 
 MAX_TEXTS = 10_000
 
@@ -138,7 +141,7 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
         # per-kernel launch cost. model_config {"cuda_graphs": false} turns it off.
         self.graphs: CudaGraphRunner | None = None
         if device == "cuda" and bool(cfg.get("cuda_graphs", True)):
-            self.graphs = CudaGraphRunner(context.artifacts[self.variant], self.spec.width)
+            self.graphs = CudaGraphRunner(context.artifacts[self.variant], self.spec.width, per_token=self.spec.tokens)
             self.session = self.graphs.session
         else:
             # "threads": ONNX Runtime's intra-op threads (default: one per core); a server with several
@@ -148,6 +151,8 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
                                           threads=int(threads) if threads else None)
         self.device = session_device(self.session)
         self.tokenizer = FastTokenizer(context.artifacts["tokenizer"], self.max_length)
+        self.token_encoder = (TokenEncoder.from_file(context.artifacts["tokenizer"], self.max_length, self.spec.stride)
+                              if self.spec.tokens else None)
         self.batch_size = batch_size_for(cfg.get("batch_size", "auto"), self.device)
 
     @property
@@ -157,9 +162,12 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
     def predict_proba(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
         """The task's outputs (probabilities, or scores for regression), one row per text (or pair)."""
         if not texts:
-            return np.zeros((0, self.spec.width), dtype=np.float32)
+            return np.empty(0, dtype=object) if self.spec.tokens else np.zeros((0, self.spec.width), dtype=np.float32)
         if self.spec.pairs and pairs is None:
             raise PredictInputError("this model scores text pairs; give a text_pair for every text")
+        if self.spec.tokens:  # windows over long texts, word pieces back to words and character spans
+            fn = (graph_logits(self.graphs, self.batch_size, self.max_length) if self.graphs is not None else None)
+            return predict_tagged_onnx(self.session, self.token_encoder, texts, self.spec, self.batch_size, fn)
         return self.predict_proba_token_ids(self.tokenizer.encode(texts, pairs if self.spec.pairs else None))
 
     def predict_proba_token_ids(self, ids: list[list[int]]) -> np.ndarray:

@@ -71,9 +71,11 @@ class CudaGraphRunner:
     into the buffers, replays that shape's graph and copies the logits back. The first calls of a new
     shape run normally and capture it (onnxruntime does this inside ``run_with_iobinding``)."""
 
-    def __init__(self, path: str | Path, num_labels: int, device_id: int = 0) -> None:
+    def __init__(self, path: str | Path, num_labels: int, device_id: int = 0, per_token: bool = False) -> None:
         self.session = create_session(path, device="cuda", cuda_graph=True)
         self.num_labels = num_labels
+        self.per_token = per_token
+        """Logits per piece, (batch, sequence, tags): token classification."""
         self.device_id = device_id
         self._graphs: dict[tuple[int, int], tuple] = {}
 
@@ -87,7 +89,8 @@ class CudaGraphRunner:
         if shape not in self._graphs:
             ids = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.int64, "cuda", self.device_id)
             mask = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.int64, "cuda", self.device_id)
-            out = ort.OrtValue.ortvalue_from_shape_and_type((shape[0], self.num_labels), np.float32, "cuda", self.device_id)
+            out_shape = (*shape, self.num_labels) if self.per_token else (shape[0], self.num_labels)
+            out = ort.OrtValue.ortvalue_from_shape_and_type(out_shape, np.float32, "cuda", self.device_id)
             binding = self.session.io_binding()
             binding.bind_ortvalue_input(INPUT_IDS, ids)
             binding.bind_ortvalue_input(ATTENTION_MASK, mask)
@@ -144,6 +147,21 @@ def graph_shape(rows: int, longest: int, max_batch: int, max_length: int, width_
         batches.append(max_batch)
     widths = sorted({min(max_length, w) for w in range(width_step, max_length + width_step, width_step)})
     return bucket(rows, batches), bucket(longest, widths)
+
+
+def graph_logits(runner: CudaGraphRunner, max_batch: int, max_length: int, width_step: int = 16):
+    """A logits function for padded batches (token classification's ``predict_tagged``) replayed on the
+    runner's captured shapes: the batch is padded up to its graph shape (extra rows copy row 0, extra
+    columns are masked) and the logits cut back."""
+    def fn(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        rows, width = input_ids.shape
+        shape = graph_shape(rows, width, max_batch, max_length, width_step)
+        ids = np.zeros(shape, dtype=np.int64)
+        m = np.zeros(shape, dtype=np.int64)
+        ids[:rows, :width], m[:rows, :width] = input_ids, mask
+        ids[rows:], m[rows:] = ids[0], m[0]
+        return runner(ids, m)[:rows, :width]
+    return fn
 
 
 def predict_proba_graphs(runner: CudaGraphRunner, ids: Sequence[Sequence[int]], pad_id: int, max_batch: int,
@@ -220,6 +238,15 @@ def predict_proba_ids(session, ids: Sequence[Sequence[int]], pad_id: int, batch_
             out = np.zeros((len(ids), proba.shape[1]), dtype=np.float32)
         out[idx] = proba
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def predict_tagged_onnx(session, encoder, texts: Sequence[str], spec, batch_size: int = 32, logits_fn=None) -> np.ndarray:
+    """Token classification: ``tokens.predict_tagged`` with this session (or ``logits_fn``, e.g. CUDA
+    graphs) as the logits function."""
+    from forgeline.inference.tokens import predict_tagged
+
+    fn = logits_fn or (lambda input_ids, mask: run_logits(session, input_ids, mask))
+    return predict_tagged(encoder, list(texts), fn, spec.width, batch_size, spec.aggregation)
 
 
 class FastTokenizer:

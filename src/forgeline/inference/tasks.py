@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-TASK_TYPES = ("single_label", "multi_label", "regression")
+TASK_TYPES = ("single_label", "multi_label", "regression", "token_classification")
 """Every task type; ``forgeline.tasks.TASKS`` holds one declaration for each (tests check they match)."""
 TASK_KEY = "task"
 """Bundle-metadata key of the ``OutputSpec`` (a dict); absent in bundles from before tasks."""
@@ -43,7 +43,11 @@ class OutputSpec:
     """How a model's logits are read. ``labels``: class names (single/multi-label) or the target's
     name (regression, one entry). ``thresholds``: multi-label decision thresholds per label, tuned on
     the validation split. ``mean``/``scale``: a regression model predicts the standardised target;
-    its score is ``logit * scale + mean``. ``pairs``: inputs are (text, text_pair)."""
+    its score is ``logit * scale + mean``. ``pairs``: inputs are (text, text_pair).
+    ``token_classification``: ``labels`` are the entity types, the model's outputs are their IOB2
+    tags (``tokens.tag_names``) per word piece; ``aggregation`` and ``stride`` say how pieces become
+    words and how long texts are windowed (``forgeline.inference.tokens``). Its outputs are an object
+    array of ``tokens.Tagged``, one per text, not a (rows, width) matrix."""
 
     task: str = "single_label"
     labels: tuple[str, ...] = ()
@@ -51,6 +55,8 @@ class OutputSpec:
     mean: float = 0.0
     scale: float = 1.0
     pairs: bool = False
+    aggregation: str = "first"
+    stride: int = 32
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> "OutputSpec":
@@ -64,7 +70,8 @@ class OutputSpec:
         thresholds = raw.get("thresholds")
         spec = cls(task=task, labels=labels,
                    thresholds=tuple(float(t) for t in thresholds) if thresholds is not None else None,
-                   mean=float(raw.get("mean", 0.0)), scale=float(raw.get("scale", 1.0)), pairs=bool(raw.get("pairs", False)))
+                   mean=float(raw.get("mean", 0.0)), scale=float(raw.get("scale", 1.0)), pairs=bool(raw.get("pairs", False)),
+                   aggregation=str(raw.get("aggregation", "first")), stride=int(raw.get("stride", 32)))
         spec.check()
         return spec
 
@@ -72,10 +79,15 @@ class OutputSpec:
         if self.task == "regression":
             if len(self.labels) != 1 or not (np.isfinite(self.scale) and self.scale > 0 and np.isfinite(self.mean)):
                 raise ValueError("a regression spec needs one target name and a finite positive scale")
-        elif len(self.labels) < (1 if self.task == "multi_label" else 2):
+        elif len(self.labels) < (1 if self.task in ("multi_label", "token_classification") else 2):
             raise ValueError(f"a {self.task} spec needs labels")
         if self.task == "multi_label" and self.thresholds is not None and len(self.thresholds) != len(self.labels):
             raise ValueError("multi_label thresholds must be one per label")
+        if self.task == "token_classification":
+            from forgeline.inference.tokens import AGGREGATIONS
+
+            if self.aggregation not in AGGREGATIONS or self.stride < 0:
+                raise ValueError(f"token aggregation must be one of {AGGREGATIONS} and stride >= 0")
 
     def to_meta(self) -> dict[str, Any]:
         out: dict[str, Any] = {"task": self.task, "labels": list(self.labels), "pairs": self.pairs}
@@ -83,11 +95,26 @@ class OutputSpec:
             out["thresholds"] = [float(t) for t in self.thresholds] if self.thresholds is not None else [0.5] * len(self.labels)
         if self.task == "regression":
             out |= {"mean": self.mean, "scale": self.scale}
+        if self.task == "token_classification":
+            out |= {"aggregation": self.aggregation, "stride": self.stride}
         return out
 
     @property
+    def tokens(self) -> bool:
+        """Outputs per word (token classification), not per text."""
+        return self.task == "token_classification"
+
+    @property
+    def tag_names(self) -> tuple[str, ...]:
+        from forgeline.inference.tokens import tag_names
+
+        return tag_names(self.labels)
+
+    @property
     def width(self) -> int:
-        """Logits per row."""
+        """Logits per row (per word piece for token classification)."""
+        if self.tokens:
+            return 1 + 2 * len(self.labels)
         return 1 if self.task == "regression" else len(self.labels)
 
     @property
@@ -105,6 +132,10 @@ class OutputSpec:
         """Outputs, (rows, width): class probabilities, per-label probabilities, or scores in the
         target's units."""
         logits = np.asarray(logits, dtype=np.float32)
+        if self.tokens:
+            from forgeline.inference.tokens import softmax_last
+
+            return softmax_last(logits)
         if self.task == "single_label":
             return softmax(logits)
         if self.task == "multi_label":
@@ -116,10 +147,15 @@ class OutputSpec:
         they are, scores in target standard deviations."""
         if self.task == "regression":
             return (np.asarray(outputs, dtype=np.float64) - self.mean) / self.scale
+        if self.tokens:  # every word's tag probabilities, one row per word
+            return np.concatenate([t.probs for t in outputs]) if len(outputs) else np.zeros((0, self.width))
         return np.asarray(outputs)
 
     def decisions(self, outputs: np.ndarray) -> list[Any]:
-        """Per row: the label (single_label), the sorted tuple of labels (multi_label), the score (regression)."""
+        """Per row: the label (single_label), the sorted tuple of labels (multi_label), the score
+        (regression), the tuple of (start, end, label) spans (token_classification)."""
+        if self.tokens:
+            return [tuple((e["start"], e["end"], e["label"]) for e in t.entities(self.labels)) for t in outputs]
         outputs = np.asarray(outputs)
         if self.task == "single_label":
             return [self.labels[j] for j in outputs.argmax(axis=1)] if len(outputs) else []
@@ -131,6 +167,8 @@ class OutputSpec:
     def agree(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Per row, whether two models' outputs lead to the same decision: same label, same label set,
         or scores within ``REGRESSION_AGREE_SCALES`` target standard deviations."""
+        if self.tokens:  # the same spans, types and boundaries
+            return np.array([x == y for x, y in zip(self.decisions(a), self.decisions(b))], dtype=bool)
         a, b = np.asarray(a), np.asarray(b)
         if self.task == "single_label":
             return a.argmax(axis=1) == b.argmax(axis=1)
@@ -144,7 +182,7 @@ class OutputSpec:
         two multi-label models tuned their own thresholds, so their probabilities are compared only after
         each passed its own. Other tasks: as they are."""
         if self.task != "multi_label":
-            return np.asarray(outputs), self
+            return (outputs if self.tokens else np.asarray(outputs)), self
         from dataclasses import replace
 
         on = (np.asarray(outputs) >= self.cutoffs[None, :]).astype(np.float32)
@@ -158,7 +196,12 @@ class OutputSpec:
 
     def logged(self, outputs: np.ndarray) -> tuple[list[str], list[float]]:
         """Per row, the decision as a string and a confidence, for the traffic log: the label and its
-        probability; the labels joined by ``|`` and the highest probability; the score and NaN."""
+        probability; the labels joined by ``|`` and the highest probability; the score and NaN; the spans
+        as ``label:start-end`` joined by ``|`` and their lowest score (NaN with none)."""
+        if self.tokens:
+            found = [t.entities(self.labels) for t in outputs]
+            return (["|".join(f"{e['label']}:{e['start']}-{e['end']}" for e in ents) for ents in found],
+                    [min((e["score"] for e in ents), default=float("nan")) for ents in found])
         outputs = np.asarray(outputs, dtype=np.float32).reshape(-1, self.width)
         if self.task == "regression":
             return [f"{v:.6g}" for v in outputs[:, 0].tolist()], [float("nan")] * len(outputs)
@@ -169,8 +212,12 @@ class OutputSpec:
     # --- what callers get ------------------------------------------------------------------------
     def frame(self, outputs: np.ndarray):
         """The pyfunc's DataFrame: single_label ``label, confidence, probabilities, proba_<label>``;
-        multi_label ``labels, probabilities, proba_<label>``; regression ``score``."""
+        multi_label ``labels, probabilities, proba_<label>``; regression ``score``; token_classification
+        ``entities`` (a list of ``{label, start, end, text, score}`` per text)."""
         import pandas as pd
+
+        if self.tokens:
+            return pd.DataFrame({"entities": [t.entities(self.labels) for t in outputs]})
 
         outputs = np.asarray(outputs, dtype=np.float32).reshape(-1, self.width)
         if self.task == "regression":
@@ -189,7 +236,9 @@ class OutputSpec:
 
     def answers(self, outputs: np.ndarray) -> list[dict[str, Any]]:
         """The serving JSON's ``predictions``: ``{label, confidence, probabilities}``,
-        ``{labels, probabilities}`` or ``{score}`` per input."""
+        ``{labels, probabilities}``, ``{score}`` or ``{entities}`` per input."""
+        if self.tokens:
+            return [{"entities": t.entities(self.labels)} for t in outputs]
         outputs = np.asarray(outputs, dtype=np.float32).reshape(-1, self.width)
         if self.task == "regression":
             return [{"score": v} for v in outputs[:, 0].tolist()]
@@ -207,5 +256,7 @@ class OutputSpec:
         request = ({"pairs": [["text", "text_pair"]]} if self.pairs else {"texts": ["text"]})
         response = {"single_label": {"label": "str", "confidence": "float", "probabilities": {"<label>": "float"}},
                     "multi_label": {"labels": ["str"], "probabilities": {"<label>": "float"}},
-                    "regression": {"score": "float"}}[self.task]
+                    "regression": {"score": "float"},
+                    "token_classification": {"entities": [{"label": "str", "start": "int", "end": "int", "text": "str",
+                                                           "score": "float"}]}}[self.task]
         return {"task": self.task, "request": request, "prediction": response}

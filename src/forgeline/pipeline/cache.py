@@ -194,8 +194,15 @@ class _Codec:
             name = f"frames/{self.frames}.parquet"
             self.frames += 1
             (self.entry / "frames").mkdir(exist_ok=True)
-            obj.to_parquet(self.entry / name)
-            return {"__type__": "frame", "file": name}
+            # columns of tuples (multi-label label sets, token-classification spans of (start, end, type)) as
+            # JSON text: Arrow has no type for a tuple of mixed types, and lists came back as numpy arrays
+            nested = [c for c in obj.columns if obj[c].dtype == object and len(obj[c])
+                      and obj[c].map(lambda v: isinstance(v, tuple)).all()]
+            frame = obj.copy() if nested else obj
+            for c in nested:
+                frame[c] = frame[c].map(json.dumps)
+            frame.to_parquet(self.entry / name)
+            return {"__type__": "frame", "file": name, "tuple_columns": [str(c) for c in nested]}
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
             cls = type(obj)
             return {"__type__": "dataclass", "class": f"{cls.__module__}:{cls.__qualname__}",
@@ -219,11 +226,19 @@ class _Codec:
         if kind == "dict":
             return {self.decode(k): self.decode(v) for k, v in obj["items"]}
         if kind == "frame":
-            return pd.read_parquet(self.entry / obj["file"])
+            frame = pd.read_parquet(self.entry / obj["file"])
+            for c in obj.get("tuple_columns", []):
+                frame[c] = frame[c].map(lambda v: _tuples(json.loads(v))).astype(object)
+            return frame
         if kind == "dataclass":
             cls = _dataclass_named(obj["class"])
             return cls(**{k: self.decode(v) for k, v in obj["fields"].items()})
         raise ValueError(f"unknown cached type {kind!r}")
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to (nested) tuples."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def _dataclass_named(name: str) -> type:

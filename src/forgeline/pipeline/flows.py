@@ -273,6 +273,7 @@ def check_drift(cfg: PipelineConfig) -> dict[str, Any]:
                 version, ref, ref_emb = champion
                 if cfg.drift.traffic:
                     current, cur_emb = traffic_profile(traffic.texts, cfg.drift, cfg.model, cfg.seed)
+                    current |= get_task(cfg.task).served_profile(traffic.decisions, ref)
                 else:
                     current, cur_emb = build_profile(data.valid, data.labels, cfg.drift, cfg.model, cfg.seed,
                                                      get_task(cfg.task))

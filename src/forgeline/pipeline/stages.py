@@ -243,8 +243,9 @@ class Compressed:
 
 def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported, base: EvalResult) -> Compressed:
     """Every variant on the same test rows, latency measured side by side, the default chosen per device."""
-    from forgeline.inference.runtime import create_session, cuda_available, pad_batch, predict_proba_ids
-    from forgeline.training.loop import encode
+    from forgeline.inference.runtime import (create_session, cuda_available, pad_batch, predict_proba_ids,
+                                             predict_tagged_onnx)
+    from forgeline.training.loop import encode, token_encoder
 
     cfg, c = env.cfg, env.cfg.compress
     task, spec = get_task(cfg.task), spec_of(trained)
@@ -264,6 +265,9 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
         return v
 
     def onnx_proba(path: Path, device: str) -> np.ndarray:
+        if spec.tokens:
+            return predict_tagged_onnx(create_session(path, device=device), token_encoder(trained.tokenizer, cfg.model.max_length, spec),
+                                       texts, spec, cfg.train.eval_batch_size)
         return predict_proba_ids(create_session(path, device=device), ids, pad, cfg.train.eval_batch_size,
                                  activate=spec.activate)
 
@@ -283,7 +287,9 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
     variants += _precisions("teacher", exported.path, teacher_proba, env, calibration, scored, onnx_proba, problems)
 
     student: dict[str, float] = {}
-    if c.student:
+    if c.student and spec.tokens:
+        problems["student"] = "token_classification has no distilled student yet; the teacher's variants are registered"
+    elif c.student:
         made, student = _student_variants(env, trained, splits, calibration, scored, onnx_proba, problems)
         variants += made
 

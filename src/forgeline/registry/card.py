@@ -38,7 +38,9 @@ def _f(value: Any, digits: int = 4) -> str:
 
 
 TARGETS = {"single_label": "one label per text", "multi_label": "any number of labels per text (per-label thresholds "
-           "tuned on the validation split)", "regression": "a score per text, in the target's units"}
+           "tuned on the validation split)", "regression": "a score per text, in the target's units",
+           "token_classification": "entity spans in each text, with character offsets (entity micro-F1: type and both "
+           "boundaries must match)"}
 
 
 def model_card(name: str, version: str, run_id: str, decision: GateDecision, metrics: dict[str, float],
@@ -52,6 +54,9 @@ def model_card(name: str, version: str, run_id: str, decision: GateDecision, met
               if k.startswith("test_") and k != f"test_{m}" and isinstance(v, float) and v == v][:6]
     if task == "regression":
         target = f"- target: `{labels[0]}` (standardised in training: mean {spec.mean:.4g}, scale {spec.scale:.4g})"
+    elif task == "token_classification":
+        target = (f"- entity types ({len(labels)}): {', '.join(f'`{lab}`' for lab in labels)}; tagged IOB2 per word, a "
+                  f"word's tag from its {spec.aggregation} piece")
     else:
         target = f"- labels ({len(labels)}): {', '.join(f'`{lab}`' for lab in labels)}"
         if task == "multi_label" and spec.thresholds:
@@ -109,15 +114,19 @@ def model_card(name: str, version: str, run_id: str, decision: GateDecision, met
         lines += [f"- Served by default on {d}: {why}" for d, why in ctx.defaults.items()]
     limits = {"single_label": f"- Predicts only the {len(labels)} labels above; a text about something else still gets one of them.",
               "multi_label": f"- Predicts only the {len(labels)} labels above; a text may get none of them.",
-              "regression": "- Scores outside the range seen in training are extrapolations."}[task]
+              "regression": "- Scores outside the range seen in training are extrapolations.",
+              "token_classification": f"- Finds only the {len(labels)} entity types above; a span starts and ends on a "
+                                      "word boundary (a run of letters and digits, or one other character)."}[task]
     example = ("pd.DataFrame({'text': [...], 'text_pair': [...]})" if spec is not None and spec.pairs
                else "pd.DataFrame({'text': [...]})")
     lines += [
         "",
         "## Limits",
         limits,
-        f"- Reads at most {ctx.max_length or '?'} tokens of a text{' pair' if spec is not None and spec.pairs else ''}; "
-        "the rest is cut off.",
+        (f"- Reads a text in windows of {ctx.max_length or '?'} tokens overlapping by {spec.stride}: a long text is tagged "
+         "whole, not cut." if task == "token_classification" else
+         f"- Reads at most {ctx.max_length or '?'} tokens of a text{' pair' if spec is not None and spec.pairs else ''}; "
+         "the rest is cut off."),
         "- Texts that are empty, hold control characters or are not valid UTF-8 are refused (HTTP 422), as "
         "training quarantined them.",
         "- Scores hold for data like the training data; check drift (`forgeline drift`, or on served traffic "

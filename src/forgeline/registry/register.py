@@ -189,10 +189,12 @@ def score_against_champion(name: str, champion: ChampionInfo | None, candidate: 
     if theirs_spec is not None and (theirs_spec.task, theirs_spec.pairs) != (spec.task, spec.pairs):
         return alone(f"it is a {theirs_spec.task}{' pair' if theirs_spec.pairs else ''} model, this run trains "
                      f"{spec.task}{' pairs' if spec.pairs else ''}")
+    if spec.tokens and list(reference.labels) != list(candidate.labels):  # its tag columns are in its own order
+        return alone(f"it tags {list(reference.labels)}, this data has {list(candidate.labels)}")
     if spec.task != "regression" and sorted(reference.labels) != sorted(candidate.labels):
         return alone(f"it predicts {sorted(reference.labels)}, this data has {sorted(candidate.labels)}")
     theirs, _ = (theirs_spec or spec).decided(reference.predict_proba(list(rows.texts), rows.pairs))
-    if spec.task != "regression":  # the champion's columns in this version's label order
+    if spec.task != "regression" and not spec.tokens:  # the champion's columns in this version's label order
         order = [list(reference.labels).index(lab) for lab in candidate.labels]
         theirs = np.asarray(theirs)[:, order]
     ours_decided, shared = spec.decided(ours)  # each model's own thresholds, then one spec for both

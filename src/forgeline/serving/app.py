@@ -98,7 +98,8 @@ def _check_text(t: Any, where: str, cfg: ServeConfig) -> None:
     if not isinstance(t, str):
         raise BadRequest(422, f"{where} must be a string, got {type(t).__name__}")
     if len(t) > cfg.max_text_chars:
-        raise BadRequest(413, f"{where} has {len(t)} characters; the limit is {cfg.max_text_chars}")
+        # 422, not 413: the body may be small; this one text breaks a rule of the model's input, as an empty one does
+        raise BadRequest(422, f"{where} has {len(t)} characters; the limit is {cfg.max_text_chars} (serving.max_text_chars)")
     problem = text_problem(t)
     if problem is not None:  # the rules training data is validated with: the model never saw such a text
         raise BadRequest(422, f"{where}: {RULES[problem]} ({problem}); training quarantines such texts")
@@ -143,15 +144,27 @@ def parse_predict_body(body: bytes, content_type: str | None, cfg: ServeConfig, 
 # The body is parsed by hand above (each refusal says what is wrong and what to send); these models only
 # describe the API, so that clients, and the Schemathesis run of tests/serving/test_fuzz_api.py, see
 # every answer the server can give.
+class Entity(BaseModel):
+    """A span found in the text: ``text[start:end]`` (character offsets into the text as sent)."""
+
+    label: str
+    start: int
+    end: int
+    text: str
+    score: float
+
+
 class Prediction(BaseModel):
     """One input's answer, in its task's fields (``inference.tasks.OutputSpec.answers``): single_label
-    ``label, confidence, probabilities``; multi_label ``labels, probabilities``; regression ``score``."""
+    ``label, confidence, probabilities``; multi_label ``labels, probabilities``; regression ``score``;
+    token_classification ``entities``."""
 
     label: str | None = None
     confidence: float | None = None
     labels: list[str] | None = None
     probabilities: dict[str, float] | None = None
     score: float | None = None
+    entities: list[Entity] | None = None
 
 
 class PredictResponse(BaseModel):

@@ -127,6 +127,8 @@ class Traffic:
     files: list[str]
     fingerprint: str
     notes: list[str] = field(default_factory=list)
+    decisions: list[str | None] = field(default_factory=list)
+    """What the model answered for each text, as ``OutputSpec.logged`` wrote it (None where unreadable)."""
 
 
 def read_traffic(path: str | Path) -> Traffic:
@@ -142,15 +144,18 @@ def read_traffic(path: str | Path) -> Traffic:
     if not files:
         raise DataLoadError(f"no traffic files ({PREFIX}*.parquet) in {p} {hint}")
     texts: list[str] = []
+    decisions: list[str | None] = []
     bad: list[str] = []
     digest = hashlib.sha256()
     for f in files:
         try:
-            column = pq.read_table(f, columns=["text"]).column("text").to_pylist()
+            table = pq.read_table(f, columns=["text", "label"])
+            column, said = table.column("text").to_pylist(), table.column("label").to_pylist()
         except Exception as e:  # noqa: BLE001 - any unreadable file: skipped and named
             bad.append(f"{f.name} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
             continue
         texts += [t for t in column if isinstance(t, str)]
+        decisions += [d if isinstance(d, str) else None for t, d in zip(column, said) if isinstance(t, str)]
         digest.update(f.name.encode() + b"\0" + str(len(column)).encode() + b"\0")
     if len(bad) == len(files):
         raise DataLoadError(f"none of the {len(files)} traffic file(s) in {p} could be read as Parquet: {'; '.join(bad[:3])}")
@@ -159,4 +164,5 @@ def read_traffic(path: str | Path) -> Traffic:
     notes = [f"skipped {len(bad)} unreadable traffic file(s): {'; '.join(bad[:5])}"] if bad else []
     for t in texts:
         digest.update(t.encode("utf-8", "surrogatepass"))
-    return Traffic(texts=texts, files=[str(f) for f in files], fingerprint=digest.hexdigest()[:16], notes=notes)
+    return Traffic(texts=texts, files=[str(f) for f in files], fingerprint=digest.hexdigest()[:16], notes=notes,
+                   decisions=decisions)

@@ -10,8 +10,9 @@ from forgeline.tasks.base import EvalResult, Metric, Problem, Task
 from forgeline.tasks.multi_label import MultiLabel
 from forgeline.tasks.regression import Regression
 from forgeline.tasks.single_label import SingleLabel
+from forgeline.tasks.token_classification import TokenClassification
 
-TASKS: dict[str, type[Task]] = {t.type: t for t in (SingleLabel, MultiLabel, Regression)}
+TASKS: dict[str, type[Task]] = {t.type: t for t in (SingleLabel, MultiLabel, Regression, TokenClassification)}
 
 
 def get_task(cfg) -> Task:

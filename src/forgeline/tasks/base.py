@@ -96,6 +96,8 @@ class Task:
     """The test on per-row correctness the gate adds to the bootstrap (McNemar), or None where rows
     have no single right or wrong."""
     has_classes: ClassVar[bool] = True
+    min_labels: ClassVar[int] = 2
+    """Distinct labels the valid rows must hold (one suffices where a row can have none of them)."""
 
     def __init__(self, primary: str | None = None, **options: Any) -> None:
         name = primary or self.default_primary
@@ -117,6 +119,10 @@ class Task:
         """A whole target column of the wrong shape for this task (lists for a single label, text for
         regression): the message that says which task fits, or None."""
         return None
+
+    def target_labels(self, target: Any) -> tuple[str, ...]:
+        """The class or label names a parsed target holds (``data.labels`` checks these)."""
+        return target if isinstance(target, tuple) else (target,)
 
     def labels_from(self, targets: pd.Series, declared: list[str] | None) -> list[str]:
         """Class or label names (regression: the target's name, set by the caller)."""
@@ -141,6 +147,11 @@ class Task:
     def train_y(self, targets: pd.Series | list, spec: OutputSpec) -> np.ndarray:
         """Targets as the loss takes them (regression: standardised)."""
         return self.y(targets, spec)
+
+    def encode_train(self, tokenizer, texts: list[str], targets, spec: OutputSpec, max_length: int):
+        """(token ids per example, the loss's target per example) for training; token classification
+        overrides it with per-piece labels and windows (``None``: the loop encodes texts itself)."""
+        return None
 
     def init_head(self, model, train_y: np.ndarray) -> None:
         """Set the output layer's starting point from the training targets (multi-label: each label's
@@ -204,6 +215,12 @@ class Task:
     def target_drift(self, reference: dict[str, Any], current: dict[str, Any], alpha: float, threshold: float) -> dict[str, Any]:
         """Effect size, p-value and reasons of a change in the target's distribution."""
         raise NotImplementedError
+
+    def served_profile(self, decisions: list[str | None], reference: dict[str, Any]) -> dict[str, Any]:
+        """What the model's answers on served traffic (the traffic log's ``label`` column) say about the
+        target, in ``target_profile``'s keys; empty where answers are no stand-in for targets (a
+        classifier's labels are checked on labelled data only)."""
+        return {}
 
     def describe_targets(self) -> str:
         """The target column's shape, for README-style messages."""

@@ -23,6 +23,7 @@ class MultiLabel(Task):
     metrics_known = {"macro_f1": Metric("macro_f1"), "micro_f1": Metric("micro_f1"),
                      "samples_f1": Metric("samples_f1"), "subset_accuracy": Metric("subset_accuracy")}
     default_primary = "macro_f1"
+    min_labels = 1
     reasons = {"no_label": "the row has no label (an empty list or string)",
                "unknown_label": "a label of the row is not in data.labels"}
 

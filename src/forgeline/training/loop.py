@@ -139,6 +139,8 @@ def predict_proba(model, tokenizer, texts: Sequence[str], max_length: int, batch
     device = device or next(model.parameters()).device.type
     model.eval()
     spec, sep = output_spec_of(model), sep_id_of(model)
+    if spec.tokens:
+        return predict_tagged_torch(model, tokenizer, texts, max_length, spec, batch_size, device)
     ids = encode(tokenizer, texts, max_length, pairs if sep is not None else None)
     order = np.argsort([len(x) for x in ids], kind="stable")
     out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
@@ -149,6 +151,40 @@ def predict_proba(model, tokenizer, texts: Sequence[str], max_length: int, batch
             logits = model(**batch).logits
         out[idx] = spec.activate(logits.float().cpu().numpy())
     return out
+
+
+@torch.inference_mode()
+def predict_tagged_torch(model, tokenizer, texts: Sequence[str], max_length: int, spec: OutputSpec, batch_size: int,
+                         device: str) -> np.ndarray:
+    """Token classification: ``inference.tokens.predict_tagged`` with this PyTorch model as the logits
+    function, so training, evaluation and the deployed ONNX model share windows and word aggregation."""
+    from forgeline.inference.tokens import predict_tagged
+
+    def logits(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        batch = {"input_ids": torch.from_numpy(input_ids).to(device), "attention_mask": torch.from_numpy(mask).to(device)}
+        with autocast_for(device):
+            return model(**batch).logits.float().cpu().numpy()
+
+    return predict_tagged(token_encoder(tokenizer, max_length, spec), list(texts), logits, spec.width, batch_size,
+                          spec.aggregation)
+
+
+def token_encoder(tokenizer, max_length: int, spec: OutputSpec):
+    """The torch-free windowing encoder over a transformers tokenizer's own ``tokenizers`` backend (the
+    ``tokenizer.json`` a bundle ships)."""
+    from forgeline.inference.tokens import TokenEncoder
+
+    return TokenEncoder(tokenizer.backend_tokenizer, max_length, spec.stride)
+
+
+def pad_labels(rows: Sequence[Sequence[int]], width: int) -> torch.Tensor:
+    """Per-piece labels right-padded with the ignored label to the batch's width."""
+    from forgeline.inference.tokens import IGNORE
+
+    out = np.full((len(rows), width), IGNORE, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return torch.from_numpy(out)
 
 
 class Bf16Master:
@@ -323,12 +359,17 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
     def pair_of(frame):
         return frame["text_pair"].tolist() if pairs else None
 
-    train_ids = encode(tokenizer, splits.train["text"].tolist(), cfg.model.max_length, pair_of(splits.train))
+    per_piece = task.encode_train(tokenizer, splits.train["text"].tolist(), splits.train["label"], spec,
+                                  cfg.model.max_length)
+    if per_piece is None:
+        train_ids = encode(tokenizer, splits.train["text"].tolist(), cfg.model.max_length, pair_of(splits.train))
+        train_y = torch.as_tensor(train_target, dtype=torch.long if train_target.dtype.kind in "iu" else torch.float32)
+    else:  # token classification: windows of pieces with a label each
+        train_ids, train_y = per_piece
     train_len = [len(x) for x in train_ids]
-    train_y = torch.as_tensor(train_target, dtype=torch.long if train_target.dtype.kind in "iu" else torch.float32)
     val_texts, val_pairs = splits.val["text"].tolist(), pair_of(splits.val)
     val_y = task.y(splits.val["label"], spec)
-    val_train_y = torch.as_tensor(task.train_y(splits.val["label"], spec))
+    val_train_y = None if per_piece is not None else torch.as_tensor(task.train_y(splits.val["label"], spec))
     primary = task.primary
 
     steps_per_epoch = math.ceil(len(train_ids) / tcfg.batch_size)
@@ -357,7 +398,10 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
             if len(mine) == 0:  # a last batch smaller than the world: skipped by every rank alike
                 continue
             batch = collate(tokenizer.pad_token_id, [train_ids[i] for i in mine], device, train_step.width_multiple, sep)
-            y = train_y[mine].to(device, non_blocking=True)
+            if per_piece is None:
+                y = train_y[mine].to(device, non_blocking=True)
+            else:
+                y = pad_labels([train_y[i] for i in mine], batch["input_ids"].shape[1]).to(device, non_blocking=True)
             loss = train_step(batch, y, len(idx))
             scheduler.step()
             step += 1
@@ -383,8 +427,10 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
         outputs = predict_proba(model, tokenizer, val_texts, cfg.model.max_length, tcfg.eval_batch_size, device, val_pairs)
         epoch_spec = task.tune(spec, val_y, outputs)  # multi-label thresholds; the spec itself for other tasks
         metrics = task.metrics(val_y, outputs, epoch_spec)
-        with torch.no_grad():  # the training loss on the validation rows, from the outputs' logits
-            val_loss = float(task.loss(_logits_of(outputs, epoch_spec), val_train_y))
+        val_loss = float("nan")  # token classification: its outputs are per word, the loss per piece
+        if val_train_y is not None:
+            with torch.no_grad():  # the training loss on the validation rows, from the outputs' logits
+                val_loss = float(task.loss(_logits_of(outputs, epoch_spec), val_train_y))
         record = {"epoch": float(epoch), "train_loss_epoch": float(running) / max(1, n_batches), "val_loss": val_loss}
         record |= {f"val_{k}": v for k, v in metrics.items()}
         history.append(record)
