@@ -147,7 +147,7 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
     the file, inferred where not given and said on stderr with how to override each."""
     from forgeline.config.loader import load_config
     from forgeline.config.schema import DataConfig
-    from forgeline.data.infer import infer
+    from forgeline.data.infer import Inferred, infer, token_file
     from forgeline.data.load import dataset_path, read_table
     from forgeline.errors import ConfigError
 
@@ -159,11 +159,15 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
     base = load_config(args.config, [*args.overrides, "data.source=file", f"data.path={json.dumps(args.data)}"]).data
     probe = DataConfig(**(base.model_dump() | {"path": args.data, "text_column": args.text_column or "text",
                                                 "label_column": args.label_column or "label"}))
-    raw = read_table(dataset_path(probe), probe, check_columns=False)
     pair = args.text_pair_column
-    if pair is not None and pair not in raw.columns:
-        raise ConfigError(f"--text-pair-column {pair!r} is not a column of {args.data}; the columns are {list(map(str, raw.columns))[:20]}")
-    found = infer(raw, Path(args.data), args.text_column, args.label_column, exclude=(pair,) if pair else ())
+    shape = token_file(dataset_path(probe), probe)
+    if shape is not None:  # its own shape: no columns to infer
+        found = Inferred("text", "label", "token_classification", [f"task token_classification: {shape}"])
+    else:
+        raw = read_table(dataset_path(probe), probe, check_columns=False)
+        if pair is not None and pair not in raw.columns:
+            raise ConfigError(f"--text-pair-column {pair!r} is not a column of {args.data}; the columns are {list(map(str, raw.columns))[:20]}")
+        found = infer(raw, Path(args.data), args.text_column, args.label_column, exclude=(pair,) if pair else ())
     sets = found.overrides(args.data, pair)
     told = [o.split("=", 1)[0] for o in args.overrides]
     if "registry.model_name" not in told:  # one registered model per file name, not one shared name

@@ -85,3 +85,29 @@ def test_labels_with_spaces_around_them_are_one_class_and_the_report_says_so(tmp
     result = load_and_validate(DataConfig(source="file", path=str(f), min_rows_per_class=5), tmp_path / "out")
     assert result.labels == ["neg", "pos"] and result.report["stripped_labels"] == 20
     assert "were stripped" in (tmp_path / "out" / "validation_report.md").read_text()
+
+
+def test_token_classification_files_are_told_by_their_shape(tmp_path):
+    from forgeline.data.infer import token_file
+
+    files = {"ner.conll": "Zoë\tB-PER\nflew\tO\n", "tok.jsonl": '{"tokens": ["Zoë"], "tags": ["B-PER"]}\n',
+             "spans.jsonl": '\n{"text": "Zoë", "entities": [{"start": 0, "end": 3, "label": "PER"}]}\n',
+             "rows.jsonl": '{"text": "good", "label": "pos"}\n', "rows.csv": "text,label\ngood,pos\n"}
+    found = {}
+    for name, body in files.items():
+        (tmp_path / name).write_text(body, encoding="utf-8")
+        found[name] = token_file(tmp_path / name, DataConfig(source="file", path=str(tmp_path / name)))
+    assert found == {"ner.conll": "a CoNLL file (a token and its tag per line)", "tok.jsonl": "JSON Lines of tokens and tags",
+                     "spans.jsonl": "JSON Lines of texts and their entity spans", "rows.jsonl": None, "rows.csv": None}
+
+
+def test_forgeline_run_data_on_a_conll_file_trains_token_classification(tmp_path, capsys):
+    f = tmp_path / "ner.conll"
+    f.write_text("Zoë\tB-PER\nflew\tO\n\nParis\tB-LOC\n", encoding="utf-8")
+    a = args(f)
+    sets = data_overrides(a)
+    cfg = load_config(a.config, sets)
+    assert cfg.task.type == "token_classification" and cfg.registry.model_name == "forgeline-ner"
+    assert "task token_classification: a CoNLL file" in capsys.readouterr().err
+    data = cfg.data.model_copy(update={"min_rows_per_class": 1})
+    assert len(load_and_validate(data, tmp_path / "out", task=get_task(cfg.task)).valid) == 2

@@ -104,7 +104,9 @@ def test_spans_have_exact_offsets_across_windows(encoder):
                                                            "score": pytest.approx(1.0, abs=0.01)}
     logged, confidence = SPEC.logged(tagged[:1])
     assert logged == ["PER:6-9|PER:18-27|LOC:31-40"] and confidence[0] > 0.99
-    assert SPEC.agree(tagged, tagged).all()
+    assert SPEC.agree(tagged, tagged).all() and SPEC.agreement(tagged, tagged) == 1.0
+    flipped = [Tagged(t.text, t.words, np.roll(t.probs, 1, axis=1)) for t in tagged]  # every word's tag changes
+    assert SPEC.agreement(tagged, flipped) == 0.0 and not SPEC.agree(tagged, flipped).any()
 
 
 def test_decoding_follows_the_predicted_tags():

@@ -77,6 +77,27 @@ CASES = {
 PROBE = ["the ride is wonderful and amazing", "the app is awful and dreadful"]
 
 
+def predict_where_torch_is_blocked(uri: str, frame: str, tmp_path: Path) -> dict:
+    """``models:/e2e@champion`` loaded and asked to predict ``frame`` (Python source of a DataFrame) in a
+    process where importing torch fails: the columns and rows it returned."""
+    script = LOAD_BLOCKED + f"""
+import mlflow.pyfunc
+import pandas as pd
+mlflow.set_tracking_uri(sys.argv[1])
+out = mlflow.pyfunc.load_model("models:/e2e@champion", dst_path=sys.argv[3]).predict({frame})
+print(json.dumps({{"columns": list(out.columns), "rows": json.loads(out.to_json(orient="records")),
+                   "torch": "torch" in sys.modules}}))
+"""
+    dst = tmp_path / "load"
+    dst.mkdir()
+    proc = subprocess.run([sys.executable, "-c", script, uri, str(SRC), str(dst)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not loaded["torch"]
+    return loaded
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_task_end_to_end(case, prefect_api, tiny, tmp_path):
@@ -106,21 +127,7 @@ def test_a_task_end_to_end(case, prefect_api, tiny, tmp_path):
     # the registered pyfunc, where torch cannot be imported, answers in the task's columns
     frame = (f"pd.DataFrame({{'text': ['how is it?', 'how is it?'], 'text_pair': {PROBE!r}}})" if case == "pairs"
              else f"pd.DataFrame({{'text': {PROBE!r}}})")
-    script = LOAD_BLOCKED + f"""
-import mlflow.pyfunc
-import pandas as pd
-mlflow.set_tracking_uri(sys.argv[1])
-out = mlflow.pyfunc.load_model("models:/e2e@champion", dst_path=sys.argv[3]).predict({frame})
-print(json.dumps({{"columns": list(out.columns), "rows": json.loads(out.to_json(orient="records")),
-                   "torch": "torch" in sys.modules}}))
-"""
-    dst = tmp_path / "load"
-    dst.mkdir()
-    proc = subprocess.run([sys.executable, "-c", script, uri, str(SRC), str(dst)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert not loaded["torch"]
+    loaded = predict_where_torch_is_blocked(uri, frame, tmp_path)
     if case == "regression":
         assert loaded["columns"] == ["score"]
         high, low = (r["score"] for r in loaded["rows"])

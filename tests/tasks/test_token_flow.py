@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -24,7 +22,7 @@ from forgeline.data.split import split_dataset
 from forgeline.pipeline.flows import training_flow
 from forgeline.tasks import get_task
 from tests.conftest import flow_overrides
-from tests.inference.test_isolation import LOAD_BLOCKED, SRC
+from tests.tasks.test_task_flows import predict_where_torch_is_blocked
 from tests.serving.conftest import Server
 
 PEOPLE = ["zoë", "joão", "ana-maría", "élodie", "søren", "aiko", "chidi", "lucía", "ömer", "priya", "mateo", "jordan",
@@ -86,7 +84,8 @@ def test_token_classification_end_to_end(prefect_api, tiny, tmp_path):
     data.write_text(conll(), encoding="utf-8")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = flow_overrides(tmp_path, data, *tiny, "task.type=token_classification", "data.labels=null",
-                               "train.epochs=8", "train.patience=3", "model.max_length=32", "compress.student=false")
+                               "train.epochs=8", "train.patience=3", "model.max_length=32", "compress.student=true",
+                               "compress.student_layers=1")
 
     first = training_flow(config="tiny", overrides=overrides)
     assert first["promoted"] and first["version"] == "1", first
@@ -106,24 +105,15 @@ def test_token_classification_end_to_end(prefect_api, tiny, tmp_path):
     assert value > baseline, (value, baseline)
     run = client.get_run(first["run_id"])
     assert run.data.metrics["test_f1.PER"] > 0 and "test_token_accuracy" in run.data.metrics
+    # every variant scored on entity F1 of the same test sentences; the student distilled per token
+    assert {"variant.fp32.micro_f1", "variant.int8.micro_f1", "variant.student.micro_f1"} <= set(run.data.metrics)
+    assert run.data.metrics["variant.fp32.micro_f1"] == pytest.approx(value, abs=0.02)
     assert client.get_model_version("e2e", "1").tags["task"] == "token_classification"
 
     # the registered pyfunc, where torch cannot be imported: one row per text, exact character spans
-    script = LOAD_BLOCKED + f"""
-import mlflow.pyfunc
-import pandas as pd
-mlflow.set_tracking_uri(sys.argv[1])
-out = mlflow.pyfunc.load_model("models:/e2e@champion", dst_path=sys.argv[3]).predict(pd.DataFrame({{"text": {PROBES!r}}}))
-print(json.dumps({{"columns": list(out.columns), "entities": list(out["entities"]), "torch": "torch" in sys.modules}}))
-"""
-    dst = tmp_path / "load"
-    dst.mkdir()
-    proc = subprocess.run([sys.executable, "-c", script, uri, str(SRC), str(dst)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert not loaded["torch"] and loaded["columns"] == ["entities"]
-    check_spans(loaded["entities"])
+    loaded = predict_where_torch_is_blocked(uri, f"pd.DataFrame({{'text': {PROBES!r}}})", tmp_path)
+    assert loaded["columns"] == ["entities"]
+    check_spans([row["entities"] for row in loaded["rows"]])
 
     # `forgeline serve` answers the same spans; an empty text and an over-long one are 422s naming the text
     server = Server(uri, "e2e@champion", log=tmp_path / "serve.log")

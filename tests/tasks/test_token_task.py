@@ -164,3 +164,13 @@ def test_token_model_runs_as_cuda_graphs_like_the_cpu_session(token_model):
     gpu = predict_tagged_onnx(runner.session, encoder, texts, SPEC, 8, graph_logits(runner, 8, 32))
     assert np.abs(SPEC.comparable(gpu) - SPEC.comparable(cpu)).max() < 1e-3
     assert SPEC.decisions(gpu) == SPEC.decisions(cpu) and len(runner.shapes) >= 1
+
+
+def test_the_gazetteer_baseline_tags_every_seen_name_and_nothing_else():
+    from forgeline.bench.gazetteer import Gazetteer, micro_f1
+
+    train = ["Zoë flew to New York", "New York is big", "we met Zoë"]
+    tagger = Gazetteer(train, [((0, 3, "PER"), (12, 20, "LOC")), ((0, 8, "LOC"),), ((7, 10, "PER"),)])
+    assert tagger.tag("zoë loves new york and Paris") == ((0, 3, "PER"), (10, 18, "LOC"))  # case-folded, longest match
+    assert tagger.tag("a new idea") == ()
+    assert micro_f1([((0, 3, "PER"),), ()], [((0, 3, "PER"),), ((0, 1, "LOC"),)]) == pytest.approx(2 / 3)

@@ -69,6 +69,28 @@ def task_of(col: pd.Series) -> tuple[str, str]:
     return "single_label", f"{int(cells.map(str).nunique())} distinct values"
 
 
+def token_file(path: Path, cfg) -> str | None:
+    """What makes ``path`` a token-classification file (CoNLL; JSON Lines of tokens + tags or of text +
+    entities, told by the first row's keys), or None for a table."""
+    from forgeline.data.load import _format, _read_bytes
+
+    fmt = _format(path, cfg)
+    if fmt == "conll":
+        return "a CoNLL file (a token and its tag per line)"
+    if fmt != "jsonl":
+        return None
+    first = next((line for line in _read_bytes(path).decode(cfg.encoding, errors="replace").splitlines() if line.strip()), "")
+    try:
+        row = json.loads(first)
+    except ValueError:
+        return None  # the reader names the line
+    if isinstance(row, dict) and {"tokens", "tags"} <= set(row):
+        return "JSON Lines of tokens and tags"
+    if isinstance(row, dict) and {"text", "entities"} <= set(row):
+        return "JSON Lines of texts and their entity spans"
+    return None
+
+
 def infer(raw: pd.DataFrame, path: Path, text_column: str | None, label_column: str | None,
           exclude: tuple[str, ...] = ()) -> Inferred:
     """The text and target columns (given ones are checked, missing ones inferred) and the task type."""

@@ -248,7 +248,7 @@ def parity_against(source_proba: np.ndarray, proba: np.ndarray, precision: str, 
 
     if spec is not None:
         diff = np.abs(spec.comparable(source_proba) - spec.comparable(proba))
-        agree = float(spec.agree(source_proba, proba).mean())
+        agree = spec.agreement(source_proba, proba)
     else:
         diff, agree = np.abs(source_proba - proba), agreement(source_proba, proba)
     out = {"mean_abs_prob_diff": float(diff.mean()), "max_abs_prob_diff": float(diff.max()),

@@ -262,7 +262,7 @@ def check_parity(model: torch.nn.Module, tokenizer, onnx_path: Path, texts: Sequ
     else:
         got_p = predict_proba_ids(session, ids, tokenizer.pad_token_id, batch_size, activate=spec.activate)
     prob_diff = float(np.abs(spec.comparable(ref_p) - spec.comparable(got_p)).max())
-    agree = float(spec.agree(ref_p, got_p).mean())
+    agree = spec.agreement(ref_p, got_p)
     ok = bool(np.isfinite(prob_diff) and prob_diff <= cfg.parity_atol)
     report = ParityReport(ok=ok, max_abs_prob_diff=prob_diff, max_abs_logit_diff=logit_diff,
                           argmax_agreement=agree, rows=len(texts), atol=cfg.parity_atol)

@@ -177,6 +177,14 @@ class OutputSpec:
             return ((a >= cut) == (b >= cut)).all(axis=1)
         return np.abs(a[:, 0] - b[:, 0]) <= REGRESSION_AGREE_SCALES * self.scale
 
+    def agreement(self, a: Any, b: Any) -> float:
+        """The share of decisions two models' outputs agree on, as parity reports it: per row, and for
+        token classification per word (its tag's argmax)."""
+        if self.tokens:
+            x, y = self.comparable(a), self.comparable(b)
+            return float((x.argmax(axis=1) == y.argmax(axis=1)).mean()) if len(x) else 1.0
+        return float(self.agree(a, b).mean())
+
     def decided(self, outputs: np.ndarray) -> tuple[np.ndarray, "OutputSpec"]:
         """(outputs, spec) whose decisions are this spec's, with thresholds every model shares (0.5):
         two multi-label models tuned their own thresholds, so their probabilities are compared only after

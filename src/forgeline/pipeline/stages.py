@@ -287,9 +287,7 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
     variants += _precisions("teacher", exported.path, teacher_proba, env, calibration, scored, onnx_proba, problems)
 
     student: dict[str, float] = {}
-    if c.student and spec.tokens:
-        problems["student"] = "token_classification has no distilled student yet; the teacher's variants are registered"
-    elif c.student:
+    if c.student:
         made, student = _student_variants(env, trained, splits, calibration, scored, onnx_proba, problems)
         variants += made
 

@@ -175,10 +175,13 @@ class Task:
 
     def evaluate(self, y: np.ndarray, outputs: np.ndarray, spec: OutputSpec, out_dir: Path, name: str = "test") -> EvalResult:
         """Metrics plus a report file under ``out_dir`` (tasks with classes add per-class numbers and plots)."""
-        result = EvalResult(metrics=self.metrics(y, outputs, spec))
+        return self.report(EvalResult(metrics=self.metrics(y, outputs, spec)), out_dir, name)
+
+    def report(self, result: EvalResult, out_dir: Path, name: str, **extra: Any) -> EvalResult:
+        """``result`` with its ``<name>_report.json`` (the metrics and ``extra`` tables) written to ``out_dir``."""
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{name}_report.json"
-        path.write_text(json.dumps({"task": self.type, "metrics": result.metrics}, indent=2))
+        path.write_text(json.dumps({"task": self.type, "metrics": result.metrics, **extra}, indent=2))
         result.artifacts = [path]
         return result
 

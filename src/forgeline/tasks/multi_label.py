@@ -161,8 +161,6 @@ class MultiLabel(Task):
         return out
 
     def evaluate(self, y, outputs, spec: OutputSpec, out_dir: Path, name: str = "test") -> EvalResult:
-        import json
-
         result = EvalResult(metrics=self.metrics(y, outputs, spec))
         yb, p = np.asarray(y) > 0.5, self._pred(outputs, spec)
         for j, lab in enumerate(spec.labels):
@@ -170,11 +168,7 @@ class MultiLabel(Task):
             result.per_class[lab] = {"precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0,
                                      "f1-score": float(_f1_from_counts(np.array(tp), np.array(fp), np.array(fn))),
                                      "support": float(yb[:, j].sum()), "threshold": float(spec.cutoffs[j])}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{name}_report.json"
-        path.write_text(json.dumps({"task": self.type, "metrics": result.metrics, "per_label": result.per_class}, indent=2))
-        result.artifacts = [path]
-        return result
+        return self.report(result, out_dir, name, per_label=result.per_class)
 
     def resampled(self, y, outputs, spec: OutputSpec, weights: np.ndarray) -> np.ndarray:
         """Weighted label counts per resample in three matrix products (B × n by n × K)."""

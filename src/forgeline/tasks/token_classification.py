@@ -188,11 +188,7 @@ class TokenClassification(Task):
             result.per_class[lab] = {"precision": tp[j] / n_pred[j] if n_pred[j] else 0.0,
                                      "recall": tp[j] / n_true[j] if n_true[j] else 0.0,
                                      "f1-score": float(_f1(tp[j], n_pred[j], n_true[j])), "support": float(n_true[j])}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{name}_report.json"
-        path.write_text(json.dumps({"task": self.type, "metrics": result.metrics, "per_type": result.per_class}, indent=2))
-        result.artifacts = [path]
-        return result
+        return self.report(result, out_dir, name, per_type=result.per_class)
 
     def resampled(self, y, outputs, spec: OutputSpec, weights: np.ndarray) -> np.ndarray:
         """Sentences resampled: entity counts per resample in three matrix products."""

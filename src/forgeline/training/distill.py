@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from forgeline.config.schema import CompressConfig, TrainConfig
-from forgeline.training.loop import (_optimizer, autocast_for, collate, encode, linear_warmup, make_batches, predict_proba,
-                                     set_seed)
+from forgeline.training.loop import (_optimizer, autocast_for, collate, encode, linear_warmup, make_batches, pad_labels,
+                                     predict_proba, set_seed)
 
 
 @dataclass
@@ -55,15 +55,43 @@ def hidden_loss(student_states: Sequence[torch.Tensor], teacher_states: Sequence
 
 @torch.inference_mode()
 def teacher_logits(teacher: torch.nn.Module, ids: list[list[int]], pad_id: int, device: str,
-                   batch_size: int = 64, sep_id: int | None = None) -> torch.Tensor:
+                   batch_size: int = 64, sep_id: int | None = None) -> torch.Tensor | list[torch.Tensor]:
+    """The teacher's logits per example: (examples, outputs), or per token (a list of (pieces, tags)
+    tensors: examples differ in length)."""
+    from forgeline.training.classifier import output_spec_of
+
     teacher.eval()
-    out = torch.zeros(len(ids), teacher.config.num_labels)
+    per_token = output_spec_of(teacher).tokens
+    out: torch.Tensor | list = [None] * len(ids) if per_token else torch.zeros(len(ids), teacher.config.num_labels)
     order = np.argsort([len(x) for x in ids], kind="stable")
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         with autocast_for(device):
-            out[torch.from_numpy(idx)] = teacher(**collate(pad_id, [ids[i] for i in idx], device, sep_id=sep_id)).logits.float().cpu()
+            logits = teacher(**collate(pad_id, [ids[i] for i in idx], device, sep_id=sep_id)).logits.float().cpu()
+        if per_token:
+            for r, i in enumerate(idx):
+                out[i] = logits[r, : len(ids[i])]
+        else:
+            out[torch.from_numpy(idx)] = logits
     return out
+
+
+def _soft_batch(soft: torch.Tensor | list[torch.Tensor], idx: np.ndarray, width: int) -> torch.Tensor:
+    if isinstance(soft, torch.Tensor):
+        return soft[idx]
+    out = torch.zeros(len(idx), width, soft[idx[0]].shape[-1])
+    for r, i in enumerate(idx):
+        out[r, : len(soft[i])] = soft[i]
+    return out
+
+
+def _targets(train_y) -> Callable[[np.ndarray, int], torch.Tensor]:
+    """The loss's targets of a batch of rows: rows of one tensor, or per-piece labels padded to the width."""
+    if isinstance(train_y, list):  # token classification: a label list per example
+        return lambda idx, width: pad_labels([train_y[i] for i in idx], width)
+    train_y = np.asarray(train_y)
+    y = torch.as_tensor(train_y, dtype=torch.long if train_y.dtype.kind in "iu" else torch.float32)
+    return lambda idx, width: y[idx]
 
 
 def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: list[list[int]],
@@ -86,8 +114,7 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: 
     pad, sep, spec = tokenizer.pad_token_id, sep_id_of(teacher), output_spec_of(teacher)
     lengths = [len(x) for x in ids]
     soft = teacher_logits(teacher, ids, pad, device, tcfg.eval_batch_size, sep)
-    train_y = np.asarray(train_y)
-    y_all = torch.as_tensor(train_y, dtype=torch.long if train_y.dtype.kind in "iu" else torch.float32)
+    targets = _targets(train_y)
     optimizer = _optimizer(student, tcfg.model_copy(update={"learning_rate": cfg.distill_learning_rate}))
     total = math.ceil(len(ids) / tcfg.batch_size) * cfg.distill_epochs
     scheduler = linear_warmup(optimizer, total, int(0.1 * total))
@@ -102,8 +129,9 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: 
             batch = collate(pad, [ids[i] for i in idx], device, sep_id=sep)
             with autocast_for(device):
                 out = student(**batch, output_hidden_states=hidden)
-            loss = task.distill_loss(out.logits.float(), soft[idx].to(device), y_all[idx].to(device),
-                                     cfg.temperature, cfg.alpha)
+            width = batch["input_ids"].shape[1]
+            loss = task.distill_loss(out.logits.float(), _soft_batch(soft, idx, width).to(device),
+                                     targets(idx, width).to(device), cfg.temperature, cfg.alpha)
             if hidden:
                 with torch.no_grad(), autocast_for(device):
                     target = teacher(**batch, output_hidden_states=True).hidden_states
@@ -145,17 +173,23 @@ def make_student(teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str]
     Raises ``PruningError`` for a target the model cannot take."""
     from forgeline.tasks import get_task
     from forgeline.training import prune
-    from forgeline.training.classifier import sep_id_of
+    from forgeline.training.classifier import output_spec_of, sep_id_of
 
     task = task or get_task("single_label")
     sep = sep_id_of(teacher)
-    ids = encode(tokenizer, train_texts, max_length, train_pairs if sep is not None else None)
+    per_piece = task.encode_train(tokenizer, list(train_texts), train_y, output_spec_of(teacher), max_length)
+    if per_piece is None:
+        ids = encode(tokenizer, train_texts, max_length, train_pairs if sep is not None else None)
+    else:  # token classification: windows with a label per piece
+        ids, train_y = per_piece
+    targets = _targets(train_y)
     rng = np.random.default_rng(seed)
     picked = make_batches([len(x) for x in ids], tcfg.batch_size, rng, True)[: cfg.importance_batches]
-    train_y = np.asarray(train_y)
-    y = torch.as_tensor(train_y, dtype=torch.long if train_y.dtype.kind in "iu" else torch.float32)
     teacher = teacher.to(device)
-    batches = [(collate(tokenizer.pad_token_id, [ids[i] for i in b], device, sep_id=sep), y[b].to(device)) for b in picked]
+    batches = []
+    for b in picked:
+        batch = collate(tokenizer.pad_token_id, [ids[i] for i in b], device, sep_id=sep)
+        batches.append((batch, targets(b, batch["input_ids"].shape[1]).to(device)))
     scores = prune.importance(teacher, batches, task.loss)
     plan = prune.plan(scores, cfg.student_layers, cfg.prune_heads, cfg.prune_ffn)
     student = prune.apply(teacher, plan)
