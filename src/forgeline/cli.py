@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--text-column", default=None, help="with --data: the column holding the texts")
     run.add_argument("--label-column", default=None, help="with --data: the target column (labels, label lists or numbers)")
     run.add_argument("--text-pair-column", default=None, help="with --data: a second text per row (text pairs)")
+    tune = sub.add_parser("tune", parents=config,
+                          help="hyperparameter search (Optuna): trials as child runs, the best one through the gate")
+    tune.add_argument("--trials", type=int, default=None, help="trials in the study in all (tune.trials)")
+    tune.add_argument("--timeout-s", type=float, default=None, help="start no trial after this many seconds (tune.timeout_s)")
+    tune.add_argument("--study", default=None, help="the study's name in its storage (tune.study); reusing one resumes it")
+    tune.add_argument("--workers", type=int, default=1, help="processes sharing the study here (default 1)")
     ui = sub.add_parser("ui", parents=config, help="open the MLflow UI on the embedded store")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
@@ -211,6 +217,44 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"reused from cache: {', '.join(result['cached_stages'])}")
     print(f"MLflow store: {cfg.tracking.tracking_uri or os.environ.get('MLFLOW_TRACKING_URI') or Path(cfg.tracking.workdir).resolve() / 'mlflow.db'}"
           "  (browse: forgeline ui)")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from forgeline.config.loader import load_config
+    from forgeline.data.load import preflight
+    from forgeline.errors import ConfigError
+    from forgeline.settings import ensure_workdir, require_reachable, resolve_tracking_uri
+    from forgeline.tasks import get_task
+    from forgeline.training.classifier import check_base
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: at least 1")
+    flags = {"tune.trials": args.trials, "tune.timeout_s": args.timeout_s, "tune.study": args.study}
+    args.overrides = args.overrides + [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    cfg = load_config(args.config, args.overrides)  # a bad space or key: exit 2 before anything starts
+    preflight(cfg.data, get_task(cfg.task))
+    check_base(cfg.model)
+    workdir = ensure_workdir(cfg.tracking)
+    require_reachable(resolve_tracking_uri(cfg.tracking))
+    from forgeline.pipeline.tuning import open_study, storage_url, study_name
+
+    # the storage, and a study name reused for another space, are checked before any server starts
+    open_study(cfg, storage_url(cfg, workdir), study_name(cfg), get_task(cfg.task).primary.higher_is_better)
+    from forgeline.pipeline.embedded import start_temporary_server
+    from forgeline.pipeline.tuning import tuning_flow
+
+    _console(args.verbose)
+    start_temporary_server()
+    result = tuning_flow(config=args.config, overrides=args.overrides, workers=args.workers)
+    best = result["best"]
+    print(f"study {result['study']} ({result['storage']}): {result['trials']} trials {result['states']}; best trial "
+          f"{best['number']} val {best['value']:.4f} with {best['params']}")
+    pipeline = result["pipeline"]
+    print(pipeline["summary"])
+    aliases = ", ".join(f"@{a}" for a in pipeline["aliases"]) or "no alias"
+    print(f"\nmodels:/{pipeline['model_name']}/{pipeline['version']} ({aliases}): {pipeline['reason']}")
+    print(f"the study's run: {result['parent_run_id']} (trials as its child runs; browse: forgeline ui)")
     return 0
 
 
@@ -408,7 +452,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "ui": cmd_ui, "config": cmd_config, "doctor": cmd_doctor, "gc": cmd_gc, "serve": cmd_serve, "loadtest": cmd_loadtest,
+COMMANDS = {"run": cmd_run, "tune": cmd_tune, "ui": cmd_ui, "config": cmd_config, "doctor": cmd_doctor, "gc": cmd_gc, "serve": cmd_serve, "loadtest": cmd_loadtest,
             "deploy": cmd_deploy, "drift": cmd_drift, "bench": cmd_bench}
 
 

@@ -359,6 +359,86 @@ class TrackingConfig(_Section):
         return os.path.expanduser(value)
 
 
+class ParamSpace(_Section):
+    """One searched parameter: a float or int range (``log``: sampled on a log scale) or categorical ``choices``."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[bool | int | float | str] | None = None
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _numbers(cls, value: object) -> object:
+        """``1e-5`` is a string to YAML 1.1 (a float needs a dot): a choice that reads as a number is one."""
+        def number(v: object) -> object:
+            if isinstance(v, str):
+                try:
+                    f = float(v)
+                except ValueError:
+                    return v
+                return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+            return v
+        return [number(v) for v in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> "ParamSpace":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs 'low' and 'high'")
+        if self.low > self.high:
+            raise ValueError(f"low {self.low:g} is above high {self.high:g}: an empty range")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0 (got {self.low:g})")
+        return self
+
+
+def _default_space() -> dict[str, ParamSpace]:
+    return {"train.learning_rate": ParamSpace(type="float", low=1e-5, high=1e-3, log=True),
+            "train.batch_size": ParamSpace(type="categorical", choices=[16, 32, 64]),
+            "train.epochs": ParamSpace(type="int", low=2, high=6),
+            "train.warmup_ratio": ParamSpace(type="float", low=0.0, high=0.2),
+            "train.weight_decay": ParamSpace(type="float", low=0.0, high=0.1),
+            "model.dropout": ParamSpace(type="float", low=0.0, high=0.3),
+            "model.max_length": ParamSpace(type="categorical", choices=[64, 128])}
+
+
+class TuneConfig(_Section):
+    """`forgeline tune`: an Optuna study over ``space`` (README: Hyperparameter search)."""
+
+    trials: int = Field(12, ge=1, le=100_000)
+    """Trials in the study in all, across every worker (a resumed study counts the ones it has)."""
+    timeout_s: float | None = Field(None, gt=0)
+    """Stop starting trials after this many seconds (the running ones finish)."""
+    study: str | None = Field(None, min_length=1, max_length=200)
+    """The study's name in the storage; None: ``<registry.model_name>-tune``."""
+    storage: str | None = None
+    """Optuna's RDB storage URL (``postgresql://...`` for workers on several machines); None: SQLite
+    ``optuna.db`` in the workdir."""
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    """The sampler's seed; None: the config's ``seed``."""
+    concurrency: int | None = Field(None, ge=1, le=1024)
+    """Trials at once in this process; None: one per GPU, one on a CPU."""
+    space: dict[str, ParamSpace] = Field(default_factory=_default_space)
+    """Config key (``train.learning_rate``) → its range. Replaces the default space as a whole."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "TuneConfig":
+        if not self.space:
+            raise ValueError("tune.space is empty: name at least one parameter to search")
+        return self
+
+
+SEARCHABLE = ("train", "model")
+"""Sections whose keys a study may search: what the training stage reads."""
+
+
 class PipelineConfig(_Section):
     seed: int = Field(42, ge=0, le=2**32 - 1)
     """NumPy and PyTorch take seeds in [0, 2**32)."""
@@ -372,10 +452,26 @@ class PipelineConfig(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+
+    @model_validator(mode="after")
+    def _check_space(self) -> "PipelineConfig":
+        """Every searched name is a key of a searchable section (did-you-mean otherwise)."""
+        import difflib
+
+        known = [k for k in self.flat() if k.split(".", 1)[0] in SEARCHABLE]
+        for name in self.tune.space:
+            if name not in known:
+                leaf = name.rsplit(".", 1)[-1]  # "lr" → learning_rate: by the initials of its words, else by spelling
+                hint = [k for k in known if "".join(w[:1] for w in k.rsplit(".", 1)[-1].split("_")) == leaf][:1] \
+                    or difflib.get_close_matches(name, known, n=1)
+                raise ValueError(f"tune.space: {name!r} is not a key of {'/'.join(SEARCHABLE)}"
+                                 + (f" (did you mean {hint[0]!r}?)" if hint else f"; searchable keys: {known[:40]}"))
+        return self
 
     def config_hash(self) -> str:
-        """Stable hash of everything that changes the trained model (not where it is tracked)."""
-        payload = self.model_dump(mode="json", exclude={"tracking", "drift"})
+        """Stable hash of everything that changes the trained model (not where it is tracked or tuned)."""
+        payload = self.model_dump(mode="json", exclude={"tracking", "drift", "tune"})
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

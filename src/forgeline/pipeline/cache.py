@@ -315,6 +315,14 @@ class StageCache:
             return None
         return value, stored
 
+    def remove(self, stage: str, key: str) -> bool:
+        """Delete one entry and the blobs only it used (a study's trials that lost); whether it existed."""
+        entry = self.path(stage, key)
+        if not entry.is_dir():
+            return False
+        self._remove(entry, self._manifest(entry))
+        return True
+
     def _drop(self, entry: Path, why: str, manifest: dict[str, str]) -> None:
         self.dropped[entry.name] = why
         log.warning("cache entry %s dropped: %s; the stage runs again", entry.name, why)

@@ -55,8 +55,10 @@ class PipelineResult:
         return self.__dict__.copy()
 
 
-def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
-    """The whole pipeline in one MLflow run; must be called inside a Prefect flow."""
+def run_pipeline(cfg: PipelineConfig, parent_run_id: str | None = None,
+                 extra_tags: dict[str, str] | None = None) -> PipelineResult:
+    """The whole pipeline in one MLflow run; must be called inside a Prefect flow. ``parent_run_id``: the
+    run this one is a child of (a study's best trial going through the pipeline)."""
     import mlflow
 
     quiet_libraries()
@@ -71,7 +73,8 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     mark_failed_runs(workdir / "runs", stale.stale_runs, cfg.tracking.keep_failed_runs)
     run = client.create_run(experiment_id, run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={"forgeline.config_hash": cfg.config_hash(), "forgeline.model_name": cfg.registry.model_name,
-                                  **owner_tags()})
+                                  **owner_tags(), **(extra_tags or {}),
+                                  **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})})
     tracker = Tracker(client=client, run_id=run.info.run_id, tracking_uri=tracking_uri)
     run_dir = workdir / "runs" / run.info.run_id
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,10 @@ from forgeline.data.split import Splits
 from forgeline.settings import failpoint
 
 MetricsLogger = Callable[[dict[str, float], int], None]
+EPOCH_REPORT: ContextVar[Callable[[int, float], None] | None] = ContextVar("forgeline_epoch_report", default=None)
+"""Called with (epoch, the primary validation metric) after each epoch when set: a hyperparameter search
+(``pipeline.tuning``) reports to its trial here, and its pruner stops the training by raising. A context
+variable, not a parameter: the training stage runs through the stage runner, which knows nothing of trials."""
 
 
 @dataclass
@@ -436,6 +441,8 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
         history.append(record)
         log({k: v for k, v in record.items() if k != "epoch"}, epoch)
         value = metrics[primary.name]
+        if (report := EPOCH_REPORT.get()) is not None:
+            report(epoch, value)  # may raise to stop here (a pruned trial)
         if best_value is None or primary.worse_by(value, best_value) < 0:
             best_value, best_epoch, bad_epochs = value, epoch, 0
             set_output_spec(model, epoch_spec)

@@ -1,0 +1,423 @@
+"""Hyperparameter search: an Optuna study whose trials are Prefect task runs and child MLflow runs.
+
+The study lives in Optuna's RDB storage (``tune.storage``; SQLite ``optuna.db`` in the workdir by
+default), so several worker processes, or machines on one PostgreSQL, share it. Each trial samples
+``tune.space``, validates and splits the data through the stage runner (cache hits after the first
+trial), and trains through the same TRAIN stage as ``forgeline run``, reporting the primary validation
+metric each epoch to its pruner (``training.loop.EPOCH_REPORT``). The study chooses on validation data
+only. Afterwards the best trial's configuration runs the whole pipeline as a child of the study's run:
+its training is a cache hit (the trial stored it under the same key), so it is evaluated, exported,
+compressed and put through the gate on the same test rows as any run, never retrained. The losing
+trials' checkpoints are removed from the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from forgeline.config.loader import load_config
+from forgeline.config.schema import ParamSpace, PipelineConfig
+from forgeline.errors import ConfigError, ForgelineError
+
+log = logging.getLogger("forgeline")
+SIGNATURE_ATTR = "forgeline.signature"
+"""Study user attribute: the search space, task and data a study was made for."""
+PARENT_ATTR = "forgeline.parent_run_id"
+"""Study user attribute: the MLflow run that holds the study's trials as child runs."""
+
+
+class TuningError(ForgelineError):
+    """The study could not produce a model (every trial failed)."""
+
+
+def storage_url(cfg: PipelineConfig, workdir: Path) -> str:
+    return cfg.tune.storage or f"sqlite:///{workdir / 'optuna.db'}"
+
+
+def study_name(cfg: PipelineConfig) -> str:
+    return cfg.tune.study or f"{cfg.registry.model_name}-tune"
+
+
+def signature(cfg: PipelineConfig) -> dict[str, Any]:
+    """What a study's trials must share to be compared: the space, the task and the data."""
+    return {"space": {k: v.model_dump(mode="json") for k, v in sorted(cfg.tune.space.items())},
+            "task": cfg.task.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json", include={"path", "source"})}
+
+
+def sample(trial, space: dict[str, ParamSpace]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, p in space.items():
+        if p.type == "categorical":
+            out[name] = trial.suggest_categorical(name, p.choices)
+        elif p.type == "int":
+            out[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log)
+        else:
+            out[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
+    return out
+
+
+def with_params(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
+    """``cfg`` with the dotted keys of ``params`` set (checked as any config is)."""
+    data = cfg.model_dump(mode="json")
+    for name, value in params.items():
+        section, key = name.split(".", 1)
+        data[section][key] = value
+    return PipelineConfig.model_validate(data)
+
+
+def open_study(cfg: PipelineConfig, storage: str, name: str, higher_is_better: bool):
+    """The study, created or resumed; one made for another space, task or data is refused. An
+    unreachable storage is a ``ConfigError`` naming it."""
+    import optuna
+
+    seed = cfg.tune.seed if cfg.tune.seed is not None else cfg.seed
+    sampler = optuna.samplers.TPESampler(seed=seed) if cfg.tune.sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed)
+    # n_startup_trials=1: from the second trial on, a trial below the median of the others at the same
+    # epoch stops there (the first report included)
+    pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0),
+              "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, cfg.train.epochs)),
+              "none": optuna.pruners.NopPruner}[cfg.tune.pruner]()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
+                                    direction="maximize" if higher_is_better else "minimize", load_if_exists=True)
+    except Exception as e:  # noqa: BLE001 - sqlalchemy's many errors of an unreachable or unusable database
+        if isinstance(e, ValueError) and "direction" in str(e):
+            raise ConfigError(f"study {name!r} in {storage} optimises the other direction ({e}); give the study "
+                              "another name (--study)") from None
+        raise ConfigError(f"tune.storage {storage}: the Optuna storage cannot be opened ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:300]}); check the URL and that the database is reachable") from None
+    mine = signature(cfg)
+    theirs = study.user_attrs.get(SIGNATURE_ATTR)
+    if theirs is None:
+        study.set_user_attr(SIGNATURE_ATTR, mine)
+    elif theirs != mine:
+        what = [k for k in mine if mine[k] != theirs.get(k)]
+        raise ConfigError(f"study {name!r} in {storage} was made for another {' and '.join(what)} "
+                          f"({json.dumps({k: theirs.get(k) for k in what})[:400]}); give this search its own name "
+                          "(--study NAME) or delete that study")
+    return study
+
+
+def default_concurrency() -> int:
+    """One trial per GPU; one on a CPU (a 2-core machine trains one model at a time best)."""
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except Exception:  # noqa: BLE001
+        return 1
+
+
+class Search:
+    """One process's part of a study: its trials, each a Prefect task run and a child MLflow run."""
+
+    def __init__(self, cfg: PipelineConfig, study, client, experiment_id: str, parent_run_id: str, run_dir: Path,
+                 cache, tracking_uri: str, storage: str) -> None:
+        from forgeline.tasks import get_task
+
+        self.cfg, self.study, self.client, self.storage = cfg, study, client, storage
+        self.experiment_id, self.parent, self.run_dir, self.cache = experiment_id, parent_run_id, run_dir, cache
+        self.tracking_uri = tracking_uri
+        self.primary = get_task(cfg.task).primary
+
+    def run(self, trial) -> None:
+        """One trial as a Prefect task run, its result told to the study. A pruned trial is no failed
+        task run; a failing one is recorded and the study goes on."""
+        import optuna
+
+        TrialState = optuna.trial.TrialState
+        try:
+            state, value = trial_task.with_options(name=f"tune-trial-{trial.number}")(self, trial)
+        except BaseException:
+            self.study.tell(trial, state=TrialState.FAIL)
+            if not isinstance(sys.exc_info()[1], Exception):
+                raise  # Ctrl-C, SIGTERM: the trial is marked, the study stops
+            return
+        if state == "pruned":
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            self.study.tell(trial, value)
+
+    def run_trial(self, trial) -> tuple[str, Any]:
+        """("complete", the best validation value) or ("pruned", why)."""
+        import optuna
+
+        from forgeline.pipeline.runner import StageRunner
+        from forgeline.pipeline.stages import SPLIT, TRAIN, VALIDATE
+        from forgeline.pipeline.tracking import Tracker
+        from forgeline.training.loop import EPOCH_REPORT
+
+        params = sample(trial, self.cfg.tune.space)
+        cfg = with_params(self.cfg, params)
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number}",
+                                     tags={"mlflow.parentRunId": self.parent, "forgeline.tune.study": self.study.study_name,
+                                           "forgeline.tune.trial": str(trial.number)})
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        tracker = Tracker(client=self.client, run_id=run.info.run_id, tracking_uri=self.tracking_uri)
+        tracker.params(cfg.flat())
+        tracker.tags({f"tune.param.{k}": str(v) for k, v in params.items()})
+        folder = self.run_dir / f"trial-{trial.number}"
+        runner = StageRunner(cfg, folder, tracker, self.cache)
+        name = self.primary.name
+
+        def report(epoch: int, value: float) -> None:
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val_{name} {value:.4f} at epoch {epoch} is worse than the median of the "
+                                         "other trials there")
+
+        started = time.perf_counter()
+        token = EPOCH_REPORT.set(report)
+        state, status = "failed", "FAILED"
+        try:
+            data = runner.execute(VALIDATE)
+            splits = runner.execute(SPLIT, data)
+            trained = runner.execute(TRAIN, splits, data.labels)
+            trial.set_user_attr("train_key", runner.keys["train"])
+            state, status = "complete", "FINISHED"
+            tracker.metrics({f"tune.val_{name}": trained.best_val_macro_f1})
+            return "complete", trained.best_val_macro_f1
+        except optuna.TrialPruned as e:
+            state, status = "pruned", "FINISHED"
+            tracker.tags({"tune.pruned_because": str(e)})
+            return "pruned", str(e)
+        except Exception as e:
+            tracker.tags({"tune.error": f"{type(e).__name__}: {e}"[:4000]})
+            log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+            raise
+        finally:
+            EPOCH_REPORT.reset(token)
+            tracker.tags({"tune.state": state})
+            tracker.metrics({"tune.seconds": time.perf_counter() - started})
+            self.client.set_terminated(run.info.run_id, status)
+            shutil.rmtree(folder, ignore_errors=True)  # the checkpoint is in the cache
+
+    def optimize(self, trials: int, timeout_s: float | None, concurrency: int) -> None:
+        """Trials until the study holds ``trials`` in all (across every worker sharing it) or
+        ``timeout_s`` passed. On SQLite a file lock makes count-then-ask atomic across processes, so the
+        total is exact; on other storages two workers may each add one past it."""
+        import threading
+
+        from optuna.trial import TrialState
+
+        from forgeline.settings import store_lock
+
+        STARTED = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+
+        def work() -> None:
+            while deadline is None or time.monotonic() < deadline:
+                with store_lock(self.storage, "tune"):
+                    started = self.study.get_trials(deepcopy=False, states=STARTED)  # enqueued ones wait to be asked
+                    if len(started) >= trials:
+                        return
+                    trial = self.study.ask()
+                self.run(trial)
+
+        if concurrency <= 1:
+            work()
+            return
+        threads = [threading.Thread(target=work, name=f"tune-{i}") for i in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
+@task(name="tune-trial", cache_policy=NO_CACHE, persist_result=False)
+def trial_task(search: Search, trial) -> tuple[str, Any]:
+    """A trial as a Prefect task run: it shows in the flow's run graph with its state."""
+    return search.run_trial(trial)
+
+
+def summarize(study, primary_name: str, out: Path) -> tuple[dict[str, Any], list[Path]]:
+    """The study's record (trial states, durations, the best trial) and Optuna's plots as PNGs."""
+    import optuna
+
+    states: dict[str, int] = {}
+    for t in study.trials:
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    record: dict[str, Any] = {
+        "study": study.study_name, "direction": study.direction.name.lower(), "metric": f"val_{primary_name}",
+        "trials": len(study.trials), "states": states,
+        "seconds": {s: sum((t.duration.total_seconds() if t.duration else 0.0) for t in study.trials
+                           if t.state.name.lower() == s) for s in states},
+        "all": [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
+                 "last_epoch": max(t.intermediate_values, default=None),
+                 "mlflow_run_id": t.user_attrs.get("mlflow_run_id")} for t in study.trials],
+    }
+    if complete:
+        best = study.best_trial
+        record["best"] = {"number": best.number, "value": best.value, "params": best.params,
+                          "mlflow_run_id": best.user_attrs.get("mlflow_run_id")}
+    plots: list[Path] = []
+    out.mkdir(parents=True, exist_ok=True)
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as vis
+
+    for name, draw, needs in (("optimization_history", vis.plot_optimization_history, 1),
+                              ("param_importances", vis.plot_param_importances, 2),
+                              ("parallel_coordinate", vis.plot_parallel_coordinate, 1)):
+        if len(complete) < needs:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna's "experimental" warnings on its matplotlib plots
+                draw(study)
+            path = out / f"{name}.png"
+            plt.gcf().set_size_inches(9, 5)
+            plt.savefig(path, dpi=80, bbox_inches="tight")
+            plots.append(path)
+        except Exception as e:  # noqa: BLE001 - a plot is a nicety; the record is what matters
+            log.info("no %s plot: %s", name, e)
+        finally:
+            plt.close("all")
+    return record, plots
+
+
+def run_study(cfg: PipelineConfig, workers: int = 1) -> dict[str, Any]:
+    """The study in this process (and ``workers - 1`` more sharing it), then the best trial through the
+    rest of the pipeline. Must be called inside a Prefect flow."""
+    import optuna
+
+    from forgeline.pipeline.cache import StageCache
+    from forgeline.pipeline.doctor import owner_tags
+    from forgeline.pipeline.flows import run_pipeline
+    from forgeline.pipeline.tracking import Tracker, ensure_experiment, open_client
+    from forgeline.settings import ensure_workdir, resolve_tracking_uri
+
+    workdir = ensure_workdir(cfg.tracking)
+    tracking_uri = resolve_tracking_uri(cfg.tracking)
+    client = open_client(tracking_uri)
+    experiment_id = ensure_experiment(client, cfg.tracking, tracking_uri)
+    from forgeline.tasks import get_task
+
+    primary = get_task(cfg.task).primary
+    storage, name = storage_url(cfg, workdir), study_name(cfg)
+    study = open_study(cfg, storage, name, primary.higher_is_better)
+    parent_id = study.user_attrs.get(PARENT_ATTR)
+    if parent_id is None:
+        parent = client.create_run(experiment_id, run_name=f"tune-{name}",
+                                   tags={"forgeline.tune.study": name, "forgeline.tune.storage": _shown_url(storage),
+                                         "forgeline.model_name": cfg.registry.model_name, **owner_tags()})
+        parent_id = parent.info.run_id
+        study.set_user_attr(PARENT_ATTR, parent_id)
+    tracker = Tracker(client=client, run_id=parent_id, tracking_uri=tracking_uri)
+    tracker.params({f"tune.{k}": v for k, v in cfg.flat().items() if k.startswith("tune.")} | {"tune.study": name})
+    run_dir = workdir / "runs" / parent_id
+    cache = StageCache(workdir / "cache", enabled=cfg.tracking.cache, max_bytes=int(cfg.tracking.cache_max_gb * 1e9))
+    search = Search(cfg, study, client, experiment_id, parent_id, run_dir, cache, tracking_uri, storage)
+    status = "FAILED"
+    try:
+        from forgeline.pipeline.runner import StageRunner
+        from forgeline.pipeline.stages import VALIDATE
+
+        # bad data fails here, once, not as every trial's failure; the trials then hit the cache
+        StageRunner(cfg, run_dir, tracker, cache).execute(VALIDATE)
+        helpers = _start_workers(cfg, workers - 1)
+        search.optimize(cfg.tune.trials, cfg.tune.timeout_s, cfg.tune.concurrency or default_concurrency())
+        for proc in helpers:
+            proc.wait()
+        study = optuna.load_study(study_name=name, storage=storage)
+        record, plots = summarize(study, primary.name, run_dir / "study")
+        tracker.json(record, "study.json")
+        for plot in plots:
+            tracker.artifact(plot, "study")
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        pruned = record["states"].get("pruned", 0)
+        tracker.metrics({"tune.trials": len(study.trials), "tune.complete": len(complete), "tune.pruned": pruned,
+                         "tune.failed": record["states"].get("fail", 0)})
+        if not complete:
+            errors = [client.get_run(t.user_attrs["mlflow_run_id"]).data.tags.get("tune.error")
+                      for t in study.trials if "mlflow_run_id" in t.user_attrs]
+            first = next((e for e in errors if e), "no trial finished")
+            raise TuningError(f"no trial of study {name!r} finished ({record['states']}); the first failure: {first}")
+        best = study.best_trial
+        tracker.metrics({f"tune.best_val_{primary.name}": best.value, "tune.best_trial": best.number})
+        tracker.tags({"tune.best_trial": str(best.number)} | {f"tune.best.{k}": str(v) for k, v in best.params.items()})
+        keep = best.user_attrs.get("train_key")
+        for t in study.trials:  # the losers' checkpoints: the disk bound holds during a study too
+            key = t.user_attrs.get("train_key")
+            if key and key != keep:  # a trial repeating the best one's config shares its entry
+                cache.remove("train", key)
+        result = run_pipeline(with_params(cfg, best.params), parent_run_id=parent_id,
+                              extra_tags={"forgeline.tune.best_of": name, "forgeline.tune.best_trial": str(best.number)})
+        tracker.tags({"tune.registered": f"{result.model_name}/{result.version}", "tune.promoted": str(result.promoted)})
+        status = "FINISHED"
+        return {"study": name, "storage": _shown_url(storage), "parent_run_id": parent_id, "trials": len(study.trials),
+                "states": record["states"], "best": record["best"], "pipeline": result.to_dict()}
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(parent_id, status)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _shown_url(url: str) -> str:
+    """A storage URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return url.split("@")[-1]
+
+
+def _start_workers(cfg: PipelineConfig, n: int) -> list:
+    """``n`` more processes working on the same study (``forgeline tune --worker``)."""
+    import subprocess
+    import sys
+
+    if n <= 0:
+        return []
+    config = json.dumps(cfg.model_dump(mode="json"))
+    return [subprocess.Popen([sys.executable, "-m", "forgeline.pipeline.tuning", config]) for _ in range(n)]
+
+
+def work_on(config_json: str) -> None:
+    """A helper worker: trials of the study the config names until the study has its total (no final
+    pipeline: the process that started the study runs it)."""
+    from forgeline.pipeline.cache import StageCache
+    from forgeline.pipeline.tracking import ensure_experiment, open_client
+    from forgeline.settings import ensure_workdir, resolve_tracking_uri
+    from forgeline.tasks import get_task
+
+    cfg = PipelineConfig.model_validate(json.loads(config_json))
+    workdir = ensure_workdir(cfg.tracking)
+    tracking_uri = resolve_tracking_uri(cfg.tracking)
+    client = open_client(tracking_uri)
+    experiment_id = ensure_experiment(client, cfg.tracking, tracking_uri)
+    study = open_study(cfg, storage_url(cfg, workdir), study_name(cfg), get_task(cfg.task).primary.higher_is_better)
+    parent_id = study.user_attrs[PARENT_ATTR]
+    cache = StageCache(workdir / "cache", enabled=cfg.tracking.cache, max_bytes=int(cfg.tracking.cache_max_gb * 1e9))
+    storage = storage_url(cfg, workdir)
+    Search(cfg, study, client, experiment_id, parent_id, workdir / "runs" / parent_id, cache,
+           tracking_uri, storage).optimize(cfg.tune.trials, cfg.tune.timeout_s, cfg.tune.concurrency or default_concurrency())
+
+
+@flow(name="forgeline-tuning", log_prints=True, persist_result=False)
+def tuning_flow(config: str | None = None, overrides: list[str] | None = None, workers: int = 1) -> dict[str, Any]:
+    """Prefect entry point of ``forgeline tune``."""
+    return run_study(load_config(config, overrides), workers)
+
+
+if __name__ == "__main__":  # a helper worker started by _start_workers
+    flow(name="forgeline-tuning-worker", persist_result=False)(work_on)(sys.argv[1])

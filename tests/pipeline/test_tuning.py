@@ -1,0 +1,94 @@
+"""`forgeline tune`: an Optuna study whose trials are child MLflow runs of one parent, pruned on their
+validation curves, its best trial registered through the gate without retraining; and the bad inputs
+(an empty or contradictory space, an unknown key, a reused study name, an unreachable storage)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from forgeline.config.loader import load_config
+from forgeline.errors import ConfigError
+from forgeline.pipeline.tuning import open_study, study_name, tuning_flow
+from tests.conftest import flow_overrides
+
+ROOT = Path(__file__).resolve().parents[2]
+SPACE = {"train.learning_rate": {"type": "categorical", "choices": [5.0e-3, 1.0e-12]},
+         "train.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.1}}
+
+
+@pytest.mark.e2e
+def test_a_study_with_child_runs_pruning_and_the_best_trial_registered_without_retraining(prefect_api, tiny, tmp_path,
+                                                                                           sentiment_csv):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = flow_overrides(tmp_path, sentiment_csv, *tiny, "train.epochs=2", "train.patience=3", "train.batch_size=8",
+                               f"tune.space={json.dumps(SPACE)}", "tune.trials=3", "tune.study=s1")
+    cfg = load_config("tiny", overrides)
+    (tmp_path / "state").mkdir(exist_ok=True)
+    storage = f"sqlite:///{tmp_path / 'state' / 'optuna.db'}"
+    study = open_study(cfg, storage, study_name(cfg), True)
+    # a learning model (macro-F1 ~0.9 after one epoch), then one that learns nothing (worse at its first
+    # report: pruned there), then the first again (its training a cache hit)
+    for lr in (5.0e-3, 1.0e-12, 5.0e-3):
+        study.enqueue_trial({"train.learning_rate": lr, "train.warmup_ratio": 0.0})
+
+    result = tuning_flow(config="tiny", overrides=overrides)
+    assert result["trials"] == 3 and result["states"] == {"complete": 2, "pruned": 1}, result
+    client = MlflowClient(uri, uri)
+    parent = client.get_run(result["parent_run_id"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    trials = {r.data.tags["forgeline.tune.trial"]: r for r in children if "forgeline.tune.trial" in r.data.tags}
+    assert set(trials) == {"0", "1", "2"}
+    pruned = trials["1"]
+    assert pruned.data.tags["tune.state"] == "pruned" and "at epoch 1" in pruned.data.tags["tune.pruned_because"]
+    assert [m.step for m in client.get_metric_history(pruned.info.run_id, "val_macro_f1")] == [1]  # stopped there
+    assert trials["0"].data.tags["tune.state"] == "complete"
+    assert len(client.get_metric_history(trials["0"].info.run_id, "val_macro_f1")) == 2
+    # the parent tells the story: the study record and Optuna's plots
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | {
+        a.path for a in client.list_artifacts(parent.info.run_id, "study")}
+    assert {"study.json", "study/optimization_history.png"} <= artifacts
+    assert parent.data.metrics["tune.pruned"] == 1 and parent.info.status == "FINISHED"
+    # the best trial went through evaluate → export → compress → register as a child run, its training a cache hit
+    final = [r for r in children if r.data.tags.get("forgeline.tune.best_of") == "s1"]
+    assert len(final) == 1 and final[0].data.tags["cache.train"] == "hit"
+    assert final[0].data.tags["forgeline.tune.best_trial"] == str(result["best"]["number"]) == "0"
+    assert result["pipeline"]["version"] == "1" and result["pipeline"]["promoted"]
+    assert float(final[0].data.params["train.learning_rate"]) == 5.0e-3
+
+    # the same study name with another space is refused, naming what differs
+    other = load_config("tiny", [*overrides, 'tune.space={"train.epochs": {"type": "int", "low": 1, "high": 2}}'])
+    with pytest.raises(ConfigError, match="study 's1' .* was made for another space"):
+        open_study(other, storage, "s1", True)
+    assert len(optuna.load_study(study_name="s1", storage=storage).trials) == 3
+
+
+@pytest.mark.parametrize("space,needle", [
+    ('{}', "tune.space is empty"),
+    ('{"train.learning_rate": {"type": "float", "low": 0.1, "high": 0.01}}', "low 0.1 is above high 0.01"),
+    ('{"train.learning_rate": {"type": "float", "low": 0, "high": 0.01, "log": true}}', "log-scale range needs low > 0"),
+    ('{"train.lr": {"type": "float", "low": 0.001, "high": 0.01}}', "did you mean 'train.learning_rate'?"),
+    ('{"train.batch_size": {"type": "categorical", "choices": []}}', "non-empty 'choices'"),
+])
+def test_a_bad_search_space_is_one_message_exit_2(tmp_path, space, needle):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "MLFLOW_"))}
+    out = subprocess.run([sys.executable, "-m", "forgeline", "tune", "--config", "tiny", "--set", f"tune.space={space}",
+                          "--set", f"tracking.workdir={tmp_path / 'wd'}"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert needle in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "wd" / "mlflow.db").exists()
+
+
+def test_an_unreachable_storage_is_one_message(tmp_path):
+    cfg = load_config("tiny", ["tune.storage=postgresql://nobody@127.0.0.1:1/none"])
+    with pytest.raises(ConfigError, match=r"tune.storage postgresql://nobody@127.0.0.1:1/none: the Optuna storage cannot be"):
+        open_study(cfg, cfg.tune.storage, "x", True)
