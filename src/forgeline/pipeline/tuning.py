@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -161,7 +163,8 @@ class Search:
         cfg = with_params(self.cfg, params)
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number}",
                                      tags={"mlflow.parentRunId": self.parent, "forgeline.tune.study": self.study.study_name,
-                                           "forgeline.tune.trial": str(trial.number)})
+                                           "forgeline.tune.trial": str(trial.number),
+                                           "forgeline.tune.worker": f"{socket.gethostname()}:{os.getpid()}"})
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         tracker = Tracker(client=self.client, run_id=run.info.run_id, tracking_uri=self.tracking_uri)
         tracker.params(cfg.flat())
@@ -388,8 +391,13 @@ def _start_workers(cfg: PipelineConfig, n: int) -> list:
 
     if n <= 0:
         return []
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ)
+    if PREFECT_API_URL.value():  # this flow's Prefect API, so the helpers' trials show beside ours
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
     config = json.dumps(cfg.model_dump(mode="json"))
-    return [subprocess.Popen([sys.executable, "-m", "forgeline.pipeline.tuning", config]) for _ in range(n)]
+    return [subprocess.Popen([sys.executable, "-m", "forgeline.pipeline.tuning", config], env=env) for _ in range(n)]
 
 
 def work_on(config_json: str) -> None:
