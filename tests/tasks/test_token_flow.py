@@ -66,9 +66,11 @@ def conll(n: int = 320, seed: int = 0) -> str:
 
 
 PROBES = ["yesterday Zoë  met João in São Paulo 😀", "the office in Zürich hired   Ana-María last week",
-          "reading books with Paris is fun"]
+          "we drove from Kraków to Lagos with Chidi #12"]
 EXPECTED = [[("PER", "Zoë"), ("PER", "João"), ("LOC", "São Paulo")], [("LOC", "Zürich"), ("PER", "Ana-María")],
-            [("PER", "Paris")]]
+            [("LOC", "Kraków"), ("LOC", "Lagos"), ("PER", "Chidi")]]
+"""Unambiguous names: the served variant is chosen by latency (a distilled or INT8 one may be served) and
+must read these right; the ambiguous ones are the test split's, where the F1 comparison counts them."""
 
 
 def check_spans(entities: list[list[dict]]) -> None:

@@ -140,9 +140,9 @@ class Search:
         TrialState = optuna.trial.TrialState
         try:
             state, value = trial_task.with_options(name=f"tune-trial-{trial.number}")(self, trial)
-        except BaseException:
+        except BaseException as e:
             self.study.tell(trial, state=TrialState.FAIL)
-            if not isinstance(sys.exc_info()[1], Exception):
+            if not isinstance(e, Exception):
                 raise  # Ctrl-C, SIGTERM: the trial is marked, the study stops
             return
         if state == "pruned":
@@ -197,6 +197,9 @@ class Search:
         except Exception as e:
             tracker.tags({"tune.error": f"{type(e).__name__}: {e}"[:4000]})
             log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+            raise
+        except BaseException:  # Ctrl-C, SIGTERM: stopped, not failed
+            state, status = "interrupted", "KILLED"
             raise
         finally:
             EPOCH_REPORT.reset(token)
@@ -322,12 +325,15 @@ def run_study(cfg: PipelineConfig, workers: int = 1) -> dict[str, Any]:
                                          "forgeline.model_name": cfg.registry.model_name, **owner_tags()})
         parent_id = parent.info.run_id
         study.set_user_attr(PARENT_ATTR, parent_id)
+        # once, at creation: MLflow refuses a changed param, and a resumed study may ask for more trials
+        Tracker(client=client, run_id=parent_id, tracking_uri=tracking_uri).params(
+            {k: v for k, v in cfg.flat().items() if k.startswith("tune.")})
     tracker = Tracker(client=client, run_id=parent_id, tracking_uri=tracking_uri)
-    tracker.params({f"tune.{k}": v for k, v in cfg.flat().items() if k.startswith("tune.")} | {"tune.study": name})
     run_dir = workdir / "runs" / parent_id
     cache = StageCache(workdir / "cache", enabled=cfg.tracking.cache, max_bytes=int(cfg.tracking.cache_max_gb * 1e9))
     search = Search(cfg, study, client, experiment_id, parent_id, run_dir, cache, tracking_uri, storage)
     status = "FAILED"
+    helpers: list = []
     try:
         from forgeline.pipeline.runner import StageRunner
         from forgeline.pipeline.stages import VALIDATE
@@ -370,6 +376,9 @@ def run_study(cfg: PipelineConfig, workers: int = 1) -> dict[str, Any]:
         status = "KILLED"
         raise
     finally:
+        for proc in helpers:  # this process failed or was interrupted: its helpers stop too
+            if proc.poll() is None:
+                proc.terminate()
         client.set_terminated(parent_id, status)
         shutil.rmtree(run_dir, ignore_errors=True)
 
