@@ -110,3 +110,35 @@ def test_two_worker_processes_share_one_study_with_the_right_total(prefect_api, 
     trial_runs = [r for r in runs if "forgeline.tune.trial" in r.data.tags]
     assert sorted(int(r.data.tags["forgeline.tune.trial"]) for r in trial_runs) == list(range(6))  # no duplicates
     assert len({r.data.tags["forgeline.tune.worker"] for r in trial_runs}) == 2, [r.data.tags["forgeline.tune.worker"] for r in trial_runs]
+
+
+@pytest.mark.e2e
+def test_a_killed_workers_trial_is_marked_failed_and_the_study_goes_on(prefect_api, tiny, tmp_path, sentiment_csv):
+    import time
+
+    space = {"train.learning_rate": {"type": "float", "low": 1.0e-3, "high": 6.0e-3, "log": True}}
+    overrides = flow_overrides(tmp_path, sentiment_csv, *tiny, "train.epochs=1", f"tune.space={json.dumps(space)}",
+                               "tune.trials=2", "tune.study=k", "tune.heartbeat_s=1", "compress.student=false")
+    (tmp_path / "state").mkdir(exist_ok=True)
+    storage = f"sqlite:///{tmp_path / 'state' / 'optuna.db'}"
+    worker = f"""
+import time
+from forgeline.config.loader import load_config
+from forgeline.pipeline.tuning import open_study
+study = open_study(load_config("tiny", {overrides!r}), {storage!r}, "k", True)
+trial = study.ask()
+study._storage.record_heartbeat(trial._trial_id)
+print("running", trial.number, flush=True)
+time.sleep(600)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", worker], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().split() == ["running", "0"]
+    finally:
+        proc.kill()  # SIGKILL: no chance to mark its trial
+        proc.wait()
+    time.sleep(3.5)  # three missed beats
+    result = tuning_flow(config="tiny", overrides=overrides)
+    trials = sorted(optuna.load_study(study_name="k", storage=storage).trials, key=lambda t: t.number)
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]  # the killed one counts in the total
+    assert result["best"]["number"] == 1 and result["pipeline"]["version"] == "1"

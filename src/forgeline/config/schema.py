@@ -423,6 +423,9 @@ class TuneConfig(_Section):
     pruner: Literal["median", "hyperband", "none"] = "median"
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     """The sampler's seed; None: the config's ``seed``."""
+    heartbeat_s: int = Field(30, ge=1, le=3600)
+    """A running trial writes a heartbeat this often; one silent for 3 beats (its worker was killed) is
+    marked failed when a worker next starts on the study, which then goes on."""
     concurrency: int | None = Field(None, ge=1, le=1024)
     """Trials at once in this process; None: one per GPU, one on a CPU."""
     space: dict[str, ParamSpace] = Field(default_factory=_default_space)

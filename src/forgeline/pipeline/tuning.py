@@ -13,12 +13,14 @@ trials' checkpoints are removed from the cache.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -90,7 +92,10 @@ def open_study(cfg: PipelineConfig, storage: str, name: str, higher_is_better: b
               "none": optuna.pruners.NopPruner}[cfg.tune.pruner]()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
+        beat = cfg.tune.heartbeat_s
+        with _quiet():
+            rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=beat, grace_period=3 * beat)
+        study = optuna.create_study(storage=rdb, study_name=name, sampler=sampler, pruner=pruner,
                                     direction="maximize" if higher_is_better else "minimize", load_if_exists=True)
     except Exception as e:  # noqa: BLE001 - sqlalchemy's many errors of an unreachable or unusable database
         if isinstance(e, ValueError) and "direction" in str(e):
@@ -107,7 +112,28 @@ def open_study(cfg: PipelineConfig, storage: str, name: str, higher_is_better: b
         raise ConfigError(f"study {name!r} in {storage} was made for another {' and '.join(what)} "
                           f"({json.dumps({k: theirs.get(k) for k in what})[:400]}); give this search its own name "
                           "(--study NAME) or delete that study")
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+    with _quiet():
+        optuna.storages.fail_stale_trials(study)  # RUNNING trials of a killed worker: no heartbeat for 3 beats
+    still = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+    if running - still:
+        log.warning("study %s: trial(s) %s of a worker that stopped beating marked failed; the study goes on",
+                    name, sorted(running - still))
     return study
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Optuna's warnings that heartbeats are experimental and meant for ``optimize()``: this module drives
+    them itself with ask/tell, for the exact total across workers."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield
 
 
 def default_concurrency() -> int:
@@ -138,6 +164,13 @@ class Search:
         import optuna
 
         TrialState = optuna.trial.TrialState
+        stop = threading.Event()
+        storage = self.study._storage
+        # Optuna's optimize() beats for its trials; with ask/tell (the exact total) this loop does: a
+        # trial id is only on the private attribute
+        beating = threading.Thread(target=_beat, args=(storage, trial._trial_id, self.cfg.tune.heartbeat_s, stop),
+                                   daemon=True)
+        beating.start()
         try:
             state, value = trial_task.with_options(name=f"tune-trial-{trial.number}")(self, trial)
         except BaseException as e:
@@ -145,6 +178,9 @@ class Search:
             if not isinstance(e, Exception):
                 raise  # Ctrl-C, SIGTERM: the trial is marked, the study stops
             return
+        finally:
+            stop.set()
+            beating.join()
         if state == "pruned":
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
@@ -212,8 +248,6 @@ class Search:
         """Trials until the study holds ``trials`` in all (across every worker sharing it) or
         ``timeout_s`` passed. On SQLite a file lock makes count-then-ask atomic across processes, so the
         total is exact; on other storages two workers may each add one past it."""
-        import threading
-
         from optuna.trial import TrialState
 
         from forgeline.settings import store_lock
@@ -228,7 +262,8 @@ class Search:
                     started = self.study.get_trials(deepcopy=False, states=STARTED)  # enqueued ones wait to be asked
                     if len(started) >= trials:
                         return
-                    trial = self.study.ask()
+                    with _quiet():
+                        trial = self.study.ask()
                 self.run(trial)
 
         if concurrency <= 1:
@@ -239,6 +274,16 @@ class Search:
             t.start()
         for t in threads:
             t.join()
+
+
+def _beat(storage, trial_id: int, every_s: float, stop) -> None:
+    while True:
+        try:
+            storage.record_heartbeat(trial_id)
+        except Exception as e:  # noqa: BLE001 - a missed beat is retried; three in a row fail the trial elsewhere
+            log.info("heartbeat of trial %s not written: %s", trial_id, e)
+        if stop.wait(every_s):
+            return
 
 
 @task(name="tune-trial", cache_policy=NO_CACHE, persist_result=False)
