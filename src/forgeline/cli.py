@@ -404,7 +404,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         check_not_copied(cfg.tracking, uri)  # doctor deletes files: never another workdir's
     report = doctor(open_client(uri), Path(cfg.tracking.workdir))
     mark_failed_runs(Path(cfg.tracking.workdir) / "runs", report.stale_runs, cfg.tracking.keep_failed_runs)
-    for line in report.lines():
+    from forgeline.pipeline.tuning import fail_stale_studies
+
+    for line in report.lines() + fail_stale_studies(cfg, Path(cfg.tracking.workdir)):
         print(line)
     return 0
 

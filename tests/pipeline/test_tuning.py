@@ -138,6 +138,11 @@ time.sleep(600)
         proc.kill()  # SIGKILL: no chance to mark its trial
         proc.wait()
     time.sleep(3.5)  # three missed beats
+    from forgeline.pipeline.tuning import fail_stale_studies
+
+    # `forgeline doctor` marks it (the next worker to open the study would too)
+    assert fail_stale_studies(load_config("tiny", overrides), tmp_path / "state") == [
+        "study k: trial(s) [0] of a stopped worker marked failed"]
     result = tuning_flow(config="tiny", overrides=overrides)
     trials = sorted(optuna.load_study(study_name="k", storage=storage).trials, key=lambda t: t.number)
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]  # the killed one counts in the total

@@ -136,6 +136,29 @@ def _quiet():
         yield
 
 
+def fail_stale_studies(cfg: PipelineConfig, workdir: Path) -> list[str]:
+    """``forgeline doctor``: in every study of the tuning storage, RUNNING trials whose worker stopped
+    beating marked failed; a line per study that had any."""
+    import optuna
+
+    url = storage_url(cfg, workdir)
+    if not cfg.tune.storage and not (workdir / "optuna.db").exists():
+        return []
+    beat = cfg.tune.heartbeat_s
+    with _quiet():
+        rdb = optuna.storages.RDBStorage(url, heartbeat_interval=beat, grace_period=3 * beat)
+    lines = []
+    for summary in optuna.get_all_study_summaries(rdb, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=rdb)
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+        with _quiet():
+            optuna.storages.fail_stale_trials(study)
+        still = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+        if running - still:
+            lines.append(f"study {summary.study_name}: trial(s) {sorted(running - still)} of a stopped worker marked failed")
+    return lines
+
+
 def default_concurrency() -> int:
     """One trial per GPU; one on a CPU (a 2-core machine trains one model at a time best)."""
     try:
