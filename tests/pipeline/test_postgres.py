@@ -32,7 +32,7 @@ def _pg_bin() -> Path | None:
 
 @pytest.fixture(scope="module")
 def postgres():
-    """host:port of a PostgreSQL server with databases ``mlflow`` and ``prefect``, user ``forgeline``
+    """host:port of a PostgreSQL server with databases ``mlflow``, ``prefect`` and ``optuna``, user ``forgeline``
     with a password (scram-sha-256 over TCP, as a real deployment)."""
     bindir = _pg_bin()
     if bindir is None:
@@ -54,7 +54,7 @@ def postgres():
     run(str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "server.log"), "-w", "-o",
         f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
     try:
-        for db in ("mlflow", "prefect"):
+        for db in ("mlflow", "prefect", "optuna"):
             run(str(bindir / "createdb"), "-h", str(root), "-p", str(port), "-U", "forgeline", db)
         yield f"127.0.0.1:{port}"
     finally:
@@ -119,3 +119,11 @@ def test_pipeline_and_deploy_against_mlflow_and_prefect_servers_on_postgresql(po
     finally:
         stop(prefect_server)
         stop(mlflow_server)
+
+
+def test_two_tuning_workers_share_one_study_on_postgresql(postgres, prefect_api, tiny, tmp_path, sentiment_csv):
+    """The study in PostgreSQL (as for workers on several machines): the advisory lock keeps the total exact."""
+    from tests.pipeline.test_tuning import two_workers_share_a_study
+
+    two_workers_share_a_study(tmp_path, tiny, sentiment_csv,
+                              f"tune.storage=postgresql+psycopg2://forgeline:{PASSWORD}@{postgres}/optuna")

@@ -94,15 +94,17 @@ def test_an_unreachable_storage_is_one_message(tmp_path):
         open_study(cfg, cfg.tune.storage, "x", True)
 
 
-@pytest.mark.e2e
-def test_two_worker_processes_share_one_study_with_the_right_total(prefect_api, tiny, tmp_path, sentiment_csv):
+def two_workers_share_a_study(tmp_path: Path, tiny, data: Path, *extra: str) -> None:
+    """`--workers 2` on one study (``extra``: e.g. its storage): 6 trials in all, numbered 0-5, each one
+    child run under the parent, trials from both processes."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     space = {"train.learning_rate": {"type": "float", "low": 1.0e-3, "high": 6.0e-3, "log": True}}
-    overrides = flow_overrides(tmp_path, sentiment_csv, *tiny, "train.epochs=3", "train.batch_size=8",
+    overrides = flow_overrides(tmp_path, data, *tiny, "train.epochs=3", "train.batch_size=8",
                                f"tune.space={json.dumps(space)}", "tune.trials=6", "tune.study=shared",
-                               "tune.pruner=none", "compress.student=false")
+                               "tune.pruner=none", "compress.student=false", *extra)
     result = tuning_flow(config="tiny", overrides=overrides, workers=2)
-    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path / 'state' / 'optuna.db'}")
+    cfg = load_config("tiny", overrides)
+    study = optuna.load_study(study_name="shared", storage=cfg.tune.storage or f"sqlite:///{tmp_path / 'state' / 'optuna.db'}")
     assert sorted(t.number for t in study.trials) == list(range(6)) and result["states"] == {"complete": 6}
     client = MlflowClient(uri, uri)
     runs = client.search_runs([client.get_run(result["parent_run_id"]).info.experiment_id],
@@ -110,6 +112,11 @@ def test_two_worker_processes_share_one_study_with_the_right_total(prefect_api, 
     trial_runs = [r for r in runs if "forgeline.tune.trial" in r.data.tags]
     assert sorted(int(r.data.tags["forgeline.tune.trial"]) for r in trial_runs) == list(range(6))  # no duplicates
     assert len({r.data.tags["forgeline.tune.worker"] for r in trial_runs}) == 2, [r.data.tags["forgeline.tune.worker"] for r in trial_runs]
+
+
+@pytest.mark.e2e
+def test_two_worker_processes_share_one_study_on_sqlite_with_the_right_total(prefect_api, tiny, tmp_path, sentiment_csv):
+    two_workers_share_a_study(tmp_path, tiny, sentiment_csv)
 
 
 @pytest.mark.e2e

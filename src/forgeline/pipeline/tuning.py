@@ -177,9 +177,32 @@ class Search:
         from forgeline.tasks import get_task
 
         self.cfg, self.study, self.client, self.storage = cfg, study, client, storage
+        self._engine = None
         self.experiment_id, self.parent, self.run_dir, self.cache = experiment_id, parent_run_id, run_dir, cache
         self.tracking_uri = tracking_uri
         self.primary = get_task(cfg.task).primary
+
+    @contextlib.contextmanager
+    def lock(self):
+        from forgeline.settings import store_lock
+
+        if not self.storage.startswith("postgresql"):
+            with store_lock(self.storage, "tune"):  # a file lock for SQLite, nothing for other stores
+                yield
+            return
+        import hashlib
+
+        from sqlalchemy import create_engine, text
+
+        if self._engine is None:
+            self._engine = create_engine(self.storage, pool_size=1, max_overflow=0)
+        key = int(hashlib.sha256(f"forgeline-tune:{self.study.study_name}".encode()).hexdigest()[:15], 16)
+        with self._engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
 
     def run(self, trial) -> None:
         """One trial as a Prefect task run, its result told to the study. A pruned trial is no failed
@@ -269,11 +292,10 @@ class Search:
 
     def optimize(self, trials: int, timeout_s: float | None, concurrency: int) -> None:
         """Trials until the study holds ``trials`` in all (across every worker sharing it) or
-        ``timeout_s`` passed. On SQLite a file lock makes count-then-ask atomic across processes, so the
-        total is exact; on other storages two workers may each add one past it."""
+        ``timeout_s`` passed. Count-then-ask runs under a lock every worker shares (a file lock on SQLite,
+        an advisory lock on PostgreSQL), so the total is exact; on other storages two workers may each add
+        one past it."""
         from optuna.trial import TrialState
-
-        from forgeline.settings import store_lock
 
         STARTED = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -281,7 +303,7 @@ class Search:
 
         def work() -> None:
             while deadline is None or time.monotonic() < deadline:
-                with store_lock(self.storage, "tune"):
+                with self.lock():
                     started = self.study.get_trials(deepcopy=False, states=STARTED)  # enqueued ones wait to be asked
                     if len(started) >= trials:
                         return
