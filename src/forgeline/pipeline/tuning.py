@@ -99,9 +99,9 @@ def open_study(cfg: PipelineConfig, storage: str, name: str, higher_is_better: b
                                     direction="maximize" if higher_is_better else "minimize", load_if_exists=True)
     except Exception as e:  # noqa: BLE001 - sqlalchemy's many errors of an unreachable or unusable database
         if isinstance(e, ValueError) and "direction" in str(e):
-            raise ConfigError(f"study {name!r} in {storage} optimises the other direction ({e}); give the study "
-                              "another name (--study)") from None
-        raise ConfigError(f"tune.storage {storage}: the Optuna storage cannot be opened ({type(e).__name__}: "
+            raise ConfigError(f"study {name!r} in {_shown_url(storage)} optimises the other direction ({e}); give the "
+                              "study another name (--study)") from None
+        raise ConfigError(f"tune.storage {_shown_url(storage)}: the Optuna storage cannot be opened ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:300]}); check the URL and that the database is reachable") from None
     mine = signature(cfg)
     theirs = study.user_attrs.get(SIGNATURE_ATTR)
@@ -109,17 +109,26 @@ def open_study(cfg: PipelineConfig, storage: str, name: str, higher_is_better: b
         study.set_user_attr(SIGNATURE_ATTR, mine)
     elif theirs != mine:
         what = [k for k in mine if mine[k] != theirs.get(k)]
-        raise ConfigError(f"study {name!r} in {storage} was made for another {' and '.join(what)} "
+        raise ConfigError(f"study {name!r} in {_shown_url(storage)} was made for another {' and '.join(what)} "
                           f"({json.dumps({k: theirs.get(k) for k in what})[:400]}); give this search its own name "
                           "(--study NAME) or delete that study")
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
-    with _quiet():
-        optuna.storages.fail_stale_trials(study)  # RUNNING trials of a killed worker: no heartbeat for 3 beats
-    still = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
-    if running - still:
+    if failed := fail_stale(study):
         log.warning("study %s: trial(s) %s of a worker that stopped beating marked failed; the study goes on",
-                    name, sorted(running - still))
+                    name, failed)
     return study
+
+
+def fail_stale(study) -> list[int]:
+    """RUNNING trials of a killed worker (no heartbeat for 3 beats) marked failed; their numbers."""
+    import optuna
+
+    def running() -> set[int]:
+        return {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+
+    before = running()
+    with _quiet():
+        optuna.storages.fail_stale_trials(study)
+    return sorted(before - running())
 
 
 @contextlib.contextmanager
@@ -149,13 +158,8 @@ def fail_stale_studies(cfg: PipelineConfig, workdir: Path) -> list[str]:
         rdb = optuna.storages.RDBStorage(url, heartbeat_interval=beat, grace_period=3 * beat)
     lines = []
     for summary in optuna.get_all_study_summaries(rdb, include_best_trial=False):
-        study = optuna.load_study(study_name=summary.study_name, storage=rdb)
-        running = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
-        with _quiet():
-            optuna.storages.fail_stale_trials(study)
-        still = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
-        if running - still:
-            lines.append(f"study {summary.study_name}: trial(s) {sorted(running - still)} of a stopped worker marked failed")
+        if failed := fail_stale(optuna.load_study(study_name=summary.study_name, storage=rdb)):
+            lines.append(f"study {summary.study_name}: trial(s) {failed} of a stopped worker marked failed")
     return lines
 
 
