@@ -435,6 +435,7 @@ def run_study(cfg: PipelineConfig, workers: int = 1) -> dict[str, Any]:
         # bad data fails here, once, not as every trial's failure; the trials then hit the cache
         StageRunner(cfg, run_dir, tracker, cache).execute(VALIDATE)
         helpers = _start_workers(cfg, workers - 1)
+        _wait_for(study, helpers)
         search.optimize(cfg.tune.trials, cfg.tune.timeout_s, cfg.tune.concurrency or default_concurrency())
         for proc in helpers:
             proc.wait()
@@ -503,6 +504,28 @@ def _start_workers(cfg: PipelineConfig, n: int) -> list:
     return [subprocess.Popen([sys.executable, "-m", "forgeline.pipeline.tuning", config], env=env) for _ in range(n)]
 
 
+READY_ATTR = "forgeline.worker."
+"""Study user attribute prefix: a helper worker (``<host>:<pid>``) says it is ready to take trials."""
+
+
+def _wait_for(study, helpers: list, timeout_s: float = 120.0) -> None:
+    """Until every helper started by this process says it is ready (its imports take seconds; trials
+    started before that would all be this process's), one exits, or ``timeout_s``."""
+    if not helpers:
+        return
+    host = socket.gethostname()
+    wanted = {f"{READY_ATTR}{host}:{p.pid}" for p in helpers}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(p.poll() is None for p in helpers):
+        import optuna
+
+        attrs = optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs
+        if wanted <= set(attrs):
+            return
+        time.sleep(0.5)
+    log.warning("tune: not every helper worker said it was ready within %.0f s; going on", timeout_s)
+
+
 def work_on(config_json: str) -> None:
     """A helper worker: trials of the study the config names until the study has its total (no final
     pipeline: the process that started the study runs it)."""
@@ -518,6 +541,7 @@ def work_on(config_json: str) -> None:
     experiment_id = ensure_experiment(client, cfg.tracking, tracking_uri)
     study = open_study(cfg, storage_url(cfg, workdir), study_name(cfg), get_task(cfg.task).primary.higher_is_better)
     parent_id = study.user_attrs[PARENT_ATTR]
+    study.set_user_attr(f"{READY_ATTR}{socket.gethostname()}:{os.getpid()}", time.time())
     cache = StageCache(workdir / "cache", enabled=cfg.tracking.cache, max_bytes=int(cfg.tracking.cache_max_gb * 1e9))
     storage = storage_url(cfg, workdir)
     Search(cfg, study, client, experiment_id, parent_id, workdir / "runs" / parent_id, cache,
