@@ -18,7 +18,8 @@ from forgeline.inference import contract
 from forgeline.inference.runtime import create_session, pad_batch, predict_proba_ids, predict_tagged_onnx, run_logits
 from forgeline.inference.tasks import softmax
 from forgeline.training.classifier import output_spec_of, sep_id_of
-from forgeline.training.loop import encode, predict_proba, segment_ids, token_encoder
+from forgeline.inference.tokens import TokenEncoder
+from forgeline.training.loop import encode, predict_proba, segment_ids
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -258,7 +259,7 @@ def check_parity(model: torch.nn.Module, tokenizer, onnx_path: Path, texts: Sequ
             logit_diff = max(logit_diff, float(diff.max()))
     ref_p = predict_proba(cpu, tokenizer, texts, max_length, batch_size, "cpu", pairs)
     if spec.tokens:
-        got_p = predict_tagged_onnx(session, token_encoder(tokenizer, max_length, spec), texts, spec, batch_size)
+        got_p = predict_tagged_onnx(session, TokenEncoder(tokenizer, max_length, spec.stride), texts, spec, batch_size)
     else:
         got_p = predict_proba_ids(session, ids, tokenizer.pad_token_id, batch_size, activate=spec.activate)
     prob_diff = float(np.abs(spec.comparable(ref_p) - spec.comparable(got_p)).max())

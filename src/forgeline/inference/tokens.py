@@ -94,11 +94,14 @@ class Tagged:
 
 class TokenEncoder:
     """A ``tokenizers.Tokenizer`` used without truncation: word pieces with character offsets, cut
-    into model windows with the tokenizer's own special tokens around each."""
+    into model windows with the tokenizer's own special tokens around each. ``tokenizer``: a
+    ``tokenizers.Tokenizer``, or a transformers fast tokenizer (its ``backend_tokenizer`` is the same
+    object a bundle ships as ``tokenizer.json``)."""
 
     def __init__(self, tokenizer, max_length: int, stride: int) -> None:
         from tokenizers import Tokenizer
 
+        tokenizer = getattr(tokenizer, "backend_tokenizer", tokenizer)
         self._tok = Tokenizer.from_str(tokenizer.to_str())  # a copy: truncation/padding are per instance
         self._tok.no_truncation()
         self._tok.no_padding()
@@ -123,16 +126,15 @@ class TokenEncoder:
     def pieces(self, text: str, words: Sequence[tuple[int, int]]) -> tuple[list[int], np.ndarray]:
         """The text's piece ids and each piece's word index (-1: a piece in no word)."""
         enc = self._tok.encode(text, add_special_tokens=False)
+        if not enc.ids:
+            return [], np.zeros(0, dtype=np.int64)
         starts = np.fromiter((w[0] for w in words), dtype=np.int64, count=len(words))
         ends = np.fromiter((w[1] for w in words), dtype=np.int64, count=len(words))
-        word_of = np.full(len(enc.ids), -1, dtype=np.int64)
-        for p, (a, b) in enumerate(enc.offsets):
-            if b <= a:
-                continue
-            k = int(np.searchsorted(ends, a, side="right"))  # the first word ending after the piece starts
-            if k < len(words) and starts[k] <= a:
-                word_of[p] = k
-        return list(enc.ids), word_of
+        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        k = np.searchsorted(ends, offsets[:, 0], side="right")  # per piece, the first word ending after it starts
+        inside = (k < len(words)) & (offsets[:, 1] > offsets[:, 0])
+        inside[inside] &= starts[k[inside]] <= offsets[inside, 0]
+        return list(enc.ids), np.where(inside, k, -1)
 
     def windows(self, n: int) -> list[tuple[int, int]]:
         """[start, end) piece ranges covering ``n`` pieces, each at most ``window`` long, overlapping by

@@ -245,7 +245,8 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
     """Every variant on the same test rows, latency measured side by side, the default chosen per device."""
     from forgeline.inference.runtime import (create_session, cuda_available, pad_batch, predict_proba_ids,
                                              predict_tagged_onnx)
-    from forgeline.training.loop import encode, token_encoder
+    from forgeline.inference.tokens import TokenEncoder
+    from forgeline.training.loop import encode
 
     cfg, c = env.cfg, env.cfg.compress
     task, spec = get_task(cfg.task), spec_of(trained)
@@ -266,7 +267,7 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
 
     def onnx_proba(path: Path, device: str) -> np.ndarray:
         if spec.tokens:
-            return predict_tagged_onnx(create_session(path, device=device), token_encoder(trained.tokenizer, cfg.model.max_length, spec),
+            return predict_tagged_onnx(create_session(path, device=device), TokenEncoder(trained.tokenizer, cfg.model.max_length, spec.stride),
                                        texts, spec, cfg.train.eval_batch_size)
         return predict_proba_ids(create_session(path, device=device), ids, pad, cfg.train.eval_batch_size,
                                  activate=spec.activate)

@@ -92,10 +92,7 @@ def open_study(cfg: PipelineConfig, storage: str, name: str, higher_is_better: b
               "none": optuna.pruners.NopPruner}[cfg.tune.pruner]()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        beat = cfg.tune.heartbeat_s
-        with _quiet():
-            rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=beat, grace_period=3 * beat)
-        study = optuna.create_study(storage=rdb, study_name=name, sampler=sampler, pruner=pruner,
+        study = optuna.create_study(storage=_rdb(cfg, storage), study_name=name, sampler=sampler, pruner=pruner,
                                     direction="maximize" if higher_is_better else "minimize", load_if_exists=True)
     except Exception as e:  # noqa: BLE001 - sqlalchemy's many errors of an unreachable or unusable database
         if isinstance(e, ValueError) and "direction" in str(e):
@@ -131,6 +128,33 @@ def fail_stale(study) -> list[int]:
     return sorted(before - running())
 
 
+def _rdb(cfg: PipelineConfig, url: str):
+    """Optuna's RDB storage at ``url`` with heartbeats every ``tune.heartbeat_s``, stale after three."""
+    import optuna
+
+    with _quiet():
+        return optuna.storages.RDBStorage(url, heartbeat_interval=cfg.tune.heartbeat_s,
+                                          grace_period=3 * cfg.tune.heartbeat_s)
+
+
+def _session(cfg: PipelineConfig):
+    """What every process working on the study opens: (workdir, tracking URI, MLflow client, experiment
+    id, storage URL, the study, the stage cache)."""
+    from forgeline.pipeline.cache import StageCache
+    from forgeline.pipeline.tracking import ensure_experiment, open_client
+    from forgeline.settings import ensure_workdir, resolve_tracking_uri
+    from forgeline.tasks import get_task
+
+    workdir = ensure_workdir(cfg.tracking)
+    tracking_uri = resolve_tracking_uri(cfg.tracking)
+    client = open_client(tracking_uri)
+    experiment_id = ensure_experiment(client, cfg.tracking, tracking_uri)
+    storage = storage_url(cfg, workdir)
+    study = open_study(cfg, storage, study_name(cfg), get_task(cfg.task).primary.higher_is_better)
+    cache = StageCache(workdir / "cache", enabled=cfg.tracking.cache, max_bytes=int(cfg.tracking.cache_max_gb * 1e9))
+    return workdir, tracking_uri, client, experiment_id, storage, study, cache
+
+
 @contextlib.contextmanager
 def _quiet():
     """Optuna's warnings that heartbeats are experimental and meant for ``optimize()``: this module drives
@@ -153,9 +177,7 @@ def fail_stale_studies(cfg: PipelineConfig, workdir: Path) -> list[str]:
     url = storage_url(cfg, workdir)
     if not cfg.tune.storage and not (workdir / "optuna.db").exists():
         return []
-    beat = cfg.tune.heartbeat_s
-    with _quiet():
-        rdb = optuna.storages.RDBStorage(url, heartbeat_interval=beat, grace_period=3 * beat)
+    rdb = _rdb(cfg, url)
     lines = []
     for summary in optuna.get_all_study_summaries(rdb, include_best_trial=False):
         if failed := fail_stale(optuna.load_study(study_name=summary.study_name, storage=rdb)):
@@ -397,21 +419,14 @@ def run_study(cfg: PipelineConfig, workers: int = 1) -> dict[str, Any]:
     rest of the pipeline. Must be called inside a Prefect flow."""
     import optuna
 
-    from forgeline.pipeline.cache import StageCache
     from forgeline.pipeline.doctor import owner_tags
     from forgeline.pipeline.flows import run_pipeline
-    from forgeline.pipeline.tracking import Tracker, ensure_experiment, open_client
-    from forgeline.settings import ensure_workdir, resolve_tracking_uri
-
-    workdir = ensure_workdir(cfg.tracking)
-    tracking_uri = resolve_tracking_uri(cfg.tracking)
-    client = open_client(tracking_uri)
-    experiment_id = ensure_experiment(client, cfg.tracking, tracking_uri)
+    from forgeline.pipeline.tracking import Tracker
     from forgeline.tasks import get_task
 
     primary = get_task(cfg.task).primary
-    storage, name = storage_url(cfg, workdir), study_name(cfg)
-    study = open_study(cfg, storage, name, primary.higher_is_better)
+    workdir, tracking_uri, client, experiment_id, storage, study, cache = _session(cfg)
+    name = study.study_name
     parent_id = study.user_attrs.get(PARENT_ATTR)
     if parent_id is None:
         parent = client.create_run(experiment_id, run_name=f"tune-{name}",
@@ -424,7 +439,6 @@ def run_study(cfg: PipelineConfig, workers: int = 1) -> dict[str, Any]:
             {k: v for k, v in cfg.flat().items() if k.startswith("tune.")})
     tracker = Tracker(client=client, run_id=parent_id, tracking_uri=tracking_uri)
     run_dir = workdir / "runs" / parent_id
-    cache = StageCache(workdir / "cache", enabled=cfg.tracking.cache, max_bytes=int(cfg.tracking.cache_max_gb * 1e9))
     search = Search(cfg, study, client, experiment_id, parent_id, run_dir, cache, tracking_uri, storage)
     status = "FAILED"
     helpers: list = []
@@ -529,21 +543,10 @@ def _wait_for(study, helpers: list, timeout_s: float = 120.0) -> None:
 def work_on(config_json: str) -> None:
     """A helper worker: trials of the study the config names until the study has its total (no final
     pipeline: the process that started the study runs it)."""
-    from forgeline.pipeline.cache import StageCache
-    from forgeline.pipeline.tracking import ensure_experiment, open_client
-    from forgeline.settings import ensure_workdir, resolve_tracking_uri
-    from forgeline.tasks import get_task
-
     cfg = PipelineConfig.model_validate(json.loads(config_json))
-    workdir = ensure_workdir(cfg.tracking)
-    tracking_uri = resolve_tracking_uri(cfg.tracking)
-    client = open_client(tracking_uri)
-    experiment_id = ensure_experiment(client, cfg.tracking, tracking_uri)
-    study = open_study(cfg, storage_url(cfg, workdir), study_name(cfg), get_task(cfg.task).primary.higher_is_better)
+    workdir, tracking_uri, client, experiment_id, storage, study, cache = _session(cfg)
     parent_id = study.user_attrs[PARENT_ATTR]
     study.set_user_attr(f"{READY_ATTR}{socket.gethostname()}:{os.getpid()}", time.time())
-    cache = StageCache(workdir / "cache", enabled=cfg.tracking.cache, max_bytes=int(cfg.tracking.cache_max_gb * 1e9))
-    storage = storage_url(cfg, workdir)
     Search(cfg, study, client, experiment_id, parent_id, workdir / "runs" / parent_id, cache,
            tracking_uri, storage).optimize(cfg.tune.trials, cfg.tune.timeout_s, cfg.tune.concurrency or default_concurrency())
 

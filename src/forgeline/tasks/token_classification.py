@@ -104,7 +104,7 @@ class TokenClassification(Task):
     def encode_train(self, tokenizer, texts: list[str], targets, spec: OutputSpec, max_length: int):
         """Training windows: (token ids with special tokens, a label per piece: the word's tag on its
         first piece, ``IGNORE`` elsewhere), a text longer than the window giving several."""
-        enc = TokenEncoder(tokenizer.backend_tokenizer, max_length, spec.stride)
+        enc = TokenEncoder(tokenizer, max_length, spec.stride)
         label_all = bool(self.options.get("label_all_tokens", False))
         ids_out, labels_out = [], []
         lead, tail = [IGNORE] * len(enc.prefix), [IGNORE] * len(enc.suffix)
@@ -163,7 +163,10 @@ class TokenClassification(Task):
         return tp, n_pred, n_true
 
     def metrics(self, y, outputs, spec: OutputSpec) -> dict[str, float]:
-        tp, n_pred, n_true = (a.sum(0) for a in self.counts(y, outputs, spec))
+        return self._metrics(self.counts(y, outputs, spec), y, outputs, spec)
+
+    def _metrics(self, counts, y, outputs, spec: OutputSpec) -> dict[str, float]:
+        tp, n_pred, n_true = (a.sum(0) for a in counts)
         present = (n_pred + n_true) > 0
         per_type = _f1(tp, n_pred, n_true)
         p, t = float(n_pred.sum()), float(n_true.sum())
@@ -182,8 +185,9 @@ class TokenClassification(Task):
         return right / total if total else 0.0
 
     def evaluate(self, y, outputs, spec: OutputSpec, out_dir: Path, name: str = "test") -> EvalResult:
-        result = EvalResult(metrics=self.metrics(y, outputs, spec))
-        tp, n_pred, n_true = (a.sum(0) for a in self.counts(y, outputs, spec))
+        counts = self.counts(y, outputs, spec)  # decoding every sentence's spans once
+        result = EvalResult(metrics=self._metrics(counts, y, outputs, spec))
+        tp, n_pred, n_true = (a.sum(0) for a in counts)
         for j, lab in enumerate(spec.labels):
             result.per_class[lab] = {"precision": tp[j] / n_pred[j] if n_pred[j] else 0.0,
                                      "recall": tp[j] / n_true[j] if n_true[j] else 0.0,

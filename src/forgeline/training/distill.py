@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from forgeline.config.schema import CompressConfig, TrainConfig
-from forgeline.training.loop import (_optimizer, autocast_for, collate, encode, linear_warmup, make_batches, pad_labels,
-                                     predict_proba, set_seed)
+from forgeline.training.loop import (_optimizer, autocast_for, batch_targets, collate, encode, linear_warmup,
+                                     make_batches, predict_proba, set_seed)
 
 
 @dataclass
@@ -85,15 +85,6 @@ def _soft_batch(soft: torch.Tensor | list[torch.Tensor], idx: np.ndarray, width:
     return out
 
 
-def _targets(train_y) -> Callable[[np.ndarray, int], torch.Tensor]:
-    """The loss's targets of a batch of rows: rows of one tensor, or per-piece labels padded to the width."""
-    if isinstance(train_y, list):  # token classification: a label list per example
-        return lambda idx, width: pad_labels([train_y[i] for i in idx], width)
-    train_y = np.asarray(train_y)
-    y = torch.as_tensor(train_y, dtype=torch.long if train_y.dtype.kind in "iu" else torch.float32)
-    return lambda idx, width: y[idx]
-
-
 def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: list[list[int]],
             train_y: np.ndarray, val_texts: Sequence[str], val_y: np.ndarray, cfg: CompressConfig,
             tcfg: TrainConfig, max_length: int, device: str, seed: int,
@@ -114,7 +105,7 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: 
     pad, sep, spec = tokenizer.pad_token_id, sep_id_of(teacher), output_spec_of(teacher)
     lengths = [len(x) for x in ids]
     soft = teacher_logits(teacher, ids, pad, device, tcfg.eval_batch_size, sep)
-    targets = _targets(train_y)
+    targets = batch_targets(train_y)
     optimizer = _optimizer(student, tcfg.model_copy(update={"learning_rate": cfg.distill_learning_rate}))
     total = math.ceil(len(ids) / tcfg.batch_size) * cfg.distill_epochs
     scheduler = linear_warmup(optimizer, total, int(0.1 * total))
@@ -182,7 +173,7 @@ def make_student(teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str]
         ids = encode(tokenizer, train_texts, max_length, train_pairs if sep is not None else None)
     else:  # token classification: windows with a label per piece
         ids, train_y = per_piece
-    targets = _targets(train_y)
+    targets = batch_targets(train_y)
     rng = np.random.default_rng(seed)
     picked = make_batches([len(x) for x in ids], tcfg.batch_size, rng, True)[: cfg.importance_batches]
     teacher = teacher.to(device)

@@ -163,23 +163,15 @@ def predict_tagged_torch(model, tokenizer, texts: Sequence[str], max_length: int
                          device: str) -> np.ndarray:
     """Token classification: ``inference.tokens.predict_tagged`` with this PyTorch model as the logits
     function, so training, evaluation and the deployed ONNX model share windows and word aggregation."""
-    from forgeline.inference.tokens import predict_tagged
+    from forgeline.inference.tokens import TokenEncoder, predict_tagged
 
     def logits(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         batch = {"input_ids": torch.from_numpy(input_ids).to(device), "attention_mask": torch.from_numpy(mask).to(device)}
         with autocast_for(device):
             return model(**batch).logits.float().cpu().numpy()
 
-    return predict_tagged(token_encoder(tokenizer, max_length, spec), list(texts), logits, spec.width, batch_size,
+    return predict_tagged(TokenEncoder(tokenizer, max_length, spec.stride), list(texts), logits, spec.width, batch_size,
                           spec.aggregation)
-
-
-def token_encoder(tokenizer, max_length: int, spec: OutputSpec):
-    """The torch-free windowing encoder over a transformers tokenizer's own ``tokenizers`` backend (the
-    ``tokenizer.json`` a bundle ships)."""
-    from forgeline.inference.tokens import TokenEncoder
-
-    return TokenEncoder(tokenizer.backend_tokenizer, max_length, spec.stride)
 
 
 def pad_labels(rows: Sequence[Sequence[int]], width: int) -> torch.Tensor:
@@ -190,6 +182,16 @@ def pad_labels(rows: Sequence[Sequence[int]], width: int) -> torch.Tensor:
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return torch.from_numpy(out)
+
+
+def batch_targets(train_y) -> Callable[[np.ndarray, int], torch.Tensor]:
+    """``targets(rows, width)``: the loss's targets of a batch. A list (token classification) holds a
+    label list per example, padded to the batch's width; an array one target per example."""
+    if isinstance(train_y, list):
+        return lambda idx, width: pad_labels([train_y[i] for i in idx], width)
+    train_y = np.asarray(train_y)
+    y = torch.as_tensor(train_y, dtype=torch.long if train_y.dtype.kind in "iu" else torch.float32)
+    return lambda idx, width: y[idx]
 
 
 class Bf16Master:
@@ -368,9 +370,10 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
                                   cfg.model.max_length)
     if per_piece is None:
         train_ids = encode(tokenizer, splits.train["text"].tolist(), cfg.model.max_length, pair_of(splits.train))
-        train_y = torch.as_tensor(train_target, dtype=torch.long if train_target.dtype.kind in "iu" else torch.float32)
+        targets = batch_targets(train_target)
     else:  # token classification: windows of pieces with a label each
-        train_ids, train_y = per_piece
+        train_ids, piece_labels = per_piece
+        targets = batch_targets(piece_labels)
     train_len = [len(x) for x in train_ids]
     val_texts, val_pairs = splits.val["text"].tolist(), pair_of(splits.val)
     val_y = task.y(splits.val["label"], spec)
@@ -403,10 +406,7 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
             if len(mine) == 0:  # a last batch smaller than the world: skipped by every rank alike
                 continue
             batch = collate(tokenizer.pad_token_id, [train_ids[i] for i in mine], device, train_step.width_multiple, sep)
-            if per_piece is None:
-                y = train_y[mine].to(device, non_blocking=True)
-            else:
-                y = pad_labels([train_y[i] for i in mine], batch["input_ids"].shape[1]).to(device, non_blocking=True)
+            y = targets(mine, batch["input_ids"].shape[1]).to(device, non_blocking=True)
             loss = train_step(batch, y, len(idx))
             scheduler.step()
             step += 1
