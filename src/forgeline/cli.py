@@ -70,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-sample", type=float, default=None, metavar="FRACTION",
                        help="write this fraction of served texts to the traffic log (Parquet, <workdir>/traffic)")
     _add_set(serve, "max_batch_size=32 or tracking.workdir=DIR")
+    score = sub.add_parser("score", help="score files with a registered model: Parquet parts, resumable, one MLflow run")
+    score.add_argument("--model", "-m", required=True, help="NAME@alias or NAME/VERSION")
+    score.add_argument("--input", "-i", required=True, help="a CSV/TSV/JSONL/Parquet file (optionally compressed), "
+                       "a folder of them, a glob or an fsspec URL")
+    score.add_argument("--output", "-o", required=True, help="folder for the Parquet parts, rejected rows and manifest")
+    score.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default as for serve)")
+    score.add_argument("--engine", choices=("local", "spark"), default=None, help="local (default) or spark")
+    score.add_argument("--restart", action="store_true", help="delete an earlier job's parts in --output and score anew "
+                       "(needed for another model version or changed input)")
+    _add_set(score, "text_column=body or key_column=id")
     bench = sub.add_parser("bench", help="side-by-side inference/training benchmark of a registered version")
     bench.add_argument("--model", "-m", required=True, help="NAME@alias or NAME/VERSION")
     bench.add_argument("--tracking-uri", default=None)
@@ -319,6 +329,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(cfg)
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from forgeline.scoring.flow import score_config
+
+    values: dict = {"model": args.model, "input": args.input, "output": args.output, "tracking_uri": args.tracking_uri}
+    values |= {"engine": args.engine} if args.engine else {}
+    values |= {"restart": True} if args.restart else {}
+    cfg = score_config(values, args.overrides)  # bad keys: exit 2 before anything starts
+    from forgeline.scoring.inputs import list_inputs
+
+    list_inputs(cfg.input, cfg.format)
+    if cfg.engine == "spark":
+        import importlib.util
+
+        if importlib.util.find_spec("pyspark") is None:
+            from forgeline.errors import ConfigError
+
+            raise ConfigError("--engine spark needs pyspark (pip install 'forgeline[spark]') and a Java runtime")
+    from forgeline.pipeline.embedded import start_temporary_server
+    from forgeline.scoring.flow import scoring_flow
+
+    _console(args.verbose)
+    start_temporary_server()
+    sets = [o for o in args.overrides] + [f"{k}={json.dumps(v)}" for k, v in values.items()
+                                          if k not in ("model", "input", "output") and v is not None]
+    s = scoring_flow(model=cfg.model, input=cfg.input, output=cfg.output, overrides=sets)
+    print(f"scored {s['scored']:,} of {s['rows']:,} rows with {s['model']} v{s['version']} ({s['variant']}) into "
+          f"{s['output']}: {s['rejected']:,} rejected {s['reasons'] or ''}, {s['parts']} parts "
+          f"({s['parts_skipped']} done earlier), {s['rows_per_s']:,.0f} rows/s; MLflow run {s['run_id']}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
@@ -455,7 +496,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "tune": cmd_tune, "ui": cmd_ui, "config": cmd_config, "doctor": cmd_doctor, "gc": cmd_gc, "serve": cmd_serve, "loadtest": cmd_loadtest,
-            "deploy": cmd_deploy, "drift": cmd_drift, "bench": cmd_bench}
+            "deploy": cmd_deploy, "drift": cmd_drift, "bench": cmd_bench, "score": cmd_score}
 
 
 MESSAGE_LINES, MESSAGE_BYTES = 4, 1800

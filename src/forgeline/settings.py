@@ -41,8 +41,13 @@ def die_with_parent() -> None:
 
 def apply_offline_env() -> None:
     """Set the defaults above where the user has not set them."""
+    import warnings
+
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+    # pandera imports pyspark.pandas whenever pyspark is installed (the spark extra), which warns about
+    # pandas 3 on every command; forgeline's Spark engine uses pyspark.sql only
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
 
 
 def quiet_libraries() -> None:

@@ -567,3 +567,47 @@ class ServeConfig(_Section):
         hint = difflib.get_close_matches(value, list(VARIANT_FILES), n=1)
         raise ValueError(f"no variant {value!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                          + f"; use auto or one of {list(VARIANT_FILES)}")
+
+
+class ScoreConfig(_Section):
+    """`forgeline score`: batch scoring of files with a registered model (README: Batch scoring)."""
+
+    model: str = Field(..., description="NAME@alias or NAME/version")
+    input: str = Field(..., min_length=1)
+    """A CSV/TSV/JSONL/Parquet file (compressed as the training reader allows), a folder of them, a glob,
+    or an fsspec URL (``s3://bucket/prefix/``) where its filesystem package is installed."""
+    output: str = Field(..., min_length=1)
+    """The folder the Parquet parts, the rejected rows and the manifest go to (local or fsspec URL)."""
+    tracking_uri: str | None = None
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    """The second text of a pair model (``text_pair`` when unset and the model scores pairs)."""
+    key_column: str | None = None
+    """A column copied to the output beside ``source`` and ``row`` (an id to join the scores back on)."""
+    format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
+    part_rows: int = Field(20_000, ge=1, le=10_000_000)
+    """Rows per part: one part is read, scored and written at a time (the memory bound) and is the unit
+    a rerun skips or redoes."""
+    batch_size: int | Literal["auto"] = "auto"
+    """ONNX Runtime batch: "auto" is the pyfunc's (64 on CPU, 256 on CUDA)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    variant: str = "auto"
+    """``auto``: the variant registration chose for the device; or any variant the version bundles."""
+    max_text_chars: int = Field(10_000, ge=1, le=10_000_000)
+    """Longer texts are rejected (as serving answers 422), not cut."""
+    engine: Literal["local", "spark"] = "local"
+    spark_master: str | None = None
+    """``spark.master`` for ``engine: spark``; None: $SPARK_MASTER, else ``local[2]``."""
+    restart: bool = False
+    """Delete what an earlier job left in ``output`` (its parts and manifest) and score everything anew;
+    needed to score an output folder with another model version or changed input."""
+    log_sample: float = Field(0.01, ge=0.0, le=1.0)
+    """Fraction of scored rows written to the traffic log (``forgeline drift --traffic`` reads it)."""
+    log_dir: str | None = None
+    """Traffic log folder; None: ``<tracking.workdir>/traffic``, the one ``forgeline serve`` writes."""
+
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, value: str) -> str:
+        return ServeConfig._known_variant(value)

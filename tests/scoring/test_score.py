@@ -1,0 +1,202 @@
+"""`forgeline score`: every row of a folder of mixed files scored once, bad rows rejected with their
+reason, a killed job resumed without a row twice, another model version refused, the MLflow run and
+the traffic log written. Real files, a real SQLite MLflow store, real processes for the kills."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from forgeline.errors import ConfigError, DataLoadError, DiskFullError
+from forgeline.scoring.flow import score, score_config
+from tests.conftest import sentiment_rows
+from tests.scoring.conftest import BAD, mixed_inputs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def config(uri: str, inputs: Path, out: Path, *sets: str, model: str = "m/1"):
+    return score_config({"model": model, "input": str(inputs), "output": str(out), "tracking_uri": uri},
+                        ["max_text_chars=200", "part_rows=5", "key_column=id", f"tracking.workdir={out.parent / 'work'}",
+                         *sets])
+
+
+def read_scores(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out).sort_values(["source", "row"]).reset_index(drop=True)
+
+
+def expected_rows(texts: dict[str, list]) -> tuple[set, dict]:
+    good, bad = set(), {}
+    for source, values in texts.items():
+        for row, t in enumerate(values):
+            reason = "null_text" if t is None else "not_text" if not isinstance(t, str) else BAD.get(t)
+            if reason:
+                bad[(source, row)] = reason
+            else:
+                good.add((source, row))
+    return good, bad
+
+
+def test_a_folder_of_mixed_files_is_scored_once_with_the_task_columns(tmp_path, scoring_registry, trained):
+    uri, client = scoring_registry
+    texts = mixed_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    summary = score(config(uri, tmp_path / "in", out, "log_sample=1.0"))
+
+    good, bad = expected_rows(texts)
+    scores = read_scores(out)
+    assert set(zip(scores.source, scores.row)) == good and len(scores) == len(good)  # every good row, once
+    labels = trained[2].labels
+    assert list(scores.columns) == ["source", "row", "id", "label", "confidence", "probabilities",
+                                    *[f"proba_{lab}" for lab in labels], "model", "version", "variant"]
+    assert set(scores.model) == {"m"} and set(scores.version) == {"1"}
+    assert scores.id.tolist() == [f"{s.split('/')[-1][0]}{r}" for s, r in zip(scores.source, scores.row)]  # the key column, row by row
+
+    # the same answers as the registered pyfunc gives for those texts
+    import mlflow.pyfunc
+
+    by_key = {(s, r): t for s, values in texts.items() for r, t in enumerate(values)}
+    direct = mlflow.pyfunc.load_model("models:/m/1").predict(pd.DataFrame({"text": [by_key[k] for k in zip(scores.source, scores.row)]}))
+    assert scores.label.tolist() == direct.label.tolist()
+    assert (scores.confidence - direct.confidence).abs().max() < 1e-5
+
+    rejected = pd.read_parquet(out / "_rejected")
+    assert {(s, r): why for s, r, why in zip(rejected.source, rejected.row, rejected.reason)} == bad
+    assert summary.rows == len(good) + len(bad) and summary.rejected == len(bad) and summary.scored == len(good)
+
+    run = client.get_run(summary.run_id)  # one MLflow run: the version as its input, counts, distribution
+    assert run.data.params["model"] == "models:/m/1" and run.info.status == "FINISHED"
+    assert run.data.metrics["rows_scored"] == len(good) and run.data.metrics["rows_rejected"] == len(bad)
+    assert run.data.metrics["rejected.empty_text"] == 2 and run.data.metrics["rejected.not_text"] == 1
+    shares = {lab: run.data.metrics[f"prediction.{lab}"] for lab in labels}
+    assert abs(sum(shares.values()) - 1) < 1e-9
+    assert client.get_experiment(run.info.experiment_id).name == "forgeline-scoring"
+
+    from forgeline.serving.traffic import read_traffic
+
+    traffic = read_traffic(tmp_path / "work" / "traffic")  # log_sample=1.0: every scored row, for `drift --traffic`
+    assert sorted(traffic.texts) == sorted(by_key[k] for k in good)
+    assert (out / "_SUCCESS").exists()
+
+
+def test_another_model_version_is_refused_for_an_existing_output_unless_restarted(tmp_path, scoring_registry):
+    uri, _ = scoring_registry
+    mixed_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    score(config(uri, tmp_path / "in", out, model="m/1"))
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ConfigError, match=r"version: 1 → 2.*--restart"):
+        score(config(uri, tmp_path / "in", out, model="m/2"))
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing touched
+    score(config(uri, tmp_path / "in", out, "restart=true", model="m/2"))
+    assert set(read_scores(out).version) == {"2"}
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "report.xlsx").write_text("a user's file")
+    with pytest.raises(ConfigError, match="not empty"):
+        score(config(uri, tmp_path / "in", tmp_path / "mine"))
+    assert (tmp_path / "mine" / "report.xlsx").read_text() == "a user's file"
+
+
+def _job(uri: str, inputs: Path, out: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    code = ("import sys; from forgeline.scoring.flow import score, score_config; "
+            "score(score_config({'model': 'm/1', 'input': sys.argv[1], 'output': sys.argv[2], 'tracking_uri': sys.argv[3]}, "
+            "['part_rows=40', 'max_text_chars=200', 'log_sample=0', 'tracking.workdir=' + sys.argv[2] + '-work']))")
+    return subprocess.Popen([sys.executable, "-c", code, str(inputs), str(out), uri], cwd=ROOT,
+                            env=os.environ | (env or {}), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def big_input(folder: Path, n: int = 2400) -> Path:
+    folder.mkdir(parents=True)
+    rows = pd.concat([sentiment_rows(60, seed=s) for s in range(n // 120 + 1)])["text"].tolist()[:n]
+    pd.DataFrame({"text": rows[: n // 2]}).to_csv(folder / "one.csv", index=False)
+    pd.DataFrame({"text": rows[n // 2 :]}).to_parquet(folder / "two.parquet")
+    return folder
+
+
+def test_sigkill_mid_job_then_rerun_scores_each_row_exactly_once(tmp_path, scoring_registry):
+    uri, _ = scoring_registry
+    inputs = big_input(tmp_path / "in")
+    reference = tmp_path / "reference"
+    assert _job(uri, inputs, reference).wait(300) == 0
+    want = read_scores(reference)
+    assert len(want) == 2400
+
+    out = tmp_path / "out"
+    # 1: killed between a part's rename and its record (the scores are there, not recorded as finished)
+    proc = _job(uri, inputs, out, {"FORGELINE_FAILPOINT": "score.renamed:kill"})
+    assert proc.wait(300) == -signal.SIGKILL
+    assert len(list(out.glob("part-*.parquet"))) == 1 and not list((out / "_manifest").glob("part-*.json"))
+    # 2 and 3: SIGKILL from outside once some parts are finished, at two different points
+    for finished in (4, 20):
+        proc = _job(uri, inputs, out)
+        deadline = time.time() + 300
+        while len(list((out / "_manifest").glob("part-*.json"))) < finished and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(60)
+    done = len(list((out / "_manifest").glob("part-*.json")))
+    assert 20 <= done < 60, done  # killed mid-job, not at the end
+    assert _job(uri, inputs, out).wait(300) == 0
+
+    got = read_scores(out)
+    assert len(got) == 2400 and not got.duplicated(["source", "row"]).any()
+    pd.testing.assert_frame_equal(got, want)  # the same rows and answers as an uninterrupted job
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_a_full_disk_stops_the_job_with_a_message_and_the_rerun_finishes(tmp_path, scoring_registry, monkeypatch):
+    uri, _ = scoring_registry
+    texts = mixed_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    monkeypatch.setenv("FORGELINE_FAILPOINT", "score.write:enospc")
+    with pytest.raises(DiskFullError, match="run the same command again"):
+        score(config(uri, tmp_path / "in", out))
+    monkeypatch.delenv("FORGELINE_FAILPOINT")
+    summary = score(config(uri, tmp_path / "in", out))
+    good, _ = expected_rows(texts)
+    assert len(read_scores(out)) == len(good) == summary.scored
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("bad.csv", 'text,id\n"fine",1\n"also fine",2\nbroken,3,4,5\n', r"bad.csv: not a well-formed CSV: Expected 2 fields in line 4"),
+    ("bad.jsonl", '{"text": "fine"}\n{"text": "fine too"}\n{"text": oops}\n', r"bad.jsonl:3: not a JSON object"),
+    ("cols.csv", "body,label\nhello,1\n", r"cols.csv: no column 'text' in its header \(columns: \['body', 'label'\]\)"),
+    ("bad.parquet", "PAR1 not really", r"bad.parquet: not a readable Parquet file"),
+])
+def test_a_malformed_input_file_is_one_message_naming_the_file_and_line(tmp_path, scoring_registry, name, content, message):
+    uri, _ = scoring_registry
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / name).write_text(content)
+    with pytest.raises(DataLoadError, match=message):
+        score(score_config({"model": "m/1", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
+                            "tracking_uri": uri}, [f"tracking.workdir={tmp_path / 'work'}"]))
+
+
+def test_the_cli_scores_through_the_flow_and_refuses_bad_input_with_exit_2(tmp_path, scoring_registry):
+    uri, client = scoring_registry
+    mixed_inputs(tmp_path / "in")
+    env = os.environ | {"FORGELINE_WORKDIR": str(tmp_path / "work")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "forgeline.cli", "score", "-m", "m/1", "--tracking-uri", uri,
+                               *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    done = cli("-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--set", "max_text_chars=200", "--set", "key_column=id")
+    assert done.returncode == 0, done.stderr
+    assert "scored 40 of 46 rows with m v1" in done.stdout and "6 rejected" in done.stdout
+    for args, message in [(("-i", str(tmp_path / "nowhere"), "-o", str(tmp_path / "o2")), "does not exist"),
+                          (("-i", str(tmp_path / "in"), "-o", str(tmp_path / "o3"), "--set", "part_row=5"), "part_row"),
+                          (("-i", str(tmp_path / "in"), "-o", str(tmp_path / "o4"), "--set", "variant=studnt"), "did you mean 'student'"),
+                          (("-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--set", "max_text_chars=100"),
+                           "--restart")]:
+        bad = cli(*args)
+        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
+        assert "Traceback" not in bad.stderr
