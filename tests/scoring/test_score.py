@@ -134,14 +134,14 @@ def test_sigkill_mid_job_then_rerun_scores_each_row_exactly_once(tmp_path, scori
     proc = _job(uri, inputs, out, {"FORGELINE_FAILPOINT": "score.renamed:kill"})
     assert proc.wait(300) == -signal.SIGKILL
     assert len(list(out.glob("part-*.parquet"))) == 1 and not list((out / "_manifest").glob("part-*.json"))
-    # 2 and 3: SIGKILL from outside once some parts are finished, at two different points
-    for finished in (4, 20):
+    # 2 and 3: Ctrl-C, then SIGKILL, from outside once some parts are finished
+    for finished, sig in ((4, signal.SIGINT), (20, signal.SIGKILL)):
         proc = _job(uri, inputs, out)
         deadline = time.time() + 300
         while len(list((out / "_manifest").glob("part-*.json"))) < finished and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(60)
+        proc.send_signal(sig)
+        assert proc.wait(60) != 0
     done = len(list((out / "_manifest").glob("part-*.json")))
     assert 20 <= done < 60, done  # killed mid-job, not at the end
     assert _job(uri, inputs, out).wait(300) == 0

@@ -104,8 +104,11 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
             _log_summary(tracking, run_id, summary)
             out.write_atomic(SUCCESS, b"")
             tracking.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-        except BaseException:
-            tracking.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        except BaseException as e:  # Ctrl-C and SIGTERM: KILLED, as the training flow marks them
+            from forgeline.pipeline.flows import interruption
+
+            status = RunStatus.KILLED if interruption(e) is not None else RunStatus.FAILED
+            tracking.set_terminated(run_id, RunStatus.to_string(status))
             raise
     return summary
 
