@@ -179,3 +179,54 @@ def test_variant_table_and_plot(tmp_path):
     assert "| student_int8 | 1.0 |" in md and "**default cpu**" in md and "cuda p50 b32 ms" in md
     png = cmp.pareto_plot(variants, "cpu", 32, 0.80, 0.01, tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_budget_is_checked_on_validation_and_the_report_is_the_test_splits():
+    cfg = CompressConfig()
+    base, val_base = {"accuracy": 0.80, "macro_f1": 0.80}, {"accuracy": 0.82, "macro_f1": 0.82}
+    # better on validation than the teacher, 2 pt worse on test: chosen (validation decides), reported as -0.02
+    lucky = cmp.make_variant("student_int8", None, {"accuracy": 0.78, "macro_f1": 0.78}, base, cfg, size_bytes=1,
+                             val_metrics={"accuracy": 0.825, "macro_f1": 0.825}, val_base=val_base)
+    # within the budget on test, 3 pt worse on validation: not eligible
+    unlucky = cmp.make_variant("student", None, {"accuracy": 0.80, "macro_f1": 0.80}, base, cfg, size_bytes=1,
+                               val_metrics={"accuracy": 0.79, "macro_f1": 0.79}, val_base=val_base)
+    assert lucky.within_budget and not unlucky.within_budget
+    teacher = variant("fp32", 0.80, 0.80, 280)
+    for v, ms in ((lucky, 52), (unlucky, 40)):
+        v.path, v.parity = __import__("pathlib").Path(f"/x/{v.name}.onnx"), {"ok": 1.0}
+        v.latency["cpu"] = {"p50_b32_ms": ms}
+    sel = cmp.select([teacher, lucky, unlucky], "cpu", cfg)
+    assert sel.variant == "student_int8"
+    assert "macro-F1 -0.0200" in sel.reason and "on test" in sel.reason and "on validation, where it was chosen, macro_f1 +0.005" in sel.reason
+
+
+def _val_outputs(correct: np.ndarray) -> np.ndarray:
+    """Two-class probabilities that are right exactly where ``correct`` is (truth: class 0)."""
+    return np.where(correct[:, None], [[0.9, 0.1]], [[0.1, 0.9]]).astype(np.float32)
+
+
+def test_a_noise_level_difference_is_not_dominance_and_the_faster_variant_wins():
+    from forgeline.inference.tasks import OutputSpec
+    from forgeline.tasks import get_task
+
+    task, spec = get_task("single_label"), OutputSpec(task="single_label", labels=("a", "b"))
+    rng = np.random.default_rng(0)
+    y = np.concatenate([np.zeros(225, dtype=int), np.ones(225, dtype=int)])
+    right = rng.random(450) < 0.85
+    outputs = {"fp32": _val_outputs(right)}
+    better = right.copy()
+    better[np.flatnonzero(~right)[:3]] = True  # right on 3 more of 450 rows: +0.7 pt, noise
+    outputs["int8_static"] = _val_outputs(better)
+    much_worse = right & (rng.random(450) < 0.8)  # wrong on a fifth more rows: a real loss
+    outputs["student_int8"] = _val_outputs(much_worse)
+    for key in outputs:  # the truth is per row: flip probabilities where the class is 1
+        outputs[key] = np.where((y == 1)[:, None], outputs[key][:, ::-1], outputs[key])
+    variants = [variant("fp32", 0.80, 0.80, 225), variant("int8_static", 0.807, 0.807, 280),
+                variant("student_int8", 0.70, 0.70, 50)]
+    assert set(cmp.pareto_front(variants, "cpu", 32)) == {"fp32", "int8_static", "student_int8"}  # raw: +0.7 pt counts
+
+    cmp.noise_aware(variants, outputs, task, spec, y)
+    assert "fp32" not in variants[1].better_than and "int8_static" not in variants[0].better_than
+    assert "student_int8" in variants[0].better_than and "student_int8" in variants[1].better_than
+    front = set(cmp.pareto_front(variants, "cpu", 32))
+    assert front == {"fp32", "student_int8"}, "int8_static: +0.7 pt within noise and slower than fp32"

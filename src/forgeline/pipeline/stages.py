@@ -242,7 +242,8 @@ class Compressed:
 
 
 def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported, base: EvalResult) -> Compressed:
-    """Every variant on the same test rows, latency measured side by side, the default chosen per device."""
+    """Every variant scored on the validation rows (the budget and dominance, noise-aware) and on the test
+    rows (the report), latency measured side by side, the default chosen per device."""
     from forgeline.inference.runtime import (create_session, cuda_available, pad_batch, predict_proba_ids,
                                              predict_tagged_onnx)
     from forgeline.inference.tokens import TokenEncoder
@@ -252,25 +253,35 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
     task, spec = get_task(cfg.task), spec_of(trained)
     budget = cmp.Budget.of(task, c)
     texts, pairs = splits.test["text"].tolist(), pairs_of(splits.test)
+    rows = {"test": (texts, pairs), "val": (splits.val["text"].tolist(), pairs_of(splits.val))}
     y = task.y(splits.test["label"], spec)
+    y_val = task.y(splits.val["label"], spec)
     out = env.run_dir / "onnx"
     ids = encode(trained.tokenizer, texts, cfg.model.max_length, pairs)
+    split_ids = {"test": ids, "val": encode(trained.tokenizer, rows["val"][0], cfg.model.max_length, rows["val"][1])}
     pad = trained.tokenizer.pad_token_id
     problems: dict[str, str] = {}
+    val_outputs: dict[str, np.ndarray] = {}
 
-    def scored(name: str, path: Path, proba: np.ndarray, source: np.ndarray | None, extra=None) -> cmp.Variant:
+    def onnx_proba(path: Path, device: str, split: str = "test") -> np.ndarray:
+        if spec.tokens:
+            return predict_tagged_onnx(create_session(path, device=device), TokenEncoder(trained.tokenizer, cfg.model.max_length, spec.stride),
+                                       rows[split][0], spec, cfg.train.eval_batch_size)
+        return predict_proba_ids(create_session(path, device=device), split_ids[split], pad, cfg.train.eval_batch_size,
+                                 activate=spec.activate)
+
+    teacher_val = task.metrics(y_val, val_outputs.setdefault("fp32", onnx_proba(exported.path, "cpu", "val")), spec)
+
+    def scored(name: str, path: Path, proba: np.ndarray, source: np.ndarray | None, extra=None,
+               val: np.ndarray | None = None, device: str = "cpu") -> cmp.Variant:
         metrics = task.evaluate(y, proba, spec, env.run_dir / "eval", f"test_{name}").metrics
-        v = cmp.make_variant(name, path, metrics, base.metrics, budget, extra=extra)
+        val = val if val is not None else (val_outputs["fp32"] if name == "fp32" else onnx_proba(path, device, "val"))
+        val_outputs[name] = val
+        v = cmp.make_variant(name, path, metrics, base.metrics, budget, extra=extra,
+                             val_metrics=task.metrics(y_val, val, spec), val_base=teacher_val)
         if source is not None:
             v.parity = cmp.parity_against(source, proba, cmp.precision_of(name), cfg.export.parity_atol, spec)
         return v
-
-    def onnx_proba(path: Path, device: str) -> np.ndarray:
-        if spec.tokens:
-            return predict_tagged_onnx(create_session(path, device=device), TokenEncoder(trained.tokenizer, cfg.model.max_length, spec.stride),
-                                       texts, spec, cfg.train.eval_batch_size)
-        return predict_proba_ids(create_session(path, device=device), ids, pad, cfg.train.eval_batch_size,
-                                 activate=spec.activate)
 
     calib_ids = encode(trained.tokenizer, splits.train["text"].tolist()[: c.calibration_rows], cfg.model.max_length,
                        None if pairs is None else pairs_of(splits.train)[: c.calibration_rows])
@@ -291,6 +302,7 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
     if c.student:
         made, student = _student_variants(env, trained, splits, calibration, scored, onnx_proba, problems)
         variants += made
+    cmp.noise_aware([v for v in variants if v.parity_ok], val_outputs, task, spec, y_val, seed=cfg.seed)
 
     devices = ["cpu"] + (["cuda"] if cuda_available() else [])
     for device in devices:
@@ -325,12 +337,12 @@ def _precisions(source_kind: str, fp32: Path, source: np.ndarray, env: Env, cali
             continue
         try:
             path = convert(fp32, out / spec.file)
-            proba = onnx_proba(path, device)
+            proba, val = onnx_proba(path, device), onnx_proba(path, device, "val")
         except Exception as e:  # noqa: BLE001 - an optional variant; the fp32 model is still good
             problems[spec.name] = f"{type(e).__name__}: {e}"[:4000]
             log.warning("%s variant failed, not registered: %s", spec.name, e)
             continue
-        made.append(scored(spec.name, path, proba, source))
+        made.append(scored(spec.name, path, proba, source, val=val))
     return made
 
 

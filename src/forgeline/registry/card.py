@@ -106,6 +106,10 @@ def model_card(name: str, version: str, run_id: str, decision: GateDecision, met
         keys = list(dict.fromkeys(k for v in ctx.variants for k in v.get("metrics", {})))
         extra_keys = sorted({k for v in ctx.variants for k in v.get("extra", {})})
         lines += ["", "## Compression variants",
+                  "Chosen on the validation split: a variant is within the accuracy budget when its validation "
+                  "metrics are, and counts as more accurate than another only when the paired bootstrap interval "
+                  "of the difference excludes zero (else the faster, then the smaller, wins). The metrics below "
+                  "are the test split's, which chose nothing.", "",
                   "| variant | size MB |" + "".join(f" {k} |" for k in keys) + " bundled |" + "".join(f" {k} |" for k in extra_keys),
                   "|---|---:|" + "---:|" * len(keys) + "---|" + "---:|" * len(extra_keys)]
         lines += [f"| {v['name']} | {v['size_mb']:.1f} |" + "".join(f" {_f(v.get('metrics', {}).get(k))} |" for k in keys)
