@@ -163,6 +163,23 @@ def test_a_task_end_to_end(case, prefect_api, tiny, tmp_path):
     else:
         assert [p["label"] for p in preds] == ["positive", "negative"]
 
+    # `forgeline score` writes the same answers in the pyfunc's columns, one row per input row
+    from forgeline.scoring.flow import score, score_config
+
+    probe = pd.DataFrame({"text": ["how is it?"] * 2, "text_pair": PROBE} if case == "pairs" else {"text": PROBE})
+    probe.to_json(tmp_path / "probe.jsonl", orient="records", lines=True)
+    score(score_config({"model": "e2e/1", "input": str(tmp_path / "probe.jsonl"), "output": str(tmp_path / "scored"),
+                        "tracking_uri": uri}, [f"tracking.workdir={tmp_path / 'work'}"]))
+    scored = pd.read_parquet(tmp_path / "scored").sort_values("row")
+    assert scored.row.tolist() == [0, 1] and set(scored.version) == {"1"}
+    assert list(scored.columns[2:-3]) == loaded["columns"]
+    if case == "regression":
+        assert scored.score.tolist() == pytest.approx([p["score"] for p in preds], abs=1e-5)
+    elif case == "multi_label":
+        assert [list(x) for x in scored.labels] == [p["labels"] for p in preds]
+    else:
+        assert scored.label.tolist() == [p["label"] for p in preds]
+
     # a worse model (no learning): registered, stays challenger (for RMSE: a higher value is worse)
     second = training_flow(config="tiny", overrides=[*overrides, "train.learning_rate=1.0e-12", "train.epochs=1"])
     assert not second["promoted"] and second["version"] == "2"

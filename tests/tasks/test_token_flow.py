@@ -132,6 +132,18 @@ def test_token_classification_end_to_end(prefect_api, tiny, tmp_path):
     finally:
         assert server.stop() == 0
 
+    # `forgeline score`: the same spans, as Parquet (a list of structs per row)
+    import pandas as pd
+
+    from forgeline.scoring.flow import score, score_config
+
+    pd.DataFrame({"text": PROBES}).to_parquet(tmp_path / "probes.parquet")
+    score(score_config({"model": "e2e/1", "input": str(tmp_path / "probes.parquet"), "output": str(tmp_path / "scored"),
+                        "tracking_uri": uri}, [f"tracking.workdir={tmp_path / 'work'}"]))
+    scored = pd.read_parquet(tmp_path / "scored").sort_values("row")
+    assert list(scored.columns) == ["source", "row", "entities", "model", "version", "variant"]
+    check_spans([list(e) for e in scored.entities])
+
     # a worse model (no learning): registered, stays challenger
     second = training_flow(config="tiny", overrides=[*overrides, "train.learning_rate=1.0e-12", "train.epochs=1"])
     assert not second["promoted"] and second["version"] == "2"
