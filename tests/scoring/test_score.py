@@ -78,6 +78,8 @@ def test_a_folder_of_mixed_files_is_scored_once_with_the_task_columns(tmp_path, 
     shares = {lab: run.data.metrics[f"prediction.{lab}"] for lab in labels}
     assert abs(sum(shares.values()) - 1) < 1e-9
     assert client.get_experiment(run.info.experiment_id).name == "forgeline-scoring"
+    # a version registered without the compress stage's record of validation predictions: said, not guessed
+    assert not summary.drift["checked"] and "recorded no validation predictions" in summary.drift["why"]
 
     from forgeline.serving.traffic import read_traffic
 

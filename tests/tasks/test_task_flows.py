@@ -168,8 +168,11 @@ def test_a_task_end_to_end(case, prefect_api, tiny, tmp_path):
 
     probe = pd.DataFrame({"text": ["how is it?"] * 2, "text_pair": PROBE} if case == "pairs" else {"text": PROBE})
     probe.to_json(tmp_path / "probe.jsonl", orient="records", lines=True)
-    score(score_config({"model": "e2e/1", "input": str(tmp_path / "probe.jsonl"), "output": str(tmp_path / "scored"),
-                        "tracking_uri": uri}, [f"tracking.workdir={tmp_path / 'work'}"]))
+    job = score(score_config({"model": "e2e/1", "input": str(tmp_path / "probe.jsonl"), "output": str(tmp_path / "scored"),
+                              "tracking_uri": uri}, [f"tracking.workdir={tmp_path / 'work'}"]))
+    # the batch's predictions against the same variant's on the validation split, recorded by the run
+    assert job.drift["checked"] and job.drift["reference"] == "validation predictions", job.drift
+    assert ("score_mean_shift_sd" if case == "regression" else "label_tv" if case == "pairs" else "max_rate_change") in job.drift
     scored = pd.read_parquet(tmp_path / "scored").sort_values("row")
     assert scored.row.tolist() == [0, 1] and set(scored.version) == {"1"}
     assert list(scored.columns[2:-3]) == loaded["columns"]

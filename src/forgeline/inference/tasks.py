@@ -202,6 +202,20 @@ class OutputSpec:
             return abs(float(a) - float(b)) <= REGRESSION_AGREE_SCALES * self.scale
         return tuple(a) == tuple(b) if self.task == "multi_label" else a == b
 
+    def prediction_counts(self, outputs: Any) -> dict[str, float]:
+        """Additive counts of the decisions (parts of a batch job, splits, add up): ``n`` and ``label:<x>``
+        per label for classifiers (rows with it) and token classification (spans of that type); ``n``,
+        ``sum`` and ``sumsq`` of the score for regression."""
+        n = len(outputs)
+        if self.task == "regression":
+            v = np.asarray(outputs, dtype=np.float64).reshape(-1)
+            return {"n": n, "sum": float(v.sum()), "sumsq": float((v * v).sum())}
+        counts: dict[str, float] = {"n": n}
+        for d in self.decisions(outputs) if n else []:
+            for item in ([d] if isinstance(d, str) else [x[2] if isinstance(x, tuple) else x for x in d]):
+                counts[f"label:{item}"] = counts.get(f"label:{item}", 0) + 1
+        return counts
+
     def logged(self, outputs: np.ndarray) -> tuple[list[str], list[float]]:
         """Per row, the decision as a string and a confidence, for the traffic log: the label and its
         probability; the labels joined by ``|`` and the highest probability; the score and NaN; the spans

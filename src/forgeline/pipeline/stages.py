@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +239,9 @@ class Compressed:
     """Variant (or "student") -> why it was not made."""
     plots: dict[str, Path]
     """Device -> macro-F1 vs latency PNG, Pareto front marked."""
+    val_counts: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Variant -> its prediction counts on the validation split (``OutputSpec.prediction_counts``): what a
+    batch job's predictions are compared with (``forgeline score``)."""
 
 
 def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported, base: EvalResult) -> Compressed:
@@ -316,7 +319,8 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
     drop_units = drop * abs(teacher_value) if metric.relative_drop else drop
     plots = {d: cmp.pareto_plot(variants, d, c.latency_batch, teacher_value, drop_units,
                                 env.run_dir / "compression" / f"pareto-{d}.png") for d in devices}
-    return Compressed(variants, selections, student, problems, {d: p for d, p in plots.items() if p})
+    return Compressed(variants, selections, student, problems, {d: p for d, p in plots.items() if p},
+                      {name: spec.prediction_counts(o) for name, o in val_outputs.items()})
 
 
 def _precisions(source_kind: str, fp32: Path, source: np.ndarray, env: Env, calibration: list, scored, onnx_proba,
@@ -402,6 +406,8 @@ def _log_variants(t: Tracker, cfg: PipelineConfig, r: Compressed, files: Files) 
     t.json({"variants": [v.summary() for v in r.variants], "selections": [asdict(s) for s in r.selections],
             "student": r.student, "problems": r.problems}, "compression/variants.json")
     t.text(cmp.table_markdown(r.variants, r.selections), "compression/variants.md")
+    if r.val_counts:
+        t.json(r.val_counts, "drift/predictions.json")
     for plot in r.plots.values():
         t.artifact(plot, "compression")
     for s in r.selections:

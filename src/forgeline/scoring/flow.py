@@ -17,7 +17,7 @@ from forgeline.config.schema import ScoreConfig
 from forgeline.errors import ConfigError
 from forgeline.scoring.inputs import list_inputs
 from forgeline.scoring.job import (FileResult, Job, Output, ScoreSummary, begin, distribution, done_starts, merged_counts,
-                                   prediction_drift, reference_shares, score_file, SUCCESS)
+                                   prediction_drift, reference_counts, score_file, SUCCESS)
 
 log = logging.getLogger("forgeline.score")
 
@@ -98,7 +98,7 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
                 results = [score_file(impl, job, i, f, done_starts(earlier, i)) for i, f in enumerate(files)]
             scored_s = time.perf_counter() - scoring
             summary = _summarize(cfg, job, impl, out, results, time.perf_counter() - began, scored_s, len(files),
-                                 reference_shares(tracking, mv.run_id, Path(tmp) / "ref"))
+                                 reference_counts(tracking, mv.run_id, impl.variant, Path(tmp) / "ref"))
             summary.run_id = run_id
             _traffic(cfg, job, results)
             _log_summary(tracking, run_id, summary)
@@ -116,6 +116,7 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
 def _summarize(cfg: ScoreConfig, job: Job, impl, out: Output, results: list[FileResult], seconds: float,
                scored_s: float, files: int,
                reference: dict[str, float] | None) -> ScoreSummary:
+    """The job's totals from every part's record (this job's and earlier ones'), its rate from this job's."""
     records = list(out.records().values())  # every finished part, this job's and earlier ones'
     counts = merged_counts(records)
     reasons: dict[str, int] = {}

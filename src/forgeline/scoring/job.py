@@ -40,6 +40,9 @@ log = logging.getLogger("forgeline.score")
 
 MANIFEST, REJECTED, SUCCESS = "_manifest", "_rejected", "_SUCCESS"
 JOB = "job.json"
+PREDICTIONS = "drift/predictions.json"
+"""Per variant, its prediction counts on the validation split (``OutputSpec.prediction_counts``), logged by
+the compress stage: the reference of a scoring job's prediction drift."""
 REASONS = {"null_text": "the text cell is empty (null) or missing",
            "not_text": "the text cell is not a string",
            "text_too_long": "the text is longer than max_text_chars (serving answers 422 for it)", **RULES}
@@ -193,23 +196,6 @@ class FileResult:
     """(text, decision as logged, confidence) of a ``log_sample`` share of the scored rows: the traffic log's."""
 
 
-def counts_of(spec, outputs) -> dict[str, float]:
-    """Additive counts of the predictions (so parts and files add up): per label for classifiers, sum and
-    sum of squares for regression, spans per entity type for token classification."""
-    n = len(outputs)
-    if n == 0:
-        return {"n": 0}
-    if spec.task == "regression":
-        v = np.asarray(outputs, dtype=np.float64).reshape(-1)
-        return {"n": n, "sum": float(v.sum()), "sumsq": float((v * v).sum())}
-    counts: dict[str, float] = {"n": n}
-    for d in spec.decisions(outputs):
-        items = [d] if isinstance(d, str) else [s[2] if isinstance(s, tuple) else s for s in d]
-        for item in items:
-            counts[f"label:{item}"] = counts.get(f"label:{item}", 0) + 1
-    return counts
-
-
 def score_part(impl, job: Job, f: InputFile, start: int, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
     """(scores, rejected rows, raw outputs) of one part."""
     spec = impl.spec
@@ -259,7 +245,7 @@ def score_file(impl, job: Job, file_index: int, f: InputFile, done: set[int]) ->
         record: dict[str, Any] = {"part": name, "file": file_index, "source": f.name, "start": start,
                                   "stop": start + len(frame), "rows": len(frame), "scored": len(scored),
                                   "rejected": len(rejected), "sha256": hashlib.sha256(data).hexdigest(),
-                                  "counts": counts_of(impl.spec, outputs),
+                                  "counts": impl.spec.prediction_counts(outputs),
                                   "reasons": {k: int(v) for k, v in rejected["reason"].value_counts().items()}}
         if len(rejected):
             bad = parquet_bytes(rejected)
@@ -370,37 +356,44 @@ class ScoreSummary:
         return "\n".join(lines)
 
 
-def reference_shares(client, run_id: str | None, dst: Path) -> dict[str, float] | None:
-    """The label distribution the model's training run profiled (``drift/profile.json``), if any."""
-    from forgeline.data.drift import PROFILE
-
+def reference_counts(client, run_id: str | None, variant: str, dst: Path) -> dict[str, float] | None:
+    """The prediction counts of ``variant`` on the validation split, recorded by the model's run
+    (``drift/predictions.json``, written by the compress stage), if any."""
     if not run_id:
         return None
     try:
-        path = client.download_artifacts(run_id, PROFILE, str(dst))
-        return dict(json.loads(Path(path).read_text()).get("label_distribution") or {}) or None
-    except Exception:  # noqa: BLE001 - no profile (an old version), a damaged one: no reference, said so
+        path = client.download_artifacts(run_id, PREDICTIONS, str(dst))
+        return dict(json.loads(Path(path).read_text()).get(variant) or {}) or None
+    except Exception:  # noqa: BLE001 - a version from before the record, a damaged one: no reference, said so
         return None
 
 
 def prediction_drift(spec, counts: dict[str, float], reference: dict[str, float] | None, alpha: float = 0.01,
                      threshold: float = 0.1) -> dict[str, Any]:
-    """Predicted labels against the training labels' shares: chi-square goodness of fit and total
-    variation distance, firing when both say so (as ``forgeline drift``'s label test). Single-label only:
-    other tasks' predictions have no comparable reference recorded."""
-    if spec.task != "single_label" or not reference:
-        return {"checked": False, "why": "only single-label models have a label distribution to compare with"
-                if spec.task != "single_label" else "the model's run has no training-data profile"}
+    """The batch's prediction distribution against the same variant's on the validation split. Single
+    label: chi-square goodness of fit of the label counts and total variation distance, firing when both
+    say so (as ``forgeline drift``'s label test). Other tasks: the largest change of a label's rate (spans
+    per text for token classification) or the score's mean shift in validation standard deviations,
+    reported without a decision (no test of ours fits them yet)."""
+    n, ref_n = counts.get("n", 0) or 0, (reference or {}).get("n", 0) or 0
+    if not n or not ref_n:
+        return {"checked": False, "why": "nothing scored" if not n else
+                "the model's run recorded no validation predictions (registered before forgeline recorded them)"}
+    if spec.task == "regression":
+        mean, ref_mean = counts["sum"] / n, reference["sum"] / ref_n
+        ref_std = max(reference["sumsq"] / ref_n - ref_mean ** 2, 0.0) ** 0.5 or 1.0
+        return {"checked": True, "score_mean_shift_sd": (mean - ref_mean) / ref_std, "reference": "validation predictions"}
+    labels = list(spec.labels)
+    rates = np.array([counts.get(f"label:{lab}", 0) / n for lab in labels])
+    ref_rates = np.array([reference.get(f"label:{lab}", 0) / ref_n for lab in labels])
+    if spec.task != "single_label":
+        return {"checked": True, "max_rate_change": float(np.abs(rates - ref_rates).max()) if labels else 0.0,
+                "reference": "validation predictions"}
     from scipy.stats import chisquare
 
-    labels = list(spec.labels)
-    observed = np.array([counts.get(f"label:{lab}", 0) for lab in labels], dtype=np.float64)
-    n = observed.sum()
-    expected_share = np.array([max(reference.get(lab, 0.0), 1e-9) for lab in labels])
-    expected_share /= expected_share.sum()
-    if n == 0:
-        return {"checked": False, "why": "nothing scored"}
-    stat, p = chisquare(observed, expected_share * n)
-    tv = float(0.5 * np.abs(observed / n - expected_share).sum())
+    expected = np.maximum(ref_rates, 1e-9)
+    expected /= expected.sum()
+    _, p = chisquare(rates * n, expected * n)
+    tv = float(0.5 * np.abs(rates - expected).sum())
     return {"checked": True, "label_tv": tv, "label_p": float(p), "drift": bool(p < alpha and tv > threshold),
-            "reference": "training labels of the model's run"}
+            "reference": "validation predictions"}
