@@ -202,3 +202,22 @@ def test_the_cli_scores_through_the_flow_and_refuses_bad_input_with_exit_2(tmp_p
         bad = cli(*args)
         assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
         assert "Traceback" not in bad.stderr
+
+
+def test_a_glob_over_an_fsspec_filesystem_is_read_and_written_through_fsspec(tmp_path, scoring_registry):
+    """``memory://`` stands in for ``s3://``: the same fsspec calls (glob, info, open, mv), no local path."""
+    import fsspec
+
+    uri, _ = scoring_registry
+    fs = fsspec.filesystem("memory")
+    texts = sentiment_rows(10, seed=5)["text"].tolist()
+    for name, chunk in (("x/2026-01.csv", texts[:8]), ("x/2026-02.csv", texts[8:]), ("x/notes.csv.bak", ["skip"])):
+        with fs.open(f"/bucket/{name}", "wb") as fh:
+            fh.write(pd.DataFrame({"text": chunk}).to_csv(index=False).encode())
+    summary = score(score_config({"model": "m/1", "input": "memory://bucket/x/2026-*.csv", "output": "memory://bucket/scores",
+                                  "tracking_uri": uri}, [f"tracking.workdir={tmp_path / 'work'}", "part_rows=3"]))
+    parts = sorted(fs.glob("/bucket/scores/part-*.parquet"))
+    got = pd.concat([pd.read_parquet(fs.open(p, "rb")) for p in parts])
+    assert summary.rows == 20 and len(got) == 20 and sorted(set(got.source)) == ["2026-01.csv", "2026-02.csv"]
+    assert len(parts) == 3 + 4 and fs.exists("/bucket/scores/_SUCCESS") and fs.exists("/bucket/scores/_manifest/job.json")
+    fs.rm("/bucket", recursive=True)
