@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from forgeline.data.load import COMPRESSION_SUFFIXES, FORMAT_SUFFIXES, SEPARATORS
+from forgeline.data.load import COMPRESSION_SUFFIXES, FORMAT_SUFFIXES, sniff_separator
 from forgeline.errors import DataLoadError
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -132,19 +132,11 @@ def _missing(f: InputFile, columns: list[str], have: list[str], where: str = "it
 
 
 def _separator(f: InputFile) -> str:
-    if PurePosixPath(f.name.removesuffix(f".{f.compression}") if f.compression else f.name).suffix.lower() == ".tsv":
+    suffixes = [x.lower() for x in PurePosixPath(f.name).suffixes][: -1 if f.compression else None]
+    if suffixes and suffixes[-1] == ".tsv":
         return "\t"
     with _open(f) as fh:
-        first = fh.readline(65_536).decode("utf-8", errors="replace")
-    outside, quoted = [], False
-    for ch in first:
-        if ch == '"':
-            quoted = not quoted
-        elif not quoted:
-            outside.append(ch)
-    counts = {sep: outside.count(sep) for sep in SEPARATORS}
-    best = max(counts, key=lambda k: counts[k])
-    return best if counts[best] > 0 else ","
+        return sniff_separator(fh.readline(65_536).decode("utf-8", errors="replace"))
 
 
 def _csv_parts(f: InputFile, columns: list[str], part_rows: int) -> Iterator[pd.DataFrame]:
