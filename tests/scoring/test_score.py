@@ -221,3 +221,19 @@ def test_a_glob_over_an_fsspec_filesystem_is_read_and_written_through_fsspec(tmp
     assert summary.rows == 20 and len(got) == 20 and sorted(set(got.source)) == ["2026-01.csv", "2026-02.csv"]
     assert len(parts) == 3 + 4 and fs.exists("/bucket/scores/_SUCCESS") and fs.exists("/bucket/scores/_manifest/job.json")
     fs.rm("/bucket", recursive=True)
+
+
+def test_parts_share_one_schema_even_when_a_part_is_all_rejected(tmp_path, scoring_registry):
+    uri, _ = scoring_registry
+    (tmp_path / "in").mkdir()
+    rows = [{"id": i, "text": t} for i, t in enumerate(sentiment_rows(2, seed=1)["text"].tolist())]  # 4 good rows
+    rows += [{"id": 10 + i, "text": ""} for i in range(5)]  # then 5 empty texts: one part of nothing but rejects
+    pd.DataFrame(rows).to_json(tmp_path / "in" / "ids.jsonl", orient="records", lines=True)
+    score(config(uri, tmp_path / "in", tmp_path / "out", "part_rows=4"))
+    import pyarrow.parquet as pq
+
+    schemas = {str(pq.read_schema(p)) for p in (tmp_path / "out").glob("part-*.parquet")}
+    assert len(list((tmp_path / "out").glob("part-*.parquet"))) == 3 and len(schemas) == 1
+    scores = read_scores(tmp_path / "out")
+    assert scores.id.tolist() == ["0", "1", "2", "3"]  # integer keys, written as text in every part
+    assert pd.read_parquet(tmp_path / "out" / "_rejected").id.tolist() == [str(i) for i in range(10, 15)]

@@ -256,6 +256,18 @@ class OutputSpec:
             out[f"proba_{lab}"] = outputs[:, j].astype(float)
         return out
 
+    def frame_types(self) -> list[tuple[str, Any]]:
+        """``frame``'s columns with their Arrow types, so every Parquet part of a batch job has one schema
+        (a part with no entity, or no row, would otherwise be typed ``list<null>`` and not read with the others)."""
+        import pyarrow as pa
+
+        f64, text = pa.float64(), pa.string()
+        entity = pa.struct([("label", text), ("start", pa.int64()), ("end", pa.int64()), ("text", text), ("score", f64)])
+        head = {"single_label": [("label", text), ("confidence", f64), ("probabilities", pa.list_(f64))],
+                "multi_label": [("labels", pa.list_(text)), ("probabilities", pa.list_(f64))],
+                "regression": [("score", f64)], "token_classification": [("entities", pa.list_(entity))]}[self.task]
+        return head + ([(f"proba_{lab}", f64) for lab in self.labels] if self.task in ("single_label", "multi_label") else [])
+
     def answers(self, outputs: np.ndarray) -> list[dict[str, Any]]:
         """The serving JSON's ``predictions``: ``{label, confidence, probabilities}``,
         ``{labels, probabilities}``, ``{score}`` or ``{entities}`` per input."""

@@ -160,13 +160,28 @@ class Output:
                     self.fs.rm(n)
 
 
-def parquet_bytes(frame: pd.DataFrame) -> bytes:
+def parquet_bytes(frame: pd.DataFrame, schema) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False) if len(frame) else schema.empty_table()
+    pq.write_table(table.replace_schema_metadata(None), sink)  # the same bytes of schema in every part
     return sink.getvalue().to_pybytes()
+
+
+def schemas(spec, key_column: str | None):
+    """(scores, rejected rows) Arrow schemas: fixed per job, whatever a part holds. The key column is
+    written as text (CSV gives text; one type across every file of the job)."""
+    import pyarrow as pa
+
+    ids = [("source", pa.string()), ("row", pa.int64()), *([(key_column, pa.string())] if key_column else [])]
+    return (pa.schema(ids + spec.frame_types() + [(c, pa.string()) for c in META_COLUMNS]),
+            pa.schema(ids + [("reason", pa.string()), ("text", pa.string())]))
+
+
+def _as_text(values: np.ndarray) -> list[str | None]:
+    return [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values]
 
 
 # --- one part, one file ------------------------------------------------------------------------------
@@ -213,13 +228,13 @@ def score_part(impl, job: Job, f: InputFile, start: int, frame: pd.DataFrame) ->
     outputs = impl.predict_proba(good, pairs)
     ids = {"source": [f.name] * len(keep), "row": rows[keep]}
     if job.key_column:
-        ids[job.key_column] = frame[job.key_column].to_numpy()[keep]
+        ids[job.key_column] = _as_text(frame[job.key_column].to_numpy()[keep])
     scored = pd.concat([pd.DataFrame(ids), spec.frame(outputs).reset_index(drop=True)], axis=1)
     for k, v in zip(META_COLUMNS, (job.model, job.version, job.variant)):
         scored[k] = v
     bad = np.flatnonzero(~ok)
     rejected = pd.DataFrame({"source": [f.name] * len(bad), "row": rows[bad],
-                             **({job.key_column: frame[job.key_column].to_numpy()[bad]} if job.key_column else {}),
+                             **({job.key_column: _as_text(frame[job.key_column].to_numpy()[bad])} if job.key_column else {}),
                              "reason": [problems[i] for i in bad],
                              # a text as it came (cut to 1,000 characters), to find and fix it; a non-string as its repr
                              "text": [(texts[i] if isinstance(texts[i], str) else repr(texts[i]))[:1000]
@@ -231,6 +246,7 @@ def score_file(impl, job: Job, file_index: int, f: InputFile, done: set[int]) ->
     """Score every part of ``f`` whose first row is not in ``done`` and commit it (see the module's doc)."""
     out = Output(job.output)
     result = FileResult()
+    scores_schema, rejected_schema = schemas(impl.spec, job.key_column)
     rng = random.Random(f"{job.seed}:{f.name}")
     for start, frame in read_parts(f, job.columns, job.part_rows, done):
         if frame is None:
@@ -239,7 +255,7 @@ def score_file(impl, job: Job, file_index: int, f: InputFile, done: set[int]) ->
         began = time.perf_counter()
         scored, rejected, outputs = score_part(impl, job, f, start, frame)
         name = part_name(file_index, start)
-        data = parquet_bytes(scored)
+        data = parquet_bytes(scored, scores_schema)
         out.write_atomic(f"{name}.parquet", data)
         failpoint("score.renamed")  # scores in place, the part not yet recorded: a rerun rewrites it
         record: dict[str, Any] = {"part": name, "file": file_index, "source": f.name, "start": start,
@@ -248,7 +264,7 @@ def score_file(impl, job: Job, file_index: int, f: InputFile, done: set[int]) ->
                                   "counts": impl.spec.prediction_counts(outputs),
                                   "reasons": {k: int(v) for k, v in rejected["reason"].value_counts().items()}}
         if len(rejected):
-            bad = parquet_bytes(rejected)
+            bad = parquet_bytes(rejected, rejected_schema)
             out.write_atomic(f"{REJECTED}/{name}.parquet", bad)
             record["rejected_sha256"] = hashlib.sha256(bad).hexdigest()
         record["seconds"] = round(time.perf_counter() - began, 4)
