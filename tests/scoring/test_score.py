@@ -16,7 +16,7 @@ import pytest
 
 from forgeline.errors import ConfigError, DataLoadError, DiskFullError
 from forgeline.scoring.flow import score, score_config
-from tests.conftest import sentiment_rows
+from tests.conftest import run_if, sentiment_rows
 from tests.scoring.conftest import BAD, mixed_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -237,3 +237,16 @@ def test_parts_share_one_schema_even_when_a_part_is_all_rejected(tmp_path, scori
     scores = read_scores(tmp_path / "out")
     assert scores.id.tolist() == ["0", "1", "2", "3"]  # integer keys, written as text in every part
     assert pd.read_parquet(tmp_path / "out" / "_rejected").id.tolist() == [str(i) for i in range(10, 15)]
+
+
+@run_if(ort_cuda=True)
+def test_a_job_on_cuda_gives_the_cpu_jobs_labels(tmp_path, scoring_registry):
+    """The CUDA path of batch scoring: CUDA EP replayed as CUDA graphs (the pyfunc's), the same rows and labels."""
+    uri, _ = scoring_registry
+    inputs = big_input(tmp_path / "in", n=600)
+    cpu = score(config(uri, inputs, tmp_path / "cpu", "device=cpu", "part_rows=200", "key_column=null"))
+    cuda = score(config(uri, inputs, tmp_path / "cuda", "device=cuda", "part_rows=200", "key_column=null"))
+    assert cuda.device == "cuda" and cpu.device == "cpu"
+    a, b = read_scores(tmp_path / "cpu"), read_scores(tmp_path / "cuda")
+    assert a[["source", "row"]].equals(b[["source", "row"]])
+    assert (a.label == b.label).mean() >= 0.99 and (a.confidence - b.confidence).abs().max() < 2e-2
