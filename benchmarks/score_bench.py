@@ -2,13 +2,13 @@
 input sizes, and Spark local[2] against the local engine.
 
     python benchmarks/score_bench.py --tracking-uri URI --model NAME/VERSION OUT.json [--rows 100000]
-        [--big-rows 1000000] [--rounds 2] [--no-spark]
+        [--big-rows 1000000] [--rounds 2] [--only throughput,memory,spark]
 
 - throughput: in one process, interleaved rounds of (a) the model alone: the job's own ONNX session and
   tokenizer output, pre-tokenised, through ``predict_proba_token_ids`` in the same batches, and (b) the
   whole job on a Parquet file of the same texts (read, text rules, tokenise, score, write parts and
   manifest). Texts are the bundled corpus's, repeated to ``--rows`` (real lengths).
-- memory: a fresh process per size scores ``--rows`` and ``--big-rows`` rows; its peak RSS (ru_maxrss).
+- memory: a fresh process per size scores ``--rows`` and ``--big-rows`` rows; its peak RSS (VmHWM).
 - Spark: the same input as 4 files, local[2] against the local engine, one run each after a warm-up.
 """
 
@@ -74,7 +74,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--big-rows", type=int, default=1_000_000)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--no-spark", action="store_true")
+    p.add_argument("--only", default="throughput,memory,spark", help="which parts, comma-separated")
     args = p.parse_args()
 
     import mlflow
@@ -93,8 +93,9 @@ def main() -> None:
     impl = load_bundle(download_verified(client, name, str(mv.version), tmp / "model"), "auto", "auto", "auto")
     ids = impl.tokenizer.encode(texts)  # the model alone gets its input tokenised beforehand
 
+    parts = set(args.only.split(","))
     alone, job = [], []
-    for r in range(args.rounds):  # interleaved: the shared machine's noise falls on both alike
+    for r in range(args.rounds if "throughput" in parts else 0):  # interleaved: the shared machine's noise falls on both alike
         t = time.perf_counter()
         for i in range(0, len(ids), 20_000):  # the job's part size: the same length-sorted batches
             impl.predict_proba_token_ids(ids[i : i + 20_000])
@@ -104,7 +105,7 @@ def main() -> None:
         s = score(cfg)
         job.append(s.rows_per_s)
         print(f"round {r}: model alone {alone[-1]:,.0f}/s, forgeline score {job[-1]:,.0f}/s", flush=True)
-    ratios = [j / a for j, a in zip(job, alone)]
+    ratios = [j / a for j, a in zip(job, alone)] or [float("nan")]
     record = {"date": time.strftime("%Y-%m-%d"), "machine": "2-core CPU, 24 GiB (shared)",
               "command": " ".join(["python benchmarks/score_bench.py", *sys.argv[1:]]), "model": args.model,
               "variant": impl.variant, "device": impl.device, "rows": args.rows,
@@ -112,14 +113,15 @@ def main() -> None:
                              "ratio_median": float(np.median(ratios)), "target": ">= 0.85"}}
 
     memory = {}
-    for n in (args.rows, args.big_rows):
+    for n in (args.rows, args.big_rows) if "memory" in parts else ():
         folder = inputs if n == args.rows else write_input(tmp / f"in{n}", corpus_texts(n))
         memory[str(n)] = child(args, folder, tmp / f"mem{n}", tmp / "work")
         print(f"{n:,} rows: {memory[str(n)]}", flush=True)
-    small, big = memory[str(args.rows)]["peak_rss_mb"], memory[str(args.big_rows)]["peak_rss_mb"]
-    record["memory"] = memory | {"big_over_small": big / small, "target": "within 10%"}
+    if memory:
+        small, big = memory[str(args.rows)]["peak_rss_mb"], memory[str(args.big_rows)]["peak_rss_mb"]
+        record["memory"] = memory | {"big_over_small": big / small, "target": "within 10%"}
 
-    if not args.no_spark:
+    if "spark" in parts:
         four = write_input(tmp / "in4", texts, files=4)
         child(args, four, tmp / "warm-spark", tmp / "work", "engine=spark")
         spark = child(args, four, tmp / "spark", tmp / "work", "engine=spark")
