@@ -1,11 +1,10 @@
 """``forgeline score`` and the ``forgeline-scoring`` Prefect flow: a registered model over files, one
 MLflow run per job (experiment ``<tracking.experiment>-scoring``), a sample of the predictions in the
-traffic log, the prediction distribution against the model's training labels."""
+traffic log, the prediction distribution against the same variant's on the validation split."""
 
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 import time
 from pathlib import Path
@@ -18,9 +17,6 @@ from forgeline.errors import ConfigError
 from forgeline.scoring.inputs import list_inputs
 from forgeline.scoring.job import (FileResult, Job, Output, ScoreSummary, begin, distribution, done_starts, merged_counts,
                                    prediction_drift, reference_counts, score_file, SUCCESS)
-
-log = logging.getLogger("forgeline.score")
-
 
 def load_bundle(local: Path, device: str, variant: str, batch_size: Any):
     """The pyfunc's implementation from a downloaded (verified) bundle folder."""
@@ -144,7 +140,8 @@ def _traffic(cfg: ScoreConfig, job: Job, results: list[FileResult]) -> None:
     traffic = TrafficLog(folder, sample=1.0, rotate_s=3600.0, max_rows=50_000, max_files=1000)
     for i in range(0, len(samples), 10_000):
         chunk = samples[i : i + 10_000]
-        traffic.record(job.model, job.version, [s[0] for s in chunk], [s[1] for s in chunk], [s[2] for s in chunk])
+        traffic.record(job.model, job.version, [s[0] for s in chunk], [s[1] for s in chunk], [s[2] for s in chunk],
+                       block=True)
     traffic.close()
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import random
 import time
@@ -35,8 +34,6 @@ from forgeline.errors import ConfigError, DiskFullError, disk_full
 from forgeline.inference.text import RULES, text_problem
 from forgeline.scoring.inputs import InputFile, read_parts
 from forgeline.settings import failpoint
-
-log = logging.getLogger("forgeline.score")
 
 MANIFEST, REJECTED, SUCCESS = "_manifest", "_rejected", "_SUCCESS"
 JOB = "job.json"

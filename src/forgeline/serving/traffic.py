@@ -53,14 +53,16 @@ class TrafficLog:
         self._thread = threading.Thread(target=self._run, name="traffic-log", daemon=True)
         self._thread.start()
 
-    def record(self, model: str, version: str, texts: list[str], labels: list[str], confidences: list[float]) -> None:
-        """On the request path: a random draw per text and a non-blocking put."""
+    def record(self, model: str, version: str, texts: list[str], labels: list[str], confidences: list[float],
+               block: bool = False) -> None:
+        """On the request path: a random draw per text and a non-blocking put. ``block`` (a batch job's
+        sample, already drawn): wait for room instead of dropping rows."""
         now = time.time()
         for i, text in enumerate(texts):
             if self._rng.random() >= self.sample:
                 continue
             try:
-                self._queue.put_nowait((now, model, version, text, labels[i], float(confidences[i])))
+                self._queue.put((now, model, version, text, labels[i], float(confidences[i])), block=block)
             except queue.Full:
                 if self.metrics is not None:
                     self.metrics.traffic_dropped.inc()
