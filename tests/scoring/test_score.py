@@ -100,6 +100,10 @@ def test_another_model_version_is_refused_for_an_existing_output_unless_restarte
     score(config(uri, tmp_path / "in", out, "restart=true", model="m/2"))
     assert set(read_scores(out).version) == {"2"}
 
+    with pytest.raises(ConfigError, match="overlap"):  # the scores would be read as input next time
+        score(config(uri, tmp_path / "in", tmp_path / "in" / "scores"))
+    assert not (tmp_path / "in" / "scores").exists()
+
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "report.xlsx").write_text("a user's file")
     with pytest.raises(ConfigError, match="not empty"):

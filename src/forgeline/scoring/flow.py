@@ -39,6 +39,17 @@ def columns_for(cfg: ScoreConfig, spec) -> tuple[list[str], str | None]:
     return cols, pair
 
 
+def _output_outside_input(cfg: ScoreConfig) -> None:
+    """An output folder inside the input folder would be read as input by the next run (its parts are Parquet)."""
+    import fsspec
+
+    (_, out), (_, inp) = fsspec.core.url_to_fs(cfg.output), fsspec.core.url_to_fs(cfg.input.split("*")[0])
+    out, inp = out.rstrip("/") + "/", inp.rstrip("/") + "/"
+    if out.startswith(inp) or inp.startswith(out):
+        raise ConfigError(f"output {cfg.output} and input {cfg.input} overlap: the next run would read the scores as "
+                          "input; write the output somewhere outside the input folder")
+
+
 def score(cfg: ScoreConfig) -> ScoreSummary:
     """Run the scoring job ``cfg`` describes (see ``forgeline.scoring.job``) and return its summary."""
     import mlflow
@@ -54,6 +65,7 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     files = list_inputs(cfg.input, cfg.format)  # a missing or unreadable input fails before the model loads
+    _output_outside_input(cfg)
     uri = cfg.tracking_uri or resolve_tracking_uri(cfg.tracking)
     client = open_registry(uri)
     mlflow.set_tracking_uri(uri)  # the bundle's download goes through mlflow.artifacts
