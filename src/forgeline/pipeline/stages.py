@@ -276,9 +276,11 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
     teacher_val = task.metrics(y_val, val_outputs.setdefault("fp32", onnx_proba(exported.path, "cpu", "val")), spec)
 
     def scored(name: str, path: Path, proba: np.ndarray, source: np.ndarray | None, extra=None,
-               val: np.ndarray | None = None, device: str = "cpu") -> cmp.Variant:
+               val: np.ndarray | None = None) -> cmp.Variant:
+        """The variant's test metrics (reported), its validation outputs and metrics (``val``, else scored
+        here on the CPU), parity against ``source``."""
         metrics = task.evaluate(y, proba, spec, env.run_dir / "eval", f"test_{name}").metrics
-        val = val if val is not None else (val_outputs["fp32"] if name == "fp32" else onnx_proba(path, device, "val"))
+        val = val if val is not None else (val_outputs["fp32"] if name == "fp32" else onnx_proba(path, "cpu", "val"))
         val_outputs[name] = val
         v = cmp.make_variant(name, path, metrics, base.metrics, budget, extra=extra,
                              val_metrics=task.metrics(y_val, val, spec), val_base=teacher_val)
