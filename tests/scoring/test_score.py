@@ -115,8 +115,10 @@ def _job(uri: str, inputs: Path, out: Path, env: dict[str, str] | None = None) -
     code = ("import sys; from forgeline.scoring.flow import score, score_config; "
             "score(score_config({'model': 'm/1', 'input': sys.argv[1], 'output': sys.argv[2], 'tracking_uri': sys.argv[3]}, "
             "['part_rows=10', 'max_text_chars=200', 'log_sample=0', 'tracking.workdir=' + sys.argv[2] + '-work']))")
+    # SIGINT as in a terminal: pytest-xdist's workers ignore it, and a child would inherit that
     return subprocess.Popen([sys.executable, "-c", code, str(inputs), str(out), uri], cwd=ROOT,
-                            env=os.environ | (env or {}), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            env=os.environ | (env or {}), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def big_input(folder: Path, n: int = 2400) -> Path:
