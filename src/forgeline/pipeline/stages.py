@@ -273,7 +273,8 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
         return predict_proba_ids(create_session(path, device=device), split_ids[split], pad, cfg.train.eval_batch_size,
                                  activate=spec.activate)
 
-    teacher_val = task.metrics(y_val, val_outputs.setdefault("fp32", onnx_proba(exported.path, "cpu", "val")), spec)
+    val_outputs["fp32"] = onnx_proba(exported.path, "cpu", "val")
+    teacher_val = task.metrics(y_val, val_outputs["fp32"], spec)
 
     def scored(name: str, path: Path, proba: np.ndarray, source: np.ndarray | None, extra=None,
                val: np.ndarray | None = None) -> cmp.Variant:

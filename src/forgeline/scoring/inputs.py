@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from forgeline.data.load import COMPRESSION_SUFFIXES, FORMAT_SUFFIXES, sniff_separator
+from forgeline.data.load import COMPRESSION_SUFFIXES, FORMAT_SUFFIXES, _suffixes, sniff_separator
 from forgeline.errors import DataLoadError
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -41,13 +41,11 @@ class InputFile:
 
 
 def _format_of(path: str, fmt: str) -> tuple[str | None, str | None]:
-    suffixes = [s.lower() for s in PurePosixPath(path).suffixes]
-    compression = COMPRESSION_SUFFIXES.get(suffixes[-1]) if suffixes else None
-    if compression:
-        suffixes = suffixes[:-1]
+    """(format, compression) as the training reader tells them from the suffixes (``_suffixes``)."""
+    suffix, compression = _suffixes(PurePosixPath(path))
     if fmt != "auto":
         return fmt, compression
-    found = FORMAT_SUFFIXES.get(suffixes[-1] if suffixes else "")
+    found = FORMAT_SUFFIXES.get(suffix)
     return (found if found in FORMATS else None), compression
 
 
@@ -132,8 +130,7 @@ def _missing(f: InputFile, columns: list[str], have: list[str], where: str = "it
 
 
 def _separator(f: InputFile) -> str:
-    suffixes = [x.lower() for x in PurePosixPath(f.name).suffixes][: -1 if f.compression else None]
-    if suffixes and suffixes[-1] == ".tsv":
+    if _suffixes(PurePosixPath(f.name))[0] == ".tsv":
         return "\t"
     with _open(f) as fh:
         return sniff_separator(fh.readline(65_536).decode("utf-8", errors="replace"))

@@ -31,19 +31,16 @@ import numpy as np
 import pandas as pd
 
 from forgeline.errors import ConfigError, DiskFullError, disk_full
-from forgeline.inference.text import RULES, text_problem
+from forgeline.inference.text import text_problem
 from forgeline.scoring.inputs import InputFile, read_parts
 from forgeline.settings import failpoint
+from forgeline.tasks.base import as_text
 
 MANIFEST, REJECTED, SUCCESS = "_manifest", "_rejected", "_SUCCESS"
 JOB = "job.json"
 PREDICTIONS = "drift/predictions.json"
 """Per variant, its prediction counts on the validation split (``OutputSpec.prediction_counts``), logged by
 the compress stage: the reference of a scoring job's prediction drift."""
-REASONS = {"null_text": "the text cell is empty (null) or missing",
-           "not_text": "the text cell is not a string",
-           "text_too_long": "the text is longer than max_text_chars (serving answers 422 for it)", **RULES}
-"""Why a row is rejected: the text rules validation and serving apply (``forgeline.inference.text``)."""
 META_COLUMNS = ("model", "version", "variant")
 
 
@@ -52,7 +49,9 @@ def part_name(file_index: int, start: int) -> str:
 
 
 def row_problems(values: list[Any], max_chars: int) -> list[str | None]:
-    """Per text, the first rule it breaks (a key of REASONS), or None."""
+    """Per text, the first rule it breaks, or None: ``null_text`` (missing), ``not_text`` (not a string),
+    ``text_too_long`` (over ``max_chars``, which serving answers 422 for), else the rules validation and
+    serving apply (``inference.text.text_problem``: a key of its ``RULES``)."""
     out: list[str | None] = []
     for v in values:
         if v is None or (isinstance(v, float) and np.isnan(v)):
@@ -113,9 +112,7 @@ class Output:
         try:
             with self.fs.open(self.path(rel), "rb") as fh:
                 return json.loads(fh.read())
-        except FileNotFoundError:
-            return None
-        except (ValueError, OSError):  # a damaged record: the part is redone
+        except (ValueError, OSError):  # missing, or a damaged record: the part is redone
             return None
 
     def records(self) -> dict[str, dict[str, Any]]:
@@ -177,10 +174,6 @@ def schemas(spec, key_column: str | None):
             pa.schema(ids + [("reason", pa.string()), ("text", pa.string())]))
 
 
-def _as_text(values: np.ndarray) -> list[str | None]:
-    return [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values]
-
-
 # --- one part, one file ------------------------------------------------------------------------------
 @dataclass
 class Job:
@@ -223,15 +216,16 @@ def score_part(impl, job: Job, f: InputFile, start: int, frame: pd.DataFrame) ->
     good = [texts[i] for i in keep]
     pairs = [frame[job.pair_column].iat[i] for i in keep] if job.pair_column else None
     outputs = impl.predict_proba(good, pairs)
+    keys = [as_text(v) for v in frame[job.key_column].tolist()] if job.key_column else []
     ids = {"source": [f.name] * len(keep), "row": rows[keep]}
     if job.key_column:
-        ids[job.key_column] = _as_text(frame[job.key_column].to_numpy()[keep])
+        ids[job.key_column] = [keys[i] for i in keep]
     scored = pd.concat([pd.DataFrame(ids), spec.frame(outputs).reset_index(drop=True)], axis=1)
     for k, v in zip(META_COLUMNS, (job.model, job.version, job.variant)):
         scored[k] = v
     bad = np.flatnonzero(~ok)
     rejected = pd.DataFrame({"source": [f.name] * len(bad), "row": rows[bad],
-                             **({job.key_column: _as_text(frame[job.key_column].to_numpy()[bad])} if job.key_column else {}),
+                             **({job.key_column: [keys[i] for i in bad]} if job.key_column else {}),
                              "reason": [problems[i] for i in bad],
                              # a text as it came (cut to 1,000 characters), to find and fix it; a non-string as its repr
                              "text": [(texts[i] if isinstance(texts[i], str) else repr(texts[i]))[:1000]

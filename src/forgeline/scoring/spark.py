@@ -38,12 +38,12 @@ def spark_session(master: str | None):
             .getOrCreate())
 
 
-def _model(folder: str, device: str, variant: str):
+def _model(folder: str, device: str, variant: str, batch_size):
     from forgeline.scoring.flow import load_bundle
 
-    key = f"{folder}|{device}|{variant}"
+    key = f"{folder}|{device}|{variant}|{batch_size}"
     if key not in _MODELS:
-        _MODELS[key] = load_bundle(Path(folder), device, variant, "auto")
+        _MODELS[key] = load_bundle(Path(folder), device, variant, batch_size)
     return _MODELS[key]
 
 
@@ -61,13 +61,13 @@ def score_on_spark(cfg: ScoreConfig, job: Job, files: list[InputFile], earlier: 
     tasks = pd.DataFrame({"index": list(range(len(files))),
                           "file": [json.dumps(asdict(f)) for f in files],
                           "done": [json.dumps(sorted(done_starts(earlier, i))) for i in range(len(files))]})
-    device = "cpu" if cfg.device == "auto" else cfg.device
+    device, batch_size = ("cpu" if cfg.device == "auto" else cfg.device), cfg.batch_size
 
     def run(batches):
         for frame in batches:
             out = []
             the_job = Job(**json.loads(job_json))
-            impl = _model(SparkFiles.get(folder_name), device, the_job.variant)
+            impl = _model(SparkFiles.get(folder_name), device, the_job.variant, batch_size)
             for index, file_json, done in zip(frame["index"], frame["file"], frame["done"]):
                 f = InputFile(**json.loads(file_json))
                 result = score_file(impl, the_job, int(index), f, set(json.loads(done)))
