@@ -129,6 +129,7 @@ def big_input(folder: Path, n: int = 2400) -> Path:
     return folder
 
 
+@pytest.mark.e2e
 def test_sigkill_mid_job_then_rerun_scores_each_row_exactly_once(tmp_path, scoring_registry):
     uri, _ = scoring_registry
     inputs = big_input(tmp_path / "in")
@@ -189,6 +190,7 @@ def test_a_malformed_input_file_is_one_message_naming_the_file_and_line(tmp_path
                             "tracking_uri": uri}, [f"tracking.workdir={tmp_path / 'work'}"]))
 
 
+@pytest.mark.e2e
 def test_the_cli_scores_through_the_flow_and_refuses_bad_input_with_exit_2(tmp_path, scoring_registry):
     uri, client = scoring_registry
     mixed_inputs(tmp_path / "in")

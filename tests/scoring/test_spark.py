@@ -13,8 +13,8 @@ from forgeline.scoring.flow import score
 from tests.scoring.conftest import mixed_inputs
 from tests.scoring.test_score import config, read_scores
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("pyspark") is None or shutil.which("java") is None,
-                                reason="needs pyspark and a Java runtime (.ci/run installs Debian's headless JRE)")
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(importlib.util.find_spec("pyspark") is None or shutil.which("java") is None,
+                                reason="needs pyspark and a Java runtime (.ci/run installs Debian's headless JRE)")]
 
 
 def test_spark_local2_gives_the_local_engines_predictions_and_manifest(tmp_path, scoring_registry):
