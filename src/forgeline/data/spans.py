@@ -11,7 +11,9 @@ token's character offsets):
   span-annotation tools export), tokenised on word and punctuation boundaries.
 
 Tag schemes IOB2, IOB1 and BIOES are read (``detect_scheme`` when not given) and converted to IOB2;
-an I- tag that starts an entity under IOB2 is repaired to B- and counted. ``entity_scores`` is strict
+an I- tag that starts an entity under IOB2 is repaired to B- and counted. ``plain`` (named, never
+detected: a wrong ``data.tag_column`` would otherwise pass as it) is a tag per token without a prefix, as
+part-of-speech tags: each token is its own span. ``entity_scores`` is strict
 entity matching (type and both boundaries), as seqeval's strict IOB2 mode scores it
 (tests/data/test_spans.py checks the numbers against seqeval). Pure Python and numpy: the torch-free
 post-processing of a deployed model uses the same entity extraction.
@@ -26,7 +28,7 @@ from typing import Any, Iterable
 from forgeline.errors import DataLoadError
 from forgeline.inference.tokens import WORD  # one word rule for training data and the deployed model
 
-SCHEMES = ("IOB2", "IOB1", "BIOES")
+SCHEMES = ("IOB2", "IOB1", "BIOES", "plain")
 
 
 @dataclass
@@ -179,6 +181,8 @@ def detect_scheme(sentences: list[Sentence]) -> str:
 
 def to_iob2(tags: list[str], scheme: str) -> tuple[list[str], int]:
     """The tags in IOB2 and how many were repaired (an I- starting an entity under IOB2 becomes B-)."""
+    if scheme == "plain":
+        return [t if t == "O" else f"B-{t}" for t in tags], 0
     out, repaired = [], 0
     prev = ("O", "")
     for tag in tags:
@@ -241,7 +245,7 @@ def entity_scores(truth: list[list[str]], predicted: list[list[str]]) -> dict[st
 
 
 # --- to the pipeline's rows ---------------------------------------------------------------------------
-PREFIXES = {"IOB2": "BI", "IOB1": "BI", "BIOES": "BIES"}
+PREFIXES = {"IOB2": "BI", "IOB1": "BI", "BIOES": "BIES", "plain": ""}
 
 
 def sentence_rows(sentences: list[Sentence], scheme: str | None, repair: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -262,7 +266,7 @@ def sentence_rows(sentences: list[Sentence], scheme: str | None, repair: bool) -
                 at += len(tok) + 1
         problem = s.problems[0] if s.problems else None
         spans: list[tuple[int, int, str]] = []
-        bad = next((t for t in s.tags if t != "O" and _split(t)[0] not in allowed), None)
+        bad = None if scheme == "plain" else next((t for t in s.tags if t != "O" and _split(t)[0] not in allowed), None)
         if problem is None and bad is not None:
             problem = "bad_tag"
         if problem is None:

@@ -194,15 +194,20 @@ class _Codec:
             name = f"frames/{self.frames}.parquet"
             self.frames += 1
             (self.entry / "frames").mkdir(exist_ok=True)
-            # columns of tuples (multi-label label sets, token-classification spans of (start, end, type)) as
-            # JSON text: Arrow has no type for a tuple of mixed types, and lists came back as numpy arrays
-            nested = [c for c in obj.columns if obj[c].dtype == object and len(obj[c])
-                      and obj[c].map(lambda v: isinstance(v, tuple)).all()]
-            frame = obj.copy() if nested else obj
-            for c in nested:
+            # columns of tuples or lists (multi-label label sets, token-classification spans of (start, end,
+            # type), quarantined rows' spans) as JSON text: Arrow has no type for a sequence of mixed types,
+            # and lists came back as numpy arrays
+            def every(c: Any, kind: type) -> bool:
+                return obj[c].dtype == object and len(obj[c]) > 0 and bool(obj[c].map(lambda v: isinstance(v, kind)).all())
+
+            tuples = [c for c in obj.columns if every(c, tuple)]
+            lists = [c for c in obj.columns if every(c, list)]
+            frame = obj.copy() if tuples or lists else obj
+            for c in tuples + lists:
                 frame[c] = frame[c].map(json.dumps)
             frame.to_parquet(self.entry / name)
-            return {"__type__": "frame", "file": name, "tuple_columns": [str(c) for c in nested]}
+            return {"__type__": "frame", "file": name, "tuple_columns": [str(c) for c in tuples],
+                    "list_columns": [str(c) for c in lists]}
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
             cls = type(obj)
             return {"__type__": "dataclass", "class": f"{cls.__module__}:{cls.__qualname__}",
@@ -229,6 +234,8 @@ class _Codec:
             frame = pd.read_parquet(self.entry / obj["file"])
             for c in obj.get("tuple_columns", []):
                 frame[c] = frame[c].map(lambda v: _tuples(json.loads(v))).astype(object)
+            for c in obj.get("list_columns", []):
+                frame[c] = frame[c].map(json.loads).astype(object)
             return frame
         if kind == "dataclass":
             cls = _dataclass_named(obj["class"])
