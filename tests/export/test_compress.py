@@ -119,6 +119,15 @@ def test_selection_picks_the_fastest_variant_within_both_budgets_per_device():
     assert cmp.select(variants, "cuda", CompressConfig()).variant == "student_fp16"
 
 
+def test_a_latency_difference_within_the_tie_goes_to_the_smaller_file():
+    """Same config and seed, same choice: 52 against 55 ms moves between runs on a shared machine."""
+    variants = table() + [variant("student_int8_static", 0.796, 0.79, 55, size=900_000)]
+    cpu = cmp.select(variants, "cpu", CompressConfig())
+    assert cpu.variant == "student_int8_static" and "tied within compress.latency_tie=0.1 with student_int8" in cpu.reason
+    assert cmp.select(variants, "cpu", CompressConfig(latency_tie=0.0)).variant == "student_int8"
+    assert cmp.select(variants, "cpu", CompressConfig(latency_tie=0.05)).variant == "student_int8"  # 55 > 52 × 1.05
+
+
 def test_macro_f1_budget_rules_out_a_variant_whose_accuracy_is_within_budget():
     cfg = CompressConfig(max_accuracy_drop=0.02, max_macro_f1_drop=0.01)
     variants = table(cfg)
@@ -157,6 +166,10 @@ def test_unmeasured_device_falls_back_to_the_fixed_preference():
         v.latency.pop("cuda", None)
     sel = cmp.select(variants, "cuda", CompressConfig())
     assert sel.variant == "fp16" and not sel.measured and "not measured on cuda" in sel.reason
+    with_student = table()  # a student within the budgets: its fp16 is the smaller and the faster choice
+    for v in with_student:
+        v.latency.pop("cuda", None)
+    assert cmp.select(with_student, "cuda", CompressConfig()).variant == "student_fp16"
 
 
 def test_dominated_variants_are_not_bundled_and_the_pareto_front_is_kept():
@@ -164,11 +177,25 @@ def test_dominated_variants_are_not_bundled_and_the_pareto_front_is_kept():
     # fp32 is beaten by int8_static (as accurate, faster), int8 by student (more accurate, faster)
     assert set(cmp.pareto_front(variants, "cpu", 32)) == {"int8_static", "student", "student_int8"}
     selections = [cmp.select(variants, d, CompressConfig()) for d in ("cpu", "cuda")]
-    cmp.choose_bundle(variants, selections, 32)
+    cmp.choose_bundle(variants, selections, 32, keep="all")
     bundled = {v.name for v in variants if v.bundled}
     assert {"fp32", "student_int8", "student_fp16"} <= bundled
     assert "pruned" not in bundled, "magnitude pruning: slower and less accurate than fp32"
     assert "int8" not in bundled and "dominated" in next(v.note for v in variants if v.name == "int8")
+
+
+def test_the_bundle_holds_only_each_devices_default_unless_all_is_asked():
+    variants = table()
+    selections = [cmp.select(variants, d, CompressConfig()) for d in ("cpu", "cuda")]
+    cmp.choose_bundle(variants, selections, 32)
+    assert {v.name for v in variants if v.bundled} == {"student_int8", "student_fp16"}
+    notes = {v.name: v.note for v in variants}
+    assert notes["student_int8"] == "default on cpu" and "compress.bundle=defaults" in notes["fp32"]
+    # one variant the default of both devices is carried once, its note naming both
+    both = [cmp.Selection("cpu", "student", "", True), cmp.Selection("cuda", "student", "", True)]
+    cmp.choose_bundle(variants, both, 32)
+    assert [v.name for v in variants if v.bundled] == ["student"]
+    assert next(v.note for v in variants if v.name == "student") == "default on cpu and cuda"
 
 
 def test_variant_table_and_plot(tmp_path):

@@ -385,6 +385,24 @@ def compressed_variants(files: dict[str, Path], device: str) -> list[str]:
             if name not in ("fp32", "int8", "fp16") and fname in files and device in RUNS_ON[name]]
 
 
+def teacher_onnx(checkpoint: Path, model_dir: Path, params: dict[str, str], tmp: Path) -> Path:
+    """The fp32 teacher exported again from the run's checkpoint, as the run's export stage made it (its
+    ``export.*`` params), for a version whose bundle carries only the per-device defaults."""
+    from transformers import AutoTokenizer
+
+    from forgeline.config.schema import ExportConfig
+    from forgeline.export.onnx import export_onnx
+    from forgeline.inference.contract import META_FILE, read_bundle_meta
+    from forgeline.training.classifier import load_checkpoint
+
+    cfg = ExportConfig(**{k[7:]: v for k, v in params.items()  # pydantic reads "18", "True", "0.001" as logged
+                          if k.startswith("export.") and k[7:] in ExportConfig.model_fields})
+    meta = read_bundle_meta(str(next(model_dir.rglob(META_FILE))))
+    model = load_checkpoint(checkpoint)
+    return export_onnx(model, AutoTokenizer.from_pretrained(checkpoint), list(meta["labels"]),
+                       tmp / "teacher" / VARIANT_FILES["fp32"], cfg, int(meta["max_length"]))
+
+
 def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path: str | None = None,
               train_steps: int | None = None, train: bool = True, text_column: str = "text") -> dict[str, Any]:
     """Benchmark one registered version (``NAME@alias`` or ``NAME/VERSION``) and log the result to it."""
@@ -418,7 +436,9 @@ def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path:
         model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}", dst_path=f"{tmp}/model"))
         ckpt = Path(client.download_artifacts(mv.run_id, "checkpoint", f"{tmp}/ckpt"))
         files = {p.name: p for p in model_dir.rglob("*.onnx")}
-        meta = model_metadata(files["model.onnx"])
+        if VARIANT_FILES["fp32"] not in files:  # compress.bundle=defaults: the teacher is the run's checkpoint
+            files[VARIANT_FILES["fp32"]] = teacher_onnx(ckpt, model_dir, client.get_run(mv.run_id).data.params, Path(tmp))
+        meta = model_metadata(files[VARIANT_FILES["fp32"]])
         fused_attention = int(json.loads(meta.get("fused_operators", "{}")).get("Attention", 0))
         tok = FastTokenizer(next(model_dir.rglob(TOKENIZER_FILE)), int(meta["max_length"]))
         ids = tok.encode(texts)
@@ -432,7 +452,7 @@ def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path:
         cpu_threads = os.cpu_count() if not cuda else min(os.cpu_count() or 1, 8)
         torch.set_num_threads(cpu_threads)
         cpu_engines: dict[str, tuple] = {"torch_eager_fp32_cpu": torch_engine(copy.deepcopy(base), "cpu", False),
-                                         "ort_fp32_cpu": ort_engine(files["model.onnx"], "cpu", False, cpu_threads)}
+                                         "ort_fp32_cpu": ort_engine(files[VARIANT_FILES["fp32"]], "cpu", False, cpu_threads)}
         if "model.int8.onnx" in files:
             cpu_engines["ort_int8_cpu"] = ort_engine(files["model.int8.onnx"], "cpu", False, cpu_threads)
         for variant in compressed_variants(files, "cpu"):  # static INT8, the pruned/distilled student ...
@@ -448,7 +468,7 @@ def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path:
             gpu_engines: dict[str, tuple] = {
                 "torch_eager_fp32_cuda": torch_engine(copy.deepcopy(base), "cuda", False),
                 "torch_fp16_cuda": torch_engine(copy.deepcopy(base), "cuda", True),
-                "ort_fp32_cuda": ort_engine(files["model.onnx"], "cuda", io_binding=True),
+                "ort_fp32_cuda": ort_engine(files[VARIANT_FILES["fp32"]], "cuda", io_binding=True),
             }
             if "model.fp16.onnx" in files:
                 gpu_engines["ort_fp16_cuda_iobinding"] = ort_engine(files["model.fp16.onnx"], "cuda", io_binding=True)

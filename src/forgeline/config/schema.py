@@ -234,6 +234,12 @@ class CompressConfig(_Section):
     sparse runtime or a smaller download."""
     prune_amount: float = Field(0.3, ge=0.0, lt=1.0)
     """Fraction of all Linear weights zeroed when ``prune`` is on."""
+    bundle: Literal["defaults", "all"] = "defaults"
+    """What the registered model carries besides the tokenizer. ``defaults``: each device's default
+    variant only (a default-preset CPU run's bundle was 262 MB with every Pareto variant and the teacher);
+    the teacher stays in the run as its checkpoint, and every variant's scores in ``compression/``.
+    ``all``: also the fp32 teacher and every variant on a device's accuracy/latency Pareto front, for
+    ``model_config`` overrides and audits."""
     quantize_int8: bool = True
     """Dynamic INT8 (weights int8 per channel, activations quantized at run time): CPU."""
     static_int8: bool = True
@@ -284,6 +290,10 @@ class CompressConfig(_Section):
     """Batch size whose measured p50 ranks the variants (32: the micro-batching server's regime)."""
     latency_rounds: int = Field(7, ge=1, le=10_000)
     """Timed rounds per variant and shape (interleaved across variants; the median is kept)."""
+    latency_tie: float = Field(0.1, ge=0.0, le=1.0)
+    """Eligible variants whose p50 is within this fraction of the fastest's are tied, and the smallest
+    file among them is served: a timing difference that small moves between runs on a shared machine,
+    and the same config and seed should choose the same variant."""
 
 
 class ExportConfig(_Section):

