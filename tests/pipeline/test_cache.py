@@ -263,3 +263,15 @@ def test_a_hit_hands_out_links_in_the_runs_folder_that_outlive_another_runs_prun
     StageCache(tmp_path / "cache", code="c1").prune(0)  # another run evicts everything
     assert cache.get("train", "k1") is None
     assert (files["checkpoint"] / "model.bin").read_text() == "weights" and files["model.onnx"].read_text() == "weights as onnx"
+
+
+def test_a_parquet_handoff_keeps_spans_label_sets_and_plain_columns(tmp_path):
+    """What distributed training's processes read back is what the flow wrote (data/frames.py)."""
+    from forgeline.data.frames import read_parquet, write_parquet
+
+    frame = pd.DataFrame({"text": ["Garuda terbang", "x"], "label": [((0, 6, "NNP"), (7, 14, "VB")), ((0, 1, "NN"),)],
+                          "labels": [("a", "b"), ("c",)], "n": [1, 2]})
+    write_parquet(frame, tmp_path / "f.parquet")
+    back = read_parquet(tmp_path / "f.parquet")
+    assert back["label"].tolist() == frame["label"].tolist() and back["labels"].tolist() == frame["labels"].tolist()
+    assert back["n"].tolist() == [1, 2] and back["text"].tolist() == frame["text"].tolist()

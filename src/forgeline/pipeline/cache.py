@@ -177,6 +177,8 @@ class _Codec:
         import numpy as np
         import pandas as pd
 
+        from forgeline.data.frames import encode_sequences
+
         if obj is None or isinstance(obj, (bool, int, float, str)):
             return obj
         if isinstance(obj, np.generic):
@@ -194,20 +196,9 @@ class _Codec:
             name = f"frames/{self.frames}.parquet"
             self.frames += 1
             (self.entry / "frames").mkdir(exist_ok=True)
-            # columns of tuples or lists (multi-label label sets, token-classification spans of (start, end,
-            # type), quarantined rows' spans) as JSON text: Arrow has no type for a sequence of mixed types,
-            # and lists came back as numpy arrays
-            def every(c: Any, kind: type) -> bool:
-                return obj[c].dtype == object and len(obj[c]) > 0 and bool(obj[c].map(lambda v: isinstance(v, kind)).all())
-
-            tuples = [c for c in obj.columns if every(c, tuple)]
-            lists = [c for c in obj.columns if every(c, list)]
-            frame = obj.copy() if tuples or lists else obj
-            for c in tuples + lists:
-                frame[c] = frame[c].map(json.dumps)
+            frame, kinds = encode_sequences(obj)  # spans and label sets as JSON text (data/frames.py)
             frame.to_parquet(self.entry / name)
-            return {"__type__": "frame", "file": name, "tuple_columns": [str(c) for c in tuples],
-                    "list_columns": [str(c) for c in lists]}
+            return {"__type__": "frame", "file": name, "tuple_columns": kinds["tuple"], "list_columns": kinds["list"]}
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
             cls = type(obj)
             return {"__type__": "dataclass", "class": f"{cls.__module__}:{cls.__qualname__}",
@@ -216,6 +207,8 @@ class _Codec:
 
     def decode(self, obj: Any) -> Any:
         import pandas as pd
+
+        from forgeline.data.frames import decode_sequences
 
         if isinstance(obj, list):
             return [self.decode(v) for v in obj]
@@ -231,21 +224,12 @@ class _Codec:
         if kind == "dict":
             return {self.decode(k): self.decode(v) for k, v in obj["items"]}
         if kind == "frame":
-            frame = pd.read_parquet(self.entry / obj["file"])
-            for c in obj.get("tuple_columns", []):
-                frame[c] = frame[c].map(lambda v: _tuples(json.loads(v))).astype(object)
-            for c in obj.get("list_columns", []):
-                frame[c] = frame[c].map(json.loads).astype(object)
-            return frame
+            return decode_sequences(pd.read_parquet(self.entry / obj["file"]),
+                                    {"tuple": obj.get("tuple_columns", []), "list": obj.get("list_columns", [])})
         if kind == "dataclass":
             cls = _dataclass_named(obj["class"])
             return cls(**{k: self.decode(v) for k, v in obj["fields"].items()})
         raise ValueError(f"unknown cached type {kind!r}")
-
-
-def _tuples(value: Any) -> Any:
-    """JSON lists back to (nested) tuples."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def _dataclass_named(name: str) -> type:

@@ -40,6 +40,7 @@ def world_size(cfg: PipelineConfig) -> int:
 def launch(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir: Path, tracking_uri: str | None,
            run_id: str | None):
     """Train under torchrun; returns the ``TrainResult`` of rank 0 with the best model loaded."""
+    from forgeline.data.frames import write_parquet
     from forgeline.training.classifier import load_checkpoint, load_tokenizer
     from forgeline.training.loop import TrainResult, resolve_device
 
@@ -52,8 +53,8 @@ def launch(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir: Path
                                 "GPU(s); lower train.devices or set CUDA_VISIBLE_DEVICES")
     work = out_dir / "distributed"
     work.mkdir(parents=True, exist_ok=True)
-    splits.train.to_parquet(work / "train.parquet")
-    splits.val.to_parquet(work / "val.parquet")
+    write_parquet(splits.train, work / "train.parquet")  # token spans and label sets survive the trip
+    write_parquet(splits.val, work / "val.parquet")
     (work / SPEC).write_text(json.dumps({"config": cfg.model_dump(mode="json"), "labels": labels,
                                          "out_dir": str(out_dir), "tracking_uri": tracking_uri, "run_id": run_id}))
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={cfg.train.devices}", *_rendezvous(cfg),
@@ -109,7 +110,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _worker(spec_path: str) -> None:
     """One rank, as torchrun starts it."""
-    import pandas as pd
+    from forgeline.data.frames import read_parquet
     import torch
     import torch.distributed as dist
 
@@ -123,7 +124,7 @@ def _worker(spec_path: str) -> None:
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
         work = Path(spec_path).parent
-        splits = Splits(pd.read_parquet(work / "train.parquet"), pd.read_parquet(work / "val.parquet"), None)
+        splits = Splits(read_parquet(work / "train.parquet"), read_parquet(work / "val.parquet"), None)
         rank0 = dist.get_rank() == 0
         log = _run_metrics(spec["tracking_uri"], spec["run_id"]) if rank0 and spec["run_id"] else None
         result = train_model(splits, spec["labels"], cfg, Path(spec["out_dir"]), log=log)
