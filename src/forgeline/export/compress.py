@@ -385,9 +385,12 @@ def select(variants: Sequence[Variant], device: str, cfg: CompressConfig, teache
         within = (f"within the compression budget ({budget.describe()})" if budget is not None else
                   f"within compress.max_accuracy_drop={cfg.max_accuracy_drop:g} and max_macro_f1_drop={cfg.max_macro_f1_drop:g}")
         return Selection(device, teacher, f"no variant for {device} is {within} with parity: the fp32 teacher is served", True)
-    quickest = min(measured, key=lambda v: v.p50(device, cfg.latency_batch))
-    tied = [v for v in measured if v.p50(device, cfg.latency_batch) <= quickest.p50(device, cfg.latency_batch) * (1 + cfg.latency_tie)]
-    fastest = min(tied, key=lambda v: (v.size_bytes, v.p50(device, cfg.latency_batch)))
+    def p50(v: Variant) -> float:
+        return v.p50(device, cfg.latency_batch)
+
+    bar = min(p50(v) for v in measured) * (1 + cfg.latency_tie)
+    tied = [v for v in measured if p50(v) <= bar]
+    fastest = min(tied, key=lambda v: (v.size_bytes, p50(v)))
     lat = fastest.p50(device, cfg.latency_batch)
     if cfg.latency_budget_ms is not None and lat > cfg.latency_budget_ms:
         return Selection(device, teacher, f"no variant meets compress.latency_budget_ms={cfg.latency_budget_ms:g} on "
