@@ -38,7 +38,8 @@ def test_the_flow_trains_on_two_processes_and_registers_what_one_process_registe
 
 def test_token_classification_trains_on_two_processes(prefect_api, tmp_path, tiny):
     """Word-piece labels (IGNORE on the pieces after a word's first, padded per batch) split across two
-    ranks: the run registers a model that finds the entities, as one process's does."""
+    ranks (their splits handed over through Parquet, spans and all): the run registers a model that finds
+    the entities."""
     from tests.tasks.test_token_flow import conll
 
     data = tmp_path / "people.conll"

@@ -385,22 +385,20 @@ def compressed_variants(files: dict[str, Path], device: str) -> list[str]:
             if name not in ("fp32", "int8", "fp16") and fname in files and device in RUNS_ON[name]]
 
 
-def teacher_onnx(checkpoint: Path, model_dir: Path, params: dict[str, str], tmp: Path) -> Path:
-    """The fp32 teacher exported again from the run's checkpoint, as the run's export stage made it (its
-    ``export.*`` params), for a version whose bundle carries only the per-device defaults."""
+def teacher_onnx(model, labels: list[str], checkpoint: Path, model_dir: Path, params: dict[str, str], tmp: Path) -> Path:
+    """The fp32 teacher (``model``, loaded from the run's ``checkpoint``) exported again as the run's export
+    stage made it (its ``export.*`` params), for a version whose bundle carries only the per-device defaults."""
     from transformers import AutoTokenizer
 
     from forgeline.config.schema import ExportConfig
     from forgeline.export.onnx import export_onnx
     from forgeline.inference.contract import META_FILE, read_bundle_meta
-    from forgeline.training.classifier import load_checkpoint
 
     cfg = ExportConfig(**{k[7:]: v for k, v in params.items()  # pydantic reads "18", "True", "0.001" as logged
                           if k.startswith("export.") and k[7:] in ExportConfig.model_fields})
-    meta = read_bundle_meta(str(next(model_dir.rglob(META_FILE))))
-    model = load_checkpoint(checkpoint)
-    return export_onnx(model, AutoTokenizer.from_pretrained(checkpoint), list(meta["labels"]),
-                       tmp / "teacher" / VARIANT_FILES["fp32"], cfg, int(meta["max_length"]))
+    max_length = int(read_bundle_meta(str(next(model_dir.rglob(META_FILE))))["max_length"])
+    return export_onnx(model, AutoTokenizer.from_pretrained(checkpoint, local_files_only=True), labels,
+                       tmp / "teacher" / VARIANT_FILES["fp32"], cfg, max_length)
 
 
 def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path: str | None = None,
@@ -430,20 +428,21 @@ def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path:
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     cuda = torch.cuda.is_available()
-    run_metrics = client.get_run(mv.run_id).data.metrics
+    run = client.get_run(mv.run_id)
+    run_metrics = run.data.metrics
     texts = load_texts(data_path, limit=300 if quick else 5000, text_column=text_column)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}", dst_path=f"{tmp}/model"))
         ckpt = Path(client.download_artifacts(mv.run_id, "checkpoint", f"{tmp}/ckpt"))
         files = {p.name: p for p in model_dir.rglob("*.onnx")}
+        base = load_checkpoint(ckpt).float().eval()
+        labels = [base.config.id2label[i] for i in range(base.config.num_labels)]
         if VARIANT_FILES["fp32"] not in files:  # compress.bundle=defaults: the teacher is the run's checkpoint
-            files[VARIANT_FILES["fp32"]] = teacher_onnx(ckpt, model_dir, client.get_run(mv.run_id).data.params, Path(tmp))
+            files[VARIANT_FILES["fp32"]] = teacher_onnx(base, labels, ckpt, model_dir, run.data.params, Path(tmp))
         meta = model_metadata(files[VARIANT_FILES["fp32"]])
         fused_attention = int(json.loads(meta.get("fused_operators", "{}")).get("Attention", 0))
         tok = FastTokenizer(next(model_dir.rglob(TOKENIZER_FILE)), int(meta["max_length"]))
         ids = tok.encode(texts)
-        base = load_checkpoint(ckpt).float().eval()
-        labels = [base.config.id2label[i] for i in range(base.config.num_labels)]
         pyfunc = mlflow.pyfunc.load_model(str(model_dir))  # the download above: nothing left behind in /tmp
 
         rows: list[dict[str, Any]] = []

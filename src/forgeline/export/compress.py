@@ -385,13 +385,14 @@ def select(variants: Sequence[Variant], device: str, cfg: CompressConfig, teache
         within = (f"within the compression budget ({budget.describe()})" if budget is not None else
                   f"within compress.max_accuracy_drop={cfg.max_accuracy_drop:g} and max_macro_f1_drop={cfg.max_macro_f1_drop:g}")
         return Selection(device, teacher, f"no variant for {device} is {within} with parity: the fp32 teacher is served", True)
+
     def p50(v: Variant) -> float:
         return v.p50(device, cfg.latency_batch)
 
     bar = min(p50(v) for v in measured) * (1 + cfg.latency_tie)
     tied = [v for v in measured if p50(v) <= bar]
     fastest = min(tied, key=lambda v: (v.size_bytes, p50(v)))
-    lat = fastest.p50(device, cfg.latency_batch)
+    lat = p50(fastest)
     if cfg.latency_budget_ms is not None and lat > cfg.latency_budget_ms:
         return Selection(device, teacher, f"no variant meets compress.latency_budget_ms={cfg.latency_budget_ms:g} on "
                          f"{device} ({metric}); the fastest within the accuracy budgets, {fastest.name}, takes "
@@ -442,17 +443,14 @@ def choose_bundle(variants: Sequence[Variant], selections: Sequence[Selection], 
             v.bundled, v.note = False, v.note or "no file"
         elif v.name in chosen:
             v.bundled, v.note = True, f"default on {' and '.join(chosen[v.name])}"
-        elif keep != "all":
-            v.bundled, v.note = False, ("not a default (compress.bundle=defaults): its scores are in the run"
-                                        if v.parity_ok and v.within_budget else
-                                        "fails parity against its PyTorch source" if not v.parity_ok else
-                                        "over the accuracy budget")
-        elif v.name == teacher:
-            v.bundled, v.note = True, "teacher: fallback and reference"
         elif not v.parity_ok:
             v.bundled, v.note = False, "fails parity against its PyTorch source"
         elif not v.within_budget:
             v.bundled, v.note = False, "over the accuracy budget"
+        elif keep != "all":
+            v.bundled, v.note = False, "not a default (compress.bundle=defaults): its scores are in the run"
+        elif v.name == teacher:  # the teacher is its own reference: parity and budget hold by definition
+            v.bundled, v.note = True, "teacher: fallback and reference"
         elif not on:
             eligible_somewhere = any(d not in devices for d in RUNS_ON.get(v.name, ()))
             v.bundled, v.note = eligible_somewhere, ("not measured on its device" if eligible_somewhere else "")
