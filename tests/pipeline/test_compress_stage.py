@@ -108,3 +108,53 @@ def test_the_same_config_and_seed_give_every_variant_the_same_metrics(prefect_ap
     first, second = table(tmp_path / "a"), table(tmp_path / "b")
     assert first == second
     assert {"student", "student_int8", "fp32"} <= set(first)
+
+
+def test_the_student_search_keeps_the_fastest_trial_within_budget_and_logs_each_trial(prefect_api, tmp_path,
+                                                                                      sentiment_csv, tiny):
+    """compress.search_trials: each trial a child run, the Pareto set and the choice in the run, the chosen
+    trial's student made into the run's student variants (its shape, its INT8 recipe)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = ("compress.search.layers=[1, 2]", "compress.search.prune_heads=[0.0, 0.5]",
+             "compress.search.distill_epochs=[1]", "compress.search.fp32_layers=[0, 1]")
+    out = training_flow(config="tiny", overrides=flow_overrides(
+        tmp_path, sentiment_csv, *tiny, "compress.student=true", "compress.max_macro_f1_drop=0.2",
+        "compress.search_trials=3", *space))
+    client = MlflowClient(uri, uri)
+    run = client.get_run(out["run_id"])
+    found = json.loads(open(client.download_artifacts(out["run_id"], "compression/search.json", str(tmp_path))).read())
+    trials = found["trials"]
+    assert len(trials) == 3 and all(t["state"] == "complete" for t in trials)
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{out['run_id']}'")
+    assert sorted(r.info.run_name for r in children) == [f"compress-trial-{i}" for i in range(3)]
+    assert all(r.data.metrics["latency_ratio"] > 0 and "search.layers" in r.data.params for r in children)
+    ok = [t for t in trials if t["within_budget"]]
+    chosen = next(t for t in trials if t["number"] == found["chosen"])
+    assert chosen["within_budget"] and chosen["latency_ratio"] <= min(t["latency_ratio"] for t in ok) * 1.1 + 1e-9
+    assert any(t["pareto"] for t in trials)
+    table = json.loads(open(client.download_artifacts(out["run_id"], "compression/variants.json", str(tmp_path))).read())
+    assert table["student"]["search_trial"] == found["chosen"]
+    assert table["student"]["layers"] == chosen["params"]["layers"]
+    assert {"student", "student_int8"} <= {v["name"] for v in table["variants"]}
+    artifacts = {a.path for a in client.list_artifacts(out["run_id"], "compression")}
+    assert {"compression/search.json", "compression/search.md", "compression/search-cpu.png"} <= artifacts
+    assert run.data.tags["compress.search.chosen"] == str(found["chosen"])
+
+
+def test_a_search_space_the_teacher_cannot_take_or_an_absent_device_registers_the_teacher(prefect_api, tmp_path,
+                                                                                           sentiment_csv, tiny):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = training_flow(config="tiny", overrides=flow_overrides(
+        tmp_path, sentiment_csv, *tiny, "compress.student=true", "compress.search_trials=2",
+        "compress.search.layers=[1, 5]", "compress.search_device=cuda"))
+    client = MlflowClient(uri, uri)
+    run = client.get_run(out["run_id"])
+    error = run.data.tags["variant.student.error"]
+    assert "compress.search.layers [5] keep more layers than the teacher has (2)" in error
+    from forgeline.inference.runtime import cuda_available
+
+    assert ("no CUDA device" in error) != cuda_available()
+    assert not client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{out['run_id']}'"), \
+        "refused before any trial: no child run"
+    version = client.get_model_version("e2e", out["version"])
+    assert "student" not in version.tags["variants"] and version.tags["default_variant.cpu"] in ("fp32", "int8")

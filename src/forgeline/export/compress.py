@@ -148,7 +148,17 @@ def _quantize(onnx_path: Path, out_path: Path, quantize) -> Path:
     return out_path
 
 
-def quantize_int8(onnx_path: Path, out_path: Path) -> Path:
+@dataclass(frozen=True)
+class QuantRecipe:
+    """How an INT8 variant is made: per-channel or per-tensor weight scales, and the nodes that stay fp32
+    (``layer_groups``: the layers a sensitivity pass found costliest to quantize). The default is the
+    fixed recipe of a run without ``compress.search_trials``."""
+
+    per_channel: bool = True
+    exclude: tuple[str, ...] = ()
+
+
+def quantize_int8(onnx_path: Path, out_path: Path, recipe: QuantRecipe = QuantRecipe()) -> Path:
     """Dynamic INT8 quantization (weights int8 per channel, activations quantized at run time) for CPU
     serving. Fused Attention becomes QAttention, EmbedLayerNormalization QEmbedLayerNormalization."""
     import onnx
@@ -158,11 +168,12 @@ def quantize_int8(onnx_path: Path, out_path: Path) -> Path:
     # contrib ops (Attention, EmbedLayerNormalization) have no ONNX type inference, so tensors after
     # them default to float.
     return _quantize(onnx_path, out_path, lambda src, dst: quantize_dynamic(
-        src, dst, weight_type=QuantType.QInt8, per_channel=True,
+        src, dst, weight_type=QuantType.QInt8, per_channel=recipe.per_channel, nodes_to_exclude=list(recipe.exclude),
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT}))
 
 
-def quantize_static_int8(onnx_path: Path, out_path: Path, calibration: Sequence[tuple[np.ndarray, np.ndarray]]) -> Path:
+def quantize_static_int8(onnx_path: Path, out_path: Path, calibration: Sequence[tuple[np.ndarray, np.ndarray]],
+                         recipe: QuantRecipe = QuantRecipe()) -> Path:
     """Static INT8: QDQ nodes around every MatMul, per-channel int8 weights, uint8 activations whose
     ranges come from running ``calibration`` batches (real training texts, (input_ids, mask) pairs)
     through the graph. ONNX Runtime's QDQ format has no quantized Attention/EmbedLayerNormalization,
@@ -180,9 +191,55 @@ def quantize_static_int8(onnx_path: Path, out_path: Path, calibration: Sequence[
             return None if batch is None else {"input_ids": batch[0], "attention_mask": batch[1]}
 
     return _quantize(onnx_path, out_path, lambda src, dst: quantize_static(
-        src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+        src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel, activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=list(recipe.exclude),
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "CalibTensorRangeSymmetric": False}))
+
+
+def layer_groups(onnx_path: Path) -> list[list[str]]:
+    """The quantizable nodes (Attention, MatMul) of each encoder layer, in layer order. The exporter names
+    a layer's MatMuls ``.../layer.N/...``; the optimizer's fused ``Attention_i`` nodes are numbered in
+    layer order."""
+    import re
+
+    import onnx
+
+    groups: dict[int, list[str]] = {}
+    attention = 0
+    for node in onnx.load(str(onnx_path), load_external_data=False).graph.node:
+        if node.op_type == "Attention":
+            groups.setdefault(attention, []).append(node.name)
+            attention += 1
+        elif node.op_type == "MatMul" and (m := re.search(r"layer\.(\d+)/", node.name)):
+            groups.setdefault(int(m.group(1)), []).append(node.name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def sensitive_layers(fp32: Path, quantize, calibration: Sequence[tuple[np.ndarray, np.ndarray]], keep: int,
+                     workdir: Path) -> tuple[str, ...]:
+    """The nodes of the ``keep`` layers whose quantization moves the outputs most: each layer is left in
+    fp32 in turn (``quantize(src, dst, QuantRecipe)``) and the mean |Δlogit| against ``fp32`` on the
+    calibration batches (training texts, no labels) is compared with quantizing everything; the layers
+    whose exclusion removes most of the error stay fp32."""
+    from forgeline.inference.runtime import create_session
+
+    groups = layer_groups(fp32)
+    if keep <= 0 or not groups:
+        return ()
+    ref = create_session(fp32, device="cpu")
+    feeds = [{"input_ids": x, "attention_mask": m} for x, m in calibration]
+    want = [ref.run(None, f)[0] for f in feeds]
+
+    def error(exclude: Sequence[str]) -> float:
+        path = quantize(fp32, workdir / "sensitivity.onnx", QuantRecipe(exclude=tuple(exclude)))
+        s = create_session(path, device="cpu")
+        return float(np.mean([np.abs(s.run(None, f)[0] - w).mean() for f, w in zip(feeds, want)]))
+
+    errors = [error(g) for g in groups]
+    (workdir / "sensitivity.onnx").unlink(missing_ok=True)
+    order = np.argsort(errors, kind="stable")[:keep]  # the lowest error when left out: the most sensitive
+    return tuple(n for i in sorted(order.tolist()) for n in groups[i])
 
 
 def convert_fp16(onnx_path: Path, out_path: Path) -> Path:

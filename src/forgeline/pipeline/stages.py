@@ -20,6 +20,7 @@ from forgeline.data.load import (SLICE_PREFIX, ValidationResult, dataset_path, f
 from forgeline.data.split import Splits, split_dataset
 from forgeline.errors import DataValidationError
 from forgeline.export import compress as cmp
+from forgeline.export import search
 from forgeline.export.onnx import ParityReport, check_parity, export_onnx, fusion_report, fusion_warning
 from forgeline.inference.contract import DEFAULT_VARIANT_KEY, RUNS_ON, TOKENIZER_FILE, VARIANT_FILES
 from forgeline.pipeline.runner import Env, Files, Stage, StageRunner
@@ -239,10 +240,12 @@ class Compressed:
     problems: dict[str, str]
     """Variant (or "student") -> why it was not made."""
     plots: dict[str, Path]
-    """Device -> macro-F1 vs latency PNG, Pareto front marked."""
+    """Device -> macro-F1 vs latency PNG, Pareto front marked (``search-<device>``: the student search's)."""
     val_counts: dict[str, dict[str, float]] = field(default_factory=dict)
     """Variant -> its prediction counts on the validation split (``OutputSpec.prediction_counts``): what a
     batch job's predictions are compared with (``forgeline score``)."""
+    search: dict[str, Any] = field(default_factory=dict)
+    """``export.search.SearchResult.summary()`` when ``compress.search_trials`` > 0."""
 
 
 def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported, base: EvalResult) -> Compressed:
@@ -306,8 +309,25 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
     variants += _precisions("teacher", exported.path, teacher_proba, env, calibration, scored, onnx_proba, problems)
 
     student: dict[str, float] = {}
-    if c.student:
-        made, student = _student_variants(env, trained, splits, calibration, scored, onnx_proba, problems)
+    plots: dict[str, Path | None] = {}
+    found = None
+    if c.student and c.search_trials:
+        reference = next((v.path for v in variants if v.name == ("int8" if c.search_device == "cpu" else "fp16")),
+                         exported.path)
+        try:
+            found = _search(env, trained, splits, calibration, ids, reference,
+                            lambda path, device: task.metrics(y_val, onnx_proba(path, device, "val"), spec), teacher_val,
+                            budget)
+        except search.SearchError as e:
+            problems["student"] = f"the student search cannot run: {e}"
+            log.warning("%s. The teacher's variants are registered", problems["student"])
+        if found is not None:
+            plots[f"search-{found.device}"] = search.plot(found, task.primary.name,
+                                                         env.run_dir / "compression" / f"search-{found.device}.png")
+            if found.student is None:
+                problems["student"] = f"the student search made no student: {found.reason}"
+    if c.student and (not c.search_trials or (found is not None and found.student is not None)):
+        made, student = _student_variants(env, trained, splits, calibration, scored, onnx_proba, problems, found)
         variants += made
     cmp.noise_aware([v for v in variants if v.parity_ok], val_outputs, task, spec, y_val, seed=cfg.seed)
 
@@ -321,22 +341,62 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
     (metric, drop), = [(m, d) for m, d in budget.limits if m.name == task.primary.name] or [(task.primary, 0.0)]
     teacher_value = base.metrics[metric.name]
     drop_units = drop * abs(teacher_value) if metric.relative_drop else drop
-    plots = {d: cmp.pareto_plot(variants, d, c.latency_batch, teacher_value, drop_units,
-                                env.run_dir / "compression" / f"pareto-{d}.png") for d in devices}
+    plots |= {d: cmp.pareto_plot(variants, d, c.latency_batch, teacher_value, drop_units,
+                                 env.run_dir / "compression" / f"pareto-{d}.png") for d in devices}
     return Compressed(variants, selections, student, problems, {d: p for d, p in plots.items() if p},
-                      {name: spec.prediction_counts(o) for name, o in val_outputs.items()})
+                      {name: spec.prediction_counts(o) for name, o in val_outputs.items()},
+                      found.summary() if found is not None else {})
+
+
+def _distiller(env: Env, trained: TrainResult, splits: Splits):
+    """(compress settings, tracker) -> the structurally pruned, distilled student of ``trained`` on the
+    run's splits, its distillation curve logged to ``tracker``."""
+    from forgeline.training.distill import make_student
+
+    cfg = env.cfg
+    task, spec = get_task(cfg.task), spec_of(trained)
+
+    def distill(c, tracker: Tracker):
+        return make_student(trained.model, trained.tokenizer, splits.train["text"].tolist(),
+                            task.train_y(splits.train["label"], spec), splits.val["text"].tolist(),
+                            task.y(splits.val["label"], spec), c, cfg.train, cfg.model.max_length,
+                            resolve_device(cfg.train.device), cfg.seed,
+                            log=lambda m, step: tracker.metrics(m, step=step), task=task,
+                            train_pairs=pairs_of(splits.train), val_pairs=pairs_of(splits.val))
+    return distill
+
+
+def _search(env: Env, trained: TrainResult, splits: Splits, calibration: list, latency_ids: list, reference: Path,
+            val_metrics, teacher_val: dict[str, float], budget: cmp.Budget) -> search.SearchResult:
+    """The student search (``compress.search_trials``), its trials child runs of the pipeline run;
+    ``search.SearchError`` for a space or device the run cannot use."""
+    cfg = env.cfg
+    task = get_task(cfg.task)
+    client, parent = env.tracker.client, env.tracker.run_id
+    experiment = client.get_run(parent).info.experiment_id
+
+    def new_run(name: str, tags: dict[str, str]) -> Tracker:
+        run = client.create_run(experiment, run_name=name, tags={"mlflow.parentRunId": parent, **tags})
+        return Tracker(client=client, run_id=run.info.run_id, tracking_uri=env.tracker.tracking_uri)
+
+    inputs = search.SearchInputs(
+        cfg=cfg, teacher=trained.model, tokenizer=trained.tokenizer, labels=trained.labels, calibration=calibration,
+        latency_ids=latency_ids, reference=reference, val_metrics=val_metrics, distill=_distiller(env, trained, splits),
+        primary=task.primary.name, higher_is_better=task.primary.higher_is_better, teacher_val=teacher_val,
+        budget=budget, workdir=env.run_dir / "search", new_run=new_run)
+    return search.search_student(inputs)
 
 
 def _precisions(source_kind: str, fp32: Path, source: np.ndarray, env: Env, calibration: list, scored, onnx_proba,
-                problems: dict[str, str]) -> list[cmp.Variant]:
+                problems: dict[str, str], recipe: cmp.QuantRecipe = cmp.QuantRecipe()) -> list[cmp.Variant]:
     """The lower-precision variants ``contract.VARIANTS`` declares for ``source_kind`` (teacher or
     student), made from its fp32 ONNX file, each scored against ``source``, the probabilities of the
-    PyTorch model the file was exported from."""
+    PyTorch model the file was exported from. ``recipe``: the INT8 variants' (the student search's choice)."""
     from forgeline.inference.contract import VARIANTS
 
     c, out = env.cfg.compress, env.run_dir / "onnx"
-    converters = {"int8": (c.quantize_int8, cmp.quantize_int8, "cpu"),
-                  "int8_static": (c.static_int8, lambda src, dst: cmp.quantize_static_int8(src, dst, calibration), "cpu"),
+    converters = {"int8": (c.quantize_int8, lambda src, dst: cmp.quantize_int8(src, dst, recipe), "cpu"),
+                  "int8_static": (c.static_int8, lambda src, dst: cmp.quantize_static_int8(src, dst, calibration, recipe), "cpu"),
                   "fp16": (c.fp16, cmp.convert_fp16, "auto")}
     made = []
     for precision, (enabled, convert, device) in converters.items():
@@ -355,22 +415,16 @@ def _precisions(source_kind: str, fp32: Path, source: np.ndarray, env: Env, cali
 
 
 def _student_variants(env: Env, trained: TrainResult, splits: Splits, calibration: list, scored, onnx_proba,
-                      problems: dict[str, str]) -> tuple[list[cmp.Variant], dict[str, float]]:
-    """The structurally pruned, distilled student in each precision, and its shape. A pruning target the
-    model cannot take, or a student export failing parity, is a reason in ``problems``; the teacher's
-    variants are unaffected."""
-    from forgeline.training.distill import make_student
+                      problems: dict[str, str], found: search.SearchResult | None = None
+                      ) -> tuple[list[cmp.Variant], dict[str, float]]:
+    """The structurally pruned, distilled student in each precision, and its shape: the search's choice
+    (``found``) or the fixed student of ``compress.*``. A pruning target the model cannot take, or a
+    student export failing parity, is a reason in ``problems``; the teacher's variants are unaffected."""
     from forgeline.training.prune import PruningError
 
     cfg = env.cfg
-    task, spec = get_task(cfg.task), spec_of(trained)
     try:
-        made = make_student(trained.model, trained.tokenizer, splits.train["text"].tolist(),
-                            task.train_y(splits.train["label"], spec), splits.val["text"].tolist(),
-                            task.y(splits.val["label"], spec), cfg.compress, cfg.train,
-                            cfg.model.max_length, resolve_device(cfg.train.device), cfg.seed,
-                            log=lambda m, step: env.tracker.metrics(m, step=step), task=task,
-                            train_pairs=pairs_of(splits.train), val_pairs=pairs_of(splits.val))
+        made = found.student if found is not None else _distiller(env, trained, splits)(cfg.compress, env.tracker)
     except PruningError as e:
         problems["student"] = str(e)
         log.warning("no student: %s. The teacher's variants are registered", e)
@@ -388,7 +442,9 @@ def _student_variants(env: Env, trained: TrainResult, splits: Splits, calibratio
                                f"{cfg.export.parity_atol:g}): no student variant is registered")
         log.warning("%s", problems["student"])
         return [first], made.info
-    return [first, *_precisions("student", path, proba, env, calibration, scored, onnx_proba, problems)], made.info
+    info = made.info | ({"search_trial": float(found.chosen)} if found is not None else {})
+    recipe = found.recipe if found is not None else cmp.QuantRecipe()
+    return [first, *_precisions("student", path, proba, env, calibration, scored, onnx_proba, problems, recipe)], info
 
 
 def _log_variants(t: Tracker, cfg: PipelineConfig, r: Compressed, files: Files) -> None:
@@ -409,6 +465,12 @@ def _log_variants(t: Tracker, cfg: PipelineConfig, r: Compressed, files: Files) 
            | {f"variant.{name}.error": msg[:4000] for name, msg in r.problems.items()})
     t.json({"variants": [v.summary() for v in r.variants], "selections": [asdict(s) for s in r.selections],
             "student": r.student, "problems": r.problems}, "compression/variants.json")
+    if r.search:
+        t.json(r.search, "compression/search.json")
+        found = search.SearchResult(**{k: v for k, v in r.search.items() if k in ("device", "chosen", "reason")},
+                                    trials=[search.TrialRecord(**x) for x in r.search["trials"]])
+        t.text(search.table_markdown(found, get_task(cfg.task).primary.name), "compression/search.md")
+        t.tags({"compress.search.chosen": r.search["chosen"], "compress.search.reason": r.search["reason"][:4000]})
     t.text(cmp.table_markdown(r.variants, r.selections), "compression/variants.md")
     if r.val_counts:
         t.json(r.val_counts, "drift/predictions.json")
