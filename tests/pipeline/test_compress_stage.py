@@ -139,6 +139,9 @@ def test_the_student_search_keeps_the_fastest_trial_within_budget_and_logs_each_
     artifacts = {a.path for a in client.list_artifacts(out["run_id"], "compression")}
     assert {"compression/search.json", "compression/search.md", "compression/search-cpu.png"} <= artifacts
     assert run.data.tags["compress.search.chosen"] == str(found["chosen"])
+    card = client.get_model_version("e2e", out["version"]).description
+    assert f"The student: chosen by a search of 3 trials (3 complete) on cpu, trial {found['chosen']}" in card
+    assert "Reproducibility:" in card and "Chosen on the validation split" in card
 
 
 def test_a_search_space_the_teacher_cannot_take_or_an_absent_device_registers_the_teacher(prefect_api, tmp_path,

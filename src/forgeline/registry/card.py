@@ -28,9 +28,18 @@ class CardContext:
     bundled, and any measured extras."""
     defaults: dict[str, str] = field(default_factory=dict)
     """Device -> the variant served there by default, and why."""
+    student: str = ""
+    """Where the student's settings came from: the fixed ``compress.*`` ones, or the search's chosen trial."""
     max_length: int | None = None
     config_hash: str | None = None
     git_commit: str | None = None
+
+
+REPRODUCIBILITY = ("- Reproducibility: the same config and seed give every variant the same validation and test "
+                   "metrics to 3 decimals on the CPU (seeded training, distillation and calibration rows). Which "
+                   "eligible variant is served rests on latencies measured during the run; variants within "
+                   "compress.latency_tie of the fastest count as tied (the smallest file wins), but on a heavily "
+                   "loaded machine timings can move by more than that, and another run may serve another eligible variant.")
 
 
 def _f(value: Any, digits: int = 4) -> str:
@@ -116,6 +125,9 @@ def model_card(name: str, version: str, run_id: str, decision: GateDecision, met
                   + f" {'yes' if v['bundled'] else 'no'} |" + "".join(f" {_f(v.get('extra', {}).get(k), 3)} |" for k in extra_keys)
                   for v in ctx.variants]
         lines += [f"- Served by default on {d}: {why}" for d, why in ctx.defaults.items()]
+        if ctx.student:
+            lines.append(f"- The student: {ctx.student}")
+        lines.append(REPRODUCIBILITY)
     limits = {"single_label": f"- Predicts only the {len(labels)} labels above; a text about something else still gets one of them.",
               "multi_label": f"- Predicts only the {len(labels)} labels above; a text may get none of them.",
               "regression": "- Scores outside the range seen in training are extrapolations.",
