@@ -319,7 +319,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             parse_model_ref(f"{name}@{cfg.shadow}")
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    RegistrySource(cfg).current_version()  # fail here, with the store's contents, not in server start-up
+    source = RegistrySource(cfg)
+    version, _ = source.current_version()  # fail here, with the store's contents, not in server start-up
+    bundled = source.client.get_model_version(source.name, version).tags.get("variants")
+    if cfg.variant != "auto" and bundled and cfg.variant not in bundled.split(","):
+        raise ConfigError(f"--set variant={cfg.variant}: {source.name} v{version} does not bundle it; it bundles "
+                          f"{bundled.split(',')}. Pick one of those, or register with compress.bundle=all (the "
+                          "teacher and every variant on a device's Pareto front)")
     if cfg.device == "cuda":
         from forgeline.inference.runtime import cuda_available
 
