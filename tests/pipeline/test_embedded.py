@@ -79,3 +79,24 @@ def test_temporary_server_runs_without_telemetry_unless_the_user_asks(user_value
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == repr([expected])
+
+
+def test_a_run_on_the_embedded_defaults_prints_no_library_warnings(tmp_path, tiny_bert, sentiment_csv):
+    """The README's first command, on the tiny model with a student (distillation, INT8, fp16, the
+    models-from-code pyfunc, registration): MLflow's cloudpickle and type-hint warnings, and any other
+    library's, stay off the terminal (they go to the run's log file)."""
+    from tests.conftest import small_overrides
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "MLFLOW_", "PYTHONWARNINGS"))}
+    env |= {"PYTHONUNBUFFERED": "1"}
+    sets = small_overrides(tmp_path, sentiment_csv, f"model.base={tiny_bert}", "model.num_layers=null",
+                           "train.learning_rate=3.0e-3", "train.epochs=2", "compress.student=true",
+                           "compress.distill_epochs=1", "compress.max_macro_f1_drop=0.3")
+    out = subprocess.run([sys.executable, "-m", "forgeline.cli", "run", "--config", "tiny",
+                          *[a for s in sets for a in ("--set", s)]],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    assert "registered" in text.lower() or "version" in text.lower(), text[-2000:]
+    noisy = [line for line in text.splitlines() if re.search(r"warn", line, re.IGNORECASE)]
+    assert not noisy, noisy
