@@ -34,3 +34,25 @@ def test_distillation_lowers_the_loss_and_the_student_learns_the_task(trained):
     assert student.info["heads_per_layer"] == 6 and student.info["ffn_per_layer"] == 384
     assert student.info["parameters"] < student.info["teacher_parameters"] / 3
     assert student.info["distill_val_macro_f1"] >= 0.9, "a separable task stays learned"
+
+
+def test_the_teachers_layer_outputs_kept_from_one_pass_train_the_student_as_a_forward_per_step_did(trained, monkeypatch):
+    """The frozen teacher's layer outputs are computed once (``teacher_states``) instead of at every step:
+    the distillation losses are the same to float rounding (padding widths differ between the passes)."""
+    from forgeline.training import distill
+
+    cfg, splits, result = trained
+    index = {lab: i for i, lab in enumerate(result.labels)}
+    y_train = np.array([index[v] for v in splits.train["label"]])
+    y_val = np.array([index[v] for v in splits.val["label"]])
+    c = CompressConfig(student_layers=1, prune_heads=0.5, prune_ffn=0.75, distill_epochs=2, importance_batches=2,
+                       distill_hidden_weight=1.0)
+
+    def losses():
+        student = make_student(result.model, result.tokenizer, splits.train["text"].tolist(), y_train,
+                               splits.val["text"].tolist(), y_val, c, cfg.train, cfg.model.max_length, "cpu", cfg.seed)
+        return [h["distill_loss"] for h in student.history]
+
+    kept = losses()
+    monkeypatch.setattr(distill, "HIDDEN_CACHE_BYTES", 0)  # too big to keep: a teacher forward per step
+    assert kept == pytest.approx(losses(), rel=1e-4)

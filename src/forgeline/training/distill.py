@@ -76,6 +76,41 @@ def teacher_logits(teacher: torch.nn.Module, ids: list[list[int]], pad_id: int, 
     return out
 
 
+HIDDEN_CACHE_BYTES = 2 * 1024**3
+"""Above this the teacher's layer outputs are recomputed each step instead of kept from one pass."""
+
+
+@torch.inference_mode()
+def teacher_states(teacher: torch.nn.Module, ids: list[list[int]], pad_id: int, device: str, layers: Sequence[int],
+                   batch_size: int = 64, sep_id: int | None = None) -> list[torch.Tensor]:
+    """Per example, the outputs of the teacher ``layers`` over its real tokens: (len(layers), tokens, hidden)
+    on the CPU. The teacher is frozen and runs without dropout, so one pass gives what a forward per
+    distillation step gave (the default preset's 3 epochs: 3 teacher passes over the training split
+    become 1)."""
+    teacher.eval()
+    out: list[torch.Tensor] = [None] * len(ids)  # type: ignore[list-item]
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        with autocast_for(device):
+            states = teacher(**collate(pad_id, [ids[i] for i in idx], device, sep_id=sep_id),
+                             output_hidden_states=True).hidden_states
+        picked = torch.stack([states[t + 1].float() for t in layers], dim=1).cpu()  # (batch, layers, width, hidden)
+        for r, i in enumerate(idx):
+            out[i] = picked[r, :, : len(ids[i])].clone()
+    return out
+
+
+def _state_batch(states: list[torch.Tensor], idx: np.ndarray, width: int) -> list[torch.Tensor]:
+    """The kept teacher layer outputs of a batch, zero-padded to ``width`` (padding is masked in the loss),
+    as ``hidden_loss`` takes them: index t + 1 holds teacher layer t."""
+    first = states[idx[0]]
+    batch = torch.zeros(len(idx), first.shape[0], width, first.shape[-1])
+    for r, i in enumerate(idx):
+        batch[r, :, : states[i].shape[1]] = states[i]
+    return batch.unbind(dim=1)
+
+
 def _soft_batch(soft: torch.Tensor | list[torch.Tensor], idx: np.ndarray, width: int) -> torch.Tensor:
     if isinstance(soft, torch.Tensor):
         return soft[idx]
@@ -111,6 +146,11 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: 
     scheduler = linear_warmup(optimizer, total, int(0.1 * total))
     hidden = bool(layer_map) and cfg.distill_hidden_weight > 0
     teacher.eval()
+    kept = None
+    if hidden and sum(lengths) * len(layer_map) * teacher.config.hidden_size * 4 <= HIDDEN_CACHE_BYTES:
+        kept = teacher_states(teacher, ids, pad, device, layer_map, tcfg.eval_batch_size, sep)
+        # hidden_loss reads teacher layer t at index t + 1: the kept layers, renumbered
+        kept_map = list(range(len(layer_map)))
     rng = np.random.default_rng(seed)
     best_f1, best_epoch, best_state, history = -1.0, 0, None, []
     for epoch in range(1, cfg.distill_epochs + 1):
@@ -123,7 +163,11 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: 
             width = batch["input_ids"].shape[1]
             loss = task.distill_loss(out.logits.float(), _soft_batch(soft, idx, width).to(device),
                                      targets(idx, width).to(device), cfg.temperature, cfg.alpha)
-            if hidden:
+            if kept is not None:
+                target = [None, *(t.to(device) for t in _state_batch(kept, idx, width))]
+                loss = loss + cfg.distill_hidden_weight * hidden_loss(out.hidden_states, target, kept_map,
+                                                                      batch["attention_mask"])
+            elif hidden:
                 with torch.no_grad(), autocast_for(device):
                     target = teacher(**batch, output_hidden_states=True).hidden_states
                 loss = loss + cfg.distill_hidden_weight * hidden_loss(out.hidden_states, target, layer_map,
