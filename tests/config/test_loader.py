@@ -136,3 +136,9 @@ def test_config_hash_tracks_model_settings_not_tracking():
     assert base.config_hash() == load_config("tiny").config_hash()
     assert base.config_hash() == load_config("tiny", ["tracking.workdir=/elsewhere"]).config_hash()
     assert base.config_hash() != load_config("tiny", ["train.epochs=9"]).config_hash()
+
+
+def test_a_transfer_set_for_a_task_it_is_not_built_for_is_refused():
+    with pytest.raises(ConfigError, match="distill_transfer_rows.*single_label, not regression"):
+        load_config("default", ["task.type=regression", "compress.distill_transfer_rows=100"])
+    assert load_config("default", ["compress.distill_transfer_rows=100"]).compress.distill_transfer_rows == 100

@@ -307,3 +307,22 @@ def test_drift_data_keeps_repeated_and_long_texts_and_counts_them(tmp_path):
     result = load_and_validate(cfg, tmp_path / "drift", task=get_task("single_label"), for_drift=True)
     assert len(result.valid) == 120 and result.report["long_texts"] == 1
     assert result.report["repeated_texts"] == 120 - resample["text"].nunique()
+
+
+def test_unsampled_rows_are_outside_the_sample_and_never_a_split_text(tmp_path):
+    from forgeline.config.schema import DataConfig
+    from forgeline.data.load import normalize_text, unsampled_rows
+
+    from tests.conftest import sentiment_rows
+
+    rows = sentiment_rows(60)
+    path = tmp_path / "d.csv"
+    rows.to_csv(path, index=False)
+    cfg = DataConfig(source="file", path=str(path), encoding="utf-8", label_column="label", min_rows_per_class=5)
+    data = load_and_validate(cfg, tmp_path / "out", 0)
+    taken = [data.valid.iloc[:50], data.valid.iloc[50:60]]
+    got = unsampled_rows(cfg, taken, 30, seed=1)
+    assert len(got) == 30 and not set(got.index) & set(data.valid.index[:60])
+    seen = {normalize_text(t) for f in taken for t in f["text"]}
+    assert not {normalize_text(t) for t in got["text"]} & seen
+    assert len(unsampled_rows(cfg, [data.valid], 30, seed=1)) == 0

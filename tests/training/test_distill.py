@@ -56,3 +56,21 @@ def test_the_teachers_layer_outputs_kept_from_one_pass_train_the_student_as_a_fo
     kept = losses()
     monkeypatch.setattr(distill, "HIDDEN_CACHE_BYTES", 0)  # too big to keep: a teacher forward per step
     assert kept == pytest.approx(losses(), rel=1e-4)
+
+
+def test_transfer_texts_join_the_distillation_with_the_teachers_labels_and_their_tokens(trained):
+    cfg, splits, result = trained
+    index = {lab: i for i, lab in enumerate(result.labels)}
+    y_train = np.array([index[v] for v in splits.train["label"]])
+    y_val = np.array([index[v] for v in splits.val["label"]])
+    c = CompressConfig(student_layers=1, prune_heads=0.5, prune_ffn=0.75, distill_epochs=1, importance_batches=2)
+    transfer = ["a zygomorphic xylophone recital", "quixotic jellyfish parade tonight"]
+
+    def make(extra):
+        return make_student(result.model, result.tokenizer, splits.train["text"].tolist(), y_train,
+                            splits.val["text"].tolist(), y_val, c, cfg.train, cfg.model.max_length, "cpu", cfg.seed,
+                            transfer=extra)
+
+    plain, more = make(()), make(transfer)
+    assert plain.info["transfer_rows"] == 0 and more.info["transfer_rows"] == 2
+    assert more.info["vocabulary"] > plain.info["vocabulary"], "the transfer texts' tokens are kept"

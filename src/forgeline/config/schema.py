@@ -329,6 +329,11 @@ class CompressConfig(_Section):
     """Keep only embedding rows of tokens seen in the training and validation texts (others map to [UNK])."""
     importance_batches: int = Field(16, ge=1, le=100_000)
     """Training batches the head/neuron importance is summed over."""
+    distill_transfer_rows: int = Field(0, ge=0, le=BIG)
+    """Texts of the data source outside the run's sample (``data.sample_rows``) and its splits, up to this
+    many (seeded), added to the student's distillation set with the teacher's outputs as targets (their
+    own labels are never read): the student learns to match the teacher on more text than the teacher
+    was trained on, and its vocabulary keeps their tokens. Single-label tasks."""
     distill_epochs: int = Field(3, ge=1, le=10_000)
     distill_learning_rate: float = Field(2e-4, gt=0.0, le=10.0)
     distill_hidden_weight: float = Field(1.0, ge=0.0, le=1000.0)
@@ -551,6 +556,13 @@ class PipelineConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+
+    @model_validator(mode="after")
+    def _check_transfer(self) -> "PipelineConfig":
+        if self.compress.distill_transfer_rows and self.task.type != "single_label":
+            raise ValueError(f"compress.distill_transfer_rows: the teacher's outputs as targets for extra texts are "
+                             f"implemented for single_label, not {self.task.type}; set it to 0")
+        return self
 
     @model_validator(mode="after")
     def _check_space(self) -> "PipelineConfig":

@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -524,6 +525,18 @@ def _sentence_preflight(path: Path, cfg: DataConfig) -> None:
     raise DataValidationError(f"{path}: {len(bad)} of {len(df)} sentences ({len(bad) / len(df):.0%}) cannot be used, above "
                               f"data.max_invalid_fraction={cfg.max_invalid_fraction:.0%}: {said}. Fix the file. Nothing "
                               "was trained or registered")
+
+
+def unsampled_rows(cfg: DataConfig, taken: Sequence[pd.DataFrame], n: int, seed: int, task=None) -> pd.DataFrame:
+    """Up to ``n`` valid rows of the source (seeded) that are in none of the ``taken`` frames, by row number
+    and by normalised text: what ``data.sample_rows`` left out, for distillation on the teacher's outputs
+    (``compress.distill_transfer_rows``). A validation or test text never comes back this way."""
+    raw = read_table(dataset_path(cfg), cfg)
+    valid, _, _ = validate_frame(raw, cfg, task)
+    index = set().union(*(f.index for f in taken))
+    texts = {normalize_text(t) for f in taken for t in f["text"]}
+    rest = valid[~valid.index.isin(index) & ~valid["text"].map(normalize_text).isin(texts)]
+    return rest.sample(n=min(n, len(rest)), random_state=seed) if len(rest) else rest
 
 
 def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: SplitConfig | None = None,

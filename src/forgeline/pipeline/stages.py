@@ -353,8 +353,12 @@ def _distiller(env: Env, trained: TrainResult, splits: Splits):
     run's splits, its distillation curve logged to ``tracker``."""
     from forgeline.training.distill import make_student
 
+    from forgeline.data.load import unsampled_rows
+
     cfg = env.cfg
     task, spec = get_task(cfg.task), spec_of(trained)
+    transfer = (unsampled_rows(cfg.data, [splits.train, splits.val, splits.test], cfg.compress.distill_transfer_rows,
+                               cfg.seed, task) if cfg.compress.distill_transfer_rows else None)
 
     def distill(c, tracker: Tracker):
         return make_student(trained.model, trained.tokenizer, splits.train["text"].tolist(),
@@ -362,7 +366,9 @@ def _distiller(env: Env, trained: TrainResult, splits: Splits):
                             task.y(splits.val["label"], spec), c, cfg.train, cfg.model.max_length,
                             resolve_device(cfg.train.device), cfg.seed,
                             log=lambda m, step: tracker.metrics(m, step=step), task=task,
-                            train_pairs=pairs_of(splits.train), val_pairs=pairs_of(splits.val))
+                            train_pairs=pairs_of(splits.train), val_pairs=pairs_of(splits.val),
+                            transfer=() if transfer is None else transfer["text"].tolist(),
+                            transfer_pairs=None if transfer is None else pairs_of(transfer))
     return distill
 
 

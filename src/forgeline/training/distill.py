@@ -202,9 +202,12 @@ def make_student(teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str]
                  val_texts: Sequence[str], val_y: np.ndarray, cfg: CompressConfig, tcfg: TrainConfig,
                  max_length: int, device: str, seed: int,
                  log: Callable[[dict[str, float], int], None] | None = None, task=None,
-                 train_pairs: Sequence[str] | None = None, val_pairs: Sequence[str] | None = None) -> Student:
+                 train_pairs: Sequence[str] | None = None, val_pairs: Sequence[str] | None = None,
+                 transfer: Sequence[str] = (), transfer_pairs: Sequence[str] | None = None) -> Student:
     """Structured pruning of ``teacher`` by importance on training batches, then distillation.
     ``train_y``: targets as the task's loss takes them; ``val_y``: as its metrics take them.
+    ``transfer``: unlabelled texts distilled on too, the teacher's prediction as their hard label
+    (``compress.distill_transfer_rows``; single-label).
     Raises ``PruningError`` for a target the model cannot take."""
     from forgeline.tasks import get_task
     from forgeline.training import prune
@@ -228,11 +231,16 @@ def make_student(teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str]
     scores = prune.importance(teacher, batches, task.loss)
     plan = prune.plan(scores, cfg.student_layers, cfg.prune_heads, cfg.prune_ffn)
     student = prune.apply(teacher, plan)
+    if len(transfer):  # after the importance batches, which need the training split's labels
+        extra = encode(tokenizer, list(transfer), max_length, transfer_pairs if sep is not None else None)
+        pseudo = teacher_logits(teacher, extra, tokenizer.pad_token_id, device, tcfg.eval_batch_size, sep).argmax(-1)
+        ids, train_y = ids + extra, np.concatenate([np.asarray(train_y), pseudo.numpy().astype(np.asarray(train_y).dtype)])
     info: dict[str, float] = {k: float(v) for k, v in plan.describe().items()}
     if cfg.prune_vocab and tokenizer.unk_token_id is not None:
         keep = prune.used_tokens(ids + encode(tokenizer, val_texts, max_length, val_pairs if sep is not None else None),
                                  tokenizer.all_special_ids)
         student = prune.VocabRemap(student, keep, tokenizer.unk_token_id)
+    info["transfer_rows"] = float(len(transfer))
     info["vocabulary"] = float(student.config.vocab_size)
     info["parameters"] = float(prune.parameter_count(student))
     info["teacher_parameters"] = float(prune.parameter_count(teacher))
