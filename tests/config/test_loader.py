@@ -142,3 +142,10 @@ def test_a_transfer_set_for_a_task_it_is_not_built_for_is_refused():
     with pytest.raises(ConfigError, match="distill_transfer_rows.*single_label, not regression"):
         load_config("default", ["task.type=regression", "compress.distill_transfer_rows=100"])
     assert load_config("default", ["compress.distill_transfer_rows=100"]).compress.distill_transfer_rows == 100
+
+
+def test_a_student_search_without_a_student_is_refused():
+    with pytest.raises(ConfigError, match="search_trials searches for the student: set compress.student=true"):
+        load_config("default", ["compress.student=false", "compress.search_trials=4"])
+    with pytest.raises(ConfigError, match="compress.search.layerz"):
+        load_config("default", ["compress.search.layerz=[1]"])

@@ -378,6 +378,13 @@ class CompressConfig(_Section):
     present stops the search with that message: the teacher's variants are still registered."""
     search: StudentSearchSpace = Field(default_factory=StudentSearchSpace)
 
+    @model_validator(mode="after")
+    def _check_search(self) -> "CompressConfig":
+        if self.search_trials and not self.student:
+            raise ValueError("compress.search_trials searches for the student: set compress.student=true, or "
+                             "search_trials=0")
+        return self
+
 
 class ExportConfig(_Section):
     opset: int = Field(18, ge=14, le=30)
