@@ -226,14 +226,18 @@ def search_student(inp: SearchInputs) -> SearchResult:
             shutil.rmtree(folder, ignore_errors=True)
 
     direction = "maximize" if inp.higher_is_better else "minimize"
-    with _quiet():
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=max(1, c.search_trials // 3))
-        study = optuna.create_study(directions=[direction, "minimize"], sampler=sampler)
-        if first := fixed_params(c, device):
-            study.enqueue_trial(first)
-        study.optimize(objective, n_trials=c.search_trials, catch=(Exception,))
-        front = {t.number for t in study.best_trials}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial's INFO line: the child runs hold them
+    try:
+        with _quiet():
+            sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=max(1, c.search_trials // 3))
+            study = optuna.create_study(directions=[direction, "minimize"], sampler=sampler)
+            if first := fixed_params(c, device):
+                study.enqueue_trial(first)
+            study.optimize(objective, n_trials=c.search_trials, catch=(Exception,))
+            front = {t.number for t in study.best_trials}
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     for r in records:
         r.pareto = r.number in front
     chosen, reason = choose(records, c.latency_tie, inp.higher_is_better)

@@ -351,9 +351,8 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
 def _distiller(env: Env, trained: TrainResult, splits: Splits):
     """(compress settings, tracker) -> the structurally pruned, distilled student of ``trained`` on the
     run's splits, its distillation curve logged to ``tracker``."""
-    from forgeline.training.distill import make_student
-
     from forgeline.data.load import unsampled_rows
+    from forgeline.training.distill import make_student
 
     cfg = env.cfg
     task, spec = get_task(cfg.task), spec_of(trained)
@@ -528,7 +527,8 @@ def register(env: Env, trained: TrainResult, splits: Splits, evaluation: EvalRes
                    "extra": {f"{d} p50 b{cfg.compress.latency_batch} ms": v.p50(d, cfg.compress.latency_batch)
                              for d in v.latency}} for v in variants],
         defaults={s.device: f"{s.variant} ({s.reason})" for s in compressed.selections},
-        student=_student_origin(cfg, compressed), max_length=cfg.model.max_length, config_hash=cfg.config_hash(), git_commit=tags["git_commit"])
+        student=_student_origin(cfg, compressed), max_length=cfg.model.max_length, config_hash=cfg.config_hash(),
+        git_commit=tags["git_commit"])
     return register_and_gate(env.tracker.client, env.tracker.run_id, cfg.registry, bundle, meta, metrics, tags,
                              parity.ok, splits.test["text"].tolist()[:3], eval_rows=_test_rows(splits), card=card)
 
@@ -536,14 +536,16 @@ def register(env: Env, trained: TrainResult, splits: Splits, evaluation: EvalRes
 def _student_origin(cfg: PipelineConfig, compressed: Compressed) -> str:
     if not compressed.student:
         return ""
-    found = compressed.search
+    found, c = compressed.search, cfg.compress
+    transfer = int(compressed.student.get("transfer_rows", 0))
+    also = (f"; distilled on the training split and {transfer:,} texts of the source outside the sample, with the "
+            "teacher's outputs as their targets" if transfer else "")
     if found and found.get("chosen") is not None:
         done = sum(t["state"] == "complete" for t in found["trials"])
         return (f"chosen by a search of {len(found['trials'])} trials ({done} complete) on {found['device']}, "
-                f"{found['reason']}: {', '.join(f'{k}={v}' for k, v in found['settings'].items())}")
-    c = cfg.compress
+                f"{found['reason']}: {', '.join(f'{k}={v}' for k, v in found['settings'].items())}{also}")
     return (f"fixed settings (compress.student_layers={c.student_layers}, prune_heads={c.prune_heads:g}, "
-            f"prune_ffn={c.prune_ffn:g}, distill_epochs={c.distill_epochs})")
+            f"prune_ffn={c.prune_ffn:g}, distill_epochs={c.distill_epochs}){also}")
 
 
 def _test_rows(splits: Splits) -> EvalRows:
