@@ -7,8 +7,9 @@ for single-label classification; each task declares its own (``Task.distill_loss
 soft targets for multi-label, MSE to the teacher's score for regression).
 
 With ``compress.distill_hidden_weight`` > 0 each student layer is also pulled towards the output of
-the teacher layer it was cut from (MSE, as TinyBERT's intermediate-layer loss). The teacher's logits
-are computed once, before the first epoch (it is frozen and runs without dropout). Batching, dynamic
+the teacher layer it was cut from (MSE, as TinyBERT's intermediate-layer loss). The teacher's logits and,
+within ``HIDDEN_CACHE_BYTES``, its layer outputs are computed once, before the first epoch (it is frozen
+and runs without dropout). Batching, dynamic
 padding, the optimizer and its schedule are the training stage's; the best epoch by the task's primary
 validation metric is kept.
 """
@@ -85,8 +86,7 @@ def teacher_states(teacher: torch.nn.Module, ids: list[list[int]], pad_id: int, 
                    batch_size: int = 64, sep_id: int | None = None) -> list[torch.Tensor]:
     """Per example, the outputs of the teacher ``layers`` over its real tokens: (len(layers), tokens, hidden)
     on the CPU. The teacher is frozen and runs without dropout, so one pass gives what a forward per
-    distillation step gave (the default preset's 3 epochs: 3 teacher passes over the training split
-    become 1)."""
+    distillation step gave: one teacher pass over the distillation set instead of one per epoch."""
     teacher.eval()
     out: list[torch.Tensor] = [None] * len(ids)  # type: ignore[list-item]
     order = np.argsort([len(x) for x in ids], kind="stable")
