@@ -41,7 +41,7 @@ def test_a_space_the_teacher_cannot_take_is_refused_with_what_to_use(trained):
 
 
 def test_fractions_that_remove_everything_and_empty_choices_are_refused_by_the_config():
-    with pytest.raises(ValueError, match="would remove everything"):
+    with pytest.raises(ValueError, match="prune_ffn.1\n  Input should be less than 1"):
         StudentSearchSpace(prune_ffn=[0.5, 1.0])
     with pytest.raises(ValueError, match="at least 1"):
         StudentSearchSpace(layers=[])

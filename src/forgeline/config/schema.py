@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -225,71 +225,35 @@ class TrainConfig(_Section):
     (forgeline/training/kernels/short_attention.py), longer ones PyTorch sdpa; "sdpa": always PyTorch sdpa."""
 
 
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+"""A share removed: 1 would remove every head or neuron of a layer."""
+
+
 class StudentSearchSpace(_Section):
     """The choices ``compress.search_trials`` samples (each a list: Optuna picks one value per trial). The
     defaults fit MiniLM-L6 (6 layers, 12 heads); the first trial is the fixed student's settings when
     every one of them is among the choices, so a search is never worse on validation than none."""
 
-    layers: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1)
+    layers: list[Annotated[int, Field(ge=1, le=1000)]] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1)
     """Encoder layers the student keeps; more than the teacher has is refused when the search starts."""
-    prune_heads: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75], min_length=1)
+    prune_heads: list[Fraction] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75], min_length=1)
     """Fractions of each kept layer's heads removed; one that removes every head is refused at the start."""
-    prune_ffn: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75], min_length=1)
+    prune_ffn: list[Fraction] = Field(default_factory=lambda: [0.25, 0.5, 0.75], min_length=1)
     prune_vocab: list[bool] = Field(default_factory=lambda: [True], min_length=1)
-    distill_epochs: list[int] = Field(default_factory=lambda: [2, 3], min_length=1)
-    temperature: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0], min_length=1)
-    alpha: list[float] = Field(default_factory=lambda: [0.7, 0.9], min_length=1)
-    hidden_weight: list[float] = Field(default_factory=lambda: [0.0, 1.0], min_length=1)
+    distill_epochs: list[Annotated[int, Field(ge=1, le=10_000)]] = Field(default_factory=lambda: [2, 3], min_length=1)
+    temperature: list[Annotated[float, Field(gt=0.0, le=100.0)]] = Field(default_factory=lambda: [1.0, 2.0, 4.0],
+                                                                          min_length=1)
+    alpha: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(default_factory=lambda: [0.7, 0.9], min_length=1)
+    hidden_weight: list[Annotated[float, Field(ge=0.0, le=1000.0)]] = Field(default_factory=lambda: [0.0, 1.0],
+                                                                            min_length=1)
     """``distill_hidden_weight`` choices (0: logits only)."""
     quantization: list[Literal["dynamic", "static"]] = Field(default_factory=lambda: ["dynamic", "static"], min_length=1)
     """CPU only: which INT8 the trial's latency and validation score are measured with."""
     per_channel: list[bool] = Field(default_factory=lambda: [True, False], min_length=1)
-    fp32_layers: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    fp32_layers: list[Annotated[int, Field(ge=0, le=1000)]] = Field(default_factory=lambda: [0, 1], min_length=1)
     """CPU only: how many of the student's layers stay in fp32, the ones whose quantization moves the
     outputs most (a sensitivity pass per trial on the calibration rows, as accuracy-controlled
     quantization does)."""
-
-    @field_validator("prune_heads", "prune_ffn")
-    @classmethod
-    def _fractions(cls, v: list[float]) -> list[float]:
-        if bad := [x for x in v if not 0.0 <= x < 1.0]:
-            raise ValueError(f"fractions removed must be in [0, 1): {bad} would remove everything")
-        return v
-
-    @field_validator("layers", "distill_epochs")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if bad := [x for x in v if not 1 <= x <= 1000]:
-            raise ValueError(f"values must be between 1 and 1000: {bad}")
-        return v
-
-    @field_validator("temperature")
-    @classmethod
-    def _temperature(cls, v: list[float]) -> list[float]:
-        if bad := [x for x in v if not 0.0 < x <= 100.0]:
-            raise ValueError(f"temperatures must be in (0, 100]: {bad}")
-        return v
-
-    @field_validator("alpha")
-    @classmethod
-    def _alpha(cls, v: list[float]) -> list[float]:
-        if bad := [x for x in v if not 0.0 <= x <= 1.0]:
-            raise ValueError(f"alpha must be in [0, 1]: {bad}")
-        return v
-
-    @field_validator("hidden_weight")
-    @classmethod
-    def _weight(cls, v: list[float]) -> list[float]:
-        if bad := [x for x in v if not 0.0 <= x <= 1000.0]:
-            raise ValueError(f"weights must be in [0, 1000]: {bad}")
-        return v
-
-    @field_validator("fp32_layers")
-    @classmethod
-    def _kept(cls, v: list[int]) -> list[int]:
-        if bad := [x for x in v if not 0 <= x <= 1000]:
-            raise ValueError(f"values must be between 0 and 1000: {bad}")
-        return v
 
 
 class CompressConfig(_Section):
