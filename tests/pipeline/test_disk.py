@@ -33,7 +33,7 @@ def test_a_default_run_leaves_at_most_300_mb_in_all(prefect_api, tmp_path, monke
         f"tracking.workdir={workdir}", "registry.model_name=disk", "data.sample_rows=300", "train.max_steps=4",
         "train.progress_bar=false", "compress.distill_epochs=1", "compress.importance_batches=2",
         "compress.calibration_rows=32", "compress.latency_rounds=1", "registry.min_gain_over_chance=null",
-        "compress.distill_transfer_rows=200"])
+        "compress.distill_transfer_rows=200", "compress.validation_rows=100"])
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     client = MlflowClient(uri, uri)
     model_dir = registered_dir(client, "disk", result["version"])
@@ -45,7 +45,10 @@ def test_a_default_run_leaves_at_most_300_mb_in_all(prefect_api, tmp_path, monke
     assert total <= 300e6, f"{total / 1e6:.0f} MB in the workdir, {model / 1e6:.0f} MB of it the registered model"
     assert list((workdir / "runs").iterdir()) == [], "a finished run's scratch is removed"
     # the student distilled on 200 corpus texts outside the 300-row sample as well
-    assert client.get_run(result["run_id"]).data.metrics["student.transfer_rows"] == 200
+    metrics = client.get_run(result["run_id"]).data.metrics
+    assert metrics["student.transfer_rows"] == 200
+    # and the variants were chosen on the split's 30 validation rows and 100 held-out ones
+    assert metrics["compress.val_rows"] == 130
 
 
 def test_gc_trims_the_cache_failed_runs_and_unaliased_versions(prefect_api, tmp_path, capsys, monkeypatch, tiny):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from forgeline.config.schema import PipelineConfig
 from forgeline.data.corpora import CORPORA
@@ -246,6 +247,8 @@ class Compressed:
     batch job's predictions are compared with (``forgeline score``)."""
     search: dict[str, Any] = field(default_factory=dict)
     """``export.search.SearchResult.summary()`` when ``compress.search_trials`` > 0."""
+    val_rows: int = 0
+    """Rows the choice was made on: the validation split and ``compress.validation_rows`` held-out rows."""
 
 
 def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported, base: EvalResult) -> Compressed:
@@ -260,9 +263,11 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
     task, spec = get_task(cfg.task), spec_of(trained)
     budget = cmp.Budget.of(task, c)
     texts, pairs = splits.test["text"].tolist(), pairs_of(splits.test)
-    rows = {"test": (texts, pairs), "val": (splits.val["text"].tolist(), pairs_of(splits.val))}
+    held_out, transfer = _unsampled(cfg, splits)
+    val = pd.concat([splits.val, held_out]) if len(held_out) else splits.val  # the choice's validation rows
+    rows = {"test": (texts, pairs), "val": (val["text"].tolist(), pairs_of(val))}
     y = task.y(splits.test["label"], spec)
-    y_val = task.y(splits.val["label"], spec)
+    y_val = task.y(val["label"], spec)
     out = env.run_dir / "onnx"
     ids = encode(trained.tokenizer, texts, cfg.model.max_length, pairs)
     split_ids = {"test": ids, "val": encode(trained.tokenizer, rows["val"][0], cfg.model.max_length, rows["val"][1])}
@@ -309,13 +314,14 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
     variants += _precisions("teacher", exported.path, teacher_proba, env, calibration, scored, onnx_proba, problems)
 
     student: dict[str, float] = {}
+    distill = _distiller(env, trained, splits, transfer)
     plots: dict[str, Path | None] = {}
     found = None
     if c.student and c.search_trials:
         reference = next((v.path for v in variants if v.name == ("int8" if c.search_device == "cpu" else "fp16")),
                          exported.path)
         try:
-            found = _search(env, trained, splits, calibration, ids, reference,
+            found = _search(env, trained, distill, calibration, ids, reference,
                             lambda path, device: task.metrics(y_val, onnx_proba(path, device, "val"), spec), teacher_val,
                             budget)
         except search.SearchError as e:
@@ -327,7 +333,7 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
             if found.student is None:
                 problems["student"] = f"the student search made no student: {found.reason}"
     if c.student and (not c.search_trials or (found is not None and found.student is not None)):
-        made, student = _student_variants(env, trained, splits, calibration, scored, onnx_proba, problems, found)
+        made, student = _student_variants(env, trained, splits, distill, calibration, scored, onnx_proba, problems, found)
         variants += made
     cmp.noise_aware([v for v in variants if v.parity_ok], val_outputs, task, spec, y_val, seed=cfg.seed)
 
@@ -345,19 +351,29 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
                                  env.run_dir / "compression" / f"pareto-{d}.png") for d in devices}
     return Compressed(variants, selections, student, problems, {d: p for d, p in plots.items() if p},
                       {name: spec.prediction_counts(o) for name, o in val_outputs.items()},
-                      found.summary() if found is not None else {})
+                      found.summary() if found is not None else {}, len(val))
 
 
-def _distiller(env: Env, trained: TrainResult, splits: Splits):
-    """(compress settings, tracker) -> the structurally pruned, distilled student of ``trained`` on the
-    run's splits, its distillation curve logged to ``tracker``."""
+def _unsampled(cfg: PipelineConfig, splits: Splits):
+    """(held-out validation rows, transfer texts): ``compress.validation_rows`` then
+    ``compress.distill_transfer_rows`` rows of the source outside the sample and its splits, disjoint."""
     from forgeline.data.load import unsampled_rows
+
+    c = cfg.compress
+    want = c.validation_rows + c.distill_transfer_rows
+    extra = (unsampled_rows(cfg.data, [splits.train, splits.val, splits.test], want, cfg.seed, get_task(cfg.task))
+             if want else splits.val.iloc[:0])
+    return extra.iloc[: c.validation_rows], extra.iloc[c.validation_rows :]
+
+
+def _distiller(env: Env, trained: TrainResult, splits: Splits, transfer=None):
+    """(compress settings, tracker) -> the structurally pruned, distilled student of ``trained`` on the
+    run's splits (and the ``transfer`` frame's texts), its distillation curve logged to ``tracker``."""
     from forgeline.training.distill import make_student
 
     cfg = env.cfg
     task, spec = get_task(cfg.task), spec_of(trained)
-    transfer = (unsampled_rows(cfg.data, [splits.train, splits.val, splits.test], cfg.compress.distill_transfer_rows,
-                               cfg.seed, task) if cfg.compress.distill_transfer_rows else None)
+    transfer = None if transfer is None or not len(transfer) else transfer
 
     def distill(c, tracker: Tracker):
         return make_student(trained.model, trained.tokenizer, splits.train["text"].tolist(),
@@ -371,7 +387,7 @@ def _distiller(env: Env, trained: TrainResult, splits: Splits):
     return distill
 
 
-def _search(env: Env, trained: TrainResult, splits: Splits, calibration: list, latency_ids: list, reference: Path,
+def _search(env: Env, trained: TrainResult, distill, calibration: list, latency_ids: list, reference: Path,
             val_metrics, teacher_val: dict[str, float], budget: cmp.Budget) -> search.SearchResult:
     """The student search (``compress.search_trials``), its trials child runs of the pipeline run;
     ``search.SearchError`` for a space or device the run cannot use."""
@@ -386,7 +402,7 @@ def _search(env: Env, trained: TrainResult, splits: Splits, calibration: list, l
 
     inputs = search.SearchInputs(
         cfg=cfg, teacher=trained.model, tokenizer=trained.tokenizer, labels=trained.labels, calibration=calibration,
-        latency_ids=latency_ids, reference=reference, val_metrics=val_metrics, distill=_distiller(env, trained, splits),
+        latency_ids=latency_ids, reference=reference, val_metrics=val_metrics, distill=distill,
         primary=task.primary.name, higher_is_better=task.primary.higher_is_better, teacher_val=teacher_val,
         budget=budget, workdir=env.run_dir / "search", new_run=new_run)
     return search.search_student(inputs)
@@ -419,7 +435,7 @@ def _precisions(source_kind: str, fp32: Path, source: np.ndarray, env: Env, cali
     return made
 
 
-def _student_variants(env: Env, trained: TrainResult, splits: Splits, calibration: list, scored, onnx_proba,
+def _student_variants(env: Env, trained: TrainResult, splits: Splits, distill, calibration: list, scored, onnx_proba,
                       problems: dict[str, str], found: search.SearchResult | None = None
                       ) -> tuple[list[cmp.Variant], dict[str, float]]:
     """The structurally pruned, distilled student in each precision, and its shape: the search's choice
@@ -429,7 +445,7 @@ def _student_variants(env: Env, trained: TrainResult, splits: Splits, calibratio
 
     cfg = env.cfg
     try:
-        made = found.student if found is not None else _distiller(env, trained, splits)(cfg.compress, env.tracker)
+        made = found.student if found is not None else distill(cfg.compress, env.tracker)
     except PruningError as e:
         problems["student"] = str(e)
         log.warning("no student: %s. The teacher's variants are registered", e)
@@ -464,7 +480,7 @@ def _log_variants(t: Tracker, cfg: PipelineConfig, r: Compressed, files: Files) 
                   | {f"variant.{v.name}.{k}": val for k, val in v.extra.items()}
                   | {f"variant.{v.name}.{d}.{k}": val for d, lat in v.latency.items() for k, val in lat.items()}
                   | {f"variant.{v.name}.parity.{k}": val for k, val in v.parity.items()})
-    t.metrics({f"student.{k}": v for k, v in r.student.items()})
+    t.metrics({f"student.{k}": v for k, v in r.student.items()} | ({"compress.val_rows": r.val_rows} if r.val_rows else {}))
     t.tags({f"compress.default.{s.device}": s.variant for s in r.selections}
            | {f"compress.reason.{s.device}": s.reason[:4000] for s in r.selections}
            | {f"variant.{name}.error": msg[:4000] for name, msg in r.problems.items()})
