@@ -543,7 +543,7 @@ def register(env: Env, trained: TrainResult, splits: Splits, evaluation: EvalRes
                    "extra": {f"{d} p50 b{cfg.compress.latency_batch} ms": v.p50(d, cfg.compress.latency_batch)
                              for d in v.latency}} for v in variants],
         defaults={s.device: f"{s.variant} ({s.reason})" for s in compressed.selections},
-        student=_student_origin(cfg, compressed), max_length=cfg.model.max_length, config_hash=cfg.config_hash(),
+        student=_student_origin(cfg, compressed), choice_rows=compressed.val_rows or None, max_length=cfg.model.max_length, config_hash=cfg.config_hash(),
         git_commit=tags["git_commit"])
     return register_and_gate(env.tracker.client, env.tracker.run_id, cfg.registry, bundle, meta, metrics, tags,
                              parity.ok, splits.test["text"].tolist()[:3], eval_rows=_test_rows(splits), card=card)

@@ -28,6 +28,8 @@ class CardContext:
     bundled, and any measured extras."""
     defaults: dict[str, str] = field(default_factory=dict)
     """Device -> the variant served there by default, and why."""
+    choice_rows: int | None = None
+    """Validation rows the compression choice was made on (the split's and ``compress.validation_rows``)."""
     student: str = ""
     """Where the student's settings came from: the fixed ``compress.*`` ones, or the search's chosen trial."""
     max_length: int | None = None
@@ -115,7 +117,7 @@ def model_card(name: str, version: str, run_id: str, decision: GateDecision, met
         keys = list(dict.fromkeys(k for v in ctx.variants for k in v.get("metrics", {})))
         extra_keys = sorted({k for v in ctx.variants for k in v.get("extra", {})})
         lines += ["", "## Compression variants",
-                  "Chosen on the validation split: a variant is within the accuracy budget when its validation "
+                  f"Chosen on the validation split{f' ({ctx.choice_rows:,} rows)' if ctx.choice_rows else ''}: a variant is within the accuracy budget when its validation "
                   "metrics are, and counts as more accurate than another only when the paired bootstrap interval "
                   "of the difference excludes zero (else the faster, then the smaller, wins). The metrics below "
                   "are the test split's, which chose nothing.", "",
