@@ -7,11 +7,12 @@ latency at batch 1 and 32 on each device present, measured side by side. ``selec
 device the fastest variant within the accuracy budgets; ``choose_bundle`` marks what is registered
 (each device's default; with ``compress.bundle=all`` the teacher and the Pareto front too).
 
-Measured on the default preset (2-core CPU, batch 32 × 64 tokens, interleaved rounds;
-benchmarks/results/compression-cpu.json): teacher dynamic INT8 158.7 ms, the student (3 layers, 6
-heads, 768 FFN neurons, 7K-token vocabulary) in dynamic INT8 61.5 ms, 2.58× faster and 6.05 MB at
--0.96 pt macro-F1. Static INT8 (QDQ) was slower than dynamic on this CPU (263 vs 153 ms for the
-teacher in the same run) because QDQ has no quantized Attention: every variant is measured, none assumed."""
+Measured on the default preset (2-core CPU, batch 32 × 64 tokens, interleaved rounds, three seeds;
+benchmarks/results/compression-cpu-seeds-2026-12-02.json): the student (3 layers, 6 heads, 768 FFN
+neurons, an 11K-token vocabulary) in dynamic INT8 ran 2.5-2.75× faster than the teacher's dynamic INT8
+at 7.7 MB where it was within the budget (two seeds of three). Static INT8 (QDQ) was slower than
+dynamic on this CPU (teacher: 209 vs 127 ms in one run) because QDQ has no quantized Attention: every
+variant is measured, none assumed."""
 
 from __future__ import annotations
 
