@@ -422,6 +422,15 @@ def eligible(v: Variant, device: str) -> bool:
     return v.path is not None and device in RUNS_ON.get(v.name, ()) and v.within_budget and v.parity_ok
 
 
+def fastest_tied(items: Sequence[Any], latency, size, tie: float) -> tuple[Any, list[Any]]:
+    """(the one served, the tied): items whose ``latency`` is within ``tie`` (a fraction) of the fastest's
+    are tied, and the smallest ``size`` among them wins (then the faster): timing differences that small
+    move between runs on a shared machine."""
+    bar = min(latency(v) for v in items) * (1 + tie)
+    tied = [v for v in items if latency(v) <= bar]
+    return min(tied, key=lambda v: (size(v), latency(v))), tied
+
+
 def select(variants: Sequence[Variant], device: str, cfg: CompressConfig, teacher: str = "fp32",
            budget: Budget | None = None) -> Selection:
     """The variant served by default on ``device``: the fastest (p50 at ``cfg.latency_batch``; within
@@ -447,9 +456,7 @@ def select(variants: Sequence[Variant], device: str, cfg: CompressConfig, teache
     def p50(v: Variant) -> float:
         return v.p50(device, cfg.latency_batch)
 
-    bar = min(p50(v) for v in measured) * (1 + cfg.latency_tie)
-    tied = [v for v in measured if p50(v) <= bar]
-    fastest = min(tied, key=lambda v: (v.size_bytes, p50(v)))
+    fastest, tied = fastest_tied(measured, p50, lambda v: v.size_bytes, cfg.latency_tie)
     lat = p50(fastest)
     if cfg.latency_budget_ms is not None and lat > cfg.latency_budget_ms:
         return Selection(device, teacher, f"no variant meets compress.latency_budget_ms={cfg.latency_budget_ms:g} on "

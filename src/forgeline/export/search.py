@@ -111,7 +111,7 @@ def check_space(space: StudentSearchSpace, teacher: Any, device: str) -> None:
     if over := [n for n in space.layers if n > n_layers]:
         problems.append(f"compress.search.layers {over} keep more layers than the teacher has ({n_layers}): "
                         f"use values from 1 to {n_layers}")
-    if none := [f for f in space.prune_heads if n_heads - int(round(f * n_heads)) < 1]:
+    if none := [f for f in space.prune_heads if prune.heads_kept(f, n_heads) < 1]:
         problems.append(f"compress.search.prune_heads {none} remove every one of the teacher's {n_heads} heads in a "
                         f"layer: use at most {(n_heads - 1) / n_heads:.3f}")
     if device == "cuda" and not cuda_available():
@@ -149,8 +149,7 @@ def choose(trials: list[TrialRecord], tie: float, higher_is_better: bool = True)
         return None, "no trial completed"
     ok = [t for t in done if t.within_budget]
     if ok:
-        bar = min(t.latency_ratio for t in ok) * (1 + tie)
-        best = min((t for t in ok if t.latency_ratio <= bar), key=lambda t: (t.size_bytes, t.latency_ratio))
+        best, _ = cmp.fastest_tied(ok, lambda t: t.latency_ratio, lambda t: t.size_bytes, tie)
         return best.number, (f"trial {best.number}: the fastest of {len(ok)} within the budgets on validation "
                              f"({best.latency_ratio:.3f}× the teacher's latency)")
     best = max(done, key=lambda t: t.val_metric if higher_is_better else -t.val_metric)

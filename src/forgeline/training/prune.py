@@ -118,6 +118,11 @@ def importance(model: torch.nn.Module, batches: Sequence[tuple[dict[str, torch.T
     return Importance(heads.numpy(), neurons.numpy())
 
 
+def heads_kept(fraction: float, n_heads: int) -> int:
+    """Heads a layer keeps when ``fraction`` of its ``n_heads`` are removed (fewer than 1 is refused)."""
+    return n_heads - int(round(fraction * n_heads))
+
+
 def plan(scores: Importance, layers: int | None, heads_fraction: float, ffn_fraction: float) -> PrunePlan:
     """Which layers, heads and neurons to keep. ``layers`` kept evenly spaced, always including the
     last (closest to the classifier); in each, the ``1 - fraction`` most important heads and neurons."""
@@ -125,7 +130,7 @@ def plan(scores: Importance, layers: int | None, heads_fraction: float, ffn_frac
     keep_layers = n_layers if layers is None else min(layers, n_layers)
     kept = sorted({int(round(x)) for x in np.linspace(n_layers - 1, 0, keep_layers)[::-1]}) if keep_layers < n_layers \
         else list(range(n_layers))
-    h_keep = n_heads - int(round(heads_fraction * n_heads))
+    h_keep = heads_kept(heads_fraction, n_heads)
     if h_keep < 1:
         raise PruningError(f"compress.prune_heads={heads_fraction:g} would remove every attention head of each layer "
                            f"({n_heads} heads, {n_heads - h_keep} removed): a layer needs at least one. Use at most "
