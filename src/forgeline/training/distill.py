@@ -124,7 +124,8 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: 
             train_y: np.ndarray, val_texts: Sequence[str], val_y: np.ndarray, cfg: CompressConfig,
             tcfg: TrainConfig, max_length: int, device: str, seed: int,
             log: Callable[[dict[str, float], int], None] | None = None,
-            layer_map: Sequence[int] | None = None, task=None, val_pairs: Sequence[str] | None = None) -> DistillResult:
+            layer_map: Sequence[int] | None = None, task=None, val_pairs: Sequence[str] | None = None,
+            soft: torch.Tensor | list[torch.Tensor] | None = None) -> DistillResult:
     """Train ``student`` (changed in place and returned as the best epoch's weights) on the teacher's
     soft targets for the training texts' token ``ids`` for ``cfg.distill_epochs`` epochs. With ``layer_map`` (student layer i was teacher
     layer ``layer_map[i]``) and ``cfg.distill_hidden_weight`` > 0, each student layer's output is also
@@ -139,7 +140,8 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: 
     teacher.to(device)
     pad, sep, spec = tokenizer.pad_token_id, sep_id_of(teacher), output_spec_of(teacher)
     lengths = [len(x) for x in ids]
-    soft = teacher_logits(teacher, ids, pad, device, tcfg.eval_batch_size, sep)
+    if soft is None:  # else the caller's (``teacher_logits`` of these ``ids``, already computed)
+        soft = teacher_logits(teacher, ids, pad, device, tcfg.eval_batch_size, sep)
     targets = batch_targets(train_y)
     optimizer = _optimizer(student, tcfg.model_copy(update={"learning_rate": cfg.distill_learning_rate}))
     total = math.ceil(len(ids) / tcfg.batch_size) * cfg.distill_epochs
@@ -231,9 +233,12 @@ def make_student(teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str]
     scores = prune.importance(teacher, batches, task.loss)
     plan = prune.plan(scores, cfg.student_layers, cfg.prune_heads, cfg.prune_ffn)
     student = prune.apply(teacher, plan)
+    soft = None
     if len(transfer):  # after the importance batches, which need the training split's labels
         extra = encode(tokenizer, list(transfer), max_length, transfer_pairs if sep is not None else None)
-        pseudo = teacher_logits(teacher, extra, tokenizer.pad_token_id, device, tcfg.eval_batch_size, sep).argmax(-1)
+        # one teacher pass gives the soft targets of every text and the transfer texts' hard labels
+        soft = teacher_logits(teacher, ids + extra, tokenizer.pad_token_id, device, tcfg.eval_batch_size, sep)
+        pseudo = soft[len(ids):].argmax(-1)
         ids, train_y = ids + extra, np.concatenate([np.asarray(train_y), pseudo.numpy().astype(np.asarray(train_y).dtype)])
     info: dict[str, float] = {k: float(v) for k, v in plan.describe().items()}
     if cfg.prune_vocab and tokenizer.unk_token_id is not None:
@@ -245,7 +250,7 @@ def make_student(teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str]
     info["parameters"] = float(prune.parameter_count(student))
     info["teacher_parameters"] = float(prune.parameter_count(teacher))
     result = distill(student, teacher, tokenizer, ids, train_y, val_texts, val_y, cfg, tcfg, max_length,
-                     device, seed, log, layer_map=plan.layers, task=task, val_pairs=val_pairs)
+                     device, seed, log, layer_map=plan.layers, task=task, val_pairs=val_pairs, soft=soft)
     info["distill_best_epoch"] = float(result.best_epoch)
     info["distill_val_macro_f1"] = result.best_val_macro_f1
     return Student(result.model, info, result.history)
