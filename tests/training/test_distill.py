@@ -37,7 +37,7 @@ def test_distillation_lowers_the_loss_and_the_student_learns_the_task(trained):
 
 
 def test_the_teachers_layer_outputs_kept_from_one_pass_train_the_student_as_a_forward_per_step_did(trained, monkeypatch):
-    """The frozen teacher's layer outputs are computed once (``teacher_states``) instead of at every step:
+    """The frozen teacher's layer outputs are computed once (``teacher_outputs``) instead of at every step:
     the distillation losses are the same to float rounding (padding widths differ between the passes)."""
     from forgeline.training import distill
 
