@@ -74,3 +74,24 @@ def test_transfer_texts_join_the_distillation_with_the_teachers_labels_and_their
     plain, more = make(()), make(transfer)
     assert plain.info["transfer_rows"] == 0 and more.info["transfer_rows"] == 2
     assert more.info["vocabulary"] > plain.info["vocabulary"], "the transfer texts' tokens are kept"
+
+
+def test_the_cut_vocabulary_keeps_the_unlabelled_texts_tokens_and_never_the_validation_texts(trained):
+    """Validation texts' tokens are not kept (the choice scores the student on unseen words as serving
+    does); ``vocab_texts`` (``compress.vocab_rows``) are, and the distillation is the same."""
+    cfg, splits, result = trained
+    index = {lab: i for i, lab in enumerate(result.labels)}
+    y_train = np.array([index[v] for v in splits.train["label"]])
+    c = CompressConfig(student_layers=1, prune_heads=0.5, prune_ffn=0.75, distill_epochs=1, importance_batches=2)
+    rare = ["zygomorphic xylophone", "quixotic jellyfish"]
+
+    def make(val_texts, vocab=()):
+        return make_student(result.model, result.tokenizer, splits.train["text"].tolist(), y_train, val_texts,
+                            np.zeros(len(val_texts), dtype=np.int64), c, cfg.train, cfg.model.max_length, "cpu",
+                            cfg.seed, vocab_texts=vocab)
+
+    plain = make(splits.val["text"].tolist()[:2])
+    assert make(rare).info["vocabulary"] == plain.info["vocabulary"], "validation texts add no token"
+    more = make(splits.val["text"].tolist()[:2], rare)
+    assert more.info["vocabulary"] > plain.info["vocabulary"]
+    assert [h["distill_loss"] for h in more.history] == pytest.approx([h["distill_loss"] for h in plain.history], rel=1e-4)

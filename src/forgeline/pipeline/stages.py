@@ -263,7 +263,7 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
     task, spec = get_task(cfg.task), spec_of(trained)
     budget = cmp.Budget.of(task, c)
     texts, pairs = splits.test["text"].tolist(), pairs_of(splits.test)
-    held_out, transfer = _unsampled(cfg, splits)
+    held_out, transfer, vocab = _unsampled(cfg, splits)
     val = pd.concat([splits.val, held_out]) if len(held_out) else splits.val  # the choice's validation rows
     rows = {"test": (texts, pairs), "val": (val["text"].tolist(), pairs_of(val))}
     y = task.y(splits.test["label"], spec)
@@ -314,7 +314,7 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
     variants += _precisions("teacher", exported.path, teacher_proba, env, calibration, scored, onnx_proba, problems)
 
     student: dict[str, float] = {}
-    distill = _distiller(env, trained, splits, transfer)
+    distill = _distiller(env, trained, splits, transfer, val, vocab)
     plots: dict[str, Path | None] = {}
     found = None
     if c.student and c.search_trials:
@@ -355,35 +355,44 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
 
 
 def _unsampled(cfg: PipelineConfig, splits: Splits):
-    """(held-out validation rows, transfer texts): ``compress.validation_rows`` then
-    ``compress.distill_transfer_rows`` rows of the source outside the sample and its splits, disjoint."""
+    """(held-out validation rows, transfer texts, vocabulary texts): ``compress.validation_rows``,
+    ``compress.distill_transfer_rows`` then ``compress.vocab_rows`` rows of the source outside the sample
+    and its splits, disjoint."""
     from forgeline.data.load import unsampled_rows
 
     c = cfg.compress
-    want = c.validation_rows + c.distill_transfer_rows
+    want = c.validation_rows + c.distill_transfer_rows + c.vocab_rows
     extra = (unsampled_rows(cfg.data, [splits.train, splits.val, splits.test], want, cfg.seed, get_task(cfg.task))
              if want else splits.val.iloc[:0])
-    return extra.iloc[: c.validation_rows], extra.iloc[c.validation_rows :]
+    transfer_end = c.validation_rows + c.distill_transfer_rows
+    return extra.iloc[: c.validation_rows], extra.iloc[c.validation_rows : transfer_end], extra.iloc[transfer_end:]
 
 
-def _distiller(env: Env, trained: TrainResult, splits: Splits, transfer=None):
+def _distiller(env: Env, trained: TrainResult, splits: Splits, transfer=None, val=None, vocab=None):
     """(compress settings, tracker) -> the structurally pruned, distilled student of ``trained`` on the
-    run's splits (and the ``transfer`` frame's texts), its distillation curve logged to ``tracker``."""
+    run's splits (and the ``transfer`` frame's texts; the ``vocab`` frame's tokens kept), its distillation
+    curve logged to ``tracker``. Its
+    best epoch is chosen on ``val`` (default: the validation split), the rows the compression choice
+    uses: on seed 44's default preset the 300-row split picked epoch 2 of 3 (1.43 pt under the teacher
+    on 1,800 rows), the 1,800 rows picked epoch 3 (0.92 pt under; 0.69 on test)."""
     from forgeline.training.distill import make_student
 
     cfg = env.cfg
     task, spec = get_task(cfg.task), spec_of(trained)
     transfer = None if transfer is None or not len(transfer) else transfer
+    val = splits.val if val is None else val
 
     def distill(c, tracker: Tracker):
         return make_student(trained.model, trained.tokenizer, splits.train["text"].tolist(),
-                            task.train_y(splits.train["label"], spec), splits.val["text"].tolist(),
-                            task.y(splits.val["label"], spec), c, cfg.train, cfg.model.max_length,
+                            task.train_y(splits.train["label"], spec), val["text"].tolist(),
+                            task.y(val["label"], spec), c, cfg.train, cfg.model.max_length,
                             resolve_device(cfg.train.device), cfg.seed,
                             log=lambda m, step: tracker.metrics(m, step=step), task=task,
-                            train_pairs=pairs_of(splits.train), val_pairs=pairs_of(splits.val),
+                            train_pairs=pairs_of(splits.train), val_pairs=pairs_of(val),
                             transfer=() if transfer is None else transfer["text"].tolist(),
-                            transfer_pairs=None if transfer is None else pairs_of(transfer))
+                            transfer_pairs=None if transfer is None else pairs_of(transfer),
+                            vocab_texts=() if vocab is None else vocab["text"].tolist(),
+                            vocab_pairs=None if vocab is None else pairs_of(vocab))
     return distill
 
 

@@ -207,11 +207,13 @@ def make_student(teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str]
                  max_length: int, device: str, seed: int,
                  log: Callable[[dict[str, float], int], None] | None = None, task=None,
                  train_pairs: Sequence[str] | None = None, val_pairs: Sequence[str] | None = None,
-                 transfer: Sequence[str] = (), transfer_pairs: Sequence[str] | None = None) -> Student:
+                 transfer: Sequence[str] = (), transfer_pairs: Sequence[str] | None = None,
+                 vocab_texts: Sequence[str] = (), vocab_pairs: Sequence[str] | None = None) -> Student:
     """Structured pruning of ``teacher`` by importance on training batches, then distillation.
     ``train_y``: targets as the task's loss takes them; ``val_y``: as its metrics take them.
     ``transfer``: unlabelled texts distilled on too, the teacher's prediction as their hard label
-    (``compress.distill_transfer_rows``; single-label).
+    (``compress.distill_transfer_rows``; single-label). ``vocab_texts``: unlabelled texts whose tokens the
+    cut vocabulary keeps too (``compress.vocab_rows``).
     Raises ``PruningError`` for a target the model cannot take."""
     from forgeline.tasks import get_task
     from forgeline.training import prune
@@ -246,8 +248,10 @@ def make_student(teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str]
         ids, train_y = ids + extra, np.concatenate([np.asarray(train_y), pseudo.numpy().astype(np.asarray(train_y).dtype)])
     info: dict[str, float] = {k: float(v) for k, v in plan.describe().items()}
     if cfg.prune_vocab and tokenizer.unk_token_id is not None:
-        keep = prune.used_tokens(ids + encode(tokenizer, val_texts, max_length, val_pairs if sep is not None else None),
-                                 tokenizer.all_special_ids)
+        # the texts it learns from and the source's unlabelled ones, never the validation texts: they score
+        # the student on unseen words as the test rows and served traffic do
+        more = encode(tokenizer, list(vocab_texts), max_length, vocab_pairs if sep is not None else None) if len(vocab_texts) else []
+        keep = prune.used_tokens(ids + more, tokenizer.all_special_ids)
         student = prune.VocabRemap(student, keep, tokenizer.unk_token_id)
     info["transfer_rows"] = float(len(transfer))
     info["vocabulary"] = float(student.config.vocab_size)
