@@ -43,7 +43,7 @@ def test_importance_scores_every_head_and_neuron_without_changing_weights():
 def test_heads_neurons_and_layers_are_really_removed():
     model = tiny_bert()
     plan = pr.plan(pr.importance(model, batches()), layers=2, heads_fraction=0.5, ffn_fraction=0.5)
-    assert plan.layers == [0, 2], "evenly spaced, the last layer kept"
+    assert plan.layers == [1, 2], "the last layer of each of 2 blocks of 1.5 layers"
     assert plan.describe() == {"layers": 2, "heads_per_layer": 2, "ffn_per_layer": 32}
     small = pr.apply(model, plan)
     assert len(small.bert.encoder.layer) == 2 and small.config.num_hidden_layers == 2
@@ -139,3 +139,9 @@ def test_pruned_student_exports_with_smaller_initializers_and_fused_attention(tm
     report = check_parity(small, result.tokenizer, student_onnx, splits.test["text"].tolist(), cfg.model.max_length,
                           cfg.export)
     assert report.ok and report.argmax_agreement == 1.0
+
+
+@pytest.mark.parametrize(("n", "keep", "layers"), [(6, 3, [1, 3, 5]), (6, 2, [2, 5]), (6, 1, [5]), (6, 6, list(range(6))),
+                                                  (6, 9, list(range(6))), (12, 4, [2, 5, 8, 11]), (6, 4, [1, 2, 4, 5])])
+def test_a_student_keeps_the_last_layer_of_each_equal_block_of_the_teachers(n, keep, layers):
+    assert pr.kept_layers(n, keep) == layers

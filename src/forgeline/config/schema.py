@@ -284,7 +284,8 @@ class CompressConfig(_Section):
     vocabulary cut to the tokens the data uses) trained on the teacher's soft targets, exported and
     quantized like the teacher."""
     student_layers: int | None = Field(3, ge=1, le=1000)
-    """Encoder layers the student keeps (evenly spaced, the last always kept); None keeps all."""
+    """Encoder layers the student keeps: the teacher's layers in this many equal blocks, the last of each
+    (6 to 3: layers 1, 3, 5); None keeps all."""
     prune_heads: float = Field(0.5, ge=0.0, lt=1.0)
     """Fraction of the attention heads removed from each kept layer (the least important by Taylor score)."""
     prune_ffn: float = Field(0.5, ge=0.0, lt=1.0)
