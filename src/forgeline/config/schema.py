@@ -292,8 +292,9 @@ class CompressConfig(_Section):
     """Fraction of the FFN neurons removed from each kept layer."""
     prune_vocab: bool = True
     """Keep only embedding rows of tokens seen in the texts the student distils on (the training split and
-    the transfer texts; others map to [UNK]). Not the validation texts: the choice would score the student
-    on words it keeps only because they are in those rows."""
+    the transfer texts) and in ``vocab_rows``; others map to [UNK]. Not the validation texts': the choice
+    would score the student on words it keeps only because they are in those rows (about 0.5 pt of
+    validation macro-F1 on seed 44's default preset)."""
     importance_batches: int = Field(16, ge=1, le=100_000)
     """Training batches the head/neuron importance is summed over."""
     validation_rows: int = Field(0, ge=0, le=BIG)

@@ -241,9 +241,9 @@ def make_student(teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str]
     if len(transfer):  # after the importance batches, which need the training split's labels
         extra = encode(tokenizer, list(transfer), max_length, transfer_pairs if sep is not None else None)
         # one teacher pass gives the soft targets, the kept layer outputs and the transfer texts' hard labels
-        keep = cfg.distill_hidden_weight > 0 and keeps_states(teacher, ids + extra, plan.layers)
+        with_states = cfg.distill_hidden_weight > 0 and keeps_states(teacher, ids + extra, plan.layers)
         teacher_out = teacher_outputs(teacher, ids + extra, tokenizer.pad_token_id, device, tcfg.eval_batch_size, sep,
-                                      plan.layers if keep else ())
+                                      plan.layers if with_states else ())
         pseudo = teacher_out.logits[len(ids):].argmax(-1)
         ids, train_y = ids + extra, np.concatenate([np.asarray(train_y), pseudo.numpy().astype(np.asarray(train_y).dtype)])
     info: dict[str, float] = {k: float(v) for k, v in plan.describe().items()}
