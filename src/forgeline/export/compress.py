@@ -8,11 +8,11 @@ device the fastest variant within the accuracy budgets; ``choose_bundle`` marks 
 (each device's default; with ``compress.bundle=all`` the teacher and the Pareto front too).
 
 Measured on the default preset (2-core CPU, batch 32 × 64 tokens, interleaved rounds, three seeds;
-benchmarks/results/compression-cpu-seeds-2026-12-02.json): the student (3 layers, 6 heads, 768 FFN
-neurons, an 11K-token vocabulary) in dynamic INT8 ran 2.5-2.75× faster than the teacher's dynamic INT8
-at 7.7 MB where it was within the budget (two seeds of three). Static INT8 (QDQ) was slower than
-dynamic on this CPU (teacher: 209 vs 127 ms in one run) because QDQ has no quantized Attention: every
-variant is measured, none assumed."""
+benchmarks/results/compression-cpu-seeds-2026-12-03.json): the student (3 layers, 6 heads, 768 FFN
+neurons, a 16.8K-token vocabulary) in dynamic INT8 was the CPU default on every seed, 2.49-2.62× faster
+than the teacher's dynamic INT8 at 9.8 MB. Static INT8 (QDQ) was slower than dynamic on this CPU
+(teacher: 209 vs 127 ms in one run) because QDQ has no quantized Attention: every variant is measured,
+none assumed."""
 
 from __future__ import annotations
 

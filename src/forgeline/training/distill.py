@@ -98,9 +98,14 @@ def teacher_outputs(teacher: torch.nn.Module, ids: list[list[int]], pad_id: int,
     return TeacherOutputs(logits, states)
 
 
-def keeps_states(teacher: torch.nn.Module, ids: list[list[int]], layers: Sequence[int]) -> bool:
-    """Whether the teacher's outputs of ``layers`` over ``ids`` fit in ``HIDDEN_CACHE_BYTES``."""
-    return sum(len(x) for x in ids) * len(layers) * teacher.config.hidden_size * 4 <= HIDDEN_CACHE_BYTES
+def states_to_keep(teacher: torch.nn.Module, ids: list[list[int]], layer_map: Sequence[int] | None,
+                   cfg: CompressConfig) -> Sequence[int]:
+    """The teacher layers whose outputs are kept from one pass over ``ids``: ``layer_map`` when the
+    layer-output loss is on and they fit in ``HIDDEN_CACHE_BYTES``, else none."""
+    if not layer_map or cfg.distill_hidden_weight <= 0:
+        return ()
+    fits = sum(len(x) for x in ids) * len(layer_map) * teacher.config.hidden_size * 4 <= HIDDEN_CACHE_BYTES
+    return layer_map if fits else ()
 
 
 def _state_batch(states: list[torch.Tensor], idx: np.ndarray, width: int) -> list[torch.Tensor]:
@@ -145,9 +150,9 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: 
     pad, sep, spec = tokenizer.pad_token_id, sep_id_of(teacher), output_spec_of(teacher)
     lengths = [len(x) for x in ids]
     hidden = bool(layer_map) and cfg.distill_hidden_weight > 0
-    keep = hidden and keeps_states(teacher, ids, layer_map)
+    keep = states_to_keep(teacher, ids, layer_map, cfg)
     if teacher_out is None or (keep and teacher_out.states is None):
-        teacher_out = teacher_outputs(teacher, ids, pad, device, tcfg.eval_batch_size, sep, layer_map if keep else ())
+        teacher_out = teacher_outputs(teacher, ids, pad, device, tcfg.eval_batch_size, sep, keep)
     soft, kept = teacher_out.logits, teacher_out.states if keep else None
     targets = batch_targets(train_y)
     optimizer = _optimizer(student, tcfg.model_copy(update={"learning_rate": cfg.distill_learning_rate}))
@@ -241,9 +246,8 @@ def make_student(teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str]
     if len(transfer):  # after the importance batches, which need the training split's labels
         extra = encode(tokenizer, list(transfer), max_length, transfer_pairs if sep is not None else None)
         # one teacher pass gives the soft targets, the kept layer outputs and the transfer texts' hard labels
-        with_states = cfg.distill_hidden_weight > 0 and keeps_states(teacher, ids + extra, plan.layers)
         teacher_out = teacher_outputs(teacher, ids + extra, tokenizer.pad_token_id, device, tcfg.eval_batch_size, sep,
-                                      plan.layers if with_states else ())
+                                      states_to_keep(teacher, ids + extra, plan.layers, cfg))
         pseudo = teacher_out.logits[len(ids):].argmax(-1)
         ids, train_y = ids + extra, np.concatenate([np.asarray(train_y), pseudo.numpy().astype(np.asarray(train_y).dtype)])
     info: dict[str, float] = {k: float(v) for k, v in plan.describe().items()}
