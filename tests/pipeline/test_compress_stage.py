@@ -42,7 +42,12 @@ def test_student_variants_are_measured_and_the_fastest_within_budget_is_served(p
     cpu = next(s for s in table["selections"] if s["device"] == "cpu")
     eligible = [v for v in table["variants"] if v["within_budget"] and v["parity"].get("ok", 1.0)
                 and v["name"] in ("fp32", "int8", "int8_static", "pruned", "student", "student_int8", "student_int8_static")]
-    assert cpu["variant"] == min(eligible, key=lambda v: v["latency"]["cpu"]["p50_b32_ms"])["name"]
+    # the fastest, or a smaller one timed within compress.latency_tie (0.1) of it: on this loaded machine the
+    # tiny model's student and student_int8 time within a few per cent of each other
+    p50 = {v["name"]: v["latency"]["cpu"]["p50_b32_ms"] for v in eligible}
+    size = {v["name"]: v["size_bytes"] for v in eligible}
+    tied = {n for n in p50 if p50[n] <= min(p50.values()) * 1.1}
+    assert cpu["variant"] in tied and size[cpu["variant"]] == min(size[n] for n in tied)
     assert run.data.tags["compress.default.cpu"] == cpu["variant"]
     artifacts = {a.path for a in client.list_artifacts(first["run_id"], "compression")}
     assert {"compression/variants.json", "compression/variants.md", "compression/pareto-cpu.png"} <= artifacts
