@@ -43,6 +43,26 @@ def test_cpu_sessions_leave_skip_layernorm_and_bias_gelu_unfused(tmp_path, train
     assert create_session(exported, device="cpu").get_providers() == [CPU_EP]
 
 
+def test_sessions_timed_side_by_side_park_their_threads(exported):
+    """A serving session's threads spin between calls (faster batch-1 calls); the sessions that
+    compress.measure_latency times side by side park theirs, so one does not take the cores from the
+    next (benchmarks/latency_interference.py)."""
+    def spins(session):
+        opts = session.get_session_options()
+        try:
+            return opts.get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # unset: onnxruntime's default, spinning
+            return "default"
+
+    assert spins(create_session(exported, device="cpu")) == "default"
+    assert spins(create_session(exported, device="cpu", spin=False)) == "0"
+    # the parked session computes the same logits
+    ids = np.array([[101, 2023, 102, 0]], dtype=np.int64)
+    mask = (ids != 0).astype(np.int64)
+    assert np.array_equal(run_logits(create_session(exported, device="cpu"), ids, mask),
+                          run_logits(create_session(exported, device="cpu", spin=False), ids, mask))
+
+
 def test_cuda_graph_runner_needs_cuda(exported):
     from forgeline.inference.runtime import CudaGraphRunner, cuda_available
 

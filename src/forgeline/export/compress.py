@@ -386,12 +386,17 @@ def measure_latency(paths: dict[str, Path], device: str, ids: Sequence[Sequence[
     """p50 latency (ms) of each ONNX file at batch 1 and batch 32 × ``max_length`` tokens on ``device``.
 
     All sessions are open at once and timed in interleaved rounds (one batch-32 call and ``b1_calls``
-    batch-1 calls of each variant per round), so load on a shared machine hits every variant alike."""
+    batch-1 calls of each variant per round), so load on a shared machine hits every variant alike.
+    Their thread pools do not spin between calls: with spinning, the threads of the session just timed
+    kept the 2 CPU cores busy while the next one ran, and seed 44's student INT8 timed 52 ms at batch
+    32 against 24 ms alone, its teacher's INT8 127 against 91 ms (2.42x where a lone session serves
+    3.75x). Parked, each times as it does alone at batch 32 (within 2 %); batch 1 then includes the
+    threads' wake-up, about 0.35 ms that a lone spinning session does not pay."""
     import time
 
     from forgeline.inference.runtime import create_session
 
-    sessions = {name: create_session(path, device=device) for name, path in paths.items()}
+    sessions = {name: create_session(path, device=device, spin=False) for name, path in paths.items()}
     shapes = {32: latency_batch(ids, 32, max_length), 1: latency_batch(ids, 1, max_length)}
     feeds = {b: {"input_ids": x, "attention_mask": m} for b, (x, m) in shapes.items()}
     times: dict[str, dict[int, list[float]]] = {name: {1: [], 32: []} for name in sessions}
