@@ -9,7 +9,7 @@ device the fastest variant within the accuracy budgets; ``choose_bundle`` marks 
 
 Measured on the default preset (2-core CPU, batch 32 × 64 tokens, interleaved rounds, three seeds;
 benchmarks/results/compression-cpu-seeds-2026-12-03.json): the student (3 layers, 6 heads, 768 FFN
-neurons, a 16.8K-token vocabulary) in dynamic INT8 was the CPU default on every seed, 2.49-2.62× faster
+neurons, a 16.8K-token vocabulary) in dynamic INT8 was the CPU default on every seed, 3.40-3.64× faster
 than the teacher's dynamic INT8 at 9.8 MB. Static INT8 (QDQ) was slower than dynamic on this CPU
 (teacher: 209 vs 127 ms in one run) because QDQ has no quantized Attention: every variant is measured,
 none assumed."""
