@@ -388,10 +388,11 @@ def measure_latency(paths: dict[str, Path], device: str, ids: Sequence[Sequence[
     All sessions are open at once and timed in interleaved rounds (one batch-32 call and ``b1_calls``
     batch-1 calls of each variant per round), so load on a shared machine hits every variant alike.
     Their thread pools do not spin between calls: with spinning, the threads of the session just timed
-    kept the 2 CPU cores busy while the next one ran, and seed 44's student INT8 timed 52 ms at batch
-    32 against 24 ms alone, its teacher's INT8 127 against 91 ms (2.42x where a lone session serves
-    3.75x). Parked, each times as it does alone at batch 32 (within 2 %); batch 1 then includes the
-    threads' wake-up, about 0.35 ms that a lone spinning session does not pay."""
+    kept the 2 CPU cores busy while the next one ran, and seed 44's student INT8 timed 51.6 ms at batch
+    32 against 27.2 ms alone, its teacher's INT8 127.5 against 91.2 ms (2.47x where a lone session serves
+    3.36x; benchmarks/results/compression-cpu-latency-interference-2026-12-03.json). Parked, side-by-side
+    timing agrees with a lone session within 3 % at batch 32; batch 1 then includes the threads' wake-up,
+    about 0.35 ms that a lone spinning session does not pay."""
     import time
 
     from forgeline.inference.runtime import create_session
