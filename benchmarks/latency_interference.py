@@ -13,7 +13,8 @@ one process:
 - ``alone``: each model in its own block of calls after an untimed one, spinning: what a serving process
   with one session sees.
 
-The ratio teacher INT8 / student INT8 of each way is the speed-up the stage would report.
+The ratio teacher INT8 / student INT8 of each way is the speed-up the stage would report. Also the
+student INT8 alone at batch 1, spinning against parked (what parking costs a lone serving session).
 """
 
 from __future__ import annotations
@@ -74,10 +75,22 @@ def main() -> None:
             for n, s in sessions[True].items():
                 s.run(None, feed)  # untimed: whatever ran before has stopped spinning
                 times["alone"][n].extend(timed(s) for _ in range(a.calls))
+        one_row = {k: v[:1] for k, v in feed.items()}
+        b1: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(a.rounds):
+            for spin in (True, False):
+                s = sessions[spin]["student_int8"]
+                s.run(None, one_row)
+                for _ in range(20):
+                    t0 = time.perf_counter()
+                    s.run(None, one_row)
+                    b1[spin].append((time.perf_counter() - t0) * 1e3)
     p50 = {m: {n: round(float(np.median(v)), 2) for n, v in t.items()} for m, t in times.items()}
     out = {"date": time.strftime("%Y-%m-%d"), "workdir": str(a.workdir), "machine": platform.processor() or platform.machine(),
            "shape": [32, 64], "rounds": a.rounds, "p50_ms": p50,
-           "speedup_student_int8_vs_teacher_int8": {m: round(t["teacher_int8"] / t["student_int8"], 3) for m, t in p50.items()}}
+           "speedup_student_int8_vs_teacher_int8": {m: round(t["teacher_int8"] / t["student_int8"], 3) for m, t in p50.items()},
+           "student_int8_alone_b1_p50_ms": {"spinning": round(float(np.median(b1[True])), 3),
+                                            "parked": round(float(np.median(b1[False])), 3)}}
     print(json.dumps(out, indent=2))
     if a.out:
         a.out.write_text(json.dumps(out, indent=2) + "\n")

@@ -392,7 +392,7 @@ def measure_latency(paths: dict[str, Path], device: str, ids: Sequence[Sequence[
     32 against 27.2 ms alone, its teacher's INT8 127.5 against 91.2 ms (2.47x where a lone session serves
     3.36x; benchmarks/results/compression-cpu-latency-interference-2026-12-03.json). Parked, side-by-side
     timing agrees with a lone session within 3 % at batch 32; batch 1 then includes the threads' wake-up,
-    about 0.35 ms that a lone spinning session does not pay."""
+    about 0.5 ms that a lone spinning session does not pay."""
     import time
 
     from forgeline.inference.runtime import create_session
