@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from forgeline.bench.harness import time_fn
 from forgeline.export.compress import quantize_int8
 from forgeline.inference.runtime import create_session
 
@@ -63,28 +64,21 @@ def main() -> None:
         times: dict[str, dict[str, list[float]]] = {m: {n: [] for n in paths}
                                                     for m in ("side_by_side_spinning", "side_by_side_parked", "alone")}
 
-        def timed(s) -> float:
-            t0 = time.perf_counter()
-            s.run(None, feed)
-            return (time.perf_counter() - t0) * 1e3
+        def timed(s, rows: dict, warmup: int = 0, calls: int = 1) -> list[float]:
+            return time_fn(lambda: s.run(None, rows), lambda: None, warmup, calls)
 
         for _ in range(a.rounds):
             for spin, mode in ((True, "side_by_side_spinning"), (False, "side_by_side_parked")):
                 for n, s in sessions[spin].items():
-                    times[mode][n].append(timed(s))
+                    times[mode][n] += timed(s, feed)
             for n, s in sessions[True].items():
-                s.run(None, feed)  # untimed: whatever ran before has stopped spinning
-                times["alone"][n].extend(timed(s) for _ in range(a.calls))
+                # one untimed call first: whatever ran before has stopped spinning
+                times["alone"][n] += timed(s, feed, warmup=1, calls=a.calls)
         one_row = {k: v[:1] for k, v in feed.items()}
         b1: dict[bool, list[float]] = {True: [], False: []}
         for _ in range(a.rounds):
             for spin in (True, False):
-                s = sessions[spin]["student_int8"]
-                s.run(None, one_row)
-                for _ in range(20):
-                    t0 = time.perf_counter()
-                    s.run(None, one_row)
-                    b1[spin].append((time.perf_counter() - t0) * 1e3)
+                b1[spin] += timed(sessions[spin]["student_int8"], one_row, warmup=1, calls=20)
     p50 = {m: {n: round(float(np.median(v)), 2) for n, v in t.items()} for m, t in times.items()}
     out = {"date": time.strftime("%Y-%m-%d"), "workdir": str(a.workdir), "machine": platform.processor() or platform.machine(),
            "shape": [32, 64], "rounds": a.rounds, "p50_ms": p50,

@@ -43,9 +43,9 @@ def create_session(path: str | Path, device: str = "auto", threads: int | None =
     ``cuda_graph`` captures the whole model as one CUDA graph on the first run; every later run must
     bind inputs and output at the same device addresses and shapes (see ``CudaGraphRunner``).
     ``spin=False``: the intra-op threads park as soon as a call ends instead of spinning for the next
-    one. A lone serving session spins (the student INT8 at batch 1: 0.96 ms against 1.49 ms parked, 2-core CPU); sessions
-    timed side by side must not, or each one's spinning threads take the cores from the next
-    (``compress.measure_latency``)."""
+    one. A lone serving session spins (the student INT8 at batch 1: 0.96 ms against 1.49 ms parked,
+    2-core CPU); sessions timed side by side must not, or each one's spinning threads take the cores
+    from the next (``compress.measure_latency``)."""
     import onnxruntime as ort
 
     use_cuda = device == "cuda" or (device == "auto" and cuda_available())

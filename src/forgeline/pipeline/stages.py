@@ -372,8 +372,9 @@ def _distiller(env: Env, trained: TrainResult, splits: Splits, transfer: pd.Data
                vocab: pd.DataFrame):
     """(compress settings, tracker) -> the structurally pruned, distilled student of ``trained`` on the
     run's splits (and the ``transfer`` frame's texts; the ``vocab`` frame's tokens kept), its distillation
-    curve logged to ``tracker``. Its best epoch is chosen on ``val``, the rows the compression choice uses: on seed 44's default preset the split's 300 rows picked epoch 2 of
-    3, which the choice's 1,800 rows score 0.3 pt under epoch 3."""
+    curve logged to ``tracker``. Its best epoch is chosen on ``val``, the rows the compression choice
+    uses: on seed 44's default preset the split's 300 rows picked epoch 2 of 3, which the choice's 1,800
+    rows score 0.3 pt under epoch 3."""
     from forgeline.training.distill import make_student
 
     cfg = env.cfg
