@@ -44,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="your own file (CSV/TSV/JSONL/Parquet/xlsx) on the generic preset: columns and task inferred and printed")
     run.add_argument("--text-column", default=None, help="with --data: the column holding the texts")
     run.add_argument("--label-column", default=None, help="with --data: the target column (labels, label lists or numbers)")
-    run.add_argument("--text-pair-column", default=None, help="with --data: a second text per row (text pairs)")
+    run.add_argument("--text-pair-column", default=None, help="with --data: a second text per row (text pairs; "
+                     "inferred from names such as text_pair, sentence2, text_b, question/context)")
+    run.add_argument("--no-pairs", dest="pairs", action="store_false",
+                     help="with --data: one text per row even where a column is named as a second text")
     tune = sub.add_parser("tune", parents=config,
                           help="hyperparameter search (Optuna): trials as child runs, the best one through the gate")
     tune.add_argument("--trials", type=int, default=None, help="trials in the study in all (tune.trials)")
@@ -183,8 +186,10 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
         raw = read_table(dataset_path(probe), probe, check_columns=False)
         if pair is not None and pair not in raw.columns:
             raise ConfigError(f"--text-pair-column {pair!r} is not a column of {args.data}; the columns are {list(map(str, raw.columns))[:20]}")
-        found = infer(raw, Path(args.data), args.text_column, args.label_column, exclude=(pair,) if pair else ())
-    sets = found.overrides(args.data, pair)
+        said_pair = any(o.startswith("data.text_pair_column=") for o in args.overrides)  # theirs, as given
+        found = infer(raw, Path(args.data), args.text_column, args.label_column, pair,
+                      getattr(args, "pairs", True) and not said_pair)
+    sets = found.overrides(args.data)
     told = [o.split("=", 1)[0] for o in args.overrides]
     if "registry.model_name" not in told:  # one registered model per file name, not one shared name
         stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(args.data).name.split(".")[0])[:200]
@@ -192,8 +197,9 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
     if "task.type" in told:  # the user's word wins over the inference
         sets = [s for s in sets if not s.startswith("task.type=")]
         found.why = [w for w in found.why if not w.startswith("task ")]
-    print("forgeline: " + "; ".join(found.why) + ". Override with --text-column, --label-column, --set task.type=...",
-          file=sys.stderr)
+    how = ("--set task.type=..." if found.task == "token_classification" else
+           "--text-column, --text-pair-column, --label-column, --set task.type=...")
+    print("forgeline: " + "; ".join(found.why) + f". Override with {how}", file=sys.stderr)
     return sets
 
 

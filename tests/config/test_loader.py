@@ -36,6 +36,15 @@ def test_bad_value_names_key_and_override():
     assert "'train.epochs'" in str(e.value) and "--set train.epochs=zero" in str(e.value)
 
 
+@pytest.mark.parametrize("item", ["train.epochs=true", "train.learning_rate=no", "registry.min_gain_over_chance=false",
+                                  "data.min_rows_per_class=yes"])
+def test_a_boolean_for_a_number_is_refused(item):
+    """Found by the reliability probe: pydantic reads true as 1, so `--set train.epochs=true` trained one epoch."""
+    with pytest.raises(ConfigError, match="is a boolean; this key takes a number"):
+        load_config("tiny", [item])
+    assert load_config("tiny", ["compress.student=true", "train.epochs=2"]).train.epochs == 2  # booleans stay booleans
+
+
 def test_out_of_range_value():
     with pytest.raises(ConfigError, match="data.max_invalid_fraction"):
         load_config("tiny", ["data.max_invalid_fraction=1.5"])

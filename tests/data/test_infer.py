@@ -18,9 +18,9 @@ from forgeline.errors import ConfigError, DataLoadError
 from forgeline.tasks import get_task
 
 
-def args(data, *sets, **columns):
+def args(data, *sets, pairs=True, **columns):
     return argparse.Namespace(data=str(data), config=None, overrides=list(sets), text_column=columns.get("text"),
-                              label_column=columns.get("label"), text_pair_column=columns.get("pair"))
+                              label_column=columns.get("label"), text_pair_column=columns.get("pair"), pairs=pairs)
 
 
 def test_columns_and_task_are_inferred_and_said(tmp_path, capsys):
@@ -111,3 +111,56 @@ def test_forgeline_run_data_on_a_conll_file_trains_token_classification(tmp_path
     assert "task token_classification: a CoNLL file" in capsys.readouterr().err
     data = cfg.data.model_copy(update={"min_rows_per_class": 1})
     assert len(load_and_validate(data, tmp_path / "out", task=get_task(cfg.task)).valid) == 2
+
+
+def _pair_file(path, first="text", second="text_pair"):
+    """A pair file whose first texts repeat (a question asked of many answers): read on its first text
+    alone, most of its rows are duplicates."""
+    n = 60
+    pd.DataFrame({first: [f"what do people think of thing {i % 6}?" for i in range(n)],
+                  second: [f"an answer that is {'good' if i % 2 else 'bad'}, number {i}" for i in range(n)],
+                  "label": ["positive" if i % 2 else "negative" for i in range(n)]}).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("first,second", [("text", "text_pair"), ("sentence1", "sentence2"), ("question", "context"),
+                                          ("premise", "hypothesis"), ("Text_A", "Text_B")])
+def test_a_pair_file_is_recognised_by_its_column_names_and_said(tmp_path, capsys, first, second):
+    """Found by the reliability probe: a `text,text_pair,label` CSV (Hugging Face's names) trained on `text`
+    alone, quarantined half its rows as duplicates and failed without a word about the second column."""
+    f = _pair_file(tmp_path / "pairs.csv", first, second)
+    cfg = load_config("generic", data_overrides(args(f)))
+    assert (cfg.data.text_column, cfg.data.text_pair_column, cfg.data.label_column) == (first, second, "label")
+    said = capsys.readouterr().err
+    assert f"text pair columns {first!r} and {second!r}" in said and "--text-pair-column" in said
+    result = load_and_validate(cfg.data.model_copy(update={"min_rows_per_class": 5}), tmp_path / "out",
+                               task=get_task("single_label"))
+    assert result.report["quarantined_rows"] == 0 and "text_pair" in result.valid.columns
+
+
+def test_one_text_is_kept_when_asked_and_the_duplicates_message_names_the_second_text(tmp_path, capsys):
+    f = _pair_file(tmp_path / "pairs.csv", "text", "reply")  # a name no pair convention uses
+    cfg = load_config("generic", data_overrides(args(f)))
+    assert cfg.data.text_pair_column is None
+    with pytest.raises(Exception, match=r"Column 'reply' holds texts too.*--text-pair-column reply") as err:
+        load_and_validate(cfg.data, tmp_path / "out", task=get_task("single_label"))
+    assert "duplicate_text" in str(err.value)
+    named = _pair_file(tmp_path / "named.csv")
+    assert load_config("generic", data_overrides(args(named, pairs=False))).data.text_pair_column is None
+    assert load_config("generic", data_overrides(args(named, pair="text_pair"))).data.text_pair_column == "text_pair"
+    with pytest.raises(DataLoadError, match="--text-pair-column 'nope' is not a column"):
+        infer(pd.read_csv(named), "f", None, None, "nope")
+
+
+def test_labels_differing_only_in_case_are_named_and_can_be_merged(tmp_path):
+    """Found by the reliability probe: "Computers" and " computers" became two classes, and the message that
+    followed ("2 of 24 classes below data.min_rows_per_class") did not say why."""
+    f = tmp_path / "topics.csv"
+    labels = ["computers"] * 20 + ["Computers"] * 3 + [" computers"] * 2 + ["sports"] * 25
+    pd.DataFrame({"text": [f"a text about topic number {i}" for i in range(50)], "label": labels}).to_csv(f, index=False)
+    cfg = DataConfig(source="file", path=str(f), min_rows_per_class=5)
+    with pytest.raises(Exception, match=r"'Computers' and 'computers'.*data.label_case=lower merges them"):
+        load_and_validate(cfg, tmp_path / "out", task=get_task("single_label"))
+    merged = load_and_validate(cfg.model_copy(update={"label_case": "lower"}), tmp_path / "out2",
+                               task=get_task("single_label"))
+    assert merged.labels == ["computers", "sports"] and merged.report["rows_per_class"]["computers"] == 25

@@ -367,3 +367,59 @@ def test_a_version_whose_files_were_replaced_is_loaded_nowhere(mlflow_uri, bundl
     _flip(next(stored.rglob("model.onnx")))
     assert find_registered(client, "m", "key-1") is None
     assert "do not match the digest" in client.get_model_version("m", reg.version).tags[DAMAGED_TAG]
+
+
+@pytest.mark.parametrize("alias", ["challenger", "champion"])
+def test_a_damaged_version_is_replaced_by_the_next_run_not_reused(mlflow_uri, bundle, alias):
+    """Found by the reliability probe: a cached ONNX file shared by hard link with a registered version was
+    damaged; the next run tagged the version damaged but ``earlier_peer`` reused it anyway. At challenger
+    every later run then exited 1 (ArtifactIntegrityError); at champion every later run said "nothing
+    registered" while @champion pointed at a version that cannot load, and doctor saw nothing."""
+    from forgeline.pipeline.doctor import DoctorReport, doctor
+    from forgeline.registry.client import CACHE_KEY_TAG, DAMAGED_TAG, find_registered
+    from forgeline.registry.register import EvalRows, load_version, register_and_gate
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_registry_uri(mlflow_uri)
+    client = MlflowClient(mlflow_uri, mlflow_uri)
+    exp = client.get_experiment_by_name("t") or client.get_experiment(client.create_experiment("t"))
+    files, labels = bundle
+    f1 = 0.52 if alias == "challenger" else 0.9  # two classes: 0.52 is not 0.05 above chance
+
+    def same_run():
+        run = client.create_run(exp.experiment_id)
+        reg = register_and_gate(client, run.info.run_id, RegistryConfig(model_name="m", f1_tolerance=0.01), files,
+                                {"labels": labels, "max_length": 32, "variants": ["fp32"]},
+                                {"test_macro_f1": f1, "test_accuracy": f1},
+                                {"data_fingerprint": "abc", CACHE_KEY_TAG: "key-1"}, True, ["great ride", "awful trip"],
+                                eval_rows=EvalRows(["a great ride", "an awful trip"] * 5, [labels[-1], labels[0]] * 5))
+        client.set_terminated(run.info.run_id)
+        return reg
+
+    first = same_run()
+    assert first.aliases == [alias] and find_registered(client, "m", "key-1") == first.version
+    assert doctor(client).damaged_versions == []
+    stored = Path(client.get_model_version_download_uri("m", first.version).removeprefix("file://"))
+    _flip(next(stored.rglob("model.onnx")))
+
+    assert find_registered(client, "m", "key-1") is None  # the rerun's reuse check: tagged, passed over
+    second = same_run()
+    assert second.version != first.version, "the damaged version was reused"
+    assert str(client.get_model_version_by_alias("m", alias).version) == second.version
+    assert load_version("m", second.version).labels == labels  # the alias points at a version that loads
+    if alias == "champion":
+        assert "could not be loaded" in second.decision.champion_problem
+    assert DAMAGED_TAG in client.get_model_version("m", first.version).tags
+    lines = doctor(client).damaged_versions
+    assert len(lines) == 1 and lines[0].startswith(f"m v{first.version}: ") and "model.onnx changed" in lines[0], lines
+    assert find_registered(client, "m", "key-1") == second.version  # a third run reuses the good one
+    assert same_run().version == second.version
+
+    # a champion damaged in place, found by nobody yet: doctor checks aliased versions and names it
+    stored = Path(client.get_model_version_download_uri("m", second.version).removeprefix("file://"))
+    _flip(next(stored.rglob("model.onnx")))
+    report = doctor(client)
+    named = [line for line in report.damaged_versions if line.startswith(f"m v{second.version} (@{alias})")]
+    assert named and f"moves @{alias} to it" in named[0], report.damaged_versions
+    assert any(line.startswith("damaged model version m v") for line in report.lines())
+    assert DoctorReport().lines() == ["nothing to repair"]

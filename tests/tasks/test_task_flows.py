@@ -59,12 +59,25 @@ def multi_label_rows() -> pd.DataFrame:
 
 def pair_rows() -> pd.DataFrame:
     """Single-label on text pairs: a neutral question as the text, the sentence as the pair; the label is
-    the pair's sentiment (the model must read the second segment)."""
+    the pair's sentiment (the model must read the second segment). Columns as Hugging Face names them
+    (``text``, ``text_pair``): the run takes them as `forgeline run --data` infers them."""
     df = rows()
     rng = random.Random(1)
-    questions = [f"what do people say about {t}? #{rng.randint(0, 99)}" for t in df["thing"]]
-    return pd.DataFrame({"question": questions, "answer": df["text"],
+    questions = [f"what do people say about {t}? #{rng.randint(0, 9)}" for t in df["thing"]]  # texts repeat
+    return pd.DataFrame({"text": questions, "text_pair": df["text"],
                          "label": np.where(df["positive"], "positive", "negative")})
+
+
+def inferred(data: Path) -> list[str]:
+    """The columns and task `forgeline run --data FILE` infers for ``data``."""
+    import argparse
+
+    from forgeline.cli import data_overrides
+
+    sets = data_overrides(argparse.Namespace(data=str(data), config=None, overrides=[], text_column=None,
+                                             label_column=None, text_pair_column=None, pairs=True))
+    return [s for s in sets if s.split("=")[0] in ("data.text_column", "data.text_pair_column", "data.label_column",
+                                                   "task.type")]
 
 
 CASES = {
@@ -72,7 +85,7 @@ CASES = {
                                      "compress.student_layers=1", "compress.fp16=true"]),
     "multi_label": (multi_label_rows, ["task.type=multi_label", "data.labels=null", "data.label_delimiter='|'",
                                        "compress.student=true", "compress.student_layers=1"]),
-    "pairs": (pair_rows, ["data.text_column=question", "data.text_pair_column=answer"]),
+    "pairs": (pair_rows, []),  # the pair columns as --data infers them (below)
 }
 PROBE = ["the ride is wonderful and amazing", "the app is awful and dreadful"]
 
@@ -104,6 +117,9 @@ def test_a_task_end_to_end(case, prefect_api, tiny, tmp_path):
     build, sets = CASES[case]
     data = tmp_path / "data.csv"
     build().to_csv(data, index=False)
+    if case == "pairs":
+        sets = inferred(data)
+        assert 'data.text_pair_column="text_pair"' in sets, sets
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = flow_overrides(tmp_path, data, *tiny, "train.epochs=4", *sets)
 

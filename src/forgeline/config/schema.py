@@ -16,10 +16,37 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from forgeline.data.corpora import CORPORA
 
 
+def _admits(annotation: object, kinds: tuple[type, ...]) -> bool:
+    """Whether a field's annotation (unions, Annotated, containers' own type aside) names one of ``kinds``."""
+    from typing import Any, get_args, get_origin
+
+    if annotation is Any or annotation in kinds:
+        return True
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _admits(get_args(annotation)[0], kinds)
+    if origin is Literal:
+        return any(isinstance(a, kinds) for a in get_args(annotation))
+    if origin in (list, dict, tuple, set):
+        return False
+    return any(_admits(a, kinds) for a in get_args(annotation))
+
+
 class _Section(BaseModel):
     # allow_inf_nan=False: YAML's .inf / .nan are refused for every float key (a NaN threshold compares
     # false with everything and would silently switch a check off)
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: object, info) -> object:
+        """YAML's true/false/yes/no for a number key: pydantic reads them as 1 and 0 (``--set train.epochs=true``
+        trained one epoch)."""
+        if isinstance(value, bool) and info.field_name:
+            annotation = cls.model_fields[info.field_name].annotation
+            if _admits(annotation, (int, float)) and not _admits(annotation, (bool,)):
+                raise ValueError(f"{str(value).lower()} is a boolean; this key takes a number")
+        return value
 
 
 BIG = 1_000_000_000
@@ -92,6 +119,9 @@ class DataConfig(_Section):
     """multi_label, CSV: the string that separates a row's labels in one cell (e.g. ``|``)."""
     labels: list[str] | None = None
     """Allowed label set; rows with another label are quarantined. None: inferred from the data."""
+    label_case: Literal["keep", "lower"] = "keep"
+    """``lower``: labels read in lower case, so "Computers" and "computers" are one class (surrounding
+    spaces are always stripped)."""
     slice_columns: list[str | int] = Field(default_factory=list)
     """Further columns (e.g. ``source``, ``language``) whose values become slices of the gate's
     per-slice table: each value's accuracy for the champion and the new version (``registry.max_slice_drop``)."""

@@ -21,7 +21,15 @@ from forgeline.errors import DataLoadError
 TEXT_NAMES = ("text", "sentence", "review", "content", "body", "description", "comment", "message", "tweet", "document")
 TARGET_NAMES = ("label", "labels", "target", "class", "category", "sentiment", "tags", "topic", "score", "rating",
                 "stars", "grade", "priority", "confidence", "y")
-PAIR_NAMES = ("text_pair", "text_b", "sentence2", "hypothesis", "document", "passage", "answer", "evidence")
+PAIRS = (("text", "text_pair"), ("text_a", "text_b"), ("sentence1", "sentence2"), ("sentence_a", "sentence_b"),
+         ("premise", "hypothesis"), ("question", "context"), ("query", "passage"), ("query", "document"),
+         ("question", "answer"), ("claim", "evidence"), ("text1", "text2"))
+"""(first, second) column names of a text pair as datasets name them (Hugging Face's tokenizer calls the
+second ``text_pair``; GLUE's sentence1/sentence2, SQuAD's question/context): a file with both columns is
+read as pairs. A user's pair file named this way trained on its first text alone, and half its rows were
+then quarantined as duplicates."""
+SECOND_NAMES = tuple(dict.fromkeys(second for _, second in PAIRS if second not in ("answer", "document")))
+"""Second-text names that mean a pair beside any text column ("answer" and "document" only with their first)."""
 REGRESSION_MIN_DISTINCT = 20
 """A numeric target with at least this many distinct values is read as a regression target; fewer are
 class labels (star ratings 1-5, 0/1 flags)."""
@@ -33,12 +41,13 @@ class Inferred:
     label_column: str
     task: str
     why: list[str] = field(default_factory=list)
+    pair_column: str | None = None
 
-    def overrides(self, path: str, pair_column: str | None = None) -> list[str]:
+    def overrides(self, path: str) -> list[str]:
         sets = ["data.source=file", f"data.path={json.dumps(str(path))}", f"data.text_column={json.dumps(self.text_column)}",
                 f"data.label_column={json.dumps(self.label_column)}", f"task.type={self.task}"]
-        if pair_column is not None:
-            sets.append(f"data.text_pair_column={json.dumps(pair_column)}")
+        if self.pair_column is not None:
+            sets.append(f"data.text_pair_column={json.dumps(self.pair_column)}")
         return sets
 
 
@@ -57,16 +66,16 @@ def task_of(col: pd.Series) -> tuple[str, str]:
     values → regression; anything else → single_label."""
     cells = col.dropna()
     if not len(cells):
-        return "single_label", "the column is empty"
+        return "single_label", "empty"
     lists = cells.map(lambda v: isinstance(v, (list, tuple, np.ndarray))
                       or (isinstance(v, str) and v.strip().startswith("[") and v.strip().endswith("]")))
     if lists.mean() > 0.5:
-        return "multi_label", "its cells are lists"
+        return "multi_label", "cells are lists"
     numbers = pd.to_numeric(cells.map(lambda v: v.strip() if isinstance(v, str) else v), errors="coerce")
     distinct = int(numbers.nunique())
     if numbers.notna().mean() > 0.95 and distinct >= REGRESSION_MIN_DISTINCT:
-        return "regression", f"its cells are numbers with {distinct} distinct values"
-    return "single_label", f"{int(cells.map(str).nunique())} distinct values"
+        return "regression", f"cells are numbers ({distinct} distinct values)"
+    return "single_label", f"holds {int(cells.map(str).nunique())} distinct values"
 
 
 def token_file(path: Path, cfg) -> str | None:
@@ -91,16 +100,36 @@ def token_file(path: Path, cfg) -> str | None:
     return None
 
 
+def pair_of(columns: list, text: str | None) -> tuple[str, str] | None:
+    """(first, second) text columns named as a pair (``PAIRS``), the first being ``text`` when it is given."""
+    lower = {str(c).lower(): c for c in columns}
+    for first, second in PAIRS:
+        if first in lower and second in lower and (text is None or lower[first] == text):
+            return lower[first], lower[second]
+    if text is not None:
+        second = next((lower[n] for n in SECOND_NAMES if n in lower and lower[n] != text), None)
+        return (text, second) if second is not None else None
+    return None
+
+
 def infer(raw: pd.DataFrame, path: Path, text_column: str | None, label_column: str | None,
-          exclude: tuple[str, ...] = ()) -> Inferred:
-    """The text and target columns (given ones are checked, missing ones inferred) and the task type."""
+          pair_column: str | None = None, pairs: bool = True) -> Inferred:
+    """The text and target columns (given ones are checked, missing ones inferred), a second text column
+    when the file names one (``pair_column`` given, or found by ``PAIRS``; ``pairs=False``: none) and the
+    task type."""
     # identifiers are neither texts nor targets
-    columns = [c for c in raw.columns if c not in exclude and str(c).lower() not in ("id", "index") and not str(c).lower().endswith("_id")]
-    for given, what in ((text_column, "--text-column"), (label_column, "--label-column")):
+    columns = [c for c in raw.columns if c != pair_column and str(c).lower() not in ("id", "index")
+               and not str(c).lower().endswith("_id")]
+    for given, what in ((text_column, "--text-column"), (label_column, "--label-column"), (pair_column, "--text-pair-column")):
         if given is not None and given not in raw.columns:
             raise DataLoadError(f"{path}: {what} {given!r} is not a column; the columns are {list(map(str, raw.columns))[:20]}")
     why: list[str] = []
     text = text_column
+    if pair_column is None and pairs and (named := pair_of([c for c in columns if c != label_column], text_column)):
+        if all(_mean_length(raw[c]) >= 0 for c in named):  # both hold strings
+            text, pair_column = named
+            columns = [c for c in columns if c != pair_column]
+            why.append(f"text pair columns {text!r} and {pair_column!r}: by their names (--no-pairs for one text)")
     if text is None:
         text = _named(columns, TEXT_NAMES)
         if text is None:
@@ -124,5 +153,5 @@ def infer(raw: pd.DataFrame, path: Path, text_column: str | None, label_column: 
             raise DataLoadError(f"{path}: cannot tell which of {list(map(str, rest))[:20]} is the target; name it with "
                                 "--label-column")
     task, reason = task_of(raw[label])
-    why.append(f"task {task}: the target column's {reason}")
-    return Inferred(str(text), str(label), task, why)
+    why.append(f"task {task}: target column {reason}")
+    return Inferred(str(text), str(label), task, why, None if pair_column is None else str(pair_column))

@@ -376,7 +376,7 @@ def _target_checks(cfg: DataConfig, task) -> list[pa.Check]:
     checks = [pa.Check(lambda s, r=reason: ~s.map(lambda v: isinstance(v, Problem) and v.reason == r).astype(bool), name=reason)
               for reason in task.reasons]
     if cfg.labels and task.has_classes:
-        allowed = set(cfg.labels)
+        allowed = {fold_label(lab, cfg) for lab in cfg.labels}
 
         def known(v: Any) -> bool:
             if isinstance(v, Problem):
@@ -429,7 +429,7 @@ def validate_frame(raw: pd.DataFrame, cfg: DataConfig, task=None,
     work = pd.DataFrame(
         {
             "text": raw[cfg.text_column].map(as_text).astype(object),
-            "label": raw[cfg.label_column].map(lambda v: task.parse_target(v, cfg.label_delimiter)).astype(object),
+            "label": raw[cfg.label_column].map(lambda v: fold_label(task.parse_target(v, cfg.label_delimiter), cfg)).astype(object),
         },
         index=raw.index,
     )
@@ -483,6 +483,42 @@ def validate_frame(raw: pd.DataFrame, cfg: DataConfig, task=None,
                 lambda v: v.encode("utf-8", "surrogatepass").decode("utf-8", "replace") if isinstance(v, str) else v
             )
     return valid, quarantine, reasons
+
+
+def fold_label(target: Any, cfg: DataConfig) -> Any:
+    """A parsed target in lower case under ``data.label_case=lower`` (labels or tuples of labels; numbers
+    and refusals pass)."""
+    if cfg.label_case != "lower":
+        return target
+    if isinstance(target, str):
+        return target.lower()
+    if isinstance(target, tuple) and all(isinstance(t, str) for t in target):
+        return tuple(sorted({t.lower() for t in target}))
+    return target
+
+
+def case_twins(labels: list[str]) -> list[list[str]]:
+    """Groups of labels that differ only in case ("Computers", "computers")."""
+    groups: dict[str, list[str]] = {}
+    for lab in labels:
+        groups.setdefault(str(lab).casefold(), []).append(str(lab))
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _second_text_hint(raw: pd.DataFrame, cfg: DataConfig, counts: dict[str, int]) -> str:
+    """Where duplicates are most of what was refused and another column holds texts: the rows may be pairs
+    (a pair file read on its first text alone repeats that text, and half its rows were refused)."""
+    if cfg.text_pair_column is not None or "duplicate_text" not in counts or counts["duplicate_text"] < max(counts.values()):
+        return ""
+    used = {cfg.text_column, cfg.label_column, *cfg.slice_columns}
+    for column in raw.columns:
+        cells = raw[column].dropna()
+        if column in used or not len(cells) or cells.map(lambda v: isinstance(v, str)).mean() < 0.9:
+            continue
+        if cells.map(str).nunique() > 0.5 * len(cells) and cells.map(len).mean() >= 10:
+            return (f". Column {column!r} holds texts too: if each row is a pair of texts, read them as pairs with "
+                    f"--text-pair-column {column} (--set data.text_pair_column={column})")
+    return ""
 
 
 def stripped_labels(raw: pd.Series) -> int:
@@ -574,7 +610,8 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
         for r in rs:
             counts[r] = counts.get(r, 0) + 1
     invalid_fraction = len(quarantine) / len(raw)
-    labels = task.labels_from(valid["label"], cfg.labels) if task.has_classes else [str(cfg.label_column)]
+    declared = list(dict.fromkeys(fold_label(lab, cfg) for lab in cfg.labels)) if cfg.labels else None
+    labels = task.labels_from(valid["label"], declared) if task.has_classes else [str(cfg.label_column)]
     per_class = task.rows_per_class(valid["label"], labels)
     if task.has_classes:
         small = {lab: per_class.get(lab, 0) for lab in labels if per_class.get(lab, 0) < cfg.min_rows_per_class}
@@ -591,6 +628,7 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
             f"{len(quarantine)} of {len(raw)} rows ({invalid_fraction:.1%}) failed validation, above "
             f"data.max_invalid_fraction={cfg.max_invalid_fraction:.1%} (reasons: "
             + ", ".join(f"{r} {n}" for r, n in top[:5]) + (", …" if len(top) > 5 else "") + ")"
+            + _second_text_hint(raw, cfg, counts)
         )
     if task.has_classes and len(labels) < task.min_labels:
         problems.append(
@@ -603,6 +641,8 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
             f"{len(small)} of {len(labels)} classes below data.min_rows_per_class={cfg.min_rows_per_class}: "
             + ", ".join(f"{k!r} has {v}" for k, v in list(small.items())[:10])
             + (f", and {len(small) - 10} more (is data.label_column {cfg.label_column!r} the label?)" if len(small) > 10 else "")
+            + (f". Labels that differ only in case are separate classes: {', '.join(' and '.join(map(repr, g)) for g in twins[:3])}; "
+               "--set data.label_case=lower merges them" if (twins := case_twins(labels)) else "")
         )
     final = valid
     if not problems and cfg.sample_rows and len(valid) > cfg.sample_rows:

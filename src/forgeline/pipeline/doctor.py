@@ -51,11 +51,14 @@ class DoctorReport:
     """RUNNING runs owned by another host (or recording no owner): left alone."""
     removed_versions: list[str] = field(default_factory=list)
     """``name vN`` of incomplete versions deleted, with their logged model's files."""
+    damaged_versions: list[str] = field(default_factory=list)
+    """A line per version whose files fail their digest: which, its aliases, why, and what replaces it."""
 
     def lines(self) -> list[str]:
         out = [f"marked KILLED (its process is gone): run {r}" for r in self.stale_runs]
         out += [f"left alone (running elsewhere or owner unknown): run {r}" for r in self.elsewhere]
         out += [f"deleted incomplete model version {v}" for v in self.removed_versions]
+        out += [f"damaged model version {v}" for v in self.damaged_versions]
         return out or ["nothing to repair"]
 
 
@@ -100,10 +103,41 @@ def remove_incomplete_versions(client: MlflowClient, report: DoctorReport, workd
     return report
 
 
+def find_damaged_versions(client: MlflowClient, report: DoctorReport) -> DoctorReport:
+    """Versions already tagged ``DAMAGED_TAG``, and every version an alias points at checked against its
+    digest now (a damaged champion is what serving and the gate would load). Reported, not deleted: the
+    next run registers a good version under the same key and the gate moves the alias to it."""
+    import tempfile
+
+    from forgeline.inference.contract import ArtifactIntegrityError
+    from forgeline.registry.client import DAMAGED_TAG, download_verified
+
+    for model in client.search_registered_models(max_results=1000):
+        for mv in client.search_model_versions(f"name='{model.name}'"):
+            full = client.get_model_version(model.name, mv.version)  # search results carry no aliases
+            why = (full.tags or {}).get(DAMAGED_TAG)
+            if why is None and full.aliases and (full.tags or {}).get(COMPLETE_TAG) != "false":
+                try:
+                    with tempfile.TemporaryDirectory(prefix="forgeline-doctor-") as tmp:
+                        download_verified(client, model.name, str(mv.version), Path(tmp))
+                except ArtifactIntegrityError as e:
+                    why = str(e)[:500]
+                    client.set_model_version_tag(model.name, str(mv.version), DAMAGED_TAG, why)
+                except (MlflowException, OSError) as e:  # its files are gone: as unusable, said as such
+                    why = f"its files cannot be read ({type(e).__name__}: {str(e)[:200]})"
+            if why is None:
+                continue
+            held = ", ".join(f"@{a}" for a in full.aliases)
+            fix = (f"the next `forgeline run` registers a good version and moves {held} to it" if full.aliases
+                   else "never reused; `forgeline gc --keep-versions N` deletes it")
+            report.damaged_versions.append(f"{model.name} v{mv.version}{f' ({held})' if held else ''}: {why[:300]}; {fix}")
+    return report
+
+
 def doctor(client: MlflowClient, workdir: Path | None = None) -> DoctorReport:
     experiments = [e.experiment_id for e in client.search_experiments()]
     report = mark_stale_runs(client, experiments)
-    return remove_incomplete_versions(client, report, workdir)
+    return find_damaged_versions(client, remove_incomplete_versions(client, report, workdir))
 
 
 # --- a copied or moved workdir -----------------------------------------------------------------------

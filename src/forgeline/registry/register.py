@@ -38,7 +38,7 @@ from mlflow.tracking import MlflowClient
 from forgeline.config.schema import RegistryConfig
 from forgeline.errors import RegistryError
 from forgeline.inference.contract import CHECKSUMS_KEY, META_FILE, file_sha256
-from forgeline.registry.client import (CACHE_KEY_TAG, CHALLENGER, CHAMPION, COMPLETE_TAG, bundle_tags,
+from forgeline.registry.client import (CACHE_KEY_TAG, CHALLENGER, CHAMPION, COMPLETE_TAG, DAMAGED_TAG, bundle_tags,
                                        current_champion, download_verified, is_complete,
                                        load_verified)
 from forgeline.registry.card import CardContext, model_card
@@ -126,8 +126,15 @@ def load_version(name: str, version: str):
     passed the digest recorded at registration."""
     import mlflow
 
-    return load_verified(MlflowClient(mlflow.get_tracking_uri(), mlflow.get_registry_uri()), name, version,
-                         {"device": "cpu"})
+    from forgeline.inference.contract import ArtifactIntegrityError
+
+    client = MlflowClient(mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    try:
+        return load_verified(client, name, version, {"device": "cpu"})
+    except ArtifactIntegrityError as e:  # marked, so no later run reuses it and `forgeline doctor` names it
+        with contextlib.suppress(MlflowException):
+            client.set_model_version_tag(name, version, DAMAGED_TAG, str(e)[:500])
+        raise
 
 
 @dataclass
@@ -340,11 +347,14 @@ killed run (``forgeline doctor`` removes it), not a registration in progress: no
 
 def earlier_peer(client: MlflowClient, name: str, key: str, version: str, wait_s: float = PEER_WAIT_S) -> str | None:
     """The lowest-numbered complete version below ``version`` with cache key ``key``, waiting for one
-    that is still registering; None when there is none (this version stays)."""
+    that is still registering; None when there is none (this version stays). A version tagged
+    ``DAMAGED_TAG`` is no peer: the run that found it damaged registers this one to replace it (reusing
+    it made every later run fail on its files, or keep a champion that cannot load)."""
     deadline = time.monotonic() + wait_s
     while True:
         peers = [mv for mv in client.search_model_versions(f"name='{name}'")
-                 if int(mv.version) < int(version) and (mv.tags or {}).get(CACHE_KEY_TAG) == key]
+                 if int(mv.version) < int(version) and (mv.tags or {}).get(CACHE_KEY_TAG) == key
+                 and DAMAGED_TAG not in (mv.tags or {})]
         done = sorted(int(mv.version) for mv in peers if is_complete(mv.tags))
         if done:
             return str(done[0])

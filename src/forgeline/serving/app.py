@@ -451,6 +451,16 @@ def guarded_protocol(cfg: ServeConfig, metrics):
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     said: dict[str, tuple[float, int]] = {}
+    pending: dict[str, str] = {}
+    """reason → the latest message not yet said: a burst's summary is written when its 10 s are up, not
+    when the next rejection happens to arrive (29 s late in the probe)."""
+
+    def flush(reason: str) -> None:
+        message = pending.pop(reason, None)
+        last, count = said.get(reason, (0.0, 0))
+        if message is not None and count:
+            log.warning("closed %d more connection(s) in the last 10 s: %s", count, message)
+            said[reason] = (time.monotonic(), 0)
 
     def note(reason: str, message: str) -> None:
         metrics.rejected.labels(reason).inc()
@@ -461,6 +471,9 @@ def guarded_protocol(cfg: ServeConfig, metrics):
             said[reason] = (now, 0)
         else:
             said[reason] = (last, count + 1)
+            if reason not in pending:
+                asyncio.get_running_loop().call_later(10.0 - (now - last), flush, reason)
+            pending[reason] = message
 
     class Guarded(HttpToolsProtocol):
         def connection_made(self, transport) -> None:
