@@ -92,3 +92,79 @@ def test_gc_trims_the_cache_failed_runs_and_unaliased_versions(prefect_api, tmp_
 
     assert main(["gc", *sets, "--keep-versions", "-1"]) == 2
     assert "--keep-versions must be 0 or more" in capsys.readouterr().err
+
+
+OWNER = """
+import sys, time
+from pathlib import Path
+from mlflow.tracking import MlflowClient
+from forgeline.pipeline.doctor import Heartbeat, owner_tags
+client = MlflowClient(sys.argv[1], sys.argv[1])
+exp = client.get_experiment(client.create_experiment("forgeline", artifact_location=sys.argv[3]))
+run = client.create_run(exp.experiment_id, tags=owner_tags())
+scratch = Path(sys.argv[2]) / run.info.run_id
+scratch.mkdir(parents=True)
+(scratch / "checkpoint.bin").write_bytes(b"x" * 5_000_000)
+Heartbeat(client, run.info.run_id).__enter__()
+print(run.info.run_id, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.faults
+def test_gc_alone_marks_a_killed_run_and_frees_its_scratch_and_says_what_holds_the_space(tmp_path, capsys, monkeypatch):
+    """Found by the reliability probe: a SIGKILLed run's scratch folder stayed until `doctor` with
+    keep_failed_runs=0, and gc's report put its 56 MB on the cache. gc now runs the stale-run sweep: a run
+    whose process is gone from this host, or whose heartbeat lapsed on another, is marked KILLED and its
+    scratch removed; a run on another host that still beats is left alone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from forgeline.pipeline.doctor import HEARTBEAT_EVERY_TAG, HEARTBEAT_TAG, HOST_TAG, PID_TAG
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    state = tmp_path / "state"
+    runs = state / "runs"
+    uri = f"sqlite:///{state / 'mlflow.db'}"
+    runs.mkdir(parents=True)
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, uri, str(runs), (state / "mlartifacts").as_uri()],
+                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, FORGELINE_HEARTBEAT_S="0.5"))
+    killed = owner.stdout.readline().strip()
+    client = MlflowClient(uri, uri)
+    first = client.get_run(killed).data.tags[HEARTBEAT_TAG]
+    deadline = time.time() + 30
+    while client.get_run(killed).data.tags[HEARTBEAT_TAG] == first:  # it beats
+        assert time.time() < deadline
+        time.sleep(0.2)
+    exp = client.get_experiment_by_name("forgeline").experiment_id
+    now = time.time()
+
+    def elsewhere(beat_age_s: float) -> str:  # a run of a machine this one cannot see the processes of
+        run = client.create_run(exp, tags={PID_TAG: "1", HOST_TAG: "another-machine", HEARTBEAT_TAG: f"{now - beat_age_s:.0f}",
+                                           HEARTBEAT_EVERY_TAG: "30"})
+        (runs / run.info.run_id).mkdir()
+        (runs / run.info.run_id / "part.bin").write_bytes(b"y" * 1_000_000)
+        return run.info.run_id
+
+    lapsed, beating = elsewhere(3600), elsewhere(5)
+    sets = ["--set", f"tracking.workdir={state}"]
+    assert main(["gc", *sets]) == 0
+    out = capsys.readouterr().out
+    assert client.get_run(killed).info.status == "RUNNING" and (runs / killed).is_dir(), "a live owner's run stays"
+    assert f"marked KILLED (its process is gone or stopped beating): run {lapsed}" in out
+    assert f"removed the scratch folder of killed run {lapsed} (1.0 MB)" in out
+    assert client.get_run(lapsed).info.status == "KILLED" and not (runs / lapsed).exists()
+
+    owner.send_signal(signal.SIGKILL)
+    owner.wait(30)
+    assert main(["gc", *sets]) == 0  # with the default tracking.keep_failed_runs (3), no doctor
+    out = capsys.readouterr().out
+    assert client.get_run(killed).info.status == "KILLED" and not (runs / killed).exists(), out
+    assert f"marked KILLED (its process is gone or stopped beating): run {killed}" in out
+    assert f"removed the scratch folder of killed run {killed} (5.0 MB)" in out
+    assert client.get_run(beating).info.status == "RUNNING" and (runs / beating).is_dir()
+    held = re.search(r"held by: (.*)", out).group(1)
+    assert "run scratch 1.0 MB" in held and "stage cache" not in held, held  # the cache is empty: not blamed
+    assert f"run scratch {beating}: RUNNING, 1.0 MB" in out

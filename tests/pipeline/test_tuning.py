@@ -120,37 +120,39 @@ def test_two_worker_processes_share_one_study_on_sqlite_with_the_right_total(pre
 
 
 @pytest.mark.e2e
-def test_a_killed_workers_trial_is_marked_failed_and_the_study_goes_on(prefect_api, tiny, tmp_path, sentiment_csv):
-    import time
+def test_a_sigkilled_tune_leaves_its_trial_failed_and_its_run_killed_after_the_next_tune(prefect_api, tiny, tmp_path,
+                                                                                        sentiment_csv):
+    """Found by the reliability probe: `forgeline tune` SIGKILLed during a trial, then run again, finished
+    with the right total but its summary kept the killed trial RUNNING (the next tune came before three
+    missed heartbeats) and the trial's MLflow child run stayed RUNNING for good. The worker's process is
+    gone from this host: the next tune fails the trial at once and marks its run KILLED."""
+    from prefect.settings import PREFECT_API_URL
+
+    from forgeline.settings import FAILPOINT_ENV
 
     space = {"train.learning_rate": {"type": "float", "low": 1.0e-3, "high": 6.0e-3, "log": True}}
     overrides = flow_overrides(tmp_path, sentiment_csv, *tiny, "train.epochs=1", f"tune.space={json.dumps(space)}",
-                               "tune.trials=2", "tune.study=k", "tune.heartbeat_s=1", "compress.student=false")
-    (tmp_path / "state").mkdir(exist_ok=True)
+                               "tune.trials=2", "tune.study=k", "compress.student=false")
+    env = dict(os.environ, **{FAILPOINT_ENV: "train.checkpoint:kill", "PREFECT_API_URL": PREFECT_API_URL.value()})
+    env.pop("MLFLOW_TRACKING_URI", None)
+    killed = subprocess.run([sys.executable, "-m", "forgeline", "tune", "--config", "tiny",
+                             *sum((["--set", o] for o in overrides), [])], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
     storage = f"sqlite:///{tmp_path / 'state' / 'optuna.db'}"
-    worker = f"""
-import time
-from forgeline.config.loader import load_config
-from forgeline.pipeline.tuning import open_study
-study = open_study(load_config("tiny", {overrides!r}), {storage!r}, "k", True)
-trial = study.ask()
-study._storage.record_heartbeat(trial._trial_id)
-print("running", trial.number, flush=True)
-time.sleep(600)
-"""
-    proc = subprocess.Popen([sys.executable, "-c", worker], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().split() == ["running", "0"]
-    finally:
-        proc.kill()  # SIGKILL: no chance to mark its trial
-        proc.wait()
-    time.sleep(3.5)  # three missed beats
-    from forgeline.pipeline.tuning import fail_stale_studies
+    (stuck,) = optuna.load_study(study_name="k", storage=storage).trials
+    assert stuck.state.name == "RUNNING"
 
-    # `forgeline doctor` marks it (the next worker to open the study would too)
-    assert fail_stale_studies(load_config("tiny", overrides), tmp_path / "state") == [
-        "study k: trial(s) [0] of a stopped worker marked failed"]
-    result = tuning_flow(config="tiny", overrides=overrides)
+    result = tuning_flow(config="tiny", overrides=overrides)  # well within tune.heartbeat_s (30 s) of the kill
     trials = sorted(optuna.load_study(study_name="k", storage=storage).trials, key=lambda t: t.number)
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]  # the killed one counts in the total
+    assert result["states"] == {"fail": 1, "complete": 1}, result["states"]
     assert result["best"]["number"] == 1 and result["pipeline"]["version"] == "1"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    run = client.get_run(stuck.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and "stale" in run.data.tags["forgeline.error"]
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.info.status == "FINISHED"  # resumed by the second tune, which owned and ended it
+    running = client.search_runs([parent.info.experiment_id], "attributes.status = 'RUNNING'")
+    assert running == [], [r.info.run_id for r in running]

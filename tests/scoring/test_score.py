@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from mlflow.tracking import MlflowClient
 import pytest
 
 from forgeline.errors import ConfigError, DataLoadError, DiskFullError
@@ -154,7 +155,15 @@ def test_sigkill_mid_job_then_rerun_scores_each_row_exactly_once(tmp_path, scori
         assert proc.wait(60) != 0
     done = len(list((out / "_manifest").glob("part-*.json")))
     assert 20 <= done < 240, done  # killed mid-job
+    client = MlflowClient(uri, uri)
+    scoring = client.get_experiment_by_name("forgeline-scoring").experiment_id
+    # the probe: a SIGKILLed job's run stayed RUNNING for good, and doctor said "owner unknown"; each job's
+    # start marks the ones before it whose process is gone
+    (last,) = client.search_runs([scoring], "attributes.status = 'RUNNING'")
     assert _job(uri, inputs, out).wait(300) == 0
+    statuses = [r.info.status for r in client.search_runs([scoring], order_by=["attributes.start_time ASC"])]
+    assert statuses == ["FINISHED", "KILLED", "KILLED", "KILLED", "FINISHED"], statuses  # reference, 3 stopped, rerun
+    assert "stale" in client.get_run(last.info.run_id).data.tags["forgeline.error"]
 
     got = read_scores(out)
     assert len(got) == 2400 and not got.duplicated(["source", "row"]).any()

@@ -39,15 +39,23 @@ def finish_run_dir(run_dir: Path, finished: bool, keep_failed: int) -> None:
     prune_failed_runs(run_dir.parent, keep_failed, spare={run_dir.name} if not finished else set())
 
 
-def mark_failed_runs(runs: Path, run_ids: list[str], keep: int) -> None:
-    """Scratch folders of runs found killed (their process could not mark them): counted as failed."""
+def mark_failed_runs(runs: Path, run_ids: list[str], keep: int) -> list[str]:
+    """Scratch folders of runs found killed (their process could not mark them): removed, since a process
+    killed outright wrote no ``error.log`` and what it left (a half-written checkpoint, an export) is
+    nothing to read; one holding an ``error.log`` counts as failed (``keep``). Kept as failed, a killed
+    run's 56 MB stayed until a ``doctor`` with ``keep_failed_runs=0``. Returns the removed ones."""
     from forgeline.settings import failpoint
 
     failpoint("runs.mark_failed")
+    removed = []
     for run_id in run_ids:
-        if (runs / run_id).is_dir():
-            (runs / run_id / FAILED_MARK).touch()
-    prune_failed_runs(runs, keep)
+        folder = runs / run_id
+        if (folder / "error.log").exists():
+            (folder / FAILED_MARK).touch()
+        elif folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(run_id)
+    return removed + prune_failed_runs(runs, keep)
 
 
 def prune_failed_runs(runs: Path, keep: int, spare: set[str] = frozenset()) -> list[str]:
@@ -75,6 +83,14 @@ class GcReport:
     cache_freed_bytes: int = 0
     cache_bytes: int = 0
     run_dirs: list[str] = field(default_factory=list)
+    killed_runs: list[str] = field(default_factory=list)
+    """Runs the stale-run sweep marked KILLED (their process gone or their heartbeat lapsed)."""
+    killed_dirs: list[str] = field(default_factory=list)
+    """Scratch folders removed of runs killed outright or no longer running: ``run id (MB)``."""
+    holders: dict[str, int] = field(default_factory=dict)
+    """What the workdir's bytes are after gc, by what holds them (each file counted once)."""
+    held_by_runs: list[str] = field(default_factory=list)
+    """The scratch folders still there, with their run's state and size."""
     run_artifacts: list[str] = field(default_factory=list)
     """Runs whose artifacts were deleted: failed or killed ones beyond ``keep_failed_runs``, and those whose
     every registered version was deleted."""
@@ -88,6 +104,8 @@ class GcReport:
     def lines(self) -> list[str]:
         out = [f"cache: removed {len(self.cache_entries)} entries ({self.cache_freed_bytes / 1e6:.1f} MB); "
                f"{self.cache_bytes / 1e6:.1f} MB kept"]
+        out += [f"marked KILLED (its process is gone or stopped beating): run {r}" for r in self.killed_runs]
+        out += [f"removed the scratch folder of killed run {r}" for r in self.killed_dirs]
         out += [f"removed the scratch folder of failed run {r}" for r in self.run_dirs]
         out += [f"deleted the artifacts of run {r}" for r in self.run_artifacts]
         out += [f"deleted model version {v} and its artifacts" for v in self.versions]
@@ -95,6 +113,9 @@ class GcReport:
         out.append(f"workdir: {self.disk_before / 1e6:.1f} MB before, {self.disk_after / 1e6:.1f} MB after"
                    + ("" if self.disk_after < self.disk_before or self.cache_bytes == 0 else
                       " (files shared with the stage cache stay until it lets them go: --cache-max-gb 0)"))
+        if self.holders:
+            out.append("held by: " + ", ".join(f"{what} {n / 1e6:.1f} MB" for what, n in self.holders.items() if n))
+        out += [f"  run scratch {r}" for r in self.held_by_runs]
         return out
 
 
@@ -140,13 +161,91 @@ def collect_garbage(workdir: Path, client: MlflowClient | None, *, cache_max_gb:
     pruned = cache.prune(int(cache_max_gb * 1e9))
     report.cache_entries, report.cache_freed_bytes, report.cache_bytes = (
         pruned.removed_entries, pruned.removed_bytes, pruned.kept_bytes)
-    report.run_dirs = prune_failed_runs(workdir / "runs", keep_failed_runs)
+    runs = workdir / "runs"
+    if client is not None:
+        clear_killed_runs(client, runs, report)
+    report.run_dirs = prune_failed_runs(runs, keep_failed_runs)
     if client is not None:
         delete_failed_run_artifacts(client, workdir, keep_failed_runs, report)
         if keep_versions is not None:
             delete_old_versions(client, keep_versions, report, workdir)
     report.disk_after = disk_bytes(workdir)
+    report.holders = space_holders(workdir)
+    report.held_by_runs = [f"{d.name}: {_run_state(client, d)}, {disk_bytes(d, workdir / 'cache') / 1e6:.1f} MB"
+                           for d in sorted(runs.iterdir())] if runs.is_dir() else []
     return report
+
+
+def _run_state(client: MlflowClient | None, folder: Path) -> str:
+    if (folder / FAILED_MARK).exists():
+        return "failed, kept (tracking.keep_failed_runs)"
+    try:
+        return client.get_run(folder.name).info.status if client is not None else "unknown"
+    except MlflowException:
+        return "no such run"
+
+
+def clear_killed_runs(client: MlflowClient, runs: Path, report: GcReport) -> None:
+    """The stale-run sweep, then the scratch of runs killed outright, and of folders whose run is no longer
+    running yet never marked theirs (killed before this sweep existed, a tune trial's). A SIGKILLed run's
+    56 MB stayed until ``doctor`` with ``keep_failed_runs=0``, and gc's report put them on the cache."""
+    from forgeline.pipeline.doctor import mark_stale_runs
+
+    try:
+        stale = mark_stale_runs(client).stale_runs
+    except MlflowException as e:
+        report.problems.append(f"runs: {e}")
+        return
+    report.killed_runs = list(stale)
+    sizes = {d.name: disk_bytes(d, runs.parent / "cache") for d in runs.iterdir()} if runs.is_dir() else {}
+    removed = set(mark_failed_runs(runs, stale, keep=1 << 30))  # the bound itself is applied by the caller
+    for d in sorted(runs.iterdir()) if runs.is_dir() else []:
+        if d.name in removed or (d / FAILED_MARK).exists() or not d.is_dir():
+            continue
+        try:
+            status = client.get_run(d.name).info.status
+        except MlflowException:
+            status = None
+        if status != "RUNNING":
+            if (d / "error.log").exists():
+                (d / FAILED_MARK).touch()
+            else:
+                shutil.rmtree(d, ignore_errors=True)
+                removed.add(d.name)
+    report.killed_dirs = [f"{r} ({sizes.get(r, 0) / 1e6:.1f} MB)" for r in sorted(removed)]
+
+
+HOLDERS = (("stage cache", "cache"), ("MLflow artifacts", "mlartifacts"), ("run scratch", "runs"),
+           ("traffic logs", "traffic"))
+"""Areas of a workdir as gc reports them, in this order: a file hard-linked from two (a cached ONNX file
+that a registered version also holds) counts for the first."""
+
+
+def space_holders(workdir: Path) -> dict[str, int]:
+    """Bytes on disk under ``workdir`` by what holds them (``HOLDERS``, then the store and the rest)."""
+    counted: set[tuple[int, int]] = set()
+    out: dict[str, int] = {}
+    everything = inode_sizes(workdir) if workdir.is_dir() else {}
+    for what, name in HOLDERS:
+        area = inode_sizes(workdir / name) if (workdir / name).is_dir() else {}
+        out[what] = sum(size for inode, size in area.items() if inode not in counted)
+        counted |= set(area)
+    db = sum(size for inode, size in inode_sizes_of(workdir.glob("*.db*")).items() if inode not in counted)
+    counted |= set(inode_sizes_of(workdir.glob("*.db*")))
+    out["stores (*.db)"] = db
+    out["other"] = sum(size for inode, size in everything.items() if inode not in counted)
+    return out
+
+
+def inode_sizes_of(paths) -> dict[tuple[int, int], int]:
+    out = {}
+    for p in paths:
+        try:
+            st = p.lstat()
+        except OSError:
+            continue
+        out[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+    return out
 
 
 def delete_location(location: str, workdir: Path | None) -> bool:

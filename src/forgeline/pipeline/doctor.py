@@ -2,10 +2,11 @@
 
 A run killed with SIGKILL (or a machine that lost power) cannot end its MLflow run or finish a
 registration. Its run stays RUNNING forever and its model version, if it got that far, stays marked
-``forgeline.complete=false`` (see ``registry.register``). Each run records the process and host that
-own it; a RUNNING run whose process is gone from this host is marked KILLED, and an incomplete
-version whose run is no longer running is deleted. Runs owned by another host are only reported.
-The next ``forgeline run`` marks stale runs itself; ``forgeline doctor`` also removes the versions.
+``forgeline.complete=false`` (see ``registry.register``). Every run forgeline starts (training, tune
+parents and trials, scoring jobs) records the process and host that own it and beats while it lives
+(``HEARTBEAT_TAG``). The sweep (:func:`mark_stale_runs`, run by ``run``, ``tune``, ``score``, ``gc`` and
+``doctor``) marks a RUNNING run KILLED when its process is gone from this host or, on any host, when its
+heartbeat lapsed; an incomplete version whose run is no longer running is deleted by ``doctor``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import contextlib
 import logging
 import os
 import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +31,80 @@ HOST_TAG = "forgeline.host"
 log = logging.getLogger("forgeline")
 
 
+HEARTBEAT_TAG = "forgeline.heartbeat"
+"""Run tag: unix time of the owning process's last beat; ``HEARTBEAT_EVERY_TAG``: its interval."""
+HEARTBEAT_EVERY_TAG = "forgeline.heartbeat_s"
+HEARTBEAT_ENV = "FORGELINE_HEARTBEAT_S"
+LAPSED_BEATS = 3
+"""A run on another host whose heartbeat is older than this many intervals is stale."""
+LAPSED_BEATS_HERE = 10
+"""On this host the process table decides; a lapse this long with the pid alive means the pid was
+reused by another process (or the owner is frozen): stale too."""
+
+
+def heartbeat_interval() -> float:
+    """Seconds between beats: 30, or $FORGELINE_HEARTBEAT_S (tests)."""
+    try:
+        return max(0.2, float(os.environ.get(HEARTBEAT_ENV, "30")))
+    except ValueError:
+        return 30.0
+
+
 def owner_tags() -> dict[str, str]:
-    """Run tags naming the process that owns the run."""
-    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    """Run tags naming the process that owns the run, and its first beat."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), HEARTBEAT_TAG: f"{time.time():.0f}",
+            HEARTBEAT_EVERY_TAG: f"{heartbeat_interval():g}"}
+
+
+class Heartbeat:
+    """Beats for runs this process owns: a daemon thread writing ``HEARTBEAT_TAG`` on each, every
+    :func:`heartbeat_interval` seconds, until :meth:`stop`. A missed beat (a busy store) is retried at
+    the next; only :data:`LAPSED_BEATS` missed in a row make the run look stale to another host."""
+
+    def __init__(self, client: MlflowClient, *run_ids: str) -> None:
+        self.client, self.run_ids = client, list(run_ids)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="forgeline-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        every = heartbeat_interval()
+        while not self._stop.wait(every):
+            for run_id in list(self.run_ids):
+                try:
+                    self.client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
+                except Exception as e:  # noqa: BLE001 - the next beat tries again
+                    log.debug("heartbeat of run %s not written: %s", run_id, e)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def run_is_stale(tags: dict[str, str], host: str | None = None, now: float | None = None) -> bool | None:
+    """Whether a RUNNING run's owner is gone: True (mark it), False (alive), None (nothing tells: no
+    owner on this host and no heartbeat)."""
+    host = host or socket.gethostname()
+    now = time.time() if now is None else now
+    try:
+        beat, every = float(tags[HEARTBEAT_TAG]), float(tags.get(HEARTBEAT_EVERY_TAG, "30"))
+    except (KeyError, ValueError):
+        beat = every = None
+    pid = tags.get(PID_TAG) or ""
+    if tags.get(HOST_TAG) == host and pid.isdigit():
+        if not process_alive(int(pid)):
+            return True
+        return beat is not None and now - beat > LAPSED_BEATS_HERE * every
+    if beat is None:
+        return None
+    return now - beat > LAPSED_BEATS * every
 
 
 def process_alive(pid: int) -> bool:
@@ -46,7 +120,7 @@ def process_alive(pid: int) -> bool:
 @dataclass
 class DoctorReport:
     stale_runs: list[str] = field(default_factory=list)
-    """Runs marked KILLED: RUNNING, owned by a process gone from this host."""
+    """Runs marked KILLED: RUNNING, owned by a process gone from this host or whose heartbeat lapsed."""
     elsewhere: list[str] = field(default_factory=list)
     """RUNNING runs owned by another host (or recording no owner): left alone."""
     removed_versions: list[str] = field(default_factory=list)
@@ -62,19 +136,25 @@ class DoctorReport:
         return out or ["nothing to repair"]
 
 
-def mark_stale_runs(client: MlflowClient, experiment_ids: list[str], report: DoctorReport | None = None) -> DoctorReport:
+def mark_stale_runs(client: MlflowClient, experiment_ids: list[str] | None = None,
+                    report: DoctorReport | None = None) -> DoctorReport:
+    """RUNNING runs of ``experiment_ids`` (None: every experiment) whose owner is gone, marked KILLED."""
     report = report or DoctorReport()
-    host = socket.gethostname()
-    for run in client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", max_results=1000):
+    if experiment_ids is None:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    if not experiment_ids:
+        return report
+    for run in client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", max_results=5000):
         tags = run.data.tags
-        pid = tags.get(PID_TAG)
-        if tags.get(HOST_TAG) != host or not (pid or "").isdigit():
+        stale = run_is_stale(tags)
+        if stale is None:
             report.elsewhere.append(run.info.run_id)
             continue
-        if process_alive(int(pid)):
+        if not stale:
             continue
+        where = f"process {tags.get(PID_TAG, '?')} on {tags.get(HOST_TAG, '?')}"
         client.set_tag(run.info.run_id, "forgeline.error",
-                       f"stale: process {pid} on {host} ended without ending this run (killed); marked KILLED")
+                       f"stale: {where} ended (or stopped beating) without ending this run (killed); marked KILLED")
         client.set_terminated(run.info.run_id, status="KILLED")
         report.stale_runs.append(run.info.run_id)
     if report.stale_runs:
@@ -135,8 +215,7 @@ def find_damaged_versions(client: MlflowClient, report: DoctorReport) -> DoctorR
 
 
 def doctor(client: MlflowClient, workdir: Path | None = None) -> DoctorReport:
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    report = mark_stale_runs(client, experiments)
+    report = mark_stale_runs(client)
     return find_damaged_versions(client, remove_incomplete_versions(client, report, workdir))
 
 

@@ -19,7 +19,7 @@ from forgeline.errors import (DiskFullError, ForgelineError, TrackingUnavailable
                               server_lost)
 from forgeline.pipeline.cache import StageCache
 from forgeline.pipeline.disk import finish_run_dir, mark_failed_runs, share_with_cache
-from forgeline.pipeline.doctor import mark_stale_runs, owner_tags
+from forgeline.pipeline.doctor import Heartbeat, mark_stale_runs, owner_tags
 from forgeline.pipeline.runner import StageRunner
 from forgeline.pipeline.stages import (
     COMPRESS,
@@ -69,7 +69,7 @@ def run_pipeline(cfg: PipelineConfig, parent_run_id: str | None = None,
     mlflow.set_registry_uri(tracking_uri)
     client = open_client(tracking_uri)
     experiment_id = ensure_experiment(client, cfg.tracking, tracking_uri)
-    stale = mark_stale_runs(client, [experiment_id])  # runs an earlier SIGKILL left RUNNING
+    stale = mark_stale_runs(client)  # runs an earlier SIGKILL left RUNNING (trials and scoring jobs too)
     mark_failed_runs(workdir / "runs", stale.stale_runs, cfg.tracking.keep_failed_runs)
     run = client.create_run(experiment_id, run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={"forgeline.config_hash": cfg.config_hash(), "forgeline.model_name": cfg.registry.model_name,
@@ -87,6 +87,7 @@ def run_pipeline(cfg: PipelineConfig, parent_run_id: str | None = None,
     step = StageRunner(cfg, run_dir, tracker, cache)
     status = "FAILED"
     interrupts = _remember_interrupts()
+    beating = Heartbeat(client, run.info.run_id).__enter__()
     try:
         data = step(VALIDATE)
         logger.info("validation: %s valid of %s rows, %s quarantined", data.report["valid_rows"], data.report["rows"],
@@ -127,6 +128,7 @@ def run_pipeline(cfg: PipelineConfig, parent_run_id: str | None = None,
         raise e
     finally:
         interrupts.restore()
+        beating.stop()
         try:
             client.set_terminated(run.info.run_id, status=status)
         except Exception:

@@ -78,9 +78,10 @@ def with_params(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
     return PipelineConfig.model_validate(data)
 
 
-def open_study(cfg: PipelineConfig, storage: str, name: str, higher_is_better: bool):
+def open_study(cfg: PipelineConfig, storage: str, name: str, higher_is_better: bool, client=None):
     """The study, created or resumed; one made for another space, task or data is refused. An
-    unreachable storage is a ``ConfigError`` naming it."""
+    unreachable storage is a ``ConfigError`` naming it. Trials of a worker that is gone are failed
+    (``fail_stale``; with ``client``, their MLflow runs marked KILLED)."""
     import optuna
 
     seed = cfg.tune.seed if cfg.tune.seed is not None else cfg.seed
@@ -112,23 +113,42 @@ def open_study(cfg: PipelineConfig, storage: str, name: str, higher_is_better: b
         raise ConfigError(f"study {name!r} in {_shown_url(storage)} was made for another {' and '.join(what)} "
                           f"({json.dumps({k: theirs.get(k) for k in what})[:400]}); give this search its own name "
                           "(--study NAME) or delete that study")
-    if failed := fail_stale(study):
-        log.warning("study %s: trial(s) %s of a worker that stopped beating marked failed; the study goes on",
-                    name, failed)
+    if failed := fail_stale(study, client):
+        log.warning("study %s: trial(s) %s of a worker that is gone marked failed; the study goes on", name, failed)
     return study
 
 
-def fail_stale(study) -> list[int]:
-    """RUNNING trials of a killed worker (no heartbeat for 3 beats) marked failed; their numbers."""
+WORKER_ATTR = "forgeline.worker"
+"""Trial user attribute: ``<host>:<pid>`` of the process running it."""
+
+
+def fail_stale(study, client=None) -> list[int]:
+    """RUNNING trials of a killed worker marked failed, their numbers: a worker on this host whose process is
+    gone at once, any other when its heartbeat lapsed (3 beats). A SIGKILLed trial stayed RUNNING in the
+    next study's summary when the next ``tune`` came within those beats. With ``client``, each one's MLflow
+    child run is marked KILLED too (it stayed RUNNING for good)."""
     import optuna
 
-    def running() -> set[int]:
-        return {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+    from forgeline.pipeline.doctor import process_alive
 
-    before = running()
+    RUNNING = (optuna.trial.TrialState.RUNNING,)
+    before = {t.number: t for t in study.get_trials(deepcopy=False, states=RUNNING)}
     with _quiet():
         optuna.storages.fail_stale_trials(study)
-    return sorted(before - running())
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=RUNNING):
+        owner, _, pid = str(t.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
+        if owner == host and pid.isdigit() and not process_alive(int(pid)):
+            study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)  # no public API
+    failed = sorted(set(before) - {t.number for t in study.get_trials(deepcopy=False, states=RUNNING)})
+    for number in failed if client is not None else ():
+        run_id = before[number].user_attrs.get("mlflow_run_id")
+        with contextlib.suppress(Exception):  # a run deleted by hand: the study is what is being repaired
+            if run_id and client.get_run(run_id).info.status == "RUNNING":
+                client.set_tag(run_id, "forgeline.error", "stale: the worker running this trial is gone (killed); "
+                                                           "the trial is failed in the study; marked KILLED")
+                client.set_terminated(run_id, status="KILLED")
+    return failed
 
 
 def _rdb(cfg: PipelineConfig, url: str):
@@ -153,7 +173,10 @@ def _session(cfg: PipelineConfig):
     client = open_client(tracking_uri)
     experiment_id = ensure_experiment(client, cfg.tracking, tracking_uri)
     storage = storage_url(cfg, workdir)
-    study = open_study(cfg, storage, study_name(cfg), get_task(cfg.task).primary.higher_is_better)
+    from forgeline.pipeline.doctor import mark_stale_runs
+
+    mark_stale_runs(client)  # a killed earlier study's parent and trial runs, killed scoring jobs
+    study = open_study(cfg, storage, study_name(cfg), get_task(cfg.task).primary.higher_is_better, client)
     cache = StageCache(workdir / "cache", enabled=cfg.tracking.cache, max_bytes=int(cfg.tracking.cache_max_gb * 1e9))
     return workdir, tracking_uri, client, experiment_id, storage, study, cache
 
@@ -172,7 +195,7 @@ def _quiet():
         yield
 
 
-def fail_stale_studies(cfg: PipelineConfig, workdir: Path) -> list[str]:
+def fail_stale_studies(cfg: PipelineConfig, workdir: Path, client=None) -> list[str]:
     """``forgeline doctor``: in every study of the tuning storage, RUNNING trials whose worker stopped
     beating marked failed; a line per study that had any."""
     import optuna
@@ -183,7 +206,7 @@ def fail_stale_studies(cfg: PipelineConfig, workdir: Path) -> list[str]:
     rdb = _rdb(cfg, url)
     lines = []
     for summary in optuna.get_all_study_summaries(rdb, include_best_trial=False):
-        if failed := fail_stale(optuna.load_study(study_name=summary.study_name, storage=rdb)):
+        if failed := fail_stale(optuna.load_study(study_name=summary.study_name, storage=rdb), client):
             lines.append(f"study {summary.study_name}: trial(s) {failed} of a stopped worker marked failed")
     return lines
 
@@ -272,11 +295,16 @@ class Search:
 
         params = sample(trial, self.cfg.tune.space)
         cfg = with_params(self.cfg, params)
+        from forgeline.pipeline.doctor import Heartbeat, owner_tags
+
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        trial.set_user_attr(WORKER_ATTR, worker)
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number}",
                                      tags={"mlflow.parentRunId": self.parent, "forgeline.tune.study": self.study.study_name,
-                                           "forgeline.tune.trial": str(trial.number),
-                                           "forgeline.tune.worker": f"{socket.gethostname()}:{os.getpid()}"})
+                                           "forgeline.tune.trial": str(trial.number), "forgeline.tune.worker": worker,
+                                           **owner_tags()})
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        beating = Heartbeat(self.client, run.info.run_id).__enter__()
         tracker = Tracker(client=self.client, run_id=run.info.run_id, tracking_uri=self.tracking_uri)
         tracker.params(cfg.flat())
         tracker.tags({f"tune.param.{k}": str(v) for k, v in params.items()})
@@ -313,6 +341,7 @@ class Search:
             state, status = "interrupted", "KILLED"
             raise
         finally:
+            beating.stop()
             EPOCH_REPORT.reset(token)
             tracker.tags({"tune.state": state})
             tracker.metrics({"tune.seconds": time.perf_counter() - started})
@@ -422,7 +451,7 @@ def run_study(cfg: PipelineConfig, workers: int = 1) -> dict[str, Any]:
     rest of the pipeline. Must be called inside a Prefect flow."""
     import optuna
 
-    from forgeline.pipeline.doctor import owner_tags
+    from forgeline.pipeline.doctor import Heartbeat, owner_tags
     from forgeline.pipeline.flows import run_pipeline
     from forgeline.pipeline.tracking import Tracker
     from forgeline.tasks import get_task
@@ -440,8 +469,13 @@ def run_study(cfg: PipelineConfig, workers: int = 1) -> dict[str, Any]:
         # once, at creation: MLflow refuses a changed param, and a resumed study may ask for more trials
         Tracker(client=client, run_id=parent_id, tracking_uri=tracking_uri).params(
             {k: v for k, v in cfg.flat().items() if k.startswith("tune.")})
+    else:  # resumed: this process owns it now (the sweep may just have marked it KILLED: its first owner died)
+        for k, v in owner_tags().items():
+            client.set_tag(parent_id, k, v)
+        client.update_run(parent_id, status="RUNNING")
     tracker = Tracker(client=client, run_id=parent_id, tracking_uri=tracking_uri)
     run_dir = workdir / "runs" / parent_id
+    beating = Heartbeat(client, parent_id).__enter__()
     search = Search(cfg, study, client, experiment_id, parent_id, run_dir, cache, tracking_uri, storage)
     status = "FAILED"
     helpers: list = []
@@ -457,6 +491,8 @@ def run_study(cfg: PipelineConfig, workers: int = 1) -> dict[str, Any]:
         for proc in helpers:
             proc.wait()
         study = optuna.load_study(study_name=name, storage=storage)
+        if failed := fail_stale(study, client):  # a helper killed during this study
+            log.warning("study %s: trial(s) %s of a worker that is gone marked failed", name, failed)
         record, plots = summarize(study, primary.name, run_dir / "study")
         tracker.json(record, "study.json")
         for plot in plots:
@@ -491,6 +527,7 @@ def run_study(cfg: PipelineConfig, workers: int = 1) -> dict[str, Any]:
         for proc in helpers:  # this process failed or was interrupted: its helpers stop too
             if proc.poll() is None:
                 proc.terminate()
+        beating.stop()
         client.set_terminated(parent_id, status)
         shutil.rmtree(run_dir, ignore_errors=True)
 

@@ -85,12 +85,16 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
         out = Output(cfg.output)
         earlier = begin(out, header, cfg.restart)
         tracking = open_client(uri)
+        from forgeline.pipeline.doctor import Heartbeat, mark_stale_runs, owner_tags
+
+        mark_stale_runs(tracking)  # an earlier job (or training run) killed outright: KILLED, not RUNNING for good
         exp = ensure_experiment(tracking, cfg.tracking.model_copy(update={"experiment": cfg.tracking.experiment + "-scoring"}), uri)
         run = tracking.create_run(exp, run_name=f"score-{name}-v{mv.version}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   tags={"forgeline.score.model": name, "forgeline.score.version": str(mv.version),
                                         "forgeline.score.model_run_id": mv.run_id or "",
-                                        "forgeline.score.variant": impl.variant})
+                                        "forgeline.score.variant": impl.variant, **owner_tags()})
         run_id = run.info.run_id
+        beating = Heartbeat(tracking, run_id).__enter__()
         try:
             for key, value in {"model": f"models:/{name}/{mv.version}", "reference": cfg.model, "input": cfg.input,
                                "output": cfg.output, "engine": cfg.engine, "variant": impl.variant,
@@ -111,10 +115,12 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
             _traffic(cfg, job, results)
             _log_summary(tracking, run_id, summary)
             out.write_atomic(SUCCESS, b"")
+            beating.stop()
             tracking.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
         except BaseException as e:  # Ctrl-C and SIGTERM: KILLED, as the training flow marks them
             from forgeline.pipeline.flows import interruption
 
+            beating.stop()
             status = RunStatus.KILLED if interruption(e) is not None else RunStatus.FAILED
             tracking.set_terminated(run_id, RunStatus.to_string(status))
             raise
