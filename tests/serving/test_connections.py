@@ -98,3 +98,91 @@ def test_idle_and_trickling_connections_never_fail_a_valid_request(tmp_path, reg
         assert srv.stop() == 0
     closed_lines = [line for line in srv.log.read_text().splitlines() if "closed" in line and "connection(s)" in line]
     assert 1 <= len(closed_lines) <= 6, closed_lines  # a few summary lines, not one per connection
+
+
+def _stalled_bodies(port: int, n: int, declared: int, sent: int, headers: bytes = b"") -> tuple[list[socket.socket], int]:
+    """``n`` connections that each send a request's headers and ``sent`` of its ``declared`` body bytes,
+    then stall; returns them and how many were refused before their body was taken (a reset or a 503)."""
+    chunk = b"x" * sent
+    head = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n%s\r\n" % (declared, headers))
+    held, refused = [], 0
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            s.sendall(head + chunk)
+        except OSError:
+            refused += 1
+        held.append(s)
+    return held, refused
+
+
+def _latencies(url: str, stop: threading.Event, out: list, token: str | None = None) -> None:
+    headers = {"content-type": "application/json"} | ({"authorization": f"Bearer {token}"} if token else {})
+    with httpx.Client(timeout=30) as client:
+        while not stop.is_set():
+            start = time.perf_counter()
+            status = client.post(f"{url}/v1/predict", content=VALID, headers=headers).status_code
+            out.append((status, time.perf_counter() - start))
+            time.sleep(0.005)
+
+
+def test_stalled_request_bodies_are_bounded_and_their_memory_returned(tmp_path, registry):
+    """Found by the reliability probe: 2,000 connections that each sent headers and 989,000 bytes of a
+    999,000-byte body, then stalled, took the server from 918 to 2,687 MB RSS; a valid request then took
+    1.72 s, and the memory stayed after the 408s closed them. With a token set, unauthenticated bodies
+    still cost +131 MB per 1,000."""
+    uri, _ = registry
+    token = "t" * 24
+    srv = Server(uri, "m@champion", "body_timeout_s=4", log=tmp_path / "server.log", env={"FORGELINE_SERVE_TOKEN": token})
+    stop = threading.Event()
+    answers: list[tuple[int, float]] = []
+    held: list[socket.socket] = []
+    try:
+        for _ in range(20):  # warm: the first requests allocate the batcher's and the session's buffers
+            httpx.post(f"{srv.url}/v1/predict", content=VALID, headers={"authorization": f"Bearer {token}"})
+        rss_before = _rss_kb(srv.proc.pid)
+        sender = threading.Thread(target=_latencies, args=(srv.url, stop, answers, token))
+        sender.start()
+        auth = b"authorization: Bearer " + token.encode() + b"\r\n"
+        bodies, refused = _stalled_bodies(srv.port, 2000, 999_000, 989_000, auth)
+        held += bodies
+        time.sleep(1.0)
+        peak = _rss_kb(srv.proc.pid) - rss_before
+        unauthenticated, _ = _stalled_bodies(srv.port, 1000, 999_000, 989_000)  # answered 401 and closed
+        held += unauthenticated
+        time.sleep(1.0)
+        peak = max(peak, _rss_kb(srv.proc.pid) - rss_before)
+        time.sleep(5.0)  # past body_timeout_s: the admitted stalled bodies are answered 408 and closed
+        stop.set()
+        sender.join()
+        after = _rss_kb(srv.proc.pid) - rss_before
+
+        statuses = {status for status, _ in answers}
+        latencies = sorted(seconds for _, seconds in answers)
+        p99 = latencies[int(0.99 * (len(latencies) - 1))]
+        print(f"peak +{peak / 1000:.0f} MB, after +{after / 1000:.0f} MB, p99 {p99 * 1000:.1f} ms, {len(latencies)} requests")
+        assert statuses == {200} and len(latencies) > 50, (statuses, len(latencies))
+        assert p99 < 0.100, f"p99 {p99 * 1000:.0f} ms"
+        assert peak < 200_000, f"+{peak / 1000:.0f} MB while 2,000 bodies stalled"
+        assert after < 50_000, f"+{after / 1000:.0f} MB after they closed"
+        first = {b"": 0}
+        for s in held[:50] + held[-50:]:
+            s.settimeout(5)
+            try:
+                line = s.recv(64).split(b"\r\n")[0]
+            except OSError:
+                line = b""
+            first[line] = first.get(line, 0) + 1
+        assert set(first) <= {b"HTTP/1.1 503 Service Unavailable", b"HTTP/1.1 408 Request Timeout",
+                              b"HTTP/1.1 401 Unauthorized", b""}, first
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        busy = next(float(line.split()[1]) for line in metrics.splitlines()
+                    if line.startswith('forgeline_rejected_connections_total{reason="bodies_busy"}'))
+        assert busy > 1500, busy  # answered 503 before their body was kept
+        assert 'forgeline_rejected_connections_total{reason="body_timeout"}' in metrics
+    finally:
+        stop.set()
+        for s in held:
+            s.close()
+        assert srv.stop() == 0

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, Field
 
 from forgeline.config.schema import ServeConfig
@@ -354,6 +355,8 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None, shadow: b
                         return error(413, f"request body exceeds the limit of {cfg.max_body_bytes} bytes")
         except TimeoutError:
             return error(408, f"request body not received within {cfg.body_timeout_s:g} s (serving.body_timeout_s)")
+        except ClientDisconnect:  # gone, or closed by the protocol's body deadline (answered 408 there)
+            return Response(status_code=499)
         current = state["batcher"].model
         try:
             texts = parse_predict_body(bytes(body), request.headers.get("content-type"), cfg,
@@ -441,14 +444,28 @@ def raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
 
 
+SMALL_BODY_BYTES = 65_536
+"""Bodies up to this size are admitted on the count of bodies being received alone (see
+``ServeConfig.max_receiving_bytes``): an ordinary request declares a few hundred bytes."""
+
+
 def guarded_protocol(cfg: ServeConfig, metrics):
-    """uvicorn's httptools protocol with the two limits it lacks: a deadline for a request's headers
+    """uvicorn's httptools protocol with the limits it lacks: a deadline for a request's headers
     (``header_timeout_s``, from the connection's start or the request's first byte) and a bound on their
-    size (``max_header_bytes``). Without them a client holding sockets open without a complete request
-    (2,100 silent sockets, 100 clients trickling a header byte a second, one 100 MB header) kept them for
-    as long as it liked. Rejections are counted (``forgeline_rejected_connections``) and logged at most
-    once per 10 s per reason, not once per connection."""
+    size (``max_header_bytes``); a deadline for its body (``body_timeout_s``, from the end of its headers)
+    and a bound on the bodies being received at once, in number and declared bytes
+    (``max_receiving_bodies``, ``max_receiving_bytes``: 503 beyond them, before a byte of the body is
+    kept). Without them a client holding sockets open without a complete request (2,100 silent sockets,
+    100 clients trickling a header byte a second, one 100 MB header; 2,000 bodies stalled 10,000 bytes
+    short, +1.8 GB) kept them for as long as it liked. A response sent before its request's body was read
+    (401, 413, 503) closes the connection instead of reading the rest. Rejections are counted
+    (``forgeline_rejected_connections``) and logged at most once per 10 s per reason, not once per
+    connection."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    receiving = {"bodies": 0, "bytes": 0}
+    """Across the process's connections: bodies admitted and not yet received, and their declared bytes."""
+    trim = _malloc_trim()
 
     said: dict[str, tuple[float, int]] = {}
     pending: dict[str, str] = {}
@@ -480,6 +497,9 @@ def guarded_protocol(cfg: ServeConfig, metrics):
             super().connection_made(transport)
             self._header_bytes = 0
             self._header_timer = None
+            self._body_timer = None
+            self._reserved = 0
+            self._refused = False
             self._awaiting_headers()
 
         def _awaiting_headers(self) -> None:
@@ -501,7 +521,70 @@ def guarded_protocol(cfg: ServeConfig, metrics):
         def on_headers_complete(self) -> None:
             self._in_headers = False
             self._stop_timer()
+            if self._refused:
+                return
+            reserve = self._body_reservation()
+            if reserve:
+                large = reserve > SMALL_BODY_BYTES
+                if receiving["bodies"] >= cfg.max_receiving_bodies or (
+                        large and receiving["bytes"] + reserve > cfg.max_receiving_bytes):
+                    self._refused = True  # the rest of this connection's bytes are not parsed into requests
+                    self._reject(503, "Service Unavailable", "bodies_busy",
+                                 f"{receiving['bodies']} request bodies ({receiving['bytes'] / 1e6:.0f} MB) are being "
+                                 "received at once (max_receiving_bodies, max_receiving_bytes); retry")
+                    return
+                self._reserved = reserve
+                receiving["bodies"] += 1
+                receiving["bytes"] += reserve
+                self._body_timer = self.loop.call_later(cfg.body_timeout_s, self._body_late)
             super().on_headers_complete()
+
+        def _body_reservation(self) -> int:
+            """Declared bytes of the body to come (a chunked one: ``max_body_bytes``); 0 for none, and for one
+            over ``max_body_bytes`` (the app refuses it at once, 413, and the connection closes)."""
+            for name, value in self.headers:
+                if name == b"content-length":
+                    n = int(value) if value.isdigit() else 0
+                    return n if n <= cfg.max_body_bytes else 0
+                if name == b"transfer-encoding" and b"chunked" in value.lower():
+                    return cfg.max_body_bytes
+            return 0
+
+        def _release(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+            if self._reserved:
+                receiving["bodies"] -= 1
+                receiving["bytes"] -= self._reserved
+                large = self._reserved > SMALL_BODY_BYTES
+                self._reserved = 0
+                if large and receiving["bodies"] == 0:
+                    trim()  # the freed buffers back to the OS once no body is being received
+
+        def on_body(self, body: bytes) -> None:
+            if not self._refused:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            if self._refused:
+                return
+            self._release()
+            super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            if self._reserved and not self.transport.is_closing():  # answered before its body was read
+                self._release()
+                self.transport.close()
+            super().on_response_complete()
+
+        def _body_late(self) -> None:
+            self._body_timer = None
+            if self._reserved and self.cycle is not None and not self.cycle.response_complete:
+                self._release()
+                self._refused = True
+                self._reject(408, "Request Timeout", "body_timeout",
+                             f"request body not received within {cfg.body_timeout_s:g} s (body_timeout_s)")
 
         def data_received(self, data: bytes) -> None:
             if self._in_headers:
@@ -513,6 +596,7 @@ def guarded_protocol(cfg: ServeConfig, metrics):
 
         def connection_lost(self, exc) -> None:
             self._stop_timer()
+            self._release()
             super().connection_lost(exc)
 
         def _headers_late(self) -> None:
@@ -533,6 +617,20 @@ def guarded_protocol(cfg: ServeConfig, metrics):
             self.transport.close()
 
     return Guarded
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim(0)``, or a no-op elsewhere. Freed body buffers of a megabyte stay in the
+    process's heap (glibc raises its mmap threshold after freeing a large block): after 2,000 stalled
+    bodies were closed the server kept +1.8 GB."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return lambda: libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return lambda: None
 
 
 def serve(cfg: ServeConfig) -> int:
