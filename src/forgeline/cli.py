@@ -256,7 +256,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from forgeline.pipeline.tuning import open_study, storage_url, study_name
 
     # the storage, and a study name reused for another space, are checked before any server starts
-    open_study(cfg, storage_url(cfg, workdir), study_name(cfg), get_task(cfg.task).primary.higher_is_better)
+    open_study(cfg, storage_url(cfg, workdir), study_name(cfg), get_task(cfg.task).primary.higher_is_better,
+               repair=False)  # repaired inside the flow, where the trials' MLflow runs are marked too
     from forgeline.pipeline.embedded import start_temporary_server
     from forgeline.pipeline.tuning import tuning_flow
 

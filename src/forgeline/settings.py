@@ -68,6 +68,10 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    # a new store's "Creating initial MLflow database tables" / "Updating database tables" and every model
+    # log's "Validating input example against model signature": MLflow's INFO lines, not forgeline's
+    for name in ("mlflow.store.db.utils", "mlflow.models.utils", "mlflow.pyfunc", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def ensure_workdir(cfg: TrackingConfig) -> Path:

@@ -133,26 +133,37 @@ def test_a_sigkilled_tune_leaves_its_trial_failed_and_its_run_killed_after_the_n
     space = {"train.learning_rate": {"type": "float", "low": 1.0e-3, "high": 6.0e-3, "log": True}}
     overrides = flow_overrides(tmp_path, sentiment_csv, *tiny, "train.epochs=1", f"tune.space={json.dumps(space)}",
                                "tune.trials=2", "tune.study=k", "compress.student=false")
-    env = dict(os.environ, **{FAILPOINT_ENV: "train.checkpoint:kill", "PREFECT_API_URL": PREFECT_API_URL.value()})
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
     env.pop("MLFLOW_TRACKING_URI", None)
-    killed = subprocess.run([sys.executable, "-m", "forgeline", "tune", "--config", "tiny",
-                             *sum((["--set", o] for o in overrides), [])], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=600)
+
+    def tune(**extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "forgeline", "tune", "--config", "tiny",
+                               *sum((["--set", o] for o in overrides), [])], cwd=ROOT, env=env | extra,
+                              capture_output=True, text=True, timeout=600)
+
+    killed = tune(**{FAILPOINT_ENV: "train.checkpoint:kill"})
     assert killed.returncode == -9, killed.stderr[-3000:]
     storage = f"sqlite:///{tmp_path / 'state' / 'optuna.db'}"
     (stuck,) = optuna.load_study(study_name="k", storage=storage).trials
     assert stuck.state.name == "RUNNING"
+    # the probe: a new workdir's "Creating initial MLflow database tables" and a weights progress bar
+    assert "Creating initial" not in killed.stdout + killed.stderr and "Loading weights" not in killed.stderr
 
-    result = tuning_flow(config="tiny", overrides=overrides)  # well within tune.heartbeat_s (30 s) of the kill
+    again = tune()  # well within tune.heartbeat_s (30 s) of the kill
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.strip() == "", again.stderr[-3000:]  # a successful tune says nothing on stderr
+    assert "INFO mlflow" not in again.stdout, [line for line in again.stdout.splitlines() if "INFO mlflow" in line]
     trials = sorted(optuna.load_study(study_name="k", storage=storage).trials, key=lambda t: t.number)
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]  # the killed one counts in the total
-    assert result["states"] == {"fail": 1, "complete": 1}, result["states"]
-    assert result["best"]["number"] == 1 and result["pipeline"]["version"] == "1"
+    assert "1 trials {'fail': 1, 'complete': 1}" not in again.stdout and "{'fail': 1, 'complete': 1}" in again.stdout
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri, uri)
     run = client.get_run(stuck.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and "stale" in run.data.tags["forgeline.error"]
-    parent = client.get_run(result["parent_run_id"])
+    (parent_id,) = {r.info.run_id for r in client.search_runs(
+        [run.info.experiment_id], "tags.`forgeline.tune.study` = 'k'") if "forgeline.tune.trial" not in r.data.tags}
+    assert client.get_model_version("e2e", "1").run_id != stuck.user_attrs["mlflow_run_id"]
+    parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"  # resumed by the second tune, which owned and ended it
     running = client.search_runs([parent.info.experiment_id], "attributes.status = 'RUNNING'")
     assert running == [], [r.info.run_id for r in running]

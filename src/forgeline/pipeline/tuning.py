@@ -78,7 +78,7 @@ def with_params(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
     return PipelineConfig.model_validate(data)
 
 
-def open_study(cfg: PipelineConfig, storage: str, name: str, higher_is_better: bool, client=None):
+def open_study(cfg: PipelineConfig, storage: str, name: str, higher_is_better: bool, client=None, repair: bool = True):
     """The study, created or resumed; one made for another space, task or data is refused. An
     unreachable storage is a ``ConfigError`` naming it. Trials of a worker that is gone are failed
     (``fail_stale``; with ``client``, their MLflow runs marked KILLED)."""
@@ -113,7 +113,7 @@ def open_study(cfg: PipelineConfig, storage: str, name: str, higher_is_better: b
         raise ConfigError(f"study {name!r} in {_shown_url(storage)} was made for another {' and '.join(what)} "
                           f"({json.dumps({k: theirs.get(k) for k in what})[:400]}); give this search its own name "
                           "(--study NAME) or delete that study")
-    if failed := fail_stale(study, client):
+    if repair and (failed := fail_stale(study, client)):
         log.warning("study %s: trial(s) %s of a worker that is gone marked failed; the study goes on", name, failed)
     return study
 
@@ -456,6 +456,9 @@ def run_study(cfg: PipelineConfig, workers: int = 1) -> dict[str, Any]:
     from forgeline.pipeline.tracking import Tracker
     from forgeline.tasks import get_task
 
+    from forgeline.settings import quiet_libraries
+
+    quiet_libraries()  # before the first trial loads weights (run_pipeline does it only for the best one)
     primary = get_task(cfg.task).primary
     workdir, tracking_uri, client, experiment_id, storage, study, cache = _session(cfg)
     name = study.study_name
@@ -583,6 +586,9 @@ def _wait_for(study, helpers: list, timeout_s: float = 120.0) -> None:
 def work_on(config_json: str) -> None:
     """A helper worker: trials of the study the config names until the study has its total (no final
     pipeline: the process that started the study runs it)."""
+    from forgeline.settings import quiet_libraries
+
+    quiet_libraries()
     cfg = PipelineConfig.model_validate(json.loads(config_json))
     workdir, tracking_uri, client, experiment_id, storage, study, cache = _session(cfg)
     parent_id = study.user_attrs[PARENT_ATTR]

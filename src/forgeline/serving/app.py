@@ -666,9 +666,24 @@ def run_server(app, cfg: ServeConfig, sockets=None) -> None:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
+    held: list[logging.LogRecord] = []
+
     def no_startup_traceback(record: logging.LogRecord) -> bool:
-        # Starlette reports a failed start-up with the whole traceback as the message; the CLI says it in one line
-        return getattr(app.state, "startup_error", None) is None or "Traceback" not in str(record.msg)
+        """Starlette reports a failed start-up with the whole traceback as the message, and uvicorn says it
+        started, waits and failed: three lines before the CLI's one message. Its start-up lines are held
+        until the start-up completes (then written), and dropped when it fails."""
+        message = str(record.msg)
+        if getattr(app.state, "startup_error", None) is not None:
+            return "Traceback" not in message and not message.startswith("Application startup failed")
+        if message.startswith(("Started server process", "Waiting for application startup")):
+            held.append(record)
+            return False
+        if message.startswith("Application startup complete"):
+            for early in held:
+                for handler in logging.getLogger("uvicorn.error").handlers or logging.getLogger("uvicorn").handlers:
+                    handler.handle(early)
+            held.clear()
+        return True
 
     logging.getLogger("uvicorn.error").addFilter(no_startup_traceback)
     # uvloop and httptools when installed (they are dependencies): at concurrency 1 on the 2-core CPU they
