@@ -275,3 +275,50 @@ def test_a_parquet_handoff_keeps_spans_label_sets_and_plain_columns(tmp_path):
     back = read_parquet(tmp_path / "f.parquet")
     assert back["label"].tolist() == frame["label"].tolist() and back["labels"].tolist() == frame["labels"].tolist()
     assert back["n"].tolist() == [1, 2] and back["text"].tolist() == frame["text"].tolist()
+
+
+EDITS = {
+    "a task's loss": ("tasks/single_label.py", "cross_entropy(logits.float(), y", "cross_entropy(logits.float() * 2, y"),
+    "the export": ("export/onnx.py", "import", "import os  # noqa\nimport"),
+    "a new subpackage": ("newpart/__init__.py", None, "VALUE = 1\n"),
+}
+DOC_EDITS = {
+    "a module docstring": ("tasks/single_label.py", '"""', '"""Reworded. '),
+    "a comment": ("training/loop.py", "\nimport", "\n# a new comment\nimport"),
+    "a serving module": ("serving/app.py", "import", "import os  # noqa\nimport"),
+}
+
+
+def _edited(tmp_path: Path, where: str, old: str | None, new: str) -> str:
+    import shutil
+
+    from forgeline.pipeline.cache import _ROOT, code_version
+
+    root = tmp_path / "forgeline"
+    shutil.copytree(_ROOT, root, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_version(root)
+    target = root / where
+    if old is None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(new)
+    else:
+        text = target.read_text()
+        assert old in text, (where, old)
+        target.write_text(text.replace(old, new, 1))
+    return before, code_version(root)
+
+
+@pytest.mark.parametrize("case", list(EDITS))
+def test_an_edit_of_what_the_code_does_anywhere_a_stage_can_reach_is_a_miss(tmp_path, case):
+    """The code version hashed a hand-kept list of subpackages that left out ``tasks/``: a changed loss or
+    metric got the old code's cached model."""
+    before, after = _edited(tmp_path, *EDITS[case])
+    assert before != after, case
+
+
+@pytest.mark.parametrize("case", list(DOC_EDITS))
+def test_an_edit_of_what_the_code_says_or_of_code_no_stage_runs_is_a_hit(tmp_path, case):
+    """A docstring-only change used to invalidate every entry; serving, scoring, the bench and the CLI run
+    after registration."""
+    before, after = _edited(tmp_path, *DOC_EDITS[case])
+    assert before == after, case

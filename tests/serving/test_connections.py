@@ -91,6 +91,12 @@ def test_idle_and_trickling_connections_never_fail_a_valid_request(tmp_path, reg
                         if line.startswith('forgeline_rejected_connections_total{reason="header_timeout"}'))
         assert timeouts >= 5100 and 'forgeline_requests_total{status="503"}' not in metrics
         assert 'forgeline_rejected_connections_total{reason="header_too_large"} 1.0' in metrics
+        # the burst's summary is written when its 10 s are up, not when a next rejection happens to come
+        deadline = time.time() + 15
+        while "more connection(s)" not in srv.log.read_text() and time.time() < deadline:
+            time.sleep(0.5)
+        summary = [line for line in srv.log.read_text().splitlines() if "more connection(s)" in line]
+        assert summary and "408" in summary[0], summary
     finally:
         stop.set()
         for s in idle + trickling:

@@ -49,19 +49,65 @@ log = logging.getLogger("forgeline")
 SCHEMA = 3
 """Entry format version; an entry written by another version is a miss and is replaced by the next put
 (1 was pickles; 2 had no digest of entry.json itself, so an edited value came back as a hit)."""
-PACKAGE_DIRS = ("config", "data", "training", "export", "inference", "registry", "pipeline")
-"""The forgeline subpackages whose source can change a stage's output (not serving, bench or the CLI)."""
+NOT_IN_STAGES = ("serving", "scoring", "bench", "cli.py", "__main__.py")
+"""The parts of the package that run after a model is registered, never inside a stage: everything else,
+a new subpackage included, is in the code version. (A hand-kept list of what *is* in it left out
+``tasks/``: a changed loss or metric got the old code's cached model.)"""
 _ROOT = Path(__file__).resolve().parent.parent
 
 
 def code_version(root: Path = _ROOT) -> str:
-    """Hash of the pipeline's own source (what can change a stage's output)."""
-    h = hashlib.sha256()
-    for d in PACKAGE_DIRS:
-        for path in sorted((root / d).rglob("*.py")):
-            h.update(str(path.relative_to(root)).encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+    """Hash of the package's code that can change a stage's output: every module but ``NOT_IN_STAGES``,
+    each as its syntax tree without docstrings (comments are not in it), so that an edit of what the code
+    does is a miss and an edit of what it says is not."""
+    paths = [p for p in sorted(root.rglob("*.py")) if p.relative_to(root).parts[0] not in NOT_IN_STAGES
+             and "__pycache__" not in p.parts]
+    seen = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+    if seen not in _VERSIONS:  # parsing the package takes ~0.6 s; a process opens the cache more than once
+        h = hashlib.sha256()
+        for path in paths:
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + _code_of(path) + b"\n")
+        h.update(json.dumps(_library_versions()).encode())
+        _VERSIONS[seen] = h.hexdigest()[:16]
+    return _VERSIONS[seen]
+
+
+_VERSIONS: dict[tuple, str] = {}
+
+
+LIBRARIES = ("torch", "transformers", "tokenizers", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu",
+             "numpy", "scikit-learn", "pandas", "pyarrow")
+"""The libraries whose version can change what a stage computes (a new torch, a new exporter)."""
+
+
+def _library_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _code_of(path: Path) -> bytes:
+    """A module's syntax tree without docstrings, as text; its bytes when it does not parse."""
+    import ast
+
+    source = path.read_bytes()
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list):  # a bare string statement: a docstring (of a module, class, function, attribute)
+            kept = [b for b in body if not (isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
+                                            and isinstance(b.value.value, str))]
+            node.body = kept or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False).encode()
 
 
 def stable_hash(*parts: Any) -> str:
