@@ -45,6 +45,15 @@ def test_a_boolean_for_a_number_is_refused(item):
     assert load_config("tiny", ["compress.student=true", "train.epochs=2"]).train.epochs == 2  # booleans stay booleans
 
 
+@pytest.mark.parametrize("items, takers", [(["task.type=regression", "task.stride=8"], "token_classification"),
+                                           (["task.loss=huber"], "regression"),
+                                           (["task.type=multi_label", "task.label_all_tokens=true"], "token_classification")])
+def test_a_task_option_of_another_task_is_refused_naming_the_tasks_that_take_it(items, takers):
+    with pytest.raises(ConfigError, match=f"is an option of {takers}"):
+        load_config("tiny", items)
+    assert load_config("tiny", ["task.type=regression", "task.loss=huber"]).task.loss == "huber"
+
+
 def test_out_of_range_value():
     with pytest.raises(ConfigError, match="data.max_invalid_fraction"):
         load_config("tiny", ["data.max_invalid_fraction=1.5"])

@@ -63,25 +63,30 @@ class TaskConfig(_Section):
     primary_metric: str | None = None
     """The metric the gate, early stopping and compression budgets use. None: the task's own (macro_f1
     for classification, rmse for regression)."""
-    loss: Literal["mse", "huber"] = "mse"
+    loss: Literal["mse", "huber"] = Field("mse", json_schema_extra={"tasks": ["regression"]})
     """Regression only."""
-    standardize: bool = True
+    standardize: bool = Field(True, json_schema_extra={"tasks": ["regression"]})
     """Regression only: train on the standardised target (the mean and scale ship in the bundle)."""
-    min_value: float | None = None
+    min_value: float | None = Field(None, json_schema_extra={"tasks": ["regression"]})
     """Regression only: rows whose target is below this are quarantined (``target_out_of_range``)."""
-    max_value: float | None = None
-    aggregation: Literal["first", "average", "max"] = "first"
+    max_value: float | None = Field(None, json_schema_extra={"tasks": ["regression"]})
+    aggregation: Literal["first", "average", "max"] = Field("first", json_schema_extra={"tasks": ["token_classification"]})
     """token_classification: a word's tag from its first word piece (the one trained), the mean of its
     pieces, or its most confident piece."""
-    stride: int = Field(32, ge=0, le=4096)
+    stride: int = Field(32, ge=0, le=4096, json_schema_extra={"tasks": ["token_classification"]})
     """token_classification: word pieces of overlap between the windows a long text is scored in."""
-    label_all_tokens: bool = False
+    label_all_tokens: bool = Field(False, json_schema_extra={"tasks": ["token_classification"]})
     """token_classification: train every piece of a word (I- after the first), not only the first."""
 
     @model_validator(mode="after")
     def _check(self) -> "TaskConfig":
         if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
             raise ValueError("task.min_value must be <= task.max_value")
+        for name in sorted(self.model_fields_set):  # each option names the tasks that take it (json_schema_extra)
+            takers = ((type(self).model_fields[name].json_schema_extra or {}) or {}).get("tasks")
+            if takers and self.type not in takers:
+                raise ValueError(f"task.{name} is an option of {' and '.join(takers)}; task.type is {self.type}, which "
+                                 f"does not take it: drop task.{name} or set task.type={takers[0]}")
         return self
 
 
