@@ -40,20 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     config = [_config_options()]
     run = sub.add_parser("run", parents=config,
                          help="run the training flow (validate → train → evaluate → export → compress → register)")
-    run.add_argument("--data", default=None, metavar="FILE",
-                     help="your own file (CSV/TSV/JSONL/Parquet/xlsx) on the generic preset: columns and task inferred and printed")
-    run.add_argument("--text-column", default=None, help="with --data: the column holding the texts")
-    run.add_argument("--label-column", default=None, help="with --data: the target column (labels, label lists or numbers)")
-    run.add_argument("--text-pair-column", default=None, help="with --data: a second text per row (text pairs; "
-                     "inferred from names such as text_pair, sentence2, text_b, question/context)")
-    run.add_argument("--no-pairs", dest="pairs", action="store_false",
-                     help="with --data: one text per row even where a column is named as a second text")
+    _data_options(run)
     tune = sub.add_parser("tune", parents=config,
                           help="hyperparameter search (Optuna): trials as child runs, the best one through the gate")
     tune.add_argument("--trials", type=int, default=None, help="trials in the study in all (tune.trials)")
     tune.add_argument("--timeout-s", type=float, default=None, help="start no trial after this many seconds (tune.timeout_s)")
     tune.add_argument("--study", default=None, help="the study's name in its storage (tune.study); reusing one resumes it")
     tune.add_argument("--workers", type=int, default=1, help="processes sharing the study here (default 1)")
+    _data_options(tune)  # the file `run --data` took, read the same way (the same model name)
     ui = sub.add_parser("ui", parents=config, help="open the MLflow UI on the embedded store")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
@@ -125,6 +119,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default=None, metavar="FILE", help="your own file (CSV/TSV/JSONL/Parquet/xlsx) on "
+                        "the generic preset: columns and task inferred and printed")
+    parser.add_argument("--text-column", default=None, help="with --data: the column holding the texts")
+    parser.add_argument("--label-column", default=None, help="with --data: the target column (labels, label lists or numbers)")
+    parser.add_argument("--text-pair-column", default=None, help="with --data: a second text per row (text pairs; "
+                        "inferred from names such as text_pair, sentence2, text_b, question/context)")
+    parser.add_argument("--no-pairs", dest="pairs", action="store_false",
+                        help="with --data: one text per row even where a column is named as a second text")
+
+
 def _subparser(common: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
     class Sub(argparse.ArgumentParser):
         def __init__(self, *a, parents=(), **kw):
@@ -141,6 +146,9 @@ def _console(verbose: bool) -> None:
     after importing prefect, which installs its handlers then."""
     import logging
 
+    from forgeline.settings import PROGRESS_ENV
+
+    os.environ[PROGRESS_ENV] = "stderr" if verbose else "stdout"  # training's progress bars follow the logs
     if not verbose:
         logging.captureWarnings(True)
 
@@ -247,7 +255,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: at least 1")
     flags = {"tune.trials": args.trials, "tune.timeout_s": args.timeout_s, "tune.study": args.study}
-    args.overrides = args.overrides + [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    args.overrides = data_overrides(args) + args.overrides + [f"{k}={json.dumps(v)}" for k, v in flags.items()
+                                                              if v is not None]
     cfg = load_config(args.config, args.overrides)  # a bad space or key: exit 2 before anything starts
     preflight(cfg.data, get_task(cfg.task))
     check_base(cfg.model)

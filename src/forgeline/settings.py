@@ -50,6 +50,10 @@ def apply_offline_env() -> None:
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
 
 
+PROGRESS_ENV = "FORGELINE_PROGRESS"
+"""``stdout``: training progress bars go to stdout (the CLI without --verbose, and processes it starts)."""
+
+
 def quiet_libraries() -> None:
     """Keep pipeline logs to what forgeline says: no transformers weight reports or progress bars,
     no FutureWarnings, no torch.onnx chatter, no MLflow type-hint hint on every model log."""

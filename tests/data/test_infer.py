@@ -164,3 +164,22 @@ def test_labels_differing_only_in_case_are_named_and_can_be_merged(tmp_path):
     merged = load_and_validate(cfg.model_copy(update={"label_case": "lower"}), tmp_path / "out2",
                                task=get_task("single_label"))
     assert merged.labels == ["computers", "sports"] and merged.report["rows_per_class"]["computers"] == 25
+
+
+def test_tune_takes_a_users_file_as_run_does(tmp_path, capsys):
+    """`forgeline tune` had no --data: a user of `run --data file` had to rediscover five --set keys."""
+    from forgeline.cli import _parser
+
+    f = _pair_file(tmp_path / "pairs.csv")
+    run_args, tune_args = (_parser().parse_args([command, "--data", str(f)]) for command in ("run", "tune"))
+    run_sets, tune_sets = data_overrides(run_args), data_overrides(tune_args)
+    assert tune_sets == run_sets and tune_args.config == run_args.config == "generic"
+    assert load_config("generic", tune_sets).registry.model_name == "forgeline-pairs"  # the same registered model
+
+
+def test_a_target_of_all_distinct_values_is_refused_with_a_hint(tmp_path):
+    """399 distinct values in 399 rows were inferred as 399 classes."""
+    f = tmp_path / "ids.csv"
+    pd.DataFrame({"text": [f"a text number {i}" for i in range(60)], "label": [f"code-{i}" for i in range(60)]}).to_csv(f, index=False)
+    with pytest.raises(DataLoadError, match="holds 60 distinct values in 60 rows: too many to be classes.*--label-column"):
+        data_overrides(args(f))

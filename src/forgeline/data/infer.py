@@ -153,5 +153,11 @@ def infer(raw: pd.DataFrame, path: Path, text_column: str | None, label_column: 
             raise DataLoadError(f"{path}: cannot tell which of {list(map(str, rest))[:20]} is the target; name it with "
                                 "--label-column")
     task, reason = task_of(raw[label])
+    cells = raw[label].dropna().map(str)
+    if task == "single_label" and cells.nunique() >= REGRESSION_MIN_DISTINCT and cells.nunique() > 0.5 * len(cells):
+        raise DataLoadError(
+            f"{path}: the target column {label!r} holds {cells.nunique()} distinct values in {len(cells)} rows: too "
+            "many to be classes (each needs rows to learn from). Name the target with --label-column; for numbers "
+            "with a few non-numeric cells, clean them (a numeric column trains regression)")
     why.append(f"task {task}: target column {reason}")
     return Inferred(str(text), str(label), task, why, None if pair_column is None else str(pair_column))

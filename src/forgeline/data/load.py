@@ -663,7 +663,8 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
         "rows_per_class": per_class,
         "stripped_labels": stripped_labels(raw[cfg.label_column]) if not read_info else 0,
         "labels": labels,
-        "quarantine_file": str(quarantine_path),
+        # beside this report, here and in the run's artifacts (data/): the run's scratch folder is removed
+        "quarantine_file": quarantine_path.name,
         "passed": not problems,
         "problems": problems,
     }

@@ -56,7 +56,8 @@ TARGETS = {"single_label": "one label per text", "multi_label": "any number of l
 
 def model_card(name: str, version: str, run_id: str, decision: GateDecision, metrics: dict[str, float],
                labels: list[str], fingerprint: str, ctx: CardContext, metric_ci: tuple[float, float] | None,
-               spec: Any = None) -> str:
+               spec: Any = None, served: str | None = None) -> str:
+    """``served``: the variant the metrics were measured on (what the version serves on the CPU)."""
     task = spec.task if spec is not None else "single_label"
     m = decision.metric
     word = "promoted to champion" if decision.promote else "kept as challenger"
@@ -88,7 +89,7 @@ def model_card(name: str, version: str, run_id: str, decision: GateDecision, met
         + (f"; {ctx.quarantined} quarantined" if ctx.quarantined is not None else ""),
         target,
         "",
-        "## Test metrics (this run's test split)",
+        "## Test metrics (this run's test split" + (f", as served: `{served}` on the CPU)" if served else ")"),
         f"- {m} (primary, {'higher' if decision.higher_is_better else 'lower'} is better) "
         f"**{metrics.get(f'test_{m}', float('nan')):.4f}**{ci}" + (f"; {', '.join(others)}" if others else ""),
     ]

@@ -160,6 +160,9 @@ class Scored:
     """Bootstrap interval of the new version's own primary metric on these rows."""
     baseline: tuple[float, str] | None = None
     """The trivial baseline's primary metric on these rows, and what that baseline is."""
+    served: dict[str, float] | None = None
+    """The new version's metrics on these rows as it serves on the CPU (its default variant there): what
+    the card's headline, the ``metric.*`` tags and the gate use."""
 
 
 def _task_of(candidate: Any):
@@ -181,10 +184,11 @@ def score_against_champion(name: str, champion: ChampionInfo | None, candidate: 
     ours = candidate.predict_proba(list(rows.texts), rows.pairs)
     ci = metric_ci(task, spec, y, ours)
     baseline = task.baseline(y, spec)
+    served = {f"test_{k}": float(v) for k, v in task.metrics(y, ours, spec).items()}
 
     def alone(problem: str | None = None) -> Scored:
         return Scored(problem=problem, slices=slice_rows(task, spec, y, ours, None, rows.texts, rows.slices),
-                      metric_ci=ci, baseline=baseline)
+                      metric_ci=ci, baseline=baseline, served=served)
 
     if champion is None:
         return alone()
@@ -206,7 +210,7 @@ def score_against_champion(name: str, champion: ChampionInfo | None, candidate: 
         theirs = np.asarray(theirs)[:, order]
     ours_decided, shared = spec.decided(ours)  # each model's own thresholds, then one spec for both
     return Scored(paired=compare_outputs(task, shared, y, ours_decided, theirs), metric_ci=ci, baseline=baseline,
-                  slices=slice_rows(task, shared, y, ours_decided, theirs, rows.texts, rows.slices))
+                  slices=slice_rows(task, shared, y, ours_decided, theirs, rows.texts, rows.slices), served=served)
 
 
 def gate_evidence(value: float, parity_ok: bool, champion: ChampionInfo | None, scored: Scored) -> GateEvidence:
@@ -305,8 +309,14 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
             tags = tags | bundle_tags(download_verified(client, name, version, Path(tmp)))
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, str(v))
+        # what the version serves, where its test rows were scored (a student INT8's headline read the teacher's
+        # PyTorch number, 2.9 pt above what it served, beside an interval of the served one); the teacher's beside
+        teacher, metrics = metrics, (scored.served or metrics)
         for k, v in metrics.items():
             client.set_model_version_tag(name, version, f"metric.{k}", f"{v:.6f}")
+        if scored.served:
+            for k, v in teacher.items():
+                client.set_model_version_tag(name, version, f"metric.teacher.{k}", f"{v:.6f}")
         decision = decide(policy, gate_evidence(metrics[f"test_{policy.metric.name}"], parity_ok, champion, scored))
         aliases = [CHAMPION] if decision.promote else [CHALLENGER]
         gate_tags = {"gate.decision": "promoted" if decision.promote else "kept_challenger", "gate.reason": decision.reason}
@@ -318,7 +328,8 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
         client.set_tag(run_id, "registered_model", f"{name}/{version}")
         client.log_dict(run_id, asdict(decision) | {"version": version, "aliases": aliases}, "gate.json")
         text = model_card(name, version, run_id, decision, metrics, list(meta["labels"]),
-                          tags.get("data_fingerprint", "?"), card or CardContext(), scored.metric_ci, candidate.spec)
+                          tags.get("data_fingerprint", "?"), card or CardContext(), scored.metric_ci, candidate.spec,
+                          served=getattr(candidate, "variant", None) if scored.served else None)
         client.log_text(run_id, text, "model_card.md")
         client.update_model_version(name, version, description=fit_description(text, run_id))
         client.set_model_version_tag(name, version, COMPLETE_TAG, "true")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -489,5 +490,9 @@ def _progress(items, enabled: bool, desc: str):
 
     from tqdm.auto import tqdm
 
+    from forgeline.settings import PROGRESS_ENV
+
+    # the CLI without --verbose keeps stderr for its one error message: the bars go with the progress logs
+    stream = sys.stdout if os.environ.get(PROGRESS_ENV) == "stdout" else sys.stderr
     # in a log file (no terminal) redraw every 30 s instead of every batch
-    return tqdm(items, desc=desc, unit="batch", leave=False, mininterval=0.1 if sys.stderr.isatty() else 30)
+    return tqdm(items, desc=desc, unit="batch", leave=False, file=stream, mininterval=0.1 if stream.isatty() else 30)
