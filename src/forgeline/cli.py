@@ -465,11 +465,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         from forgeline.pipeline.tracking import check_not_copied
 
         check_not_copied(cfg.tracking, uri)  # doctor deletes files: never another workdir's
-    report = doctor(open_client(uri), Path(cfg.tracking.workdir))
+    client = open_client(uri)
+    report = doctor(client, Path(cfg.tracking.workdir))
     mark_failed_runs(Path(cfg.tracking.workdir) / "runs", report.stale_runs, cfg.tracking.keep_failed_runs)
     from forgeline.pipeline.tuning import fail_stale_studies
 
-    for line in report.lines() + fail_stale_studies(cfg, Path(cfg.tracking.workdir)):
+    for line in report.lines() + fail_stale_studies(cfg, Path(cfg.tracking.workdir), client):
         print(line)
     return 0
 

@@ -36,10 +36,9 @@ HEARTBEAT_TAG = "forgeline.heartbeat"
 HEARTBEAT_EVERY_TAG = "forgeline.heartbeat_s"
 HEARTBEAT_ENV = "FORGELINE_HEARTBEAT_S"
 LAPSED_BEATS = 3
-"""A run on another host whose heartbeat is older than this many intervals is stale."""
-LAPSED_BEATS_HERE = 10
-"""On this host the process table decides; a lapse this long with the pid alive means the pid was
-reused by another process (or the owner is frozen): stale too."""
+"""A run on another host whose heartbeat is older than this many intervals is stale. On this host the
+process table decides: a live owner whose beats cannot reach the store (a tracking server down for
+minutes) is not stale, and its scratch folder is not removed under it."""
 
 
 def heartbeat_interval() -> float:
@@ -99,9 +98,7 @@ def run_is_stale(tags: dict[str, str], host: str | None = None, now: float | Non
         beat = every = None
     pid = tags.get(PID_TAG) or ""
     if tags.get(HOST_TAG) == host and pid.isdigit():
-        if not process_alive(int(pid)):
-            return True
-        return beat is not None and now - beat > LAPSED_BEATS_HERE * every
+        return not process_alive(int(pid))
     if beat is None:
         return None
     return now - beat > LAPSED_BEATS * every

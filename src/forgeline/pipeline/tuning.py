@@ -451,12 +451,11 @@ def run_study(cfg: PipelineConfig, workers: int = 1) -> dict[str, Any]:
     rest of the pipeline. Must be called inside a Prefect flow."""
     import optuna
 
-    from forgeline.pipeline.doctor import Heartbeat, owner_tags
+    from forgeline.pipeline.doctor import Heartbeat, owner_tags, run_is_stale
     from forgeline.pipeline.flows import run_pipeline
     from forgeline.pipeline.tracking import Tracker
-    from forgeline.tasks import get_task
-
     from forgeline.settings import quiet_libraries
+    from forgeline.tasks import get_task
 
     quiet_libraries()  # before the first trial loads weights (run_pipeline does it only for the best one)
     primary = get_task(cfg.task).primary
@@ -472,7 +471,9 @@ def run_study(cfg: PipelineConfig, workers: int = 1) -> dict[str, Any]:
         # once, at creation: MLflow refuses a changed param, and a resumed study may ask for more trials
         Tracker(client=client, run_id=parent_id, tracking_uri=tracking_uri).params(
             {k: v for k, v in cfg.flat().items() if k.startswith("tune.")})
-    else:  # resumed: this process owns it now (the sweep may just have marked it KILLED: its first owner died)
+    elif (parent := client.get_run(parent_id)).info.status != "RUNNING" or run_is_stale(parent.data.tags):
+        # resumed after its owner died (the sweep may just have marked it KILLED): this process owns it now;
+        # another live machine's study on the same storage keeps it
         for k, v in owner_tags().items():
             client.set_tag(parent_id, k, v)
         client.update_run(parent_id, status="RUNNING")
