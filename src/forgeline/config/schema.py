@@ -83,8 +83,10 @@ class TaskConfig(_Section):
         if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
             raise ValueError("task.min_value must be <= task.max_value")
         for name in sorted(self.model_fields_set):  # each option names the tasks that take it (json_schema_extra)
-            takers = ((type(self).model_fields[name].json_schema_extra or {}) or {}).get("tasks")
-            if takers and self.type not in takers:
+            field = type(self).model_fields[name]
+            takers = (field.json_schema_extra or {}).get("tasks")
+            # a dumped config set every key at its default: only a value another task's default cannot mean
+            if takers and self.type not in takers and getattr(self, name) != field.default:
                 raise ValueError(f"task.{name} is an option of {' and '.join(takers)}; task.type is {self.type}, which "
                                  f"does not take it: drop task.{name} or set task.type={takers[0]}")
         return self
