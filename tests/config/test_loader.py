@@ -52,6 +52,12 @@ def test_a_task_option_of_another_task_is_refused_naming_the_tasks_that_take_it(
     with pytest.raises(ConfigError, match=f"is an option of {takers}"):
         load_config("tiny", items)
     assert load_config("tiny", ["task.type=regression", "task.loss=huber"]).task.loss == "huber"
+    # a dumped config (a tune trial's, a distributed worker's) sets every key, each other task's at its default
+    from forgeline.config.schema import PipelineConfig
+
+    for task in ("single_label", "regression", "token_classification"):
+        cfg = load_config("tiny", [f"task.type={task}"])
+        assert PipelineConfig.model_validate(cfg.model_dump(mode="json")) == cfg
 
 
 def test_out_of_range_value():
