@@ -35,7 +35,9 @@ def _admits(annotation: object, kinds: tuple[type, ...]) -> bool:
 class _Section(BaseModel):
     # allow_inf_nan=False: YAML's .inf / .nan are refused for every float key (a NaN threshold compares
     # false with everything and would silently switch a check off)
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # use_attribute_docstrings: the docstring under a key is its description (docs/configuration-reference.md)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False,
+                              use_attribute_docstrings=True)
 
     @field_validator("*", mode="before")
     @classmethod
