@@ -97,7 +97,7 @@ def test_the_same_config_and_seed_give_every_variant_the_same_metrics(prefect_ap
     metrics agree to 3 decimals (seeded training, distillation and calibration rows, CPU kernels), and so do
     the budget calls. Which eligible variant is served then rests on measured latency alone; on this
     loaded machine the tiny model's int8 and fp32 students swapped places by more than 2x between two runs,
-    which no latency_tie absorbs (docs: README, Compression)."""
+    which no latency_tie absorbs (docs/compression.md)."""
     student = (*tiny, "compress.student=true", "compress.distill_epochs=2", "compress.max_macro_f1_drop=0.2")
 
     def table(root):

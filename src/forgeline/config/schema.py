@@ -57,7 +57,7 @@ overflows numpy or torch (a 5,000-digit ``train.max_steps`` was accepted)."""
 
 
 class TaskConfig(_Section):
-    """What the model predicts (README: Task types). One declaration per type in ``forgeline.tasks``."""
+    """What the model predicts (docs/tasks.md). One declaration per type in ``forgeline.tasks``."""
 
     type: Literal["single_label", "multi_label", "regression", "token_classification"] = "single_label"
     """``single_label``: one class per text; ``multi_label``: any number of labels per text;
@@ -296,7 +296,7 @@ class StudentSearchSpace(_Section):
 
 
 class CompressConfig(_Section):
-    """Variants of the trained model and which of them are registered (README: Compression)."""
+    """Variants of the trained model and which of them are registered (docs/compression.md)."""
 
     prune: bool = False
     """Unstructured magnitude pruning (the ``pruned`` variant). Off: zeroed weights in dense kernels run
@@ -537,7 +537,7 @@ def _default_space() -> dict[str, ParamSpace]:
 
 
 class TuneConfig(_Section):
-    """`forgeline tune`: an Optuna study over ``space`` (README: Hyperparameter search)."""
+    """`forgeline tune`: an Optuna study over ``space`` (docs/tune.md)."""
 
     trials: int = Field(12, ge=1, le=100_000)
     """Trials in the study in all, across every worker (a resumed study counts the ones it has)."""
@@ -714,7 +714,7 @@ class ServeConfig(_Section):
 
 
 class ScoreConfig(_Section):
-    """`forgeline score`: batch scoring of files with a registered model (README: Batch scoring)."""
+    """`forgeline score`: batch scoring of files with a registered model (docs/scoring.md)."""
 
     model: str = Field(..., description="NAME@alias or NAME/version")
     input: str = Field(..., min_length=1)
