@@ -179,10 +179,7 @@ def collect_garbage(workdir: Path, client: MlflowClient | None, *, cache_max_gb:
 def _run_state(client: MlflowClient | None, folder: Path) -> str:
     if (folder / FAILED_MARK).exists():
         return "failed, kept (tracking.keep_failed_runs)"
-    try:
-        return client.get_run(folder.name).info.status if client is not None else "unknown"
-    except MlflowException:
-        return "no such run"
+    return (_status(client, folder.name) or "no such run") if client is not None else "unknown"
 
 
 def clear_killed_runs(client: MlflowClient, runs: Path, report: GcReport) -> None:
@@ -197,22 +194,18 @@ def clear_killed_runs(client: MlflowClient, runs: Path, report: GcReport) -> Non
         report.problems.append(f"runs: {e}")
         return
     report.killed_runs = list(stale)
-    sizes = {d.name: disk_bytes(d, runs.parent / "cache") for d in runs.iterdir()} if runs.is_dir() else {}
-    removed = set(mark_failed_runs(runs, stale, keep=1 << 30))  # the bound itself is applied by the caller
-    for d in sorted(runs.iterdir()) if runs.is_dir() else []:
-        if d.name in removed or (d / FAILED_MARK).exists() or not d.is_dir():
-            continue
-        try:
-            status = client.get_run(d.name).info.status
-        except MlflowException:
-            status = None
-        if status != "RUNNING":
-            if (d / "error.log").exists():
-                (d / FAILED_MARK).touch()
-            else:
-                shutil.rmtree(d, ignore_errors=True)
-                removed.add(d.name)
-    report.killed_dirs = [f"{r} ({sizes.get(r, 0) / 1e6:.1f} MB)" for r in sorted(removed)]
+    folders = [d for d in sorted(runs.iterdir()) if d.is_dir() and not (d / FAILED_MARK).exists()] if runs.is_dir() else []
+    sizes = {d.name: disk_bytes(d, runs.parent / "cache") for d in folders}
+    ended = [d.name for d in folders if d.name in stale or _status(client, d.name) != "RUNNING"]
+    removed = mark_failed_runs(runs, ended, keep=1 << 30)  # the keep_failed_runs bound is the caller's
+    report.killed_dirs = [f"{r} ({sizes.get(r, 0) / 1e6:.1f} MB)" for r in sorted(set(removed) & set(ended))]
+
+
+def _status(client: MlflowClient, run_id: str) -> str | None:
+    try:
+        return client.get_run(run_id).info.status
+    except MlflowException:
+        return None
 
 
 HOLDERS = (("stage cache", "cache"), ("MLflow artifacts", "mlartifacts"), ("run scratch", "runs"),
@@ -230,21 +223,16 @@ def space_holders(workdir: Path) -> dict[str, int]:
         area = inode_sizes(workdir / name) if (workdir / name).is_dir() else {}
         out[what] = sum(size for inode, size in area.items() if inode not in counted)
         counted |= set(area)
-    db = sum(size for inode, size in inode_sizes_of(workdir.glob("*.db*")).items() if inode not in counted)
-    counted |= set(inode_sizes_of(workdir.glob("*.db*")))
-    out["stores (*.db)"] = db
-    out["other"] = sum(size for inode, size in everything.items() if inode not in counted)
-    return out
-
-
-def inode_sizes_of(paths) -> dict[tuple[int, int], int]:
-    out = {}
-    for p in paths:
+    stores = {}
+    for path in workdir.glob("*.db*"):  # the SQLite stores and their -wal/-shm files
         try:
-            st = p.lstat()
-        except OSError:
+            st = path.lstat()
+        except OSError:  # a -wal file checkpointed away meanwhile
             continue
-        out[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+        stores[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+    out["stores (*.db)"] = sum(size for inode, size in stores.items() if inode not in counted)
+    counted |= set(stores)
+    out["other"] = sum(size for inode, size in everything.items() if inode not in counted)
     return out
 
 
