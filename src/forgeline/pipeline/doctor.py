@@ -187,7 +187,7 @@ def find_damaged_versions(client: MlflowClient, report: DoctorReport) -> DoctorR
     import tempfile
 
     from forgeline.inference.contract import ArtifactIntegrityError
-    from forgeline.registry.client import DAMAGED_TAG, download_verified
+    from forgeline.registry.client import DAMAGED_TAG, download_verified, mark_damaged
 
     for model in client.search_registered_models(max_results=1000):
         for mv in client.search_model_versions(f"name='{model.name}'"):
@@ -198,8 +198,7 @@ def find_damaged_versions(client: MlflowClient, report: DoctorReport) -> DoctorR
                     with tempfile.TemporaryDirectory(prefix="forgeline-doctor-") as tmp:
                         download_verified(client, model.name, str(mv.version), Path(tmp))
                 except ArtifactIntegrityError as e:
-                    why = str(e)[:500]
-                    client.set_model_version_tag(model.name, str(mv.version), DAMAGED_TAG, why)
+                    why = mark_damaged(client, model.name, str(mv.version), e)
                 except (MlflowException, OSError) as e:  # its files are gone: as unusable, said as such
                     why = f"its files cannot be read ({type(e).__name__}: {str(e)[:200]})"
             if why is None:

@@ -112,6 +112,14 @@ def download_verified(client: MlflowClient, name: str, version: str, dst: Path) 
     return local
 
 
+def mark_damaged(client: MlflowClient, name: str, version: str, error: Exception) -> str:
+    """Tag a version whose files failed their digest (``DAMAGED_TAG``: never reused, named by
+    ``forgeline doctor``); returns the reason as tagged."""
+    why = str(error)[:500]
+    client.set_model_version_tag(name, str(version), DAMAGED_TAG, why)
+    return why
+
+
 def is_complete(tags: dict[str, str] | None) -> bool:
     """Whether a version finished registering. Versions from before ``COMPLETE_TAG`` count as complete
     when they carry the gate decision, which was written last then."""
@@ -223,7 +231,7 @@ def find_registered(client: MlflowClient, name: str, cache_key: str, verify: boo
                 logging.getLogger("forgeline").warning(
                     "%s v%s has this run's cache key but cannot be reused (%s); registering anew",
                     name, mv.version, str(e)[:300])
-                client.set_model_version_tag(name, str(mv.version), DAMAGED_TAG, str(e)[:500])
+                mark_damaged(client, name, str(mv.version), e)
                 continue
         return str(mv.version)
     return None

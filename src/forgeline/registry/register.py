@@ -40,7 +40,7 @@ from forgeline.errors import RegistryError
 from forgeline.inference.contract import CHECKSUMS_KEY, META_FILE, file_sha256
 from forgeline.registry.client import (CACHE_KEY_TAG, CHALLENGER, CHAMPION, COMPLETE_TAG, DAMAGED_TAG, bundle_tags,
                                        current_champion, download_verified, is_complete,
-                                       load_verified)
+                                       load_verified, mark_damaged)
 from forgeline.registry.card import CardContext, model_card
 from forgeline.registry.compare import PairedComparison, compare_outputs, metric_ci, slice_rows
 from forgeline.registry.gate import ChampionInfo, GateDecision, GateEvidence, GatePolicy, decide
@@ -133,7 +133,7 @@ def load_version(name: str, version: str):
         return load_verified(client, name, version, {"device": "cpu"})
     except ArtifactIntegrityError as e:  # marked, so no later run reuses it and `forgeline doctor` names it
         with contextlib.suppress(MlflowException):
-            client.set_model_version_tag(name, version, DAMAGED_TAG, str(e)[:500])
+            mark_damaged(client, name, version, e)
         raise
 
 
