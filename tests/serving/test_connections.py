@@ -182,6 +182,14 @@ def test_stalled_request_bodies_are_bounded_and_their_memory_returned(tmp_path, 
             first[line] = first.get(line, 0) + 1
         assert set(first) <= {b"HTTP/1.1 503 Service Unavailable", b"HTTP/1.1 408 Request Timeout",
                               b"HTTP/1.1 401 Unauthorized", b""}, first
+        # a body declared over max_body_bytes: 413 at once, and the connection closes instead of reading on
+        (big,), _ = _stalled_bodies(srv.port, 1, 10_000_000, 100_000, auth)
+        big.settimeout(5)
+        reply = b""
+        while chunk := big.recv(4096):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+        big.close()
         metrics = httpx.get(f"{srv.url}/metrics").text
         busy = next(float(line.split()[1]) for line in metrics.splitlines()
                     if line.startswith('forgeline_rejected_connections_total{reason="bodies_busy"}'))

@@ -499,6 +499,7 @@ def guarded_protocol(cfg: ServeConfig, metrics):
             self._header_timer = None
             self._body_timer = None
             self._reserved = 0
+            self._body_open = False
             self._refused = False
             self._awaiting_headers()
 
@@ -523,7 +524,7 @@ def guarded_protocol(cfg: ServeConfig, metrics):
             self._stop_timer()
             if self._refused:
                 return
-            reserve = self._body_reservation()
+            expected, reserve = self._body_reservation()
             if reserve:
                 large = reserve > SMALL_BODY_BYTES
                 if receiving["bodies"] >= cfg.max_receiving_bodies or (
@@ -536,19 +537,22 @@ def guarded_protocol(cfg: ServeConfig, metrics):
                 self._reserved = reserve
                 receiving["bodies"] += 1
                 receiving["bytes"] += reserve
+            if expected:
+                self._body_open = True
                 self._body_timer = self.loop.call_later(cfg.body_timeout_s, self._body_late)
             super().on_headers_complete()
 
-        def _body_reservation(self) -> int:
-            """Declared bytes of the body to come (a chunked one: ``max_body_bytes``); 0 for none, and for one
-            over ``max_body_bytes`` (the app refuses it at once, 413, and the connection closes)."""
+        def _body_reservation(self) -> tuple[bool, int]:
+            """Whether a body follows, and the bytes it reserves: its declared length (a chunked one:
+            ``max_body_bytes``); none for one over ``max_body_bytes``, which the app refuses at once (413)
+            and whose connection then closes."""
             for name, value in self.headers:
                 if name == b"content-length":
                     n = int(value) if value.isdigit() else 0
-                    return n if n <= cfg.max_body_bytes else 0
+                    return n > 0, (n if n <= cfg.max_body_bytes else 0)
                 if name == b"transfer-encoding" and b"chunked" in value.lower():
-                    return cfg.max_body_bytes
-            return 0
+                    return True, cfg.max_body_bytes
+            return False, 0
 
         def _release(self) -> None:
             if self._body_timer is not None:
@@ -569,18 +573,21 @@ def guarded_protocol(cfg: ServeConfig, metrics):
         def on_message_complete(self) -> None:
             if self._refused:
                 return
+            self._body_open = False
             self._release()
             super().on_message_complete()
 
         def on_response_complete(self) -> None:
-            if self._reserved and not self.transport.is_closing():  # answered before its body was read
+            if self._body_open and not self.transport.is_closing():  # answered before its body was read
+                self._body_open = False
                 self._release()
                 self.transport.close()
             super().on_response_complete()
 
         def _body_late(self) -> None:
             self._body_timer = None
-            if self._reserved and self.cycle is not None and not self.cycle.response_complete:
+            if self._body_open and self.cycle is not None and not self.cycle.response_complete:
+                self._body_open = False
                 self._release()
                 self._refused = True
                 self._reject(408, "Request Timeout", "body_timeout",
