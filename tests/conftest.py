@@ -208,11 +208,12 @@ def trained(session_dir, sentiment_csv):
     """(cfg, splits, TrainResult) for a 1-layer MiniLM fine-tuned on the separable dataset."""
     from forgeline.data.load import load_and_validate
     from forgeline.data.split import split_dataset
+    from forgeline.tasks import get_task
     from forgeline.training.loop import train_model
 
     cfg = small_config(session_dir, sentiment_csv)
     data = load_and_validate(cfg.data, session_dir / "data", cfg.seed)
-    splits = split_dataset(data.valid, cfg.split, cfg.seed)
+    splits = split_dataset(data.valid, cfg.split, cfg.seed, get_task(cfg.task))
     result = train_model(splits, data.labels, cfg, session_dir / "train")
     return cfg, splits, result
 

@@ -174,7 +174,7 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
     the file, inferred where not given and said on stderr with how to override each."""
     from forgeline.config.loader import load_config
     from forgeline.config.schema import DataConfig
-    from forgeline.data.infer import Inferred, infer, token_file
+    from forgeline.data.infer import Inferred, file_task, infer
     from forgeline.data.load import dataset_path, read_table
     from forgeline.errors import ConfigError
 
@@ -187,9 +187,9 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
     probe = DataConfig(**(base.model_dump() | {"path": args.data, "text_column": args.text_column or "text",
                                                 "label_column": args.label_column or "label"}))
     pair = args.text_pair_column
-    shape = token_file(dataset_path(probe), probe)
+    shape = file_task(dataset_path(probe), probe)
     if shape is not None:  # its own shape: no columns to infer
-        found = Inferred("text", "label", "token_classification", [f"task token_classification: {shape}"])
+        found = Inferred("text", "label", shape[0], [f"task {shape[0]}: {shape[1]}"], own_shape=True)
     else:
         raw = read_table(dataset_path(probe), probe, check_columns=False)
         if pair is not None and pair not in raw.columns:
@@ -205,7 +205,7 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
     if "task.type" in told:  # the user's word wins over the inference
         sets = [s for s in sets if not s.startswith("task.type=")]
         found.why = [w for w in found.why if not w.startswith("task ")]
-    how = ("--set task.type=..." if found.task == "token_classification" else
+    how = ("--set task.type=..." if found.own_shape else
            "--text-column, --text-pair-column, --label-column, --set task.type=...")
     print("forgeline: " + "; ".join(found.why) + f". Override with {how}", file=sys.stderr)
     return sets
@@ -326,7 +326,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError("forgeline serve: " + "; ".join(
             f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
     from forgeline.registry.client import parse_model_ref
-    from forgeline.serving.app import serve
+    from forgeline.serving.workers import serve
     from forgeline.serving.watcher import RegistrySource
 
     try:

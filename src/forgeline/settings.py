@@ -175,3 +175,17 @@ def failpoint(name: str) -> None:
 
         raise OSError(errno.ENOSPC, "No space left on device", f"failpoint {name}")
     raise OSError(f"failpoint {name}: injected I/O failure")
+
+
+@contextlib.contextmanager
+def quiet_heartbeats():
+    """Optuna's warnings that heartbeats are experimental and meant for ``optimize()``: ``pipeline.tuning`` and ``export.search`` drive
+    them themselves with ask/tell, for the exact total across workers."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield

@@ -6,6 +6,9 @@ import pytest
 
 from forgeline.config.schema import DriftConfig, ModelConfig
 from forgeline.data.drift import build_profile, compare
+from forgeline.tasks import get_task
+
+SINGLE = get_task("single_label")
 from tests.conftest import sentiment_rows
 
 CFG = DriftConfig(sample_size=64)
@@ -13,7 +16,7 @@ MODEL = ModelConfig(num_layers=1)
 
 
 def profile(df, seed=0):
-    return build_profile(df, ["negative", "positive"], CFG, MODEL, seed)
+    return build_profile(df, ["negative", "positive"], CFG, MODEL, seed, SINGLE)
 
 
 def test_same_distribution_is_not_drift():
@@ -49,7 +52,7 @@ def test_labels_the_champion_never_saw_are_named():
     a = sentiment_rows(100, seed=1)
     b = pd.concat([sentiment_rows(100, seed=2), pd.DataFrame({"text": [f"meh, it is a car {i}" for i in range(5)],
                                                               "label": ["neutral"] * 5})])
-    current = build_profile(b, ["negative", "neutral", "positive"], CFG, MODEL, 0)
+    current = build_profile(b, ["negative", "neutral", "positive"], CFG, MODEL, 0, SINGLE)
     report = compare(*profile(a), *current, CFG)
     # 5 of 205 rows: far below the label-distribution threshold, named all the same
     assert report.label_tv < CFG.label_tv_threshold
@@ -89,18 +92,18 @@ def test_random_subsets_of_the_reference_do_not_trigger_while_a_shifted_mix_does
     tests account for sample size. Reference: the champion's training split (70%), as a run profiles it."""
     data, cfg = _corpus()
     df, model = data.valid, cfg.model.model_copy(update={"num_layers": 1})
-    ref = build_profile(df.sample(frac=0.7, random_state=42), data.labels, cfg.drift, model, 42)
+    ref = build_profile(df.sample(frac=0.7, random_state=42), data.labels, cfg.drift, model, 42, SINGLE)
     for seed in range(3):
-        report = compare(*ref, *build_profile(df.sample(frac=0.8, random_state=seed), data.labels, cfg.drift, model, seed),
+        report = compare(*ref, *build_profile(df.sample(frac=0.8, random_state=seed), data.labels, cfg.drift, model, seed, SINGLE),
                          cfg.drift)
         assert not report.retrain, report.reasons
         assert report.embedding_p > cfg.drift.p_value / 3 and report.label_p > 0.05
     resampled = df.sample(frac=1.0, replace=True, random_state=9)
-    assert not compare(*ref, *build_profile(resampled, data.labels, cfg.drift, model, 9), cfg.drift).retrain
+    assert not compare(*ref, *build_profile(resampled, data.labels, cfg.drift, model, 9, SINGLE), cfg.drift).retrain
     # a real shift: positives become 60% of the traffic (they were 18%)
     pos, neg = df[df.label == "positive"], df[df.label == "negative"]
     shifted = pd.concat([pos, neg.sample(len(pos) // 2, random_state=0)])
-    report = compare(*ref, *build_profile(shifted, data.labels, cfg.drift, model, 3), cfg.drift)
+    report = compare(*ref, *build_profile(shifted, data.labels, cfg.drift, model, 3, SINGLE), cfg.drift)
     assert report.retrain and any("label distribution moved" in r for r in report.reasons)
     assert any("content moved" in r for r in report.reasons) and report.embedding_p < 0.01
 
@@ -110,7 +113,7 @@ def test_unlabelled_traffic_skips_the_label_test_and_says_so():
 
     data, cfg = _corpus()
     df, model = data.valid, cfg.model.model_copy(update={"num_layers": 1})
-    ref = build_profile(df.sample(frac=0.7, random_state=42), data.labels, cfg.drift, model, 42)
+    ref = build_profile(df.sample(frac=0.7, random_state=42), data.labels, cfg.drift, model, 42, SINGLE)
     same = compare(*ref, *traffic_profile(df.sample(frac=0.5, random_state=1)["text"].tolist(), cfg.drift, model, 1), cfg.drift)
     assert not same.retrain and same.label_tv is None and "label check skipped" in same.notes[0]
     short = df[df.text.str.len() < 90]["text"].tolist()  # shorter texts than the model was trained on

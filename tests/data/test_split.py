@@ -4,6 +4,9 @@ import pytest
 from forgeline.errors import LeakageError
 from forgeline.config.schema import SplitConfig
 from forgeline.data.split import Splits, check_no_leakage, split_dataset
+from forgeline.tasks import get_task
+
+SINGLE = get_task("single_label")
 
 
 def frame(n_neg=300, n_pos=100) -> pd.DataFrame:
@@ -14,7 +17,7 @@ def frame(n_neg=300, n_pos=100) -> pd.DataFrame:
 
 def test_split_sizes_stratified_and_disjoint():
     df = frame()
-    s = split_dataset(df, SplitConfig(val_fraction=0.1, test_fraction=0.2), seed=1)
+    s = split_dataset(df, SplitConfig(val_fraction=0.1, test_fraction=0.2), seed=1, task=SINGLE)
     assert sum(s.sizes().values()) == len(df)
     assert abs(s.sizes()["test"] - 80) <= 1 and abs(s.sizes()["val"] - 40) <= 1
     for part in (s.train, s.val, s.test):
@@ -26,7 +29,7 @@ def test_split_sizes_stratified_and_disjoint():
 def test_split_is_seeded():
     df = frame()
     cfg = SplitConfig()
-    a, b, c = split_dataset(df, cfg, 3), split_dataset(df, cfg, 3), split_dataset(df, cfg, 4)
+    a, b, c = split_dataset(df, cfg, 3, SINGLE), split_dataset(df, cfg, 3, SINGLE), split_dataset(df, cfg, 4, SINGLE)
     assert list(a.test.index) == list(b.test.index)
     assert list(a.test.index) != list(c.test.index)
 
@@ -43,4 +46,4 @@ def test_too_small_class_is_a_clear_error():
 
     with pytest.raises(DataValidationError, match="fewer than the 20 rows that split.val_fraction=0.1 and "
                        r"split.test_fraction=0.15 need for a stratified split: '\w+' has 3\. "):
-        split_dataset(frame(n_pos=3), SplitConfig(), seed=0)
+        split_dataset(frame(n_pos=3), SplitConfig(), seed=0, task=SINGLE)

@@ -5,7 +5,13 @@ import torch
 from forgeline.config.schema import CompressConfig
 from forgeline.inference.runtime import create_session, predict_proba_ids
 from forgeline.export import compress as cmp
+from forgeline.tasks import get_task
 from forgeline.training.loop import encode
+
+
+def budget(cfg: CompressConfig) -> cmp.Budget:
+    """Single-label's budget (accuracy and macro-F1) of ``cfg``."""
+    return cmp.Budget.of(get_task("single_label"), cfg)
 
 
 def test_global_pruning_hits_the_target_sparsity_on_a_copy(trained):
@@ -43,8 +49,8 @@ def test_budget_decides_which_variants_are_registered(tmp_path):
     f.write_bytes(b"x" * 1000)
     base = {"accuracy": 0.90, "macro_f1": 0.88}
     cfg = CompressConfig(max_accuracy_drop=0.02)
-    ok = cmp.make_variant("int8", f, {"accuracy": 0.885, "macro_f1": 0.87}, base, cfg)
-    over = cmp.make_variant("pruned", f, {"accuracy": 0.85, "macro_f1": 0.84}, base, cfg)
+    ok = cmp.make_variant("int8", f, {"accuracy": 0.885, "macro_f1": 0.87}, base, budget(cfg))
+    over = cmp.make_variant("pruned", f, {"accuracy": 0.85, "macro_f1": 0.84}, base, budget(cfg))
     assert ok.within_budget and ok.accuracy_delta == pytest.approx(-0.015) and ok.size_bytes == 1000
     assert not over.within_budget and over.macro_f1_delta == pytest.approx(-0.04)
     assert over.gzip_bytes < 1000
@@ -95,7 +101,7 @@ def test_static_int8_is_calibrated_on_texts_and_passes_its_parity_tolerance(tmp_
 def variant(name, f1, acc, cpu_b32=None, cuda_b32=None, parity_ok=True, size=1_000_000, teacher=(0.80, 0.80),
             cfg=CompressConfig()):
     base = {"accuracy": teacher[0], "macro_f1": teacher[1]}
-    v = cmp.make_variant(name, None, {"accuracy": acc, "macro_f1": f1}, base, cfg, size_bytes=size)
+    v = cmp.make_variant(name, None, {"accuracy": acc, "macro_f1": f1}, base, budget(cfg), size_bytes=size)
     v.path = __import__("pathlib").Path(f"/x/{name}.onnx")
     for device, ms in (("cpu", cpu_b32), ("cuda", cuda_b32)):
         if ms is not None:
@@ -212,10 +218,10 @@ def test_the_budget_is_checked_on_validation_and_the_report_is_the_test_splits()
     cfg = CompressConfig()
     base, val_base = {"accuracy": 0.80, "macro_f1": 0.80}, {"accuracy": 0.82, "macro_f1": 0.82}
     # better on validation than the teacher, 2 pt worse on test: chosen (validation decides), reported as -0.02
-    lucky = cmp.make_variant("student_int8", None, {"accuracy": 0.78, "macro_f1": 0.78}, base, cfg, size_bytes=1,
+    lucky = cmp.make_variant("student_int8", None, {"accuracy": 0.78, "macro_f1": 0.78}, base, budget(cfg), size_bytes=1,
                              val_metrics={"accuracy": 0.825, "macro_f1": 0.825}, val_base=val_base)
     # within the budget on test, 3 pt worse on validation: not eligible
-    unlucky = cmp.make_variant("student", None, {"accuracy": 0.80, "macro_f1": 0.80}, base, cfg, size_bytes=1,
+    unlucky = cmp.make_variant("student", None, {"accuracy": 0.80, "macro_f1": 0.80}, base, budget(cfg), size_bytes=1,
                                val_metrics={"accuracy": 0.79, "macro_f1": 0.79}, val_base=val_base)
     assert lucky.within_budget and not unlucky.within_budget
     teacher = variant("fp32", 0.80, 0.80, 280)
@@ -233,10 +239,10 @@ def _val_outputs(correct: np.ndarray) -> np.ndarray:
 
 
 def test_a_noise_level_difference_is_not_dominance_and_the_faster_variant_wins():
-    from forgeline.inference.tasks import OutputSpec
+    from forgeline.inference.tasks import spec_for
     from forgeline.tasks import get_task
 
-    task, spec = get_task("single_label"), OutputSpec(task="single_label", labels=("a", "b"))
+    task, spec = get_task("single_label"), spec_for("single_label", ("a", "b"))
     rng = np.random.default_rng(0)
     y = np.concatenate([np.zeros(225, dtype=int), np.ones(225, dtype=int)])
     right = rng.random(450) < 0.85

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from forgeline.inference.tasks import OutputSpec
+from forgeline.inference.tasks import spec_for
 from forgeline.inference.tokens import (IGNORE, Tagged, TokenEncoder, owner_window, predict_tagged, tag_names, to_words,
                                         word_spans, word_tags)
 
 TYPES = ("LOC", "PER")
-SPEC = OutputSpec("token_classification", TYPES)
+SPEC = spec_for("token_classification", TYPES)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from mlflow.utils.file_utils import local_file_uri_to_path
 
 from forgeline.cli import main
 from forgeline.inference.contract import VARIANT_FILES
-from forgeline.pipeline.disk import disk_bytes, logged_model_id
+from forgeline.pipeline.disk import disk_bytes
+from forgeline.registry.client import logged_model_id
 from forgeline.pipeline.flows import training_flow
 from tests.conftest import QUICK, flow_overrides, sentiment_rows
 

@@ -5,7 +5,8 @@ import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import f1_score
 
-from forgeline.registry.compare import compare_paired, macro_f1
+from forgeline.tasks.metrics import macro_f1
+from tests.registry.class_ids import compare_paired
 
 
 def test_macro_f1_matches_scikit_learn_and_weights_are_resamples():
@@ -45,7 +46,8 @@ def test_rows_must_match():
 def test_slice_table_on_a_constructed_case():
     """120 rows, two classes; the challenger is wrong on every long `neg` text from source "forum",
     the champion always right: the table names exactly those slices, with the known scores."""
-    from forgeline.registry.compare import slice_table, worst_slice
+    from forgeline.registry.compare import worst_slice
+    from tests.registry.class_ids import slice_table
 
     y = np.array([0, 1] * 60)
     texts = ["short"] * 40 + ["a medium text"] * 40 + ["a rather long text, as forum posts are"] * 40

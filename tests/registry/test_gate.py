@@ -68,7 +68,7 @@ def test_gate_refuses_worse_model_just_beyond_tolerance():
 
 
 def test_a_slice_that_drops_beyond_the_limit_blocks_promotion_and_is_named():
-    from forgeline.registry.compare import compare_paired
+    from tests.registry.class_ids import compare_paired
 
     y = np.array([0, 1] * 100)
     paired = compare_paired(y, y, y, 2)  # overall identical: the paired test alone would promote
@@ -89,7 +89,7 @@ def test_a_slice_that_drops_beyond_the_limit_blocks_promotion_and_is_named():
 @pytest.mark.parametrize("challenger_rmse,promote", [(1.00, True), (1.01, True), (1.20, False)])
 def test_a_lower_is_better_metric_refuses_a_higher_rmse_beyond_a_relative_tolerance(challenger_rmse, promote):
     """RMSE: the upper bound of (challenger − champion) against 2 % of the champion's value."""
-    from forgeline.inference.tasks import OutputSpec
+    from forgeline.inference.tasks import spec_for
     from forgeline.registry.compare import compare_outputs
     from forgeline.tasks import get_task
 
@@ -99,7 +99,7 @@ def test_a_lower_is_better_metric_refuses_a_higher_rmse_beyond_a_relative_tolera
     noise = rng.normal(0, 0.3, 400)
     champion = (y + noise)[:, None]  # RMSE ~0.3; predicting the mean: ~1
     challenger = (y + noise * challenger_rmse)[:, None]
-    spec = OutputSpec("regression", ("y",), mean=0.0, scale=1.0)
+    spec = spec_for("regression", ("y",), mean=0.0, scale=1.0)
     paired = compare_outputs(task, spec, y, challenger, champion)
     assert paired.mcnemar_p is None and paired.metric == "rmse"
     policy = GatePolicy(task.primary, 0.02, 0.05)

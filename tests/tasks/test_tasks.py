@@ -11,12 +11,12 @@ from sklearn.metrics import f1_score
 from forgeline.config.schema import DataConfig
 from forgeline.data.load import validate_frame
 from forgeline.errors import DataValidationError
-from forgeline.inference.tasks import TASK_TYPES, OutputSpec
+from forgeline.inference.tasks import OUTPUTS, OutputSpec, spec_for
 from forgeline.tasks import TASKS, Problem, get_task
 
 
 def test_every_task_type_has_one_declaration_and_output_handling():
-    assert set(TASKS) == set(TASK_TYPES)
+    assert set(TASKS) == set(OUTPUTS)
     for name, cls in TASKS.items():
         task = cls()
         assert task.type == name and task.primary.name in task.metrics_known
@@ -36,7 +36,7 @@ def test_multi_label_metrics_match_scikit_learn_and_resampling_is_weighting():
     rng = np.random.default_rng(0)
     y = (rng.random((300, 4)) < 0.3).astype(np.float32)
     out = np.clip(y * 0.7 + rng.random((300, 4)) * 0.5, 0, 1)
-    spec = OutputSpec("multi_label", ("a", "b", "c", "d"), thresholds=(0.5, 0.5, 0.6, 0.4))
+    spec = spec_for("multi_label", ("a", "b", "c", "d"), thresholds=(0.5, 0.5, 0.6, 0.4))
     pred = out >= np.array(spec.thresholds)
     m = task.metrics(y, out, spec)
     assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
@@ -123,7 +123,7 @@ def test_strata_keep_every_stratum_splittable():
 
 
 def test_output_spec_round_trips_through_the_bundle_metadata_and_old_bundles_read_as_single_label():
-    spec = OutputSpec("multi_label", ("a", "b"), thresholds=(0.3, 0.7), pairs=True)
+    spec = spec_for("multi_label", ("a", "b"), thresholds=(0.3, 0.7), pairs=True)
     assert OutputSpec.from_meta({"task": spec.to_meta()}) == spec
     old = OutputSpec.from_meta({"labels": ["neg", "pos"]})
     assert old.task == "single_label" and old.labels == ("neg", "pos")
@@ -138,7 +138,7 @@ def test_output_spec_round_trips_through_the_bundle_metadata_and_old_bundles_rea
 ])
 def test_answers_and_frames_per_task(task, outputs, expected):
     labels = ("a", "b") if task != "regression" else ("y",)
-    spec = OutputSpec(task, labels)
+    spec = spec_for(task, labels)
     answer = spec.answers(np.array(outputs, dtype=np.float32))[0]
     assert {k: (pytest.approx(v) if isinstance(v, float) else v) for k, v in expected.items()} == {k: answer[k] for k in expected}
     frame = spec.frame(np.array(outputs, dtype=np.float32))
@@ -146,9 +146,9 @@ def test_answers_and_frames_per_task(task, outputs, expected):
 
 
 SPECS = {
-    "multi_label": OutputSpec("multi_label", ("a", "b", "c"), thresholds=(0.4, 0.5, 0.6)),
-    "regression": OutputSpec("regression", ("y",), mean=3.0, scale=2.0),
-    "pairs": OutputSpec("single_label", ("neg", "pos"), pairs=True),
+    "multi_label": spec_for("multi_label", ("a", "b", "c"), thresholds=(0.4, 0.5, 0.6)),
+    "regression": spec_for("regression", ("y",), mean=3.0, scale=2.0),
+    "pairs": spec_for("single_label", ("neg", "pos"), pairs=True),
 }
 
 
@@ -237,9 +237,9 @@ def test_every_task_runs_as_cuda_graphs_like_the_cpu_session(exported_task):
 
 
 def test_shadow_agreement_and_the_traffic_log_per_task():
-    reg = OutputSpec("regression", ("y",), mean=0.0, scale=2.0)
+    reg = spec_for("regression", ("y",), mean=0.0, scale=2.0)
     assert reg.same(1.0, 1.19) and not reg.same(1.0, 1.3)  # within 0.1 target standard deviations (0.2)
-    multi = OutputSpec("multi_label", ("a", "b"), thresholds=(0.5, 0.5))
+    multi = spec_for("multi_label", ("a", "b"), thresholds=(0.5, 0.5))
     assert multi.same(("a",), ("a",)) and not multi.same(("a",), ("a", "b"))
     out = np.array([[0.9, 0.6], [0.1, 0.2]], dtype=np.float32)
     assert multi.logged(out) == (["a|b", ""], [pytest.approx(0.9), pytest.approx(0.2)])
@@ -262,8 +262,8 @@ def test_two_multi_label_models_are_compared_each_at_its_own_thresholds():
 
     task = get_task("multi_label")
     y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]] * 25, dtype=np.float32)
-    low = OutputSpec("multi_label", ("a", "b"), thresholds=(0.2, 0.2))
-    high = OutputSpec("multi_label", ("a", "b"), thresholds=(0.8, 0.8))
+    low = spec_for("multi_label", ("a", "b"), thresholds=(0.2, 0.2))
+    high = spec_for("multi_label", ("a", "b"), thresholds=(0.8, 0.8))
     a, a_spec = low.decided(np.where(y > 0, 0.3, 0.1))  # right at 0.2, wrong at 0.8
     b, _ = high.decided(np.where(y > 0, 0.9, 0.7))  # right at 0.8, wrong at 0.2
     assert a_spec.thresholds == (0.5, 0.5)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from forgeline.inference.tasks import OutputSpec
+from forgeline.inference.tasks import spec_for
 from forgeline.inference.tokens import Tagged, tag_names, word_spans
 from forgeline.tasks import get_task
 
 TYPES = ("LOC", "MISC", "PER")
-SPEC = OutputSpec("token_classification", TYPES)
+SPEC = spec_for("token_classification", TYPES)
 TAGS = tag_names(TYPES)
 
 

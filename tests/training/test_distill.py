@@ -6,6 +6,9 @@ import torch
 
 from forgeline.config.schema import CompressConfig
 from forgeline.training.distill import distillation_loss, make_student
+from forgeline.tasks import get_task
+
+SINGLE = get_task("single_label")
 
 
 def test_loss_is_soft_kl_scaled_by_t_squared_plus_hard_cross_entropy():
@@ -16,8 +19,8 @@ def test_loss_is_soft_kl_scaled_by_t_squared_plus_hard_cross_entropy():
     p_t = torch.softmax(t / T, -1)
     kl = (p_t * (torch.log(p_t) - torch.log_softmax(s / T, -1))).sum(-1).mean() * T * T
     ce = torch.nn.functional.cross_entropy(s, y)
-    assert distillation_loss(s, t, y, T, alpha).item() == pytest.approx((alpha * kl + (1 - alpha) * ce).item(), rel=1e-6)
-    assert distillation_loss(t, t, y, T, 1.0).item() == pytest.approx(0.0, abs=1e-6), "identical logits: no soft loss"
+    assert distillation_loss(s, t, y, T, alpha, SINGLE).item() == pytest.approx((alpha * kl + (1 - alpha) * ce).item(), rel=1e-6)
+    assert distillation_loss(t, t, y, T, 1.0, SINGLE).item() == pytest.approx(0.0, abs=1e-6), "identical logits: no soft loss"
 
 
 def test_distillation_lowers_the_loss_and_the_student_learns_the_task(trained):
@@ -28,7 +31,7 @@ def test_distillation_lowers_the_loss_and_the_student_learns_the_task(trained):
     c = CompressConfig(student_layers=1, prune_heads=0.5, prune_ffn=0.75, distill_epochs=3, importance_batches=2,
                        distill_learning_rate=5e-4)
     student = make_student(result.model, result.tokenizer, splits.train["text"].tolist(), y_train,
-                           splits.val["text"].tolist(), y_val, c, cfg.train, cfg.model.max_length, "cpu", cfg.seed)
+                           splits.val["text"].tolist(), y_val, c, cfg.train, cfg.model.max_length, "cpu", cfg.seed, task=SINGLE)
     losses = [h["distill_loss"] for h in student.history]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert student.info["heads_per_layer"] == 6 and student.info["ffn_per_layer"] == 384
@@ -50,7 +53,7 @@ def test_the_teachers_layer_outputs_kept_from_one_pass_train_the_student_as_a_fo
 
     def losses():
         student = make_student(result.model, result.tokenizer, splits.train["text"].tolist(), y_train,
-                               splits.val["text"].tolist(), y_val, c, cfg.train, cfg.model.max_length, "cpu", cfg.seed)
+                               splits.val["text"].tolist(), y_val, c, cfg.train, cfg.model.max_length, "cpu", cfg.seed, task=SINGLE)
         return [h["distill_loss"] for h in student.history]
 
     kept = losses()
@@ -69,7 +72,7 @@ def test_transfer_texts_join_the_distillation_with_the_teachers_labels_and_their
     def make(extra):
         return make_student(result.model, result.tokenizer, splits.train["text"].tolist(), y_train,
                             splits.val["text"].tolist(), y_val, c, cfg.train, cfg.model.max_length, "cpu", cfg.seed,
-                            transfer=extra)
+                            task=SINGLE, transfer=extra)
 
     plain, more = make(()), make(transfer)
     assert plain.info["transfer_rows"] == 0 and more.info["transfer_rows"] == 2
@@ -88,7 +91,7 @@ def test_the_cut_vocabulary_keeps_the_unlabelled_texts_tokens_and_never_the_vali
     def make(val_texts, vocab=()):
         return make_student(result.model, result.tokenizer, splits.train["text"].tolist(), y_train, val_texts,
                             np.zeros(len(val_texts), dtype=np.int64), c, cfg.train, cfg.model.max_length, "cpu",
-                            cfg.seed, vocab_texts=vocab)
+                            cfg.seed, task=SINGLE, vocab_texts=vocab)
 
     plain = make(splits.val["text"].tolist()[:2])
     assert make(rare).info["vocabulary"] == plain.info["vocabulary"], "validation texts add no token"

@@ -126,10 +126,11 @@ def test_cpu_training_step_stays_fp32_with_stock_attention():
     import torch
 
     from forgeline.config.schema import TrainConfig
+    from forgeline.tasks import get_task
     from forgeline.training.loop import TrainStep
 
     model = _tiny_classifier()
-    step = TrainStep(model, TrainConfig(), "cpu")  # precision/attention "auto": CUDA-only choices
+    step = TrainStep(model, TrainConfig(), "cpu", get_task("single_label"))  # precision/attention "auto": CUDA-only choices
     assert (step.precision, step.fused_attention, step.master, step.width_multiple) == ("fp32", False, None, 1)
     assert model.config._attn_implementation == "sdpa"
     ids = torch.randint(5, 100, (4, 10), generator=torch.Generator().manual_seed(0))

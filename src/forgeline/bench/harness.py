@@ -207,12 +207,14 @@ def bench_training(model_cfg, labels: list[str], batch: int, seq: int, steps: in
     ids padded as the training stage pads them."""
     import torch
 
+    from forgeline.inference.tasks import DEFAULT_TASK
+    from forgeline.tasks import get_task
     from forgeline.training.classifier import build_classifier
     from forgeline.training.loop import TrainStep, collate, make_batches
 
     tcfg = tcfg or TrainConfig()
     model = build_classifier(model_cfg, labels).to(device)
-    step = TrainStep(model, tcfg, device)
+    step = TrainStep(model, tcfg, device, get_task(DEFAULT_TASK))  # the timed step: single-label's loss
     step.train()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if real_ids is None:

@@ -58,8 +58,9 @@ def _explain(exc: ValidationError, source: str) -> ConfigError:
             msg = f"unknown key '{key}'"
             msg += f" (did you mean '{'.'.join(map(str, loc[:-1] + (hint[0],)))}'?)" if hint else f"; valid keys here: {known}"
         else:
-            msg = (err["msg"].removeprefix("Value error, ")[:SHOWN_CHARS] if key == "<root>"  # a check across sections
-                   else f"bad value for '{key}': {err['msg'][:SHOWN_CHARS]}")
+            said = err["msg"].removeprefix("Value error, ")[:SHOWN_CHARS]
+            # a check across sections, or one whose message names its key itself (task options)
+            msg = said if key == "<root>" or said.startswith((f"{key}.", "unknown key")) else f"bad value for '{key}': {err['msg'][:SHOWN_CHARS]}"
             if "input" in err and not isinstance(err["input"], dict):
                 msg += f" (got {shown(err['input'])})"
             if err["type"] == "literal_error" and isinstance(err.get("input"), str):

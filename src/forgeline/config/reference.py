@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from forgeline.config.schema import PipelineConfig, ScoreConfig, ServeConfig
+from forgeline.config.schema import PipelineConfig, ScoreConfig, ServeConfig, TaskConfig
 
 TOP = ((PipelineConfig, "`forgeline run` / `tune` (YAML presets, `--set section.key=value`)", ""),
        (ServeConfig, "`forgeline serve` (`--set key=value`)", "serve."),
@@ -43,16 +43,33 @@ def _default(field: FieldInfo) -> str:
     return f"`{text if len(text) <= 60 else text[:57] + '...'}`"
 
 
-def _bounds(field: FieldInfo) -> str:
+def _bounds(field: FieldInfo, tasks: list[str] | None = None) -> str:
     said = []
     for m in field.metadata:
         for name, word in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
             if getattr(m, name, None) is not None:
                 said.append(f"{word} {getattr(m, name)}")
-    tasks = (field.json_schema_extra or {}).get("tasks") if isinstance(field.json_schema_extra, dict) else None
     if tasks:
         said.append("only for " + ", ".join(tasks))
     return ", ".join(said)
+
+
+def _row(key: str, field: FieldInfo, tasks: list[str] | None = None) -> str:
+    about = " ".join((field.description or "").split()).replace("|", "\\|")
+    return f"| `{key}` | {_type(field.annotation)} | {_default(field)} | {_bounds(field, tasks)} | {about} |"
+
+
+def _task_options(prefix: str) -> list[str]:
+    """Every task's own options (``Task.Options``, declared beside each task), once per key."""
+    from forgeline.tasks import TASKS
+
+    takers: dict[str, list[str]] = {}
+    fields: dict[str, FieldInfo] = {}
+    for task in TASKS.values():
+        for name, field in task.Options.model_fields.items():
+            takers.setdefault(name, []).append(task.type)
+            fields.setdefault(name, field)
+    return [_row(f"{prefix}{name}", fields[name], takers[name]) for name in fields]
 
 
 def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:
@@ -62,8 +79,9 @@ def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             nested.append((annotation, f"{prefix}{name}."))
             continue
-        about = " ".join((field.description or "").split()).replace("|", "\\|")
-        rows.append(f"| `{prefix}{name}` | {_type(annotation)} | {_default(field)} | {_bounds(field)} | {about} |")
+        rows.append(_row(f"{prefix}{name}", field))
+    if model is TaskConfig:
+        rows += _task_options(prefix)
     if rows:
         out += ["", f"### `{prefix.rstrip('.') or 'top level'}`", "", "| key | type | default | bounds | what |",
                 "|---|---|---|---|---|", *rows]

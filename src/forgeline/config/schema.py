@@ -11,44 +11,11 @@ import json
 import os
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from forgeline.config.section import Section as _Section
 from forgeline.data.corpora import CORPORA
-
-
-def _admits(annotation: object, kinds: tuple[type, ...]) -> bool:
-    """Whether a field's annotation (unions, Annotated, containers' own type aside) names one of ``kinds``."""
-    from typing import Any, get_args, get_origin
-
-    if annotation is Any or annotation in kinds:
-        return True
-    origin = get_origin(annotation)
-    if origin is Annotated:
-        return _admits(get_args(annotation)[0], kinds)
-    if origin is Literal:
-        return any(isinstance(a, kinds) for a in get_args(annotation))
-    if origin in (list, dict, tuple, set):
-        return False
-    return any(_admits(a, kinds) for a in get_args(annotation))
-
-
-class _Section(BaseModel):
-    # allow_inf_nan=False: YAML's .inf / .nan are refused for every float key (a NaN threshold compares
-    # false with everything and would silently switch a check off)
-    # use_attribute_docstrings: the docstring under a key is its description (docs/configuration-reference.md)
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False,
-                              use_attribute_docstrings=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_booleans_for_numbers(cls, value: object, info) -> object:
-        """YAML's true/false/yes/no for a number key: pydantic reads them as 1 and 0 (``--set train.epochs=true``
-        trained one epoch)."""
-        if isinstance(value, bool) and info.field_name:
-            annotation = cls.model_fields[info.field_name].annotation
-            if _admits(annotation, (int, float)) and not _admits(annotation, (bool,)):
-                raise ValueError(f"{str(value).lower()} is a boolean; this key takes a number")
-        return value
+from forgeline.inference.tasks import DEFAULT_TASK
 
 
 BIG = 1_000_000_000
@@ -57,40 +24,57 @@ overflows numpy or torch (a 5,000-digit ``train.max_steps`` was accepted)."""
 
 
 class TaskConfig(_Section):
-    """What the model predicts (docs/tasks.md). One declaration per type in ``forgeline.tasks``."""
+    """What the model predicts (docs/tasks.md): ``type`` and the options of that task, each declared beside
+    its class in ``forgeline.tasks`` (``Task.Options``); an option the chosen task does not take is refused,
+    naming the tasks that take it."""
 
-    type: Literal["single_label", "multi_label", "regression", "token_classification"] = "single_label"
-    """``single_label``: one class per text; ``multi_label``: any number of labels per text;
-    ``regression``: a number per text; ``token_classification``: entity spans in each text."""
+    model_config = ConfigDict(extra="allow")
+
+    type: str = DEFAULT_TASK
+    """A task of ``forgeline.tasks.TASKS``: ``single_label`` (one class per text), ``multi_label`` (any
+    number of labels per text), ``regression`` (a number per text), ``token_classification`` (entity
+    spans in each text)."""
     primary_metric: str | None = None
     """The metric the gate, early stopping and compression budgets use. None: the task's own (macro_f1
     for classification, rmse for regression)."""
-    loss: Literal["mse", "huber"] = Field("mse", json_schema_extra={"tasks": ["regression"]})
-    """Regression only."""
-    standardize: bool = Field(True, json_schema_extra={"tasks": ["regression"]})
-    """Regression only: train on the standardised target (the mean and scale ship in the bundle)."""
-    min_value: float | None = Field(None, json_schema_extra={"tasks": ["regression"]})
-    """Regression only: rows whose target is below this are quarantined (``target_out_of_range``)."""
-    max_value: float | None = Field(None, json_schema_extra={"tasks": ["regression"]})
-    aggregation: Literal["first", "average", "max"] = Field("first", json_schema_extra={"tasks": ["token_classification"]})
-    """token_classification: a word's tag from its first word piece (the one trained), the mean of its
-    pieces, or its most confident piece."""
-    stride: int = Field(32, ge=0, le=4096, json_schema_extra={"tasks": ["token_classification"]})
-    """token_classification: word pieces of overlap between the windows a long text is scored in."""
-    label_all_tokens: bool = Field(False, json_schema_extra={"tasks": ["token_classification"]})
-    """token_classification: train every piece of a word (I- after the first), not only the first."""
 
     @model_validator(mode="after")
-    def _check(self) -> "TaskConfig":
-        if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
-            raise ValueError("task.min_value must be <= task.max_value")
-        for name in sorted(self.model_fields_set):  # each option names the tasks that take it (json_schema_extra)
-            field = type(self).model_fields[name]
-            takers = (field.json_schema_extra or {}).get("tasks")
-            # a dumped config set every key at its default: only a value another task's default cannot mean
-            if takers and self.type not in takers and getattr(self, name) != field.default:
-                raise ValueError(f"task.{name} is an option of {' and '.join(takers)}; task.type is {self.type}, which "
-                                 f"does not take it: drop task.{name} or set task.type={takers[0]}")
+    def _options(self) -> "TaskConfig":
+        import difflib
+
+        from pydantic import ValidationError
+
+        from forgeline.tasks import TASKS
+
+        if self.type not in TASKS:
+            hint = difflib.get_close_matches(self.type, list(TASKS), n=1)
+            raise ValueError(f"task.type {self.type!r} is not a task; use one of {sorted(TASKS)}"
+                             + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        own = TASKS[self.type].Options
+        given = dict(self.__pydantic_extra__ or {})
+        for name in sorted(given):
+            if name in own.model_fields:
+                continue
+            takers = [t for t in TASKS.values() if name in t.Options.model_fields]
+            if not takers:
+                known = sorted({k for t in TASKS.values() for k in t.Options.model_fields} | {"type", "primary_metric"})
+                hint = difflib.get_close_matches(name, known, n=1)
+                raise ValueError(f"unknown key 'task.{name}'" + (f" (did you mean 'task.{hint[0]}'?)" if hint else
+                                                                  f"; valid keys of task {self.type}: {sorted(own.model_fields)}"))
+            # a config dumped before options were per task holds every task's at its default: dropped
+            if all(given[name] == t.Options.model_fields[name].default for t in takers):
+                del given[name]
+                continue
+            names = " and ".join(t.type for t in takers)
+            raise ValueError(f"task.{name} is an option of {names}; task.type is {self.type}, which does not take it: "
+                             f"drop task.{name} or set task.type={takers[0].type}")
+        try:
+            options = own(**given)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(map(str, err["loc"]))
+            raise ValueError((f"task.{where}: " if where else "") + err["msg"].removeprefix("Value error, ")) from None
+        self.__pydantic_extra__ = options.model_dump()
         return self
 
 
@@ -588,10 +572,13 @@ class PipelineConfig(_Section):
 
     @model_validator(mode="after")
     def _check_transfer(self) -> "PipelineConfig":
+        from forgeline.tasks import TASKS
+
         for key in ("distill_transfer_rows", "validation_rows", "vocab_rows"):
-            if getattr(self.compress, key) and self.task.type != "single_label":
+            if getattr(self.compress, key) and not TASKS[self.task.type].transfer_rows:
+                takers = [t.type for t in TASKS.values() if t.transfer_rows]
                 raise ValueError(f"compress.{key}: rows of the source outside the sample are implemented for "
-                                 f"single_label, not {self.task.type}; set it to 0")
+                                 f"{' and '.join(takers)}, not {self.task.type}; set it to 0")
         return self
 
     @model_validator(mode="after")

@@ -65,13 +65,11 @@ def _sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 
 def build_profile(df: pd.DataFrame, labels: list[str], cfg: DriftConfig, model_cfg: ModelConfig,
-                  seed: int, task=None) -> tuple[dict[str, Any], np.ndarray]:
+                  seed: int, task) -> tuple[dict[str, Any], np.ndarray]:
     """``traffic_profile`` of the texts plus the targets' distribution, as the task profiles it
     (``label_distribution``; per-label ``label_rates``; a ``target_sample`` of a regression target)."""
-    from forgeline.tasks import get_task
-
     profile, emb = traffic_profile(df["text"].tolist(), cfg, model_cfg, seed)
-    profile |= (task or get_task("single_label")).target_profile(df["label"], labels)
+    profile |= task.target_profile(df["label"], labels)
     return profile, emb
 
 

@@ -13,10 +13,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from forgeline.errors import DataLoadError
+from forgeline.inference.tasks import DEFAULT_TASK
 
 TEXT_NAMES = ("text", "sentence", "review", "content", "body", "description", "comment", "message", "tweet", "document")
 TARGET_NAMES = ("label", "labels", "target", "class", "category", "sentiment", "tags", "topic", "score", "rating",
@@ -30,9 +30,6 @@ read as pairs. A user's pair file named this way trained on its first text alone
 then quarantined as duplicates."""
 SECOND_NAMES = tuple(dict.fromkeys(second for _, second in PAIRS if second not in ("answer", "document")))
 """Second-text names that mean a pair beside any text column ("answer" and "document" only with their first)."""
-REGRESSION_MIN_DISTINCT = 20
-"""A numeric target with at least this many distinct values is read as a regression target; fewer are
-class labels (star ratings 1-5, 0/1 flags)."""
 
 
 @dataclass
@@ -42,6 +39,8 @@ class Inferred:
     task: str
     why: list[str] = field(default_factory=list)
     pair_column: str | None = None
+    own_shape: bool = False
+    """The file is in its task's own shape (``Task.recognise_file``): no columns were inferred."""
 
     def overrides(self, path: str) -> list[str]:
         sets = ["data.source=file", f"data.path={json.dumps(str(path))}", f"data.text_column={json.dumps(self.text_column)}",
@@ -62,20 +61,27 @@ def _named(columns: list[str], names: tuple[str, ...]) -> str | None:
 
 
 def task_of(col: pd.Series) -> tuple[str, str]:
-    """(task type, why) from a target column's cells: lists → multi_label; numbers with many distinct
-    values → regression; anything else → single_label."""
+    """(task type, why) from a target column's cells: the first task in ``TASKS`` that recognises them
+    (lists → multi_label; numbers with many distinct values → regression), else the default task."""
+    from forgeline.tasks import TASKS
+
     cells = col.dropna()
     if not len(cells):
-        return "single_label", "empty"
-    lists = cells.map(lambda v: isinstance(v, (list, tuple, np.ndarray))
-                      or (isinstance(v, str) and v.strip().startswith("[") and v.strip().endswith("]")))
-    if lists.mean() > 0.5:
-        return "multi_label", "cells are lists"
-    numbers = pd.to_numeric(cells.map(lambda v: v.strip() if isinstance(v, str) else v), errors="coerce")
-    distinct = int(numbers.nunique())
-    if numbers.notna().mean() > 0.95 and distinct >= REGRESSION_MIN_DISTINCT:
-        return "regression", f"cells are numbers ({distinct} distinct values)"
-    return "single_label", f"holds {int(cells.map(str).nunique())} distinct values"
+        return DEFAULT_TASK, "empty"
+    for task in TASKS.values():
+        why = task.recognise(cells)
+        if why:
+            return task.type, why
+    return DEFAULT_TASK, f"holds {int(cells.map(str).nunique())} distinct values"
+
+
+def file_task(path: Path, cfg) -> tuple[str, str] | None:
+    """(task type, why) of a file in a task's own shape (a CoNLL file...), or None for a table."""
+    from forgeline.tasks import TASKS
+
+    why = token_file(path, cfg)
+    shaped = [t for t in TASKS.values() if t.file_shape == "sentences"]
+    return (shaped[0].type, why) if why and shaped else None
 
 
 def token_file(path: Path, cfg) -> str | None:
@@ -153,11 +159,10 @@ def infer(raw: pd.DataFrame, path: Path, text_column: str | None, label_column: 
             raise DataLoadError(f"{path}: cannot tell which of {list(map(str, rest))[:20]} is the target; name it with "
                                 "--label-column")
     task, reason = task_of(raw[label])
-    cells = raw[label].dropna().map(str)
-    if task == "single_label" and cells.nunique() >= REGRESSION_MIN_DISTINCT and cells.nunique() > 0.5 * len(cells):
-        raise DataLoadError(
-            f"{path}: the target column {label!r} holds {cells.nunique()} distinct values in {len(cells)} rows: too "
-            "many to be classes (each needs rows to learn from). Name the target with --label-column; for numbers "
-            "with a few non-numeric cells, clean them (a numeric column trains regression)")
+    from forgeline.tasks import TASKS
+
+    problem = TASKS[task].inferred_problem(raw[label].dropna())
+    if problem:
+        raise DataLoadError(f"{path}: the target column {label!r} {problem}")
     why.append(f"task {task}: target column {reason}")
     return Inferred(str(text), str(label), task, why, None if pair_column is None else str(pair_column))

@@ -24,6 +24,8 @@ from forgeline.config.schema import DataConfig, SplitConfig
 from forgeline.data.corpora import corpus_path
 from forgeline.errors import DataLoadError, DataValidationError, path_kind, shown
 from forgeline.inference.contract import file_sha256
+from forgeline.data.spans import json_lines, read_conll, read_jsonl_sentences, sentence_rows
+from forgeline.inference.tasks import DEFAULT_TASK
 from forgeline.inference.text import CONTROL_CHARS, NOT_UTF8, RULES
 
 # Bytes that are not valid in the declared encoding are decoded to U+FFFD (errors="replace"), which
@@ -210,23 +212,6 @@ def check_csv_structure(text: str, path: Path, sep: str, header: bool) -> None:
         raise fail(end + 1, f"malformed CSV ({e}; a stray double quote?)") from None
 
 
-def json_lines(raw: str, where: object) -> list[dict]:
-    """The objects of a JSON Lines text (blank lines skipped, a BOM ignored); a line that is not a JSON
-    object is a ``DataLoadError`` naming it."""
-    rows = []
-    for lineno, line in enumerate(io.StringIO(raw.lstrip("\ufeff")), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataLoadError(f"{where}:{lineno}: not a JSON object per line ({e.msg}); fix or remove that line") from None
-        if not isinstance(obj, dict):
-            raise DataLoadError(f"{where}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        rows.append(obj)
-    return rows
-
-
 def sniff_separator(text: str) -> str:
     """The separator of a CSV's first line (outside quotes) among ``SEPARATORS``: the most frequent one,
     a comma when none occurs."""
@@ -304,7 +289,6 @@ def read_sentences(path: Path, cfg: DataConfig) -> tuple[pd.DataFrame, dict[str,
     """A token-classification file (CoNLL, JSON Lines of tokens + tags or of text + entities) as rows of
     ``line``, the text column and the label column (spans, or a ``Problem`` with the sentence's
     quarantine reason), and what reading found (tag scheme, repairs)."""
-    from forgeline.data.spans import read_conll, read_jsonl_sentences, sentence_rows
     from forgeline.tasks import Problem
 
     fmt = _format(path, cfg)
@@ -391,7 +375,7 @@ def build_schema(cfg: DataConfig, task=None, unique: bool = True) -> pa.DataFram
     """``unique``: repeated texts are quarantined (training data); drift data keeps them (``for_drift``)."""
     from forgeline.tasks import get_task
 
-    task = task or get_task("single_label")
+    task = task or get_task(DEFAULT_TASK)
     columns = {
         "text": pa.Column(None, nullable=False, checks=_text_checks(cfg)),
         "label": pa.Column(None, nullable=False, checks=_target_checks(cfg, task)),
@@ -422,7 +406,7 @@ def validate_frame(raw: pd.DataFrame, cfg: DataConfig, task=None,
     from forgeline.tasks import Problem, get_task
     from forgeline.tasks.base import as_text
 
-    task = task or get_task("single_label")
+    task = task or get_task(DEFAULT_TASK)
     wrong = task.column_problem(raw[cfg.label_column], cfg.label_column)
     if wrong:
         raise DataValidationError(f"{wrong}. Nothing was trained or registered")
@@ -526,23 +510,29 @@ def stripped_labels(raw: pd.Series) -> int:
     return int(raw.map(lambda v: isinstance(v, str) and v != v.strip() and bool(v.strip())).sum())
 
 
-def preflight(cfg: DataConfig, task=None) -> None:
+READERS = {"table": lambda path, cfg: (read_table(path, cfg), {}), "sentences": lambda path, cfg: read_sentences(path, cfg)}
+"""A task's ``file_shape`` → its reader: (the frame of text and target columns, what reading found)."""
+
+
+def preflight(cfg: DataConfig, task) -> None:
     """The cheap structural checks of a user's file (it exists, its format, CSV structure, the
     configured columns), before a command starts any server: a malformed CSV was reported 32 s into a
     run on the 2-core machine, nearly all of it the temporary Prefect server's start-up. The bundled
     corpus is not checked again. Validation proper (rows, classes, sampling) stays in the validate stage,
     cached with its result. With ``task``, a target column of the wrong shape for it (lists for a single
     label, text for regression) is refused here too."""
-    if cfg.source == "file" and task is not None and task.type == "token_classification":
-        _sentence_preflight(dataset_path(cfg), cfg)
-    elif cfg.source == "file":
-        raw = read_table(dataset_path(cfg), cfg)
-        wrong = task.column_problem(raw[cfg.label_column], cfg.label_column) if task is not None else None
-        if wrong:
-            raise DataValidationError(f"{wrong}. Nothing was trained or registered")
+    if cfg.source != "file":
+        return
+    if task.file_shape == "sentences":
+        sentence_preflight(dataset_path(cfg), cfg)
+        return
+    raw = read_table(dataset_path(cfg), cfg)
+    wrong = task.column_problem(raw[cfg.label_column], cfg.label_column)
+    if wrong:
+        raise DataValidationError(f"{wrong}. Nothing was trained or registered")
 
 
-def _sentence_preflight(path: Path, cfg: DataConfig) -> None:
+def sentence_preflight(path: Path, cfg: DataConfig) -> None:
     """A token file whose sentences are mostly unusable (spans cutting words, tag/token count mismatches)
     fails here, naming the first line of each reason, before any server starts."""
     from collections import Counter
@@ -587,12 +577,8 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
     fingerprint = file_fingerprint(path)
     from forgeline.tasks import get_task
 
-    task = task or get_task("single_label")
-    read_info: dict[str, Any] = {}
-    if task.type == "token_classification":
-        raw, read_info = read_sentences(path, cfg)
-    else:
-        raw = read_table(path, cfg)
+    task = task or get_task(DEFAULT_TASK)
+    raw, read_info = READERS[task.file_shape](path, cfg)
     if raw.empty:
         raise DataValidationError(f"{path} has no rows")
     drift_counts: dict[str, int] = {}
@@ -693,10 +679,10 @@ def _split_problems(final: pd.DataFrame, valid: pd.DataFrame, labels: list[str],
     if task is not None and not task.has_classes:
         return [] if len(final) >= 2 * need else [
             f"{len(final)} valid rows; the split needs at least {2 * need} ({why}). Add rows, or set data.sample_rows=null"]
-    if task is not None and task.type != "single_label":
-        have, total = pd.Series(task.rows_per_class(final["label"], labels)), pd.Series(task.rows_per_class(valid["label"], labels))
-    else:
-        have, total = final["label"].value_counts(), valid["label"].value_counts()
+    from forgeline.tasks import get_task
+
+    task = task or get_task(DEFAULT_TASK)
+    have, total = pd.Series(task.rows_per_class(final["label"], labels)), pd.Series(task.rows_per_class(valid["label"], labels))
     short = {lab: int(have.get(lab, 0)) for lab in labels if have.get(lab, 0) < need}
     if not short:
         return []

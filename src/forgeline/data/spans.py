@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+import io
+import json
 from typing import Any, Iterable
 
 from forgeline.errors import DataLoadError
@@ -134,8 +136,6 @@ def read_span_rows(rows: Iterable[dict[str, Any]]) -> list[Sentence]:
 
 def read_jsonl_sentences(raw: str, where: str = "file") -> list[Sentence]:
     """JSON Lines of either shape, told apart by the first row's keys."""
-    from forgeline.data.load import json_lines
-
     rows = json_lines(raw, where)
     if rows and "text" in rows[0] and "entities" in rows[0]:
         return read_span_rows(rows)
@@ -278,3 +278,20 @@ def sentence_rows(sentences: list[Sentence], scheme: str | None, repair: bool) -
         rows.append({"line": s.line, "text": text, "entities": problem if problem else spans, "bad": bad})
     return rows, {"tag_scheme": scheme, "tag_scheme_detected": detected, "repaired_tags": repaired_total,
                   "sentences": len(sentences)}
+
+
+def json_lines(raw: str, where: object) -> list[dict]:
+    """The objects of a JSON Lines text (blank lines skipped, a BOM ignored); a line that is not a JSON
+    object is a ``DataLoadError`` naming it."""
+    rows = []
+    for lineno, line in enumerate(io.StringIO(raw.lstrip("\ufeff")), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataLoadError(f"{where}:{lineno}: not a JSON object per line ({e.msg}); fix or remove that line") from None
+        if not isinstance(obj, dict):
+            raise DataLoadError(f"{where}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        rows.append(obj)
+    return rows

@@ -8,8 +8,9 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from forgeline.config.schema import SplitConfig
-from forgeline.errors import DataValidationError, LeakageError
+from forgeline.errors import LeakageError
 from forgeline.data.load import normalize_text
+from forgeline.tasks import Task
 
 
 @dataclass
@@ -39,22 +40,10 @@ def check_no_leakage(splits: Splits) -> None:
             seen[key] = name
 
 
-def split_dataset(df: pd.DataFrame, cfg: SplitConfig, seed: int, task=None, labels: list[str] | None = None) -> Splits:
+def split_dataset(df: pd.DataFrame, cfg: SplitConfig, seed: int, task: Task, labels: list[str] | None = None) -> Splits:
     """Seeded train/val/test split, stratified on the task's keys (the label; label combinations for
     multi-label; target quantiles for regression)."""
-    if task is None or task.type == "single_label":
-        counts = df["label"].value_counts()
-        need = cfg.min_rows_per_class
-        tiny = counts[counts < need]
-        if len(tiny):  # validation checks this first (load_and_validate(split=...)); kept for direct callers
-            raise DataValidationError(
-                f"{len(tiny)} class(es) have fewer than the {need} rows that {cfg.describe()} need for a stratified "
-                "split: " + ", ".join(f"{lab!r} has {int(n)}" for lab, n in tiny.items())
-                + ". Add rows of those classes, or raise split.val_fraction / split.test_fraction"
-            )
-        strata = df["label"].to_numpy()
-    else:
-        strata = task.strata(df["label"], labels or [], cfg.min_rows_per_class)
+    strata = task.strata(df["label"], labels or [], cfg.min_rows_per_class, cfg.describe())
     holdout = cfg.val_fraction + cfg.test_fraction
     train, rest = train_test_split(df, test_size=holdout, stratify=strata, random_state=seed)
     rest_strata = None if strata is None else pd.Series(strata, index=df.index).loc[rest.index].to_numpy()

@@ -266,19 +266,8 @@ class Budget:
 
     @classmethod
     def of(cls, task: Any, cfg: CompressConfig) -> "Budget":
-        """single_label: ``max_accuracy_drop`` and ``max_macro_f1_drop`` (or ``max_metric_drop`` on the
-        primary metric, when set); other tasks: ``max_metric_drop`` on the primary metric, by default
-        ``max_macro_f1_drop`` for F1-type metrics and 5 % for RMSE/MAE."""
-        metric = task.primary
-        if task.type == "single_label":
-            from forgeline.tasks.base import Metric
-
-            if cfg.max_metric_drop is not None:
-                return cls(((metric, cfg.max_metric_drop),), metric)
-            limits = ((Metric("accuracy"), cfg.max_accuracy_drop), (Metric("macro_f1"), cfg.max_macro_f1_drop))
-            return cls(limits, metric)
-        drop = cfg.max_metric_drop if cfg.max_metric_drop is not None else (0.05 if metric.relative_drop else cfg.max_macro_f1_drop)
-        return cls(((metric, drop),), metric)
+        """The task's budget (``Task.budget``) on its primary metric."""
+        return cls(tuple(task.budget(cfg)), task.primary)
 
     def holds(self, metrics: dict[str, float], base: dict[str, float]) -> bool:
         return all(m.worse_by(metrics[m.name], base[m.name]) <= drop + 1e-12 for m, drop in self.limits)
@@ -288,14 +277,10 @@ class Budget:
 
 
 def make_variant(name: str, path: Path | None, metrics: dict[str, float], base: dict[str, float],
-                 cfg: CompressConfig | Budget, size_bytes: int | None = None, extra: dict[str, float] | None = None,
+                 cfg: Budget, size_bytes: int | None = None, extra: dict[str, float] | None = None,
                  val_metrics: dict[str, float] | None = None, val_base: dict[str, float] | None = None) -> Variant:
-    """``cfg``: the budget, or a ``CompressConfig`` read as single-label's (accuracy and macro-F1).
-    With ``val_metrics`` and ``val_base`` (the teacher's) the budget is checked on validation."""
-    if isinstance(cfg, CompressConfig):
-        from forgeline.tasks import get_task
-
-        cfg = Budget.of(get_task("single_label"), cfg)
+    """``cfg``: the task's budget. With ``val_metrics`` and ``val_base`` (the teacher's) the budget is
+    checked on validation."""
     primary = cfg.primary
     acc_delta = metrics["accuracy"] - base["accuracy"] if "accuracy" in metrics and "accuracy" in base else None
     f1_delta = metrics["macro_f1"] - base["macro_f1"] if "macro_f1" in metrics and "macro_f1" in base else None

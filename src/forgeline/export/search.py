@@ -161,7 +161,7 @@ def search_student(inp: SearchInputs) -> SearchResult:
     import optuna
 
     from forgeline.export.onnx import export_onnx
-    from forgeline.pipeline.tuning import _quiet
+    from forgeline.settings import quiet_heartbeats
 
     cfg = inp.cfg
     c, device = cfg.compress, cfg.compress.search_device
@@ -228,7 +228,7 @@ def search_student(inp: SearchInputs) -> SearchResult:
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial's INFO line: the child runs hold them
     try:
-        with _quiet():
+        with quiet_heartbeats():
             sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=max(1, c.search_trials // 3))
             study = optuna.create_study(directions=[direction, "minimize"], sampler=sampler)
             if first := fixed_params(c, device):

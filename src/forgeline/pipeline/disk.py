@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from forgeline.pipeline.cache import StageCache
-from forgeline.registry.client import COMPLETE_TAG
+from forgeline.registry.client import COMPLETE_TAG, delete_artifacts, delete_location, logged_model_id
 
 log = logging.getLogger("forgeline")
 FAILED_MARK = ".failed"
@@ -139,18 +139,6 @@ def disk_bytes(root: Path, exclude: Path | None = None) -> int:
     return sum(size for inode, size in inode_sizes(root).items() if inode not in skip)
 
 
-def inside(location: str, workdir: Path) -> bool | None:
-    """Whether an artifact location is a folder inside ``workdir`` (None: not a local folder, e.g. a
-    tracking server's). gc and doctor delete local files only inside their own workdir: after
-    ``cp -a wdA wdB`` the store in wdB still named wdA's folders, and gc in wdB deleted wdA's files."""
-    from mlflow.utils.file_utils import local_file_uri_to_path
-    from mlflow.utils.uri import is_local_uri
-
-    if not is_local_uri(location, is_tracking_or_registry_uri=False):
-        return None
-    return Path(local_file_uri_to_path(location)).resolve().is_relative_to(workdir.resolve())
-
-
 def collect_garbage(workdir: Path, client: MlflowClient | None, *, cache_max_gb: float, keep_failed_runs: int,
                     keep_versions: int | None) -> GcReport:
     """Prune the cache to ``cache_max_gb``, failed runs' scratch and artifacts to ``keep_failed_runs``, and
@@ -236,17 +224,6 @@ def space_holders(workdir: Path) -> dict[str, int]:
     return out
 
 
-def delete_location(location: str, workdir: Path | None) -> bool:
-    """Delete the artifacts at ``location``; False (nothing deleted) when it is a local folder outside
-    ``workdir`` (:func:`inside`)."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    if workdir is not None and inside(location, workdir) is False:
-        return False
-    get_artifact_repository(location).delete_artifacts()
-    return True
-
-
 def delete_run_artifacts(client: MlflowClient, run, workdir: Path, report: GcReport) -> None:
     location = run.info.artifact_uri
     try:
@@ -297,27 +274,6 @@ def delete_old_versions(client: MlflowClient, keep: int, report: GcReport, workd
                     delete_run_artifacts(client, client.get_run(full.run_id), workdir, report)
             except (MlflowException, OSError) as e:
                 report.problems.append(f"{model.name} v{mv.version}: {e}")
-
-
-def logged_model_id(mv) -> str | None:
-    """The logged model behind a version: ``model_id``, which a SQLite store leaves empty, else the
-    ``models:/m-...`` source."""
-    if mv.model_id:
-        return mv.model_id
-    source = mv.source or ""
-    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
-
-
-def delete_artifacts(client: MlflowClient, mv, workdir: Path | None = None) -> bool:
-    """The version's logged-model files; False (nothing deleted) when they are a local folder outside
-    ``workdir``."""
-    model_id = logged_model_id(mv)
-    if model_id is None:
-        return True
-    if not delete_location(client.get_logged_model(model_id).artifact_location, workdir):
-        return False
-    client.delete_logged_model(model_id)
-    return True
 
 
 def share_with_cache(cache: StageCache, client: MlflowClient, run_id: str, name: str, version: str) -> int:

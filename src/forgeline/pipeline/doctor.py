@@ -23,8 +23,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from forgeline.pipeline.disk import delete_artifacts
-from forgeline.registry.client import COMPLETE_TAG
+from forgeline.registry.client import COMPLETE_TAG, delete_artifacts, inside
 
 PID_TAG = "forgeline.pid"
 HOST_TAG = "forgeline.host"
@@ -226,8 +225,6 @@ def foreign_artifact_root(db: Path, workdir: Path) -> str | None:
     """The artifact location an embedded store (``<workdir>/mlflow.db``) records outside its workdir, if
     any: the workdir was copied or moved, and the store still names the old place."""
     import sqlite3
-
-    from forgeline.pipeline.disk import inside
 
     if not db.resolve().is_relative_to(workdir.resolve()) or not db.exists():
         return None

@@ -29,10 +29,10 @@ from forgeline.pipeline.tracking import Tracker
 from forgeline.registry.client import CACHE_KEY_TAG, find_registered
 from forgeline.registry.card import CardContext
 from forgeline.registry.register import EvalRows, Registration, git_commit, register_and_gate, reuse_registration
-from forgeline.inference.tasks import TASK_KEY, OutputSpec
+from forgeline.inference.tasks import DEFAULT_TASK, TASK_KEY, OutputSpec, spec_for
 from forgeline.settings import GPU_TAG, failpoint, store_lock
 from forgeline.tasks import get_task
-from forgeline.training.evaluate import EvalResult
+from forgeline.tasks import EvalResult
 from forgeline.training.distributed import launch, world_size
 from forgeline.training.loop import TrainResult, predict_proba, resolve_device, train_model
 
@@ -46,7 +46,7 @@ def pairs_of(frame) -> list[str] | None:
 
 def spec_of(trained: TrainResult) -> OutputSpec:
     """The trained model's ``OutputSpec`` (cached results from before tasks: single-label)."""
-    return trained.spec or OutputSpec("single_label", tuple(trained.labels))
+    return trained.spec or spec_for(DEFAULT_TASK, trained.labels)
 
 
 # --- 1. validate -----------------------------------------------------------------------------------
@@ -615,12 +615,7 @@ def summary_markdown(runner: StageRunner, data: ValidationResult, splits: Splits
     m = evaluation.metrics
     parity = exported.parity
     spec = spec_of(trained)
-    if spec.task == "single_label":
-        table = ["| accuracy | macro P | macro R | macro F1 | ROC-AUC (OvR) |", "|---:|---:|---:|---:|---:|",
-                 f"| {m['accuracy']:.4f} | {m['macro_precision']:.4f} | {m['macro_recall']:.4f} | {m['macro_f1']:.4f} | "
-                 f"{m.get('roc_auc_ovr', float('nan')):.4f} |"]
-    else:
-        table = ["| " + " | ".join(m) + " |", "|" + "---:|" * len(m), "| " + " | ".join(f"{v:.4f}" for v in m.values()) + " |"]
+    table = get_task(runner.cfg.task).metrics_table(m)
     lines = [
         f"# forgeline training run `{runner.tracker.run_id}`",
         "",

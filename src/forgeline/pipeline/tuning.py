@@ -31,6 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from forgeline.config.loader import load_config
 from forgeline.config.schema import ParamSpace, PipelineConfig
 from forgeline.errors import ConfigError, ForgelineError
+from forgeline.settings import quiet_heartbeats
 
 log = logging.getLogger("forgeline")
 SIGNATURE_ATTR = "forgeline.signature"
@@ -133,7 +134,7 @@ def fail_stale(study, client=None) -> list[int]:
 
     RUNNING = (optuna.trial.TrialState.RUNNING,)
     before = {t.number: t for t in study.get_trials(deepcopy=False, states=RUNNING)}
-    with _quiet():
+    with quiet_heartbeats():
         optuna.storages.fail_stale_trials(study)
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=RUNNING):
@@ -155,7 +156,7 @@ def _rdb(cfg: PipelineConfig, url: str):
     """Optuna's RDB storage at ``url`` with heartbeats every ``tune.heartbeat_s``, stale after three."""
     import optuna
 
-    with _quiet():
+    with quiet_heartbeats():
         return optuna.storages.RDBStorage(url, heartbeat_interval=cfg.tune.heartbeat_s,
                                           grace_period=3 * cfg.tune.heartbeat_s)
 
@@ -179,20 +180,6 @@ def _session(cfg: PipelineConfig):
     study = open_study(cfg, storage, study_name(cfg), get_task(cfg.task).primary.higher_is_better, client)
     cache = StageCache(workdir / "cache", enabled=cfg.tracking.cache, max_bytes=int(cfg.tracking.cache_max_gb * 1e9))
     return workdir, tracking_uri, client, experiment_id, storage, study, cache
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Optuna's warnings that heartbeats are experimental and meant for ``optimize()``: this module drives
-    them itself with ask/tell, for the exact total across workers."""
-    import warnings
-
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        yield
 
 
 def fail_stale_studies(cfg: PipelineConfig, workdir: Path, client=None) -> list[str]:
@@ -365,7 +352,7 @@ class Search:
                     started = self.study.get_trials(deepcopy=False, states=STARTED)  # enqueued ones wait to be asked
                     if len(started) >= trials:
                         return
-                    with _quiet():
+                    with quiet_heartbeats():
                         trial = self.study.ask()
                 self.run(trial)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from forgeline.inference.tasks import OutputSpec
 from forgeline.registry.gate import GateDecision
 
 
@@ -48,37 +49,21 @@ def _f(value: Any, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-TARGETS = {"single_label": "one label per text", "multi_label": "any number of labels per text (per-label thresholds "
-           "tuned on the validation split)", "regression": "a score per text, in the target's units",
-           "token_classification": "entity spans in each text, with character offsets (entity micro-F1: type and both "
-           "boundaries must match)"}
-
-
 def model_card(name: str, version: str, run_id: str, decision: GateDecision, metrics: dict[str, float],
                labels: list[str], fingerprint: str, ctx: CardContext, metric_ci: tuple[float, float] | None,
-               spec: Any = None, served: str | None = None) -> str:
+               spec: OutputSpec, served: str | None = None) -> str:
     """``served``: the variant the metrics were measured on (what the version serves on the CPU)."""
-    task = spec.task if spec is not None else "single_label"
     m = decision.metric
     word = "promoted to champion" if decision.promote else "kept as challenger"
     ci = f" (95% CI {metric_ci[0]:.4f}–{metric_ci[1]:.4f})" if metric_ci else ""
     others = [f"{k.removeprefix('test_')} {v:.4f}" for k, v in metrics.items()
               if k.startswith("test_") and k != f"test_{m}" and isinstance(v, float) and v == v][:6]
-    if task == "regression":
-        target = f"- target: `{labels[0]}` (standardised in training: mean {spec.mean:.4g}, scale {spec.scale:.4g})"
-    elif task == "token_classification":
-        target = (f"- entity types ({len(labels)}): {', '.join(f'`{lab}`' for lab in labels)}; tagged IOB2 per word, a "
-                  f"word's tag from its {spec.aggregation} piece")
-    else:
-        target = f"- labels ({len(labels)}): {', '.join(f'`{lab}`' for lab in labels)}"
-        if task == "multi_label" and spec.thresholds:
-            target += "; thresholds " + ", ".join(f"`{lab}` {t:.2f}" for lab, t in zip(labels, spec.thresholds))
     lines = [
         f"# {name} v{version}",
         "",
         f"**Gate: {word}.** {decision.reason}",
         "",
-        f"**Task: {task}**{' on text pairs' if spec is not None and spec.pairs else ''} — {TARGETS[task]}.",
+        f"**Task: {spec.task}**{' on text pairs' if spec.pairs else ''} — {spec.summary}.",
         "",
         f"Rule: {decision.rule or 'stored-metric comparison (no same-data rows)'}. Full record: `gate.json` in run "
         f"`{run_id}`.",
@@ -87,7 +72,7 @@ def model_card(name: str, version: str, run_id: str, decision: GateDecision, met
         f"- source: {ctx.data}; fingerprint `{fingerprint[:16]}`",
         f"- rows: {ctx.rows if ctx.rows is not None else '?'}, splits {ctx.splits or '?'}"
         + (f"; {ctx.quarantined} quarantined" if ctx.quarantined is not None else ""),
-        target,
+        spec.target_line(),
         "",
         "## Test metrics (this run's test split" + (f", as served: `{served}` on the CPU)" if served else ")"),
         f"- {m} (primary, {'higher' if decision.higher_is_better else 'lower'} is better) "
@@ -131,21 +116,11 @@ def model_card(name: str, version: str, run_id: str, decision: GateDecision, met
         if ctx.student:
             lines.append(f"- The student: {ctx.student}")
         lines.append(REPRODUCIBILITY)
-    limits = {"single_label": f"- Predicts only the {len(labels)} labels above; a text about something else still gets one of them.",
-              "multi_label": f"- Predicts only the {len(labels)} labels above; a text may get none of them.",
-              "regression": "- Scores outside the range seen in training are extrapolations.",
-              "token_classification": f"- Finds only the {len(labels)} entity types above; a span starts and ends on a "
-                                      "word boundary (a run of letters and digits, or one other character)."}[task]
-    example = ("pd.DataFrame({'text': [...], 'text_pair': [...]})" if spec is not None and spec.pairs
-               else "pd.DataFrame({'text': [...]})")
+    example = ("pd.DataFrame({'text': [...], 'text_pair': [...]})" if spec.pairs else "pd.DataFrame({'text': [...]})")
     lines += [
         "",
         "## Limits",
-        limits,
-        (f"- Reads a text in windows of {ctx.max_length or '?'} tokens overlapping by {spec.stride}: a long text is tagged "
-         "whole, not cut." if task == "token_classification" else
-         f"- Reads at most {ctx.max_length or '?'} tokens of a text{' pair' if spec is not None and spec.pairs else ''}; "
-         "the rest is cut off."),
+        *spec.limits(ctx.max_length),
         "- Texts that are empty, hold control characters or are not valid UTF-8 are refused (HTTP 422), as "
         "training quarantined them.",
         "- Scores hold for data like the training data; check drift (`forgeline drift`, or on served traffic "

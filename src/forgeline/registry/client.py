@@ -235,3 +235,47 @@ def find_registered(client: MlflowClient, name: str, cache_key: str, verify: boo
                 continue
         return str(mv.version)
     return None
+
+
+def inside(location: str, workdir: Path) -> bool | None:
+    """Whether an artifact location is a folder inside ``workdir`` (None: not a local folder, e.g. a
+    tracking server's). gc and doctor delete local files only inside their own workdir: after
+    ``cp -a wdA wdB`` the store in wdB still named wdA's folders, and gc in wdB deleted wdA's files."""
+    from mlflow.utils.file_utils import local_file_uri_to_path
+    from mlflow.utils.uri import is_local_uri
+
+    if not is_local_uri(location, is_tracking_or_registry_uri=False):
+        return None
+    return Path(local_file_uri_to_path(location)).resolve().is_relative_to(workdir.resolve())
+
+
+def delete_location(location: str, workdir: Path | None) -> bool:
+    """Delete the artifacts at ``location``; False (nothing deleted) when it is a local folder outside
+    ``workdir`` (:func:`inside`)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    if workdir is not None and inside(location, workdir) is False:
+        return False
+    get_artifact_repository(location).delete_artifacts()
+    return True
+
+
+def logged_model_id(mv) -> str | None:
+    """The logged model behind a version: ``model_id``, which a SQLite store leaves empty, else the
+    ``models:/m-...`` source."""
+    if mv.model_id:
+        return mv.model_id
+    source = mv.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
+def delete_artifacts(client: MlflowClient, mv, workdir: Path | None = None) -> bool:
+    """The version's logged-model files; False (nothing deleted) when they are a local folder outside
+    ``workdir``."""
+    model_id = logged_model_id(mv)
+    if model_id is None:
+        return True
+    if not delete_location(client.get_logged_model(model_id).artifact_location, workdir):
+        return False
+    client.delete_logged_model(model_id)
+    return True

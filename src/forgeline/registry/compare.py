@@ -20,21 +20,8 @@ from typing import Any
 
 import numpy as np
 
-
-def macro_f1(y: np.ndarray, pred: np.ndarray, n_labels: int, weights: np.ndarray | None = None) -> np.ndarray:
-    """Macro-F1 over ``n_labels`` classes; with ``weights`` (B × n row counts) one value per row of
-    weights, i.e. per bootstrap resample, in a few matrix products. Classes absent from both truth and
-    prediction are left out, as scikit-learn leaves them out when ``labels`` is not given."""
-    y, pred = np.asarray(y), np.asarray(pred)
-    w = np.ones((1, len(y))) if weights is None else np.asarray(weights, dtype=np.float64)
-    onehot_true = (y[:, None] == np.arange(n_labels)[None, :]).astype(np.float64)
-    onehot_pred = (pred[:, None] == np.arange(n_labels)[None, :]).astype(np.float64)
-    tp = w @ (onehot_true * onehot_pred)
-    denom = w @ onehot_true + w @ onehot_pred
-    present = denom > 0
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=present)
-    out = f1.sum(axis=1) / np.maximum(present.sum(axis=1), 1)
-    return out if weights is not None else out[0]
+from forgeline.inference.tasks import OutputSpec
+from forgeline.tasks import Task
 
 
 def _resamples(n: int, n_boot: int, seed: int):
@@ -68,7 +55,7 @@ class PairedComparison:
         return asdict(self)
 
 
-def compare_outputs(task: Any, spec: Any, y: np.ndarray, challenger: np.ndarray, champion: np.ndarray,
+def compare_outputs(task: Task, spec: OutputSpec, y: np.ndarray, challenger: np.ndarray, champion: np.ndarray,
                     n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> PairedComparison:
     """Paired bootstrap CI of the difference of the task's primary metric (``Task.resampled``: the rows
     are resampled together, so row difficulty cancels out) and, where the task has per-row correctness,
@@ -95,7 +82,7 @@ def compare_outputs(task: Any, spec: Any, y: np.ndarray, challenger: np.ndarray,
     return out
 
 
-def metric_ci(task: Any, spec: Any, y: np.ndarray, outputs: np.ndarray, n_boot: int = 2000, confidence: float = 0.95,
+def metric_ci(task: Task, spec: OutputSpec, y: np.ndarray, outputs: np.ndarray, n_boot: int = 2000, confidence: float = 0.95,
               seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of one model's primary metric on these rows (for the model card)."""
     values = np.concatenate([task.resampled(y, outputs, spec, w) for w in _resamples(len(y), n_boot, seed)])
@@ -104,27 +91,7 @@ def metric_ci(task: Any, spec: Any, y: np.ndarray, outputs: np.ndarray, n_boot: 
     return float(low), float(high)
 
 
-def _single_label(labels: list[str]):
-    """The single-label task and a spec of ``labels``, for callers that hold class ids."""
-    from forgeline.inference.tasks import OutputSpec
-    from forgeline.tasks import get_task
-
-    return get_task("single_label"), OutputSpec("single_label", tuple(labels))
-
-
-def _onehot(pred: np.ndarray, n_labels: int) -> np.ndarray:
-    return np.eye(n_labels, dtype=np.float32)[np.asarray(pred, dtype=np.int64)]
-
-
-def compare_paired(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, n_labels: int,
-                   n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> PairedComparison:
-    """``compare_outputs`` for single-label predictions (class ids): macro-F1 and McNemar."""
-    task, spec = _single_label([str(i) for i in range(n_labels)])
-    return compare_outputs(task, spec, np.asarray(y), _onehot(challenger, n_labels), _onehot(champion, n_labels),
-                           n_boot, confidence, seed)
-
-
-def slice_rows(task: Any, spec: Any, y: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None,
+def slice_rows(task: Task, spec: OutputSpec, y: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None,
                texts: list[str], columns: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
     """Both models per slice of the same rows: the task's target slices (each class's or label's F1),
     text-length tertiles of these rows and each value of the user's ``data.slice_columns`` (the task's
@@ -159,15 +126,6 @@ def slice_rows(task: Any, spec: Any, y: np.ndarray, challenger: np.ndarray, cham
         for value in sorted(set(vals)):
             add(f"{column}={value}", vals == value, task.subset_metric, subset, higher)
     return rows
-
-
-def slice_table(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None, labels: list[str],
-                texts: list[str], columns: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
-    """``slice_rows`` for single-label predictions (class ids)."""
-    task, spec = _single_label(labels)
-    k = len(labels)
-    return slice_rows(task, spec, np.asarray(y), _onehot(challenger, k),
-                      None if champion is None else _onehot(champion, k), texts, columns)
 
 
 def worst_slice(rows: list[dict[str, Any]], max_drop: float | None, min_rows: int) -> dict[str, Any] | None:

@@ -93,7 +93,7 @@ class GateDecision:
     rule: str | None = None
     champion_problem: str | None = None
     slices: list[dict] | None = field(default=None)
-    """Both models per slice of the same rows (``registry.compare.slice_table``)."""
+    """Both models per slice of the same rows (``registry.compare.slice_rows``)."""
 
 
 def chance_macro_f1(n_labels: int) -> float:

@@ -31,12 +31,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from forgeline.config.schema import RegistryConfig
 from forgeline.errors import RegistryError
+from forgeline.inference.tasks import OutputSpec
 from forgeline.inference.contract import CHECKSUMS_KEY, META_FILE, file_sha256
 from forgeline.registry.client import (CACHE_KEY_TAG, CHALLENGER, CHAMPION, COMPLETE_TAG, DAMAGED_TAG, bundle_tags,
                                        current_champion, download_verified, is_complete,
@@ -88,18 +88,33 @@ MODEL_CODE = (
 ``code/`` folder where it is not installed."""
 
 
-def stage_model_code(dst: Path) -> Path:
-    """``dst/forgeline`` holding ``__init__.py`` and the SHIPPED subpackages: what ``code_paths`` copies
-    into the model. MLflow puts the model's ``code/`` folder first on ``sys.path`` at load time, so a
-    process without forgeline installed imports ``forgeline.inference`` from the model itself."""
+def stage_model_code(dst: Path, spec: OutputSpec | None = None) -> list[str]:
+    """What ``code_paths`` copies into the model: ``dst/forgeline`` holding ``__init__.py`` and the SHIPPED
+    subpackages, and for a task declared outside forgeline the module of its ``OutputSpec`` class (its
+    file alone, under empty packages of its dotted name: it must import with ``forgeline.inference`` only).
+    MLflow puts the model's ``code/`` folder first on ``sys.path`` at load time, so a process without
+    forgeline installed imports ``forgeline.inference`` (and that module) from the model itself."""
     import shutil
+    import sys
 
     pkg = dst / "forgeline"
     pkg.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(PACKAGE_DIR / "__init__.py", pkg / "__init__.py")
     for name in SHIPPED:
         shutil.copytree(PACKAGE_DIR / name, pkg / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return pkg
+    paths = [str(pkg)]
+    module = (spec.to_meta() if spec is not None else {}).get("module")
+    if module:
+        *packages, name = module.split(".")
+        folder = dst / "task"
+        for part in packages:
+            folder = folder / part
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "__init__.py").touch()
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sys.modules[module].__file__, folder / f"{name}.py")
+        paths.append(str(dst / "task" / (packages[0] if packages else f"{name}.py")))
+    return paths
 
 
 def bundle_artifacts(bundle: dict[str, Path], meta: dict[str, Any]) -> dict[str, str]:
@@ -179,7 +194,7 @@ def score_against_champion(name: str, champion: ChampionInfo | None, candidate: 
     task = task or _task_of(candidate)
     spec = candidate.spec
     if rows is None:  # single-label's chance needs no rows (1/K); other baselines do
-        return Scored(baseline=task.baseline(np.zeros(0, dtype=np.int64), spec) if task.type == "single_label" else None)
+        return Scored(baseline=task.prior_baseline(spec))
     y = task.y(rows.labels, spec)
     ours = candidate.predict_proba(list(rows.texts), rows.pairs)
     ci = metric_ci(task, spec, y, ours)
@@ -196,18 +211,12 @@ def score_against_champion(name: str, champion: ChampionInfo | None, candidate: 
         reference = load_version(name, champion.version)
     except Exception as e:  # noqa: BLE001 - a deleted artifact, an incompatible version: said in the decision
         return alone(f"it could not be loaded: {type(e).__name__}: {str(e)[:300]}")
-    theirs_spec = getattr(reference, "spec", None)
-    if theirs_spec is not None and (theirs_spec.task, theirs_spec.pairs) != (spec.task, spec.pairs):
-        return alone(f"it is a {theirs_spec.task}{' pair' if theirs_spec.pairs else ''} model, this run trains "
-                     f"{spec.task}{' pairs' if spec.pairs else ''}")
-    if spec.tokens and list(reference.labels) != list(candidate.labels):  # its tag columns are in its own order
-        return alone(f"it tags {list(reference.labels)}, this data has {list(candidate.labels)}")
-    if spec.task != "regression" and sorted(reference.labels) != sorted(candidate.labels):
-        return alone(f"it predicts {sorted(reference.labels)}, this data has {sorted(candidate.labels)}")
-    theirs, _ = (theirs_spec or spec).decided(reference.predict_proba(list(rows.texts), rows.pairs))
-    if spec.task != "regression" and not spec.tokens:  # the champion's columns in this version's label order
-        order = [list(reference.labels).index(lab) for lab in candidate.labels]
-        theirs = np.asarray(theirs)[:, order]
+    theirs_spec = reference.spec
+    problem = spec.champion_problem(theirs_spec)
+    if problem:
+        return alone(problem)
+    theirs, _ = theirs_spec.decided(reference.predict_proba(list(rows.texts), rows.pairs))
+    theirs = spec.aligned(theirs_spec, theirs)  # the champion's columns in this version's label order
     ours_decided, shared = spec.decided(ours)  # each model's own thresholds, then one spec for both
     return Scored(paired=compare_outputs(task, shared, y, ours_decided, theirs), metric_ci=ci, baseline=baseline,
                   slices=slice_rows(task, shared, y, ours_decided, theirs, rows.texts, rows.slices), served=served)
@@ -253,7 +262,7 @@ def log_pyfunc(run_id: str, artifacts: dict[str, str], probe: Any, meta: dict[st
                 name="model",
                 python_model=str(model_file),
                 artifacts=artifacts,
-                code_paths=[str(stage_model_code(Path(code)))],
+                code_paths=stage_model_code(Path(code), probe.spec),
                 pip_requirements=[f"onnxruntime>={onnxruntime.__version__.split('+')[0]}", f"tokenizers=={tokenizers.__version__}",
                                   "numpy", "pandas", f"mlflow=={mlflow.__version__}"],
                 signature=signature,

@@ -15,16 +15,8 @@ from prefect import flow
 from forgeline.config.schema import ScoreConfig
 from forgeline.errors import ConfigError
 from forgeline.scoring.inputs import list_inputs
-from forgeline.scoring.job import (FileResult, Job, Output, ScoreSummary, begin, distribution, done_starts, merged_counts,
-                                   prediction_drift, reference_counts, score_file, SUCCESS)
-
-def load_bundle(local: Path, device: str, variant: str, batch_size: Any):
-    """The pyfunc's implementation from a downloaded (verified) bundle folder."""
-    import mlflow.pyfunc
-
-    config = {"device": device, "variant": variant, "batch_size": batch_size}
-    return mlflow.pyfunc.load_model(str(local), model_config=config).unwrap_python_model()
-
+from forgeline.scoring.job import (FileResult, Job, Output, ScoreSummary, begin, done_starts, merged_counts,
+                                   prediction_drift, reference_counts, score_file, load_bundle, SUCCESS)
 
 def columns_for(cfg: ScoreConfig, spec) -> tuple[list[str], str | None]:
     """(input columns read, the pair column) for this model's request shape."""
@@ -143,7 +135,7 @@ def _summarize(cfg: ScoreConfig, job: Job, impl, out: Output, results: list[File
                         rows=sum(int(r["rows"]) for r in records), scored=sum(int(r["scored"]) for r in records),
                         rejected=sum(int(r["rejected"]) for r in records), reasons=reasons, seconds=round(seconds, 3),
                         rows_per_s=scored_now / scored_s if scored_s > 0 else 0.0,
-                        distribution=distribution(impl.spec, counts),
+                        distribution=impl.spec.distribution(counts),
                         drift=prediction_drift(impl.spec, counts, reference))
 
 

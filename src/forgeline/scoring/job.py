@@ -336,18 +336,6 @@ def merged_counts(records: list[dict[str, Any]]) -> dict[str, float]:
     return total
 
 
-def distribution(spec, counts: dict[str, float]) -> dict[str, float]:
-    """The prediction distribution as shares (classifiers: rows with each label; token classification:
-    spans per text of each type) or moments (regression)."""
-    n = counts.get("n", 0) or 0
-    if not n:
-        return {}
-    if spec.task == "regression":
-        mean = counts.get("sum", 0.0) / n
-        var = max(0.0, counts.get("sumsq", 0.0) / n - mean * mean)
-        return {"score_mean": mean, "score_std": var ** 0.5}
-    return {lab: counts.get(f"label:{lab}", 0) / n for lab in spec.labels}
-
 @dataclass
 class ScoreSummary:
     model: str
@@ -396,30 +384,18 @@ def reference_counts(client, run_id: str | None, variant: str, dst: Path) -> dic
 
 def prediction_drift(spec, counts: dict[str, float], reference: dict[str, float] | None, alpha: float = 0.01,
                      threshold: float = 0.1) -> dict[str, Any]:
-    """The batch's prediction distribution against the same variant's on the validation split. Single
-    label: chi-square goodness of fit of the label counts and total variation distance, firing when both
-    say so (as ``forgeline drift``'s label test). Other tasks: the largest change of a label's rate (spans
-    per text for token classification) or the score's mean shift in validation standard deviations,
-    reported without a decision (no test of ours fits them yet)."""
+    """The batch's prediction distribution against the same variant's on the validation split, as the task
+    compares them (``OutputSpec.prediction_drift``)."""
     n, ref_n = counts.get("n", 0) or 0, (reference or {}).get("n", 0) or 0
     if not n or not ref_n:
         return {"checked": False, "why": "nothing scored" if not n else
                 "the model's run recorded no validation predictions (registered before forgeline recorded them)"}
-    if spec.task == "regression":
-        mean, ref_mean = counts["sum"] / n, reference["sum"] / ref_n
-        ref_std = max(reference["sumsq"] / ref_n - ref_mean ** 2, 0.0) ** 0.5 or 1.0
-        return {"checked": True, "score_mean_shift_sd": (mean - ref_mean) / ref_std, "reference": "validation predictions"}
-    labels = list(spec.labels)
-    rates = np.array([counts.get(f"label:{lab}", 0) / n for lab in labels])
-    ref_rates = np.array([reference.get(f"label:{lab}", 0) / ref_n for lab in labels])
-    if spec.task != "single_label":
-        return {"checked": True, "max_rate_change": float(np.abs(rates - ref_rates).max()) if labels else 0.0,
-                "reference": "validation predictions"}
-    from scipy.stats import chisquare
+    return spec.prediction_drift(counts, reference, alpha, threshold) | {"reference": "validation predictions"}
 
-    expected = np.maximum(ref_rates, 1e-9)
-    expected /= expected.sum()
-    _, p = chisquare(rates * n, expected * n)
-    tv = float(0.5 * np.abs(rates - expected).sum())
-    return {"checked": True, "label_tv": tv, "label_p": float(p), "drift": bool(p < alpha and tv > threshold),
-            "reference": "validation predictions"}
+
+def load_bundle(local: Path, device: str, variant: str, batch_size: Any):
+    """The pyfunc's implementation from a downloaded (verified) bundle folder."""
+    import mlflow.pyfunc
+
+    config = {"device": device, "variant": variant, "batch_size": batch_size}
+    return mlflow.pyfunc.load_model(str(local), model_config=config).unwrap_python_model()

@@ -39,7 +39,7 @@ def spark_session(master: str | None):
 
 
 def _model(folder: str, device: str, variant: str, batch_size):
-    from forgeline.scoring.flow import load_bundle
+    from forgeline.scoring.job import load_bundle
 
     key = f"{folder}|{device}|{variant}|{batch_size}"
     if key not in _MODELS:

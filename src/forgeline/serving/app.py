@@ -31,13 +31,11 @@ from pydantic import BaseModel, Field
 from forgeline.config.schema import ServeConfig
 from forgeline.inference.text import RULES, text_problem
 from forgeline.serving.batcher import MicroBatcher
-from forgeline.serving.metrics import Metrics
+from forgeline.serving.metrics import METRICS_ENV, Metrics
 from forgeline.serving.shadow import Shadow
 from forgeline.serving.traffic import TrafficLog
 from forgeline.serving.watcher import RegistrySource, Watcher
 
-METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-"""Set by ``--workers`` (``forgeline.serving.workers``): metrics live in files every worker adds to."""
 
 log = logging.getLogger("forgeline.serve")
 
@@ -640,14 +638,6 @@ def _malloc_trim():
         return lambda: None
 
 
-def serve(cfg: ServeConfig) -> int:
-    if cfg.workers > 1:
-        from forgeline.serving.workers import serve_workers
-
-        return serve_workers(cfg)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_server(create_app(cfg), cfg)
-    return 0
 
 
 def run_server(app, cfg: ServeConfig, sockets=None) -> None:

@@ -5,6 +5,9 @@ summed; each gauge says below how its workers' values combine."""
 
 from __future__ import annotations
 
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Set by ``--workers`` (``forgeline.serving.workers``): metrics live in files every worker adds to."""
+
 
 class Metrics:
     def __init__(self) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 
 from forgeline.config.schema import ServeConfig
 from forgeline.errors import ForgelineError
-from forgeline.serving.app import METRICS_ENV
+from forgeline.serving.metrics import METRICS_ENV
 
 log = logging.getLogger("forgeline.serve")
 
@@ -214,3 +214,14 @@ def _forget_metrics(directory: str, pid: int) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(pid, directory)
+
+
+def serve(cfg: ServeConfig) -> int:
+    """`forgeline serve`: one process, or ``cfg.workers`` of them on one port."""
+    if cfg.workers > 1:
+        return serve_workers(cfg)
+    from forgeline.serving.app import create_app, run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_server(create_app(cfg), cfg)
+    return 0

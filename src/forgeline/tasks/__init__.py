@@ -1,18 +1,35 @@
-"""Tasks, one declaration each (``forgeline.tasks.base.Task``), looked up by ``task.type``.
+"""Tasks, one declaration each (``forgeline.tasks.base.Task`` with its ``OutputSpec`` class and its
+``Options``), looked up by ``task.type``.
 
-Adding a task: one module with a ``Task`` subclass, one line in ``TASKS``, its name in
-``forgeline.inference.tasks.TASK_TYPES`` with its output handling, and its tests (docs/architecture.md).
+Adding a task: one module with a ``Task`` subclass and its ``inference.tasks.OutputSpec`` subclass, then
+``register(TheTask)`` (docs/architecture.md). A task declared outside forgeline registers the same way;
+its bundles record the module of its outputs, imported where a registered model is loaded.
 """
 
 from __future__ import annotations
 
-from forgeline.tasks.base import EvalResult, Metric, Problem, Task
+from forgeline.inference.tasks import register_outputs
+from forgeline.tasks.base import EvalResult, Metric, Problem, Task, TaskOptions
 from forgeline.tasks.multi_label import MultiLabel
 from forgeline.tasks.regression import Regression
 from forgeline.tasks.single_label import SingleLabel
 from forgeline.tasks.token_classification import TokenClassification
 
-TASKS: dict[str, type[Task]] = {t.type: t for t in (SingleLabel, MultiLabel, Regression, TokenClassification)}
+TASKS: dict[str, type[Task]] = {}
+"""Task type → its declaration, in the order ``forgeline run --data`` asks them to recognise a column."""
+
+
+def register(task: type[Task]) -> type[Task]:
+    """Make ``task`` (and its ``outputs``) known under ``task.type``; usable as a class decorator."""
+    if task.outputs.task != task.type:
+        raise ValueError(f"task {task.type!r} declares the outputs of {task.outputs.task!r}")
+    TASKS[task.type] = task
+    register_outputs(task.outputs)
+    return task
+
+
+for _task in (SingleLabel, MultiLabel, Regression, TokenClassification):
+    register(_task)
 
 
 def get_task(cfg) -> Task:
@@ -23,4 +40,4 @@ def get_task(cfg) -> Task:
     return TASKS[cfg.type](cfg.primary_metric, **options)
 
 
-__all__ = ["TASKS", "EvalResult", "Metric", "Problem", "Task", "get_task"]
+__all__ = ["TASKS", "EvalResult", "Metric", "Problem", "Task", "TaskOptions", "get_task", "register"]

@@ -18,7 +18,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
+from forgeline.config.section import Section
 from forgeline.inference.tasks import OutputSpec
 
 
@@ -85,8 +87,26 @@ TITLES = {"macro_f1": "macro-F1", "micro_f1": "micro-F1", "samples_f1": "samples
           "subset_accuracy": "subset accuracy"}
 
 
+class TaskOptions(Section):
+    """A task's own options (``task.<name>`` keys), declared beside its class; a task with none keeps this."""
+
+
 class Task:
     type: ClassVar[str]
+    outputs: ClassVar[type[OutputSpec]]
+    """The torch-free half: how a registered model's logits are read (``forgeline.inference.tasks``)."""
+    Options: ClassVar[type[TaskOptions]] = TaskOptions
+    """The ``task.*`` keys this task takes besides ``type`` and ``primary_metric``."""
+    auto_model: ClassVar[str] = "AutoModelForSequenceClassification"
+    """The transformers class of its model (one set of logits per text, or per word piece)."""
+    problem_type: ClassVar[str | None] = None
+    """transformers' ``problem_type`` (its own loss is never used, but a reader of config.json expects it)."""
+    transfer_rows: ClassVar[bool] = False
+    """Whether ``compress.distill_transfer_rows`` and its siblings (rows outside the sample) apply."""
+    file_shape: ClassVar[str] = "table"
+    """How its data files are read (``data.load.READERS``): a table of a text and a target per row, or
+    ``sentences`` (CoNLL, JSON Lines of tokens and tags or of texts and spans)."""
+    """Whether ``compress.distill_transfer_rows`` and its siblings (rows outside the sample) apply."""
     metrics_known: ClassVar[dict[str, Metric]]
     """Every metric ``metrics`` returns that can be the primary one (``task.primary_metric``)."""
     default_primary: ClassVar[str]
@@ -100,16 +120,31 @@ class Task:
     """Distinct labels the valid rows must hold (one suffices where a row can have none of them)."""
 
     def __init__(self, primary: str | None = None, **options: Any) -> None:
+        from forgeline.errors import ConfigError
+
         name = primary or self.default_primary
         if name not in self.metrics_known:
-            from forgeline.errors import ConfigError
-
             raise ConfigError(f"task.primary_metric {name!r} is not a metric of task {self.type!r}; "
                               f"use one of {sorted(self.metrics_known)}")
         self.primary = self.metrics_known[name]
-        self.options = options
+        try:
+            self.options = self.Options(**options)
+        except ValidationError as e:
+            raise ConfigError(f"task {self.type}: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
 
     # --- data ------------------------------------------------------------------------------------
+    @classmethod
+    def recognise(cls, cells: pd.Series) -> str | None:
+        """Why a target column's cells (nulls dropped, at least one) look like this task's targets, or None
+        (``forgeline run --data`` infers the task from the first task in ``TASKS`` that says so)."""
+        return None
+
+    @classmethod
+    def inferred_problem(cls, cells: pd.Series) -> str | None:
+        """Why a target column inferred as this task's cannot train it (the end of a sentence that starts
+        with the column's name), or None."""
+        return None
+
     def parse_target(self, value: Any, delimiter: str | None) -> Any:
         """A raw target cell → the target (a label, a tuple of labels, a float) or a ``Problem``.
         None stays None (``null_label``)."""
@@ -132,12 +167,17 @@ class Task:
         """Rows holding each class or label; empty for regression (no classes)."""
         return {}
 
-    def strata(self, targets: pd.Series, labels: list[str], rows_needed: int) -> np.ndarray | None:
-        """A key per row the split stratifies on (None: a random split)."""
+    def strata(self, targets: pd.Series, labels: list[str], rows_needed: int, why: str = "the split") -> np.ndarray | None:
+        """A key per row the split stratifies on (None: a random split); ``why``: what needs
+        ``rows_needed`` rows per key, for an error that says so."""
         return None
 
     # --- model -----------------------------------------------------------------------------------
     def output_spec(self, labels: list[str], train_targets: pd.Series, pairs: bool) -> OutputSpec:
+        return self.outputs(labels=tuple(labels), pairs=pairs)
+
+    def logits_of(self, outputs: np.ndarray, spec: OutputSpec):
+        """Back from outputs to the loss's input (a torch tensor), for the validation loss."""
         raise NotImplementedError
 
     def y(self, targets: pd.Series | list, spec: OutputSpec) -> np.ndarray:
@@ -196,6 +236,23 @@ class Task:
     def baseline(self, y: np.ndarray, spec: OutputSpec) -> tuple[float, str]:
         """The primary metric of guessing without reading the text, and what that guess is."""
         raise NotImplementedError
+
+    def prior_baseline(self, spec: OutputSpec) -> tuple[float, str] | None:
+        """``baseline`` where no rows are at hand (stored metrics only), or None where it needs rows."""
+        return None
+
+    def budget(self, cfg: Any) -> list[tuple[Metric, float]]:
+        """The compression budget from a ``CompressConfig``: (metric, largest allowed drop) pairs.
+        ``max_metric_drop`` on the primary metric, by default ``max_macro_f1_drop`` for F1-type metrics
+        and 5 % for relative ones (RMSE, MAE)."""
+        if cfg.max_metric_drop is not None:
+            return [(self.primary, cfg.max_metric_drop)]
+        return [(self.primary, 0.05 if self.primary.relative_drop else cfg.max_macro_f1_drop)]
+
+    def metrics_table(self, metrics: dict[str, float]) -> list[str]:
+        """The test metrics as a Markdown table (the run summary)."""
+        return ["| " + " | ".join(metrics) + " |", "|" + "---:|" * len(metrics),
+                "| " + " | ".join(f"{v:.4f}" for v in metrics.values()) + " |"]
 
     def group_slices(self, y: np.ndarray, spec: OutputSpec) -> list[tuple[str, np.ndarray, str, Any]]:
         """Slices by target: (name, row mask, metric name, score(outputs) -> float)."""

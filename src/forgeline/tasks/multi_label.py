@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forgeline.inference.tasks import OutputSpec
+from forgeline.inference.tasks import MultiLabelOutputs, OutputSpec
 from forgeline.tasks.base import EvalResult, Metric, Problem, Task, as_text, is_listlike
 
 
@@ -26,6 +26,14 @@ class MultiLabel(Task):
     min_labels = 1
     reasons = {"no_label": "the row has no label (an empty list or string)",
                "unknown_label": "a label of the row is not in data.labels"}
+    outputs = MultiLabelOutputs
+    problem_type = "multi_label_classification"
+
+    @classmethod
+    def recognise(cls, cells: pd.Series) -> str | None:
+        lists = cells.map(lambda v: isinstance(v, (list, tuple, np.ndarray))
+                          or (isinstance(v, str) and v.strip().startswith("[") and v.strip().endswith("]")))
+        return "cells are lists" if lists.mean() > 0.5 else None
 
     def parse_target(self, value: Any, delimiter: str | None) -> Any:
         if is_listlike(value):
@@ -61,7 +69,7 @@ class MultiLabel(Task):
                     counts[lab] += 1
         return counts
 
-    def strata(self, targets: pd.Series, labels: list[str], rows_needed: int) -> np.ndarray:
+    def strata(self, targets: pd.Series, labels: list[str], rows_needed: int, why: str = "the split") -> np.ndarray:
         """Label combinations with at least ``rows_needed`` rows stratify as themselves; rarer ones by
         their rarest label (iterative stratification's rule, Sechidis et al. 2011: place the scarcest
         label first); what is still too rare shares one stratum."""
@@ -83,7 +91,13 @@ class MultiLabel(Task):
         return keys.to_numpy()
 
     def output_spec(self, labels: list[str], train_targets: pd.Series, pairs: bool) -> OutputSpec:
-        return OutputSpec("multi_label", tuple(labels), thresholds=tuple([0.5] * len(labels)), pairs=pairs)
+        return MultiLabelOutputs(tuple(labels), thresholds=tuple([0.5] * len(labels)), pairs=pairs)
+
+    def logits_of(self, outputs: np.ndarray, spec: OutputSpec):
+        import torch
+
+        p = np.clip(np.asarray(outputs, dtype=np.float64), 1e-7, 1 - 1e-7)
+        return torch.from_numpy(np.log(p / (1 - p)))
 
     def y(self, targets, spec: OutputSpec) -> np.ndarray:
         index = {lab: i for i, lab in enumerate(spec.labels)}

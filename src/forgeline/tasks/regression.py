@@ -5,13 +5,35 @@ target's units."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import model_validator
 
-from forgeline.inference.tasks import OutputSpec
-from forgeline.tasks.base import Metric, Problem, Task, as_text, is_listlike
+from forgeline.inference.tasks import OutputSpec, RegressionOutputs
+from forgeline.tasks.base import Metric, Problem, Task, TaskOptions, as_text, is_listlike
+
+REGRESSION_MIN_DISTINCT = 20
+"""Distinct numbers a target column needs for ``forgeline run --data`` to infer regression (fewer read
+as class ids)."""
+
+
+class RegressionOptions(TaskOptions):
+    loss: Literal["mse", "huber"] = "mse"
+    """The training loss: mean squared error, or Huber (less pulled by outlying targets)."""
+    standardize: bool = True
+    """Train on the standardised target (the mean and scale ship in the bundle)."""
+    min_value: float | None = None
+    """Rows whose target is below this are quarantined (``target_out_of_range``)."""
+    max_value: float | None = None
+    """Rows whose target is above this are quarantined (``target_out_of_range``)."""
+
+    @model_validator(mode="after")
+    def _range(self) -> "RegressionOptions":
+        if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
+            raise ValueError("task.min_value must be <= task.max_value")
+        return self
 
 
 class Regression(Task):
@@ -23,11 +45,22 @@ class Regression(Task):
                "target_not_finite": "the target is NaN or infinite",
                "target_out_of_range": "the target is outside task.min_value … task.max_value"}
     has_classes = False
+    outputs = RegressionOutputs
+    Options = RegressionOptions
+    problem_type = "regression"
 
-    def __init__(self, primary: str | None = None, loss: str = "mse", min_value: float | None = None,
-                 max_value: float | None = None, standardize: bool = True, **options: Any) -> None:
+    def __init__(self, primary: str | None = None, **options: Any) -> None:
         super().__init__(primary, **options)
-        self.loss_kind, self.min_value, self.max_value, self.standardize = loss, min_value, max_value, standardize
+        o = self.options
+        self.loss_kind, self.min_value, self.max_value, self.standardize = o.loss, o.min_value, o.max_value, o.standardize
+
+    @classmethod
+    def recognise(cls, cells: pd.Series) -> str | None:
+        numbers = pd.to_numeric(cells.map(lambda v: v.strip() if isinstance(v, str) else v), errors="coerce")
+        distinct = int(numbers.nunique())
+        if numbers.notna().mean() > 0.95 and distinct >= REGRESSION_MIN_DISTINCT:
+            return f"cells are numbers ({distinct} distinct values)"
+        return None
 
     def parse_target(self, value: Any, delimiter: str | None) -> Any:
         if is_listlike(value) or isinstance(value, bool):
@@ -64,7 +97,7 @@ class Regression(Task):
     def labels_from(self, targets: pd.Series, declared: list[str] | None) -> list[str]:
         return []
 
-    def strata(self, targets: pd.Series, labels: list[str], rows_needed: int) -> np.ndarray | None:
+    def strata(self, targets: pd.Series, labels: list[str], rows_needed: int, why: str = "the split") -> np.ndarray | None:
         """Quantile bins of the target (as many as keep ``rows_needed`` rows each, at most 10)."""
         values = np.asarray(targets, dtype=np.float64)
         bins = int(min(10, len(values) // max(rows_needed, 1)))
@@ -75,7 +108,12 @@ class Regression(Task):
     def output_spec(self, labels: list[str], train_targets: pd.Series, pairs: bool) -> OutputSpec:
         values = np.asarray(train_targets, dtype=np.float64)
         mean, scale = (float(values.mean()), float(values.std())) if self.standardize else (0.0, 1.0)
-        return OutputSpec("regression", tuple(labels), mean=mean, scale=scale if scale > 0 else 1.0, pairs=pairs)
+        return RegressionOutputs(tuple(labels), mean=mean, scale=scale if scale > 0 else 1.0, pairs=pairs)
+
+    def logits_of(self, outputs: np.ndarray, spec: OutputSpec):
+        import torch
+
+        return torch.from_numpy((np.asarray(outputs, dtype=np.float64) - spec.mean) / spec.scale)
 
     def y(self, targets, spec: OutputSpec) -> np.ndarray:
         return np.asarray(list(targets), dtype=np.float64)

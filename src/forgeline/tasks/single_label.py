@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forgeline.inference.tasks import OutputSpec
+from forgeline.inference.tasks import OutputSpec, SingleLabelOutputs
+from forgeline.tasks.metrics import macro_f1
 from forgeline.tasks.base import EvalResult, Metric, Problem, Task, as_text, is_listlike
 
 
@@ -20,6 +21,20 @@ class SingleLabel(Task):
     default_primary = "macro_f1"
     reasons = {"list_label": "the label cell holds a list; a single-label task takes one label per row"}
     paired_test = "McNemar"
+    outputs = SingleLabelOutputs
+    problem_type = "single_label_classification"
+    transfer_rows = True
+
+    @classmethod
+    def inferred_problem(cls, cells: pd.Series) -> str | None:
+        from forgeline.tasks.regression import REGRESSION_MIN_DISTINCT
+
+        distinct = cells.map(str).nunique()
+        if distinct >= REGRESSION_MIN_DISTINCT and distinct > 0.5 * len(cells):
+            return (f"holds {distinct} distinct values in {len(cells)} rows: too many to be classes (each needs rows to "
+                    "learn from). Name the target with --label-column; for numbers with a few non-numeric cells, clean "
+                    "them (a numeric column trains regression)")
+        return None
 
     def parse_target(self, value: Any, delimiter: str | None) -> Any:
         if is_listlike(value):
@@ -40,11 +55,24 @@ class SingleLabel(Task):
     def rows_per_class(self, targets: pd.Series, labels: list[str]) -> dict[str, int]:
         return {str(k): int(v) for k, v in targets.value_counts().sort_index().items()}
 
-    def strata(self, targets: pd.Series, labels: list[str], rows_needed: int) -> np.ndarray:
+    def strata(self, targets: pd.Series, labels: list[str], rows_needed: int, why: str = "the split") -> np.ndarray:
+        """The label; a class with fewer than ``rows_needed`` rows cannot be split (validation checks this
+        first, ``load_and_validate(split=...)``; kept for direct callers)."""
+        from forgeline.errors import DataValidationError
+
+        counts = targets.value_counts()
+        tiny = counts[counts < rows_needed]
+        if len(tiny):
+            raise DataValidationError(
+                f"{len(tiny)} class(es) have fewer than the {rows_needed} rows that {why} need for a stratified "
+                "split: " + ", ".join(f"{lab!r} has {int(n)}" for lab, n in tiny.items())
+                + ". Add rows of those classes, or raise split.val_fraction / split.test_fraction")
         return np.asarray(targets)
 
-    def output_spec(self, labels: list[str], train_targets: pd.Series, pairs: bool) -> OutputSpec:
-        return OutputSpec("single_label", tuple(labels), pairs=pairs)
+    def logits_of(self, outputs: np.ndarray, spec: OutputSpec):
+        import torch
+
+        return torch.from_numpy(np.log(np.clip(np.asarray(outputs, dtype=np.float64), 1e-12, None)))
 
     def y(self, targets, spec: OutputSpec) -> np.ndarray:
         index = {lab: i for i, lab in enumerate(spec.labels)}
@@ -65,18 +93,16 @@ class SingleLabel(Task):
         return alpha * soft + (1 - alpha) * torch.nn.functional.cross_entropy(student_logits, y)
 
     def metrics(self, y: np.ndarray, outputs: np.ndarray, spec: OutputSpec) -> dict[str, float]:
-        from forgeline.training.evaluate import compute_metrics
+        from forgeline.tasks.classification import compute_metrics
 
         return compute_metrics(y, outputs, list(spec.labels)).metrics
 
     def evaluate(self, y, outputs, spec: OutputSpec, out_dir: Path, name: str = "test") -> EvalResult:
-        from forgeline.training.evaluate import evaluate_probabilities
+        from forgeline.tasks.classification import evaluate_probabilities
 
         return evaluate_probabilities(y, outputs, list(spec.labels), out_dir, name)
 
     def resampled(self, y, outputs, spec: OutputSpec, weights: np.ndarray) -> np.ndarray:
-        from forgeline.registry.compare import macro_f1
-
         pred = np.asarray(outputs).argmax(axis=1)
         if self.primary.name == "accuracy":
             w = np.asarray(weights, dtype=np.float64)
@@ -94,6 +120,22 @@ class SingleLabel(Task):
             counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=k)
             return float(counts.max() / max(counts.sum(), 1)), "always the most frequent class"
         return 1.0 / k, "chance"
+
+    def prior_baseline(self, spec: OutputSpec) -> tuple[float, str] | None:
+        return self.baseline(np.zeros(0, dtype=np.int64), spec)
+
+    def budget(self, cfg: Any) -> list[tuple[Metric, float]]:
+        """``max_accuracy_drop`` and ``max_macro_f1_drop`` (or ``max_metric_drop`` on the primary metric,
+        when set)."""
+        if cfg.max_metric_drop is not None:
+            return [(self.primary, cfg.max_metric_drop)]
+        return [(Metric("accuracy"), cfg.max_accuracy_drop), (Metric("macro_f1"), cfg.max_macro_f1_drop)]
+
+    def metrics_table(self, metrics: dict[str, float]) -> list[str]:
+        m = metrics
+        return ["| accuracy | macro P | macro R | macro F1 | ROC-AUC (OvR) |", "|---:|---:|---:|---:|---:|",
+                f"| {m['accuracy']:.4f} | {m['macro_precision']:.4f} | {m['macro_recall']:.4f} | {m['macro_f1']:.4f} | "
+                f"{m.get('roc_auc_ovr', float('nan')):.4f} |"]
 
     def group_slices(self, y, spec: OutputSpec):
         y = np.asarray(y)

@@ -13,14 +13,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
-from forgeline.inference.tasks import OutputSpec
+from forgeline.inference.tasks import OutputSpec, TokenOutputs
 from forgeline.inference.tokens import IGNORE, TokenEncoder, word_spans, word_tags
-from forgeline.tasks.base import EvalResult, Metric, Problem, Task, is_listlike
+from forgeline.tasks.base import EvalResult, Metric, Problem, Task, TaskOptions, is_listlike
+
+
+class TokenOptions(TaskOptions):
+    aggregation: Literal["first", "average", "max"] = "first"
+    """A word's tag from its first word piece (the one trained), the mean of its pieces, or its most
+    confident piece."""
+    stride: int = Field(32, ge=0, le=4096)
+    """Word pieces of overlap between the windows a long text is scored in."""
+    label_all_tokens: bool = False
+    """Train every piece of a word (I- after the first), not only the first."""
 
 
 def _f1(tp, n_pred, n_true):
@@ -34,6 +45,10 @@ class TokenClassification(Task):
     metrics_known = {"micro_f1": Metric("micro_f1"), "macro_f1": Metric("macro_f1")}
     default_primary = "micro_f1"
     min_labels = 1
+    outputs = TokenOutputs
+    Options = TokenOptions
+    auto_model = "AutoModelForTokenClassification"
+    file_shape = "sentences"
     reasons = {"tag_count_mismatch": "the sentence has a different number of tokens and tags",
                "bad_tag": "a tag is neither O nor PREFIX-TYPE with a prefix of the tag scheme (B, I, E, S)",
                "invalid_transition": "an I- tag starts an entity under IOB2 (repaired to B- unless data.repair_tags=false)",
@@ -80,7 +95,7 @@ class TokenClassification(Task):
                     counts[lab] += 1
         return counts
 
-    def strata(self, targets: pd.Series, labels: list[str], rows_needed: int) -> np.ndarray:
+    def strata(self, targets: pd.Series, labels: list[str], rows_needed: int, why: str = "the split") -> np.ndarray:
         """A sentence's rarest entity type (``-`` for none); what is too rare shares the largest stratum."""
         per = self.rows_per_class(targets, labels)
         keys = pd.Series([min((s[2] for s in t), key=lambda lab: (per.get(lab, 0), lab), default="-") for t in targets])
@@ -91,8 +106,7 @@ class TokenClassification(Task):
 
     # --- model -----------------------------------------------------------------------------------
     def output_spec(self, labels: list[str], train_targets: pd.Series, pairs: bool) -> OutputSpec:
-        return OutputSpec("token_classification", tuple(labels), aggregation=self.options.get("aggregation", "first"),
-                          stride=int(self.options.get("stride", 32)))
+        return TokenOutputs(tuple(labels), aggregation=self.options.aggregation, stride=self.options.stride)
 
     def y(self, targets, spec: OutputSpec) -> np.ndarray:
         """Per sentence, its gold spans (an object array: sentences differ in length)."""
@@ -105,7 +119,7 @@ class TokenClassification(Task):
         """Training windows: (token ids with special tokens, a label per piece: the word's tag on its
         first piece, ``IGNORE`` elsewhere), a text longer than the window giving several."""
         enc = TokenEncoder(tokenizer, max_length, spec.stride)
-        label_all = bool(self.options.get("label_all_tokens", False))
+        label_all = self.options.label_all_tokens
         ids_out, labels_out = [], []
         lead, tail = [IGNORE] * len(enc.prefix), [IGNORE] * len(enc.suffix)
         for text, spans in zip(texts, targets):

@@ -68,22 +68,23 @@ def build_classifier(cfg: ModelConfig, labels, sep_id: int | None = None):
     """A transformers sequence classifier for ``labels`` (a list of class names: single-label) or an
     ``OutputSpec`` (any task: ``spec.width`` outputs, the spec kept in the config). ``sep_id``: a pair
     model, whose segment ids are computed from the first separator."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+    import transformers
 
-    from forgeline.inference.tasks import OutputSpec
+    from forgeline.inference.tasks import DEFAULT_TASK, OutputSpec, spec_for
+    from forgeline.tasks import TASKS
 
     quiet_libraries()
-    spec = labels if isinstance(labels, OutputSpec) else OutputSpec("single_label", tuple(labels))
+    spec = labels if isinstance(labels, OutputSpec) else spec_for(DEFAULT_TASK, labels)
+    task = TASKS[spec.task]
     path = check_base(cfg)
-    hf_cfg = AutoConfig.from_pretrained(path, local_files_only=True)
-    names = list(spec.tag_names if spec.tokens else spec.labels) if spec.task != "regression" else [spec.labels[0]]
+    hf_cfg = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    names = list(spec.head_names)
     hf_cfg.num_labels = spec.width
     hf_cfg.id2label = dict(enumerate(names))
     hf_cfg.label2id = {lab: i for i, lab in enumerate(names)}
     # transformers' own loss is never used (forgeline.tasks computes it), but its problem_type is
     # what a reader of config.json expects
-    hf_cfg.problem_type = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
-                           "regression": "regression", "token_classification": None}[spec.task]
+    hf_cfg.problem_type = task.problem_type
     setattr(hf_cfg, TASK_CONFIG_KEY, spec.to_meta())
     if sep_id is not None:
         setattr(hf_cfg, SEP_CONFIG_KEY, int(sep_id))
@@ -93,8 +94,7 @@ def build_classifier(cfg: ModelConfig, labels, sep_id: int | None = None):
         for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
             if hasattr(hf_cfg, key):
                 setattr(hf_cfg, key, cfg.dropout)
-    auto = AutoModelForTokenClassification if spec.tokens else AutoModelForSequenceClassification
-    return auto.from_pretrained(path, config=hf_cfg, local_files_only=True)
+    return getattr(transformers, task.auto_model).from_pretrained(path, config=hf_cfg, local_files_only=True)
 
 
 def freeze_token_embeddings(model) -> int:
@@ -108,14 +108,17 @@ def load_checkpoint(path: Path):
     """Load a fine-tuned model saved by the training stage (safetensors), with the head of its task."""
     import json
 
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    import transformers
+
+    from forgeline.inference.tasks import DEFAULT_TASK
+    from forgeline.tasks import TASKS
 
     try:
         task = (json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get(TASK_CONFIG_KEY) or {}).get("task")
     except (OSError, ValueError):
         task = None  # transformers says what is wrong with the folder
-    auto = AutoModelForTokenClassification if task == "token_classification" else AutoModelForSequenceClassification
-    return auto.from_pretrained(path, local_files_only=True)
+    auto = TASKS[task if task in TASKS else DEFAULT_TASK].auto_model
+    return getattr(transformers, auto).from_pretrained(path, local_files_only=True)
 
 
 def labels_of(model) -> list[str]:
@@ -125,12 +128,12 @@ def labels_of(model) -> list[str]:
 
 def output_spec_of(model):
     """The ``OutputSpec`` a model was built for (checkpoints from before tasks: single-label)."""
-    from forgeline.inference.tasks import OutputSpec
+    from forgeline.inference.tasks import DEFAULT_TASK, OutputSpec, spec_for
 
     raw = getattr(model.config, TASK_CONFIG_KEY, None)
     if raw:
         return OutputSpec.from_meta({"task": raw})
-    return OutputSpec("single_label", tuple(labels_of(model)))
+    return spec_for(DEFAULT_TASK, labels_of(model))  # a checkpoint from before tasks
 
 
 def set_output_spec(model, spec) -> None:

@@ -37,10 +37,8 @@ class DistillResult:
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
-                      temperature: float, alpha: float, task=None) -> torch.Tensor:
-    from forgeline.tasks import get_task
-
-    return (task or get_task("single_label")).distill_loss(student_logits, teacher_logits, y, temperature, alpha)
+                      temperature: float, alpha: float, task) -> torch.Tensor:
+    return task.distill_loss(student_logits, teacher_logits, y, temperature, alpha)
 
 
 def hidden_loss(student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor],
@@ -131,7 +129,7 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: 
             train_y: np.ndarray, val_texts: Sequence[str], val_y: np.ndarray, cfg: CompressConfig,
             tcfg: TrainConfig, max_length: int, device: str, seed: int,
             log: Callable[[dict[str, float], int], None] | None = None,
-            layer_map: Sequence[int] | None = None, task=None, val_pairs: Sequence[str] | None = None,
+            *, task, layer_map: Sequence[int] | None = None, val_pairs: Sequence[str] | None = None,
             teacher_out: TeacherOutputs | None = None) -> DistillResult:
     """Train ``student`` (changed in place and returned as the best epoch's weights) on the teacher's
     soft targets for the training texts' token ``ids`` for ``cfg.distill_epochs`` epochs. With ``layer_map`` (student layer i was teacher
@@ -139,10 +137,8 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: 
     pulled towards its teacher layer's (MSE over real tokens): kept from one teacher pass within
     ``HIDDEN_CACHE_BYTES``, else a teacher forward per step. ``teacher_out``: the caller's
     ``teacher_outputs`` of these ``ids`` (and ``layer_map``), already computed."""
-    from forgeline.tasks import get_task
     from forgeline.training.classifier import output_spec_of, sep_id_of
 
-    task = task or get_task("single_label")
     set_seed(seed)
     log = log or (lambda metrics, step: None)
     student.to(device)
@@ -210,7 +206,7 @@ class Student:
 def make_student(teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str], train_y: np.ndarray,
                  val_texts: Sequence[str], val_y: np.ndarray, cfg: CompressConfig, tcfg: TrainConfig,
                  max_length: int, device: str, seed: int,
-                 log: Callable[[dict[str, float], int], None] | None = None, task=None,
+                 log: Callable[[dict[str, float], int], None] | None = None, *, task,
                  train_pairs: Sequence[str] | None = None, val_pairs: Sequence[str] | None = None,
                  transfer: Sequence[str] = (), transfer_pairs: Sequence[str] | None = None,
                  vocab_texts: Sequence[str] = (), vocab_pairs: Sequence[str] | None = None) -> Student:
@@ -220,11 +216,9 @@ def make_student(teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str]
     (``compress.distill_transfer_rows``; single-label). ``vocab_texts``: unlabelled texts whose tokens the
     cut vocabulary keeps too (``compress.vocab_rows``).
     Raises ``PruningError`` for a target the model cannot take."""
-    from forgeline.tasks import get_task
     from forgeline.training import prune
     from forgeline.training.classifier import output_spec_of, sep_id_of
 
-    task = task or get_task("single_label")
     sep = sep_id_of(teacher)
     per_piece = task.encode_train(tokenizer, list(train_texts), train_y, output_spec_of(teacher), max_length)
     if per_piece is None:

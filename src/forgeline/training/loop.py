@@ -228,11 +228,9 @@ class TrainStep:
     """One optimizer step as the training stage runs it: forward and backward (compiled with CUDA
     graphs when ``train.compile``), grad-norm clip at 1.0, AdamW. ``forgeline bench`` times this."""
 
-    def __init__(self, model: torch.nn.Module, tcfg: TrainConfig, device: str, task=None):
-        from forgeline.tasks import get_task
-
+    def __init__(self, model: torch.nn.Module, tcfg: TrainConfig, device: str, task):
         self.model, self.device = model, device
-        self.task = task or get_task("single_label")
+        self.task = task
         if tcfg.freeze_embeddings:
             freeze_token_embeddings(model)
         cuda = device == "cuda"
@@ -436,7 +434,7 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
         val_loss = float("nan")  # token classification: its outputs are per word, the loss per piece
         if val_train_y is not None:
             with torch.no_grad():  # the training loss on the validation rows, from the outputs' logits
-                val_loss = float(task.loss(_logits_of(outputs, epoch_spec), val_train_y))
+                val_loss = float(task.loss(task.logits_of(outputs, epoch_spec), val_train_y))
         record = {"epoch": float(epoch), "train_loss_epoch": float(running) / max(1, n_batches), "val_loss": val_loss}
         record |= {f"val_{k}": v for k, v in metrics.items()}
         history.append(record)
@@ -469,18 +467,6 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
         step_samples_per_second=seen / train_time if train_time else 0.0,
         spec=output_spec_of(best) if best is not None else None, val_metric=primary.name,
     )
-
-
-def _logits_of(outputs: np.ndarray, spec: OutputSpec) -> torch.Tensor:
-    """Back from outputs to the loss's input (probabilities to log-probabilities or logits; scores to
-    standardised values), for the validation loss."""
-    out = np.asarray(outputs, dtype=np.float64)
-    if spec.task == "single_label":
-        return torch.from_numpy(np.log(np.clip(out, 1e-12, None)))
-    if spec.task == "multi_label":
-        p = np.clip(out, 1e-7, 1 - 1e-7)
-        return torch.from_numpy(np.log(p / (1 - p)))
-    return torch.from_numpy((out - spec.mean) / spec.scale)
 
 
 def _progress(items, enabled: bool, desc: str):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from forgeline.training.evaluate import compute_metrics, evaluate_probabilities
+from forgeline.tasks.classification import compute_metrics, evaluate_probabilities
 
 
 def test_metrics_match_hand_computed_values():

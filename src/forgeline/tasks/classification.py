@@ -1,4 +1,4 @@
-"""Test-set metrics: accuracy, macro P/R/F1, ROC-AUC (one-vs-rest), per-class report, confusion PNG."""
+"""Single-label test metrics: accuracy, macro P/R/F1, ROC-AUC (one-vs-rest), per-class report, confusion PNG."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from forgeline.tasks.base import EvalResult  # noqa: F401 - one result type for every task; cached entries name it here
 from sklearn.metrics import (
     accuracy_score,
     classification_report,
@@ -14,6 +13,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
+
+from forgeline.tasks.base import EvalResult
 
 
 def compute_metrics(y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> EvalResult:
