@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 SHOWN_CHARS = 200
 """How much of a user's value an error or warning echoes: a YAML alias bomb's expanded value printed
@@ -19,9 +21,8 @@ def shown(value: object, limit: int = SHOWN_CHARS) -> str:
     return f"{text[:limit]}… ({len(text):,} characters)"
 
 
-def path_kind(path: object) -> str | None:
+def path_kind(path: str | os.PathLike[str]) -> str | None:
     """What a path that is no regular file is, said the way a user can act on (None for a file)."""
-    import os
     import stat
 
     try:

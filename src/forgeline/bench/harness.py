@@ -187,11 +187,8 @@ def bench_engines(engines: dict[str, tuple], shapes: list[tuple[int, int]] | Non
                 if fn is None:
                     continue
                 n = iters if batch <= 64 else max(10, iters // 3)
-                best = None
-                for _ in range(rounds):
-                    row = summarize(time_fn(fn, sync, warmup, n), batch)
-                    best = row if best is None or row["p50_ms"] < best["p50_ms"] else best
-                rows.append(base | best)
+                rounds_run = [summarize(time_fn(fn, sync, warmup, n), batch) for _ in range(max(rounds, 1))]
+                rows.append(base | min(rounds_run, key=lambda row: row["p50_ms"]))
             except Exception as e:  # noqa: BLE001 - one engine failing must not hide the others
                 rows.append(base | {"error": f"{type(e).__name__}: {e}"[:300]})
     return rows
@@ -222,7 +219,8 @@ def bench_training(model_cfg, labels: list[str], batch: int, seq: int, steps: in
         feeds = [{"input_ids": torch.from_numpy(x.input_ids).to(device), "attention_mask": torch.from_numpy(x.mask).to(device)}]
     else:
         order = make_batches([len(r) for r in real_ids], batch, np.random.default_rng(0), True)
-        feeds = [collate(pad_id, [real_ids[i] for i in idx], device, step.width_multiple) for idx in order if len(idx) == batch]
+        feeds = [collate(pad_id, [list(real_ids[i]) for i in idx], device, step.width_multiple) for idx in order
+                 if len(idx) == batch]
     y = torch.zeros(batch, dtype=torch.long, device=device)
     by_shape: dict[tuple, dict] = {}
     for f in feeds:
@@ -331,9 +329,9 @@ def check_targets(rows: list[dict[str, Any]], training: list[dict[str, Any]], fu
                         ("pyfunc_model_vs_cuda_graph_harness<=1.2x", "ort_fp16_cuda_graph")):
         worst = None
         for batch in (1, 64, 256):
-            py, harness = _p50(rows, "pyfunc_registry_model", batch, "real"), _p50(rows, engine, batch, "real")
-            if py and harness:
-                ratio = round(py / harness, 2)
+            py_ms, harness_ms = _p50(rows, "pyfunc_registry_model", batch, "real"), _p50(rows, engine, batch, "real")
+            if py_ms and harness_ms:
+                ratio = round(py_ms / harness_ms, 2)
                 worst = ratio if worst is None else max(worst, ratio)
         out[key] = {"value": worst, "met": None if worst is None else worst <= 1.2}
     return out
@@ -451,7 +449,7 @@ def run_bench(model_ref: str, tracking_uri: str, quick: bool = False, data_path:
         graph_check = None
         breakdown: list[dict[str, Any] | None] = []
         cpu_threads = os.cpu_count() if not cuda else min(os.cpu_count() or 1, 8)
-        torch.set_num_threads(cpu_threads)
+        torch.set_num_threads(cpu_threads or 1)
         cpu_engines: dict[str, tuple] = {"torch_eager_fp32_cpu": torch_engine(copy.deepcopy(base), "cpu", False),
                                          "ort_fp32_cpu": ort_engine(files[VARIANT_FILES["fp32"]], "cpu", False, cpu_threads)}
         if "model.int8.onnx" in files:

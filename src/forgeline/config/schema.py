@@ -23,6 +23,10 @@ BIG = 1_000_000_000
 overflows numpy or torch (a 5,000-digit ``train.max_steps`` was accepted)."""
 
 
+QUANTIZATIONS: tuple[Literal["dynamic", "static"], ...] = ("dynamic", "static")
+"""The INT8 kinds (``tune.space``'s ``quantization`` choices)."""
+
+
 class TaskConfig(_Section):
     """What the model predicts (docs/tasks.md): ``type`` and the options of that task, each declared beside
     its class in ``forgeline.tasks`` (``Task.Options``); an option the chosen task does not take is refused,
@@ -270,7 +274,7 @@ class StudentSearchSpace(_Section):
     hidden_weight: list[Annotated[float, Field(ge=0.0, le=1000.0)]] = Field(default_factory=lambda: [0.0, 1.0],
                                                                             min_length=1)
     """``distill_hidden_weight`` choices (0: logits only)."""
-    quantization: list[Literal["dynamic", "static"]] = Field(default_factory=lambda: ["dynamic", "static"], min_length=1)
+    quantization: list[Literal["dynamic", "static"]] = Field(default_factory=lambda: list(QUANTIZATIONS), min_length=1)
     """CPU only: which INT8 the trial's latency and validation score are measured with."""
     per_channel: list[bool] = Field(default_factory=lambda: [True, False], min_length=1)
     fp32_layers: list[Annotated[int, Field(ge=0, le=1000)]] = Field(default_factory=lambda: [0, 1], min_length=1)

@@ -113,8 +113,8 @@ def pair_of(columns: list, text: str | None) -> tuple[str, str] | None:
         if first in lower and second in lower and (text is None or lower[first] == text):
             return lower[first], lower[second]
     if text is not None:
-        second = next((lower[n] for n in SECOND_NAMES if n in lower and lower[n] != text), None)
-        return (text, second) if second is not None else None
+        other = next((lower[n] for n in SECOND_NAMES if n in lower and lower[n] != text), None)
+        return (text, other) if other is not None else None
     return None
 
 

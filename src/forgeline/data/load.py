@@ -12,7 +12,7 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,7 +84,7 @@ SEPARATORS = (",", ";", "|", "\t")
 a stray quote)."""
 
 
-def _suffixes(path: Path) -> tuple[str, str | None]:
+def _suffixes(path: PurePath) -> tuple[str, str | None]:
     """(format suffix, compression or None): ``data.csv.gz`` → (".csv", "gzip")."""
     suffixes = [x.lower() for x in path.suffixes]
     compression = COMPRESSION_SUFFIXES.get(suffixes[-1]) if suffixes else None

@@ -234,13 +234,13 @@ def entity_scores(truth: list[list[str]], predicted: list[list[str]]) -> dict[st
         recall = a / c if c else 0.0
         return precision, recall, (2 * precision * recall / (precision + recall) if precision + recall else 0.0)
 
-    per_type = {}
+    per_type: dict[str, dict[str, float]] = {}
     for kind in sorted(set(n_true) | set(n_pred)):
-        p, r, f = prf(tp[kind], n_pred[kind], n_true[kind])
-        per_type[kind] = {"precision": p, "recall": r, "f1": f, "support": n_true[kind]}
-    p, r, f = prf(sum(tp.values()), sum(n_pred.values()), sum(n_true.values()))
+        precision, recall, f1 = prf(tp[kind], n_pred[kind], n_true[kind])
+        per_type[kind] = {"precision": precision, "recall": recall, "f1": f1, "support": n_true[kind]}
+    precision, recall, f1 = prf(sum(tp.values()), sum(n_pred.values()), sum(n_true.values()))
     macro = sum(v["f1"] for v in per_type.values()) / len(per_type) if per_type else 0.0
-    return {"precision": p, "recall": r, "f1": f, "macro_f1": macro, "per_type": per_type,
+    return {"precision": precision, "recall": recall, "f1": f1, "macro_f1": macro, "per_type": per_type,
             "token_accuracy": right / total if total else 0.0}
 
 

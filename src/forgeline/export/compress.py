@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from forgeline.config.schema import CompressConfig
+from forgeline.training import Model
 
 
 @dataclass
@@ -80,6 +81,13 @@ class Variant:
     def p50(self, device: str, batch: int) -> float | None:
         return self.latency.get(device, {}).get(f"p50_b{batch}_ms")
 
+    def measured_p50(self, device: str, batch: int) -> float:
+        """``p50`` of a variant measured there (the choice and the plots read only those)."""
+        value = self.p50(device, batch)
+        if value is None:
+            raise ValueError(f"variant {self.name} has no p50 at batch {batch} on {device}")
+        return value
+
     @property
     def parity_ok(self) -> bool:
         return bool(self.parity.get("ok", 1.0))
@@ -94,11 +102,11 @@ def gzip_size(path: Path) -> int:
     return out
 
 
-def linear_weights(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
+def linear_weights(model: Model) -> list[tuple[torch.nn.Module, str]]:
     return [(m, "weight") for m in model.modules() if isinstance(m, torch.nn.Linear)]
 
 
-def sparsity(model: torch.nn.Module) -> float:
+def sparsity(model: Model) -> float:
     total = zeros = 0
     for module, name in linear_weights(model):
         w = getattr(module, name)
@@ -107,7 +115,7 @@ def sparsity(model: torch.nn.Module) -> float:
     return zeros / total if total else 0.0
 
 
-def prune_global(model: torch.nn.Module, amount: float) -> torch.nn.Module:
+def prune_global(model: Model, amount: float) -> Model:
     """A pruned copy: the ``amount`` fraction of all Linear weights with the smallest |w| set to 0."""
     import torch.nn.utils.prune as prune
 
@@ -285,15 +293,16 @@ def make_variant(name: str, path: Path | None, metrics: dict[str, float], base: 
     acc_delta = metrics["accuracy"] - base["accuracy"] if "accuracy" in metrics and "accuracy" in base else None
     f1_delta = metrics["macro_f1"] - base["macro_f1"] if "macro_f1" in metrics and "macro_f1" in base else None
     size = size_bytes if size_bytes is not None else (path.stat().st_size if path else 0)
-    on_val = val_metrics is not None and val_base is not None
     return Variant(
         name=name, path=path, size_bytes=size, gzip_bytes=gzip_size(path) if path else 0, metrics=metrics,
         accuracy_delta=None if acc_delta is None else float(acc_delta),
         macro_f1_delta=None if f1_delta is None else float(f1_delta),
-        within_budget=bool(cfg.holds(val_metrics, val_base) if on_val else cfg.holds(metrics, base)),
+        within_budget=bool(cfg.holds(val_metrics, val_base) if val_metrics is not None and val_base is not None
+                           else cfg.holds(metrics, base)),
         extra=extra or {}, primary=primary.name, higher_is_better=primary.higher_is_better,
         metric_delta=float(metrics[primary.name] - base[primary.name]), val_metrics=dict(val_metrics or {}),
-        val_metric_delta=float(val_metrics[primary.name] - val_base[primary.name]) if on_val else None,
+        val_metric_delta=(float(val_metrics[primary.name] - val_base[primary.name])
+                          if val_metrics is not None and val_base is not None else None),
     )
 
 
@@ -445,7 +454,7 @@ def select(variants: Sequence[Variant], device: str, cfg: CompressConfig, teache
         return Selection(device, teacher, f"no variant for {device} is {within} with parity: the fp32 teacher is served", True)
 
     def p50(v: Variant) -> float:
-        return v.p50(device, cfg.latency_batch)
+        return v.measured_p50(device, cfg.latency_batch)
 
     fastest, tied = fastest_tied(measured, p50, lambda v: v.size_bytes, cfg.latency_tie)
     lat = p50(fastest)
@@ -467,7 +476,7 @@ def select(variants: Sequence[Variant], device: str, cfg: CompressConfig, teache
 def dominates(w: Variant, v: Variant, device: str, batch: int) -> bool:
     """``w`` makes ``v`` not worth carrying: ``v`` is not more accurate, and ``w`` is more accurate and as
     fast, or faster, or as fast and smaller. A tie in accuracy (noise) goes to the faster, then the smaller."""
-    lw, lv = w.p50(device, batch), v.p50(device, batch)
+    lw, lv = w.measured_p50(device, batch), v.measured_p50(device, batch)
     if more_accurate(v, w):
         return False
     return (more_accurate(w, v) and lw <= lv) or lw < lv or (lw == lv and w.size_bytes < v.size_bytes)
@@ -563,11 +572,11 @@ def pareto_plot(variants: Sequence[Variant], device: str, batch: int, teacher_f1
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for v in pts:
         on = v.name in front
-        ax.scatter(v.p50(device, batch), v.metrics[v.primary], s=60 if on else 30,
+        ax.scatter(v.measured_p50(device, batch), v.metrics[v.primary], s=60 if on else 30,
                    color="tab:red" if on else "tab:gray", zorder=3)
-        ax.annotate(f"{v.name} ({v.size_bytes / 1e6:.0f} MB)", (v.p50(device, batch), v.metrics[v.primary]),
+        ax.annotate(f"{v.name} ({v.size_bytes / 1e6:.0f} MB)", (v.measured_p50(device, batch), v.metrics[v.primary]),
                     textcoords="offset points", xytext=(5, 4), fontsize=8)
-    line = sorted((v.p50(device, batch), v.metrics[v.primary]) for v in pts if v.name in front)
+    line = sorted((v.measured_p50(device, batch), v.metrics[v.primary]) for v in pts if v.name in front)
     if line:
         ax.plot(*zip(*line), color="tab:red", lw=1, label="Pareto front")
     higher = pts[0].higher_is_better

@@ -16,10 +16,11 @@ from forgeline.errors import ExportError, ParityError
 from forgeline.config.schema import ExportConfig
 from forgeline.inference import contract
 from forgeline.inference.runtime import create_session, pad_batch, predict_proba_ids, predict_tagged_onnx, run_logits
-from forgeline.inference.tasks import softmax
+from forgeline.inference.tasks import WordOutputs, softmax
 from forgeline.training.classifier import output_spec_of, sep_id_of
 from forgeline.inference.tokens import TokenEncoder
 from forgeline.training.loop import encode, predict_proba, segment_ids
+from forgeline.training import Model
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -27,7 +28,7 @@ class _LogitsOnly(torch.nn.Module):
     graph has no shape-computing subgraph for them: every node can stay on the GPU (CUDA graphs). A
     pair model computes them from the first separator instead (``training.loop.segment_ids``)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: Model) -> None:
         super().__init__()
         self.model = model
         self.sep = sep_id_of(model)
@@ -39,7 +40,7 @@ class _LogitsOnly(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
 
 
-def _has_token_types(model: torch.nn.Module) -> bool:
+def _has_token_types(model: Model) -> bool:
     return int(getattr(model.config, "type_vocab_size", 0) or 0) > 0
 
 
@@ -82,7 +83,7 @@ def fusion_warning(report: dict) -> str | None:
             "(model.base=minilm) fuse; other model types export correctly but unfused")
 
 
-def attention_dims(model: torch.nn.Module) -> tuple[int, int]:
+def attention_dims(model: Model) -> tuple[int, int]:
     """(heads, heads × head size) of the first layer's self-attention: what the optimizer's attention
     fusion must be told. After structured pruning a layer keeps fewer heads than the config's
     ``num_attention_heads`` over a smaller Q/K/V width, and the optimizer cannot read the head count
@@ -132,7 +133,7 @@ class _quiet_logs:
         return False
 
 
-def export_onnx(model: torch.nn.Module, tokenizer, labels: list[str], path: Path, cfg: ExportConfig,
+def export_onnx(model: Model, tokenizer, labels: list[str], path: Path, cfg: ExportConfig,
                 max_length: int, sample_texts: Sequence[str] = ("an example sentence", "another, longer example sentence here")) -> Path:
     """Export an fp32 CPU copy of ``model`` to a single self-contained ONNX file, fuse it (when
     ``cfg.optimize``) and check it. The fused operator counts are stored in the file's metadata."""
@@ -230,7 +231,7 @@ class ParityReport:
             )
 
 
-def check_parity(model: torch.nn.Module, tokenizer, onnx_path: Path, texts: Sequence[str], max_length: int,
+def check_parity(model: Model, tokenizer, onnx_path: Path, texts: Sequence[str], max_length: int,
                  cfg: ExportConfig, batch_size: int = 32, raise_on_fail: bool = True,
                  pairs: Sequence[str] | None = None) -> ParityReport:
     """Compare PyTorch (fp32, CPU) and ONNX Runtime (CPU) on real batches of ``texts`` (and their
@@ -258,7 +259,7 @@ def check_parity(model: torch.nn.Module, tokenizer, onnx_path: Path, texts: Sequ
                 diff = diff[mask.astype(bool)]
             logit_diff = max(logit_diff, float(diff.max()))
     ref_p = predict_proba(cpu, tokenizer, texts, max_length, batch_size, "cpu", pairs)
-    if spec.tokens:
+    if isinstance(spec, WordOutputs):
         got_p = predict_tagged_onnx(session, TokenEncoder(tokenizer, max_length, spec.stride), texts, spec, batch_size)
     else:
         got_p = predict_proba_ids(session, ids, tokenizer.pad_token_id, batch_size, activate=spec.activate)

@@ -53,6 +53,20 @@ class TrialRecord:
     error: str = ""
     shape: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def score(self) -> float:
+        """A complete trial's validation metric."""
+        if self.val_metric is None:
+            raise ValueError(f"trial {self.number} is {self.state}: no validation metric")
+        return self.val_metric
+
+    @property
+    def ratio(self) -> float:
+        """A complete trial's latency ratio."""
+        if self.latency_ratio is None:
+            raise ValueError(f"trial {self.number} is {self.state}: no latency")
+        return self.latency_ratio
+
 
 @dataclass
 class SearchResult:
@@ -128,7 +142,7 @@ def sample(trial, space: StudentSearchSpace, device: str) -> dict[str, Any]:
 
 def fixed_params(c: CompressConfig, device: str) -> dict[str, Any] | None:
     """The fixed student's settings as a first trial, when the space holds each of them."""
-    values = {"layers": c.student_layers, "prune_heads": c.prune_heads, "prune_ffn": c.prune_ffn,
+    values: dict[str, Any] = {"layers": c.student_layers, "prune_heads": c.prune_heads, "prune_ffn": c.prune_ffn,
               "prune_vocab": c.prune_vocab, "distill_epochs": c.distill_epochs, "temperature": c.temperature,
               "alpha": c.alpha, "hidden_weight": c.distill_hidden_weight}
     if device == "cpu":
@@ -149,10 +163,10 @@ def choose(trials: list[TrialRecord], tie: float, higher_is_better: bool = True)
         return None, "no trial completed"
     ok = [t for t in done if t.within_budget]
     if ok:
-        best, _ = cmp.fastest_tied(ok, lambda t: t.latency_ratio, lambda t: t.size_bytes, tie)
+        best, _ = cmp.fastest_tied(ok, lambda t: t.ratio, lambda t: t.size_bytes or 0, tie)
         return best.number, (f"trial {best.number}: the fastest of {len(ok)} within the budgets on validation "
-                             f"({best.latency_ratio:.3f}× the teacher's latency)")
-    best = max(done, key=lambda t: t.val_metric if higher_is_better else -t.val_metric)
+                             f"({best.ratio:.3f}× the teacher's latency)")
+    best = max(done, key=lambda t: t.score if higher_is_better else -t.score)
     return best.number, f"no trial within the budgets on validation: trial {best.number}, the most accurate, is kept"
 
 
@@ -224,13 +238,13 @@ def search_student(inp: SearchInputs) -> SearchResult:
             tracker.client.set_terminated(tracker.run_id, "FINISHED" if rec.state == "complete" else "FAILED")
             shutil.rmtree(folder, ignore_errors=True)
 
-    direction = "maximize" if inp.higher_is_better else "minimize"
+    direction = optuna.study.StudyDirection.MAXIMIZE if inp.higher_is_better else optuna.study.StudyDirection.MINIMIZE
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial's INFO line: the child runs hold them
     try:
         with quiet_heartbeats():
             sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=max(1, c.search_trials // 3))
-            study = optuna.create_study(directions=[direction, "minimize"], sampler=sampler)
+            study = optuna.create_study(directions=[direction, optuna.study.StudyDirection.MINIMIZE], sampler=sampler)
             if first := fixed_params(c, device):
                 study.enqueue_trial(first)
             study.optimize(objective, n_trials=c.search_trials, catch=(Exception,))
@@ -240,9 +254,10 @@ def search_student(inp: SearchInputs) -> SearchResult:
     for r in records:
         r.pareto = r.number in front
     chosen, reason = choose(records, c.latency_tie, inp.higher_is_better)
+    if chosen is None:
+        return SearchResult(device, records, None, reason, None, {}, cmp.QuantRecipe())
     return SearchResult(device, records, chosen, reason, students.get(chosen),
-                        settings_of(next(r.params for r in records if r.number == chosen)) if chosen is not None else {},
-                        recipes.get(chosen, cmp.QuantRecipe()))
+                        settings_of(next(r.params for r in records if r.number == chosen)), recipes.get(chosen, cmp.QuantRecipe()))
 
 
 def table_markdown(result: SearchResult, primary: str) -> str:
@@ -255,7 +270,7 @@ def table_markdown(result: SearchResult, primary: str) -> str:
             continue
         mark = " **chosen**" if t.number == result.chosen else ""
         lines.append(f"| {t.number}{mark} | {t.val_metric:.4f} | {t.latency_ratio:.3f} | {t.p50_ms:.2f} | "
-                     f"{t.size_bytes / 1e6:.2f} | {'yes' if t.within_budget else 'no'} | {'yes' if t.pareto else ''} | "
+                     f"{(t.size_bytes or 0) / 1e6:.2f} | {'yes' if t.within_budget else 'no'} | {'yes' if t.pareto else ''} | "
                      f"{', '.join(f'{k}={v}' for k, v in t.params.items())} |")
     return "\n".join(lines) + "\n"
 
@@ -271,13 +286,13 @@ def plot(result: SearchResult, primary: str, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([t.latency_ratio for t in done], [t.val_metric for t in done], c="#999999", label="trial")
-    front = sorted((t for t in done if t.pareto), key=lambda t: t.latency_ratio)
-    ax.plot([t.latency_ratio for t in front], [t.val_metric for t in front], "o-", c="#1f77b4", label="Pareto set")
+    ax.scatter([t.ratio for t in done], [t.score for t in done], c="#999999", label="trial")
+    front = sorted((t for t in done if t.pareto), key=lambda t: t.ratio)
+    ax.plot([t.ratio for t in front], [t.score for t in front], "o-", c="#1f77b4", label="Pareto set")
     for t in done:
-        ax.annotate(str(t.number), (t.latency_ratio, t.val_metric), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(str(t.number), (t.ratio, t.score), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if (chosen := next((t for t in done if t.number == result.chosen), None)) is not None:
-        ax.scatter([chosen.latency_ratio], [chosen.val_metric], s=160, facecolors="none", edgecolors="#d62728", label="chosen")
+        ax.scatter([chosen.ratio], [chosen.score], s=160, facecolors="none", edgecolors="#d62728", label="chosen")
     ax.set_xlabel(f"p50 latency / the teacher's on {result.device}")
     ax.set_ylabel(f"validation {primary}")
     ax.legend(fontsize=8)

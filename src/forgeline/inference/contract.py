@@ -8,6 +8,8 @@ must not) cannot drift apart.
 
 from __future__ import annotations
 
+import os
+
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 TOKEN_TYPE_IDS = "token_type_ids"
@@ -86,7 +88,7 @@ class ArtifactIntegrityError(ValueError):
     """A bundle file differs from what was registered (corrupted, truncated or replaced in the store)."""
 
 
-def file_sha256(path: str) -> str:
+def file_sha256(path: str | os.PathLike[str]) -> str:
     import hashlib
 
     digest = hashlib.sha256()

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import mlflow.pyfunc
+from mlflow.pyfunc.model import PythonModel
 import numpy as np
 import pandas as pd
 
 from forgeline.inference.contract import DEFAULT_VARIANT_KEY, FALLBACK, VARIANT_FILES, read_bundle_meta, verify_artifacts
-from forgeline.inference.tasks import OutputSpec
+from forgeline.inference.tasks import OutputSpec, WordOutputs
 from forgeline.inference.runtime import (
     CudaGraphRunner,
     FastTokenizer,
@@ -125,7 +125,7 @@ def pairs_from_input(model_input: Any) -> tuple[list[str], list[str]]:
     return _strings(texts, "text"), _strings(pairs, "text_pair")
 
 
-class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
+class OnnxTextClassifier(PythonModel):
     def load_context(self, context) -> None:
         meta = read_bundle_meta(context.artifacts["meta"])
         self.spec = OutputSpec.from_meta(meta)
@@ -152,7 +152,7 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
         self.device = session_device(self.session)
         self.tokenizer = FastTokenizer(context.artifacts["tokenizer"], self.max_length)
         self.token_encoder = (TokenEncoder.from_file(context.artifacts["tokenizer"], self.max_length, self.spec.stride)
-                              if self.spec.tokens else None)
+                              if isinstance(self.spec, WordOutputs) else None)
         self.batch_size = batch_size_for(cfg.get("batch_size", "auto"), self.device)
 
     @property

@@ -177,6 +177,7 @@ def predict_proba_graphs(runner: CudaGraphRunner, ids: Sequence[Sequence[int]], 
     widths to multiples of ``width_step``, so a handful of captured shapes serve every request. Up to
     ``max_batch`` texts go in one batch as they come; more are sorted by length first."""
     out = np.empty((len(ids), runner.num_labels), dtype=np.float32)
+    chunks: list[tuple[np.ndarray | None, Sequence[Sequence[int]]]]
     if len(ids) <= max_batch:
         chunks = [(None, ids)]
     else:

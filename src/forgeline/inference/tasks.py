@@ -481,18 +481,24 @@ class RegressionOutputs(OutputSpec):
         return ["- Scores outside the range seen in training are extrapolations.", *super().limits(max_length)]
 
 
-@register_outputs
 @dataclass(frozen=True)
-class TokenOutputs(OutputSpec):
-    """``labels`` are the entity types, the model's outputs their IOB2 tags (``tokens.tag_names``) per word
-    piece; ``aggregation`` and ``stride`` say how pieces become words and how long texts are windowed
-    (``forgeline.inference.tokens``)."""
+class WordOutputs(OutputSpec):
+    """Outputs per word, not per text: long texts are scored in windows overlapping by ``stride`` word
+    pieces, and a word's output comes from its pieces by ``aggregation`` (``forgeline.inference.tokens``)."""
 
     aggregation: str = "first"
     stride: int = 32
 
-    task: ClassVar[str] = "token_classification"
     tokens: ClassVar[bool] = True
+
+
+@register_outputs
+@dataclass(frozen=True)
+class TokenOutputs(WordOutputs):
+    """``labels`` are the entity types, the model's outputs their IOB2 tags (``tokens.tag_names``) per word
+    piece."""
+
+    task: ClassVar[str] = "token_classification"
     min_labels: ClassVar[int] = 1
     summary: ClassVar[str] = ("entity spans in each text, with character offsets (entity micro-F1: type and both "
                               "boundaries must match)")

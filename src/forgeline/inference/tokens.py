@@ -242,7 +242,7 @@ def predict_tagged(encoder: TokenEncoder, texts: Sequence[str], logits_fn: Logit
     k = 0
     for t, text in enumerate(texts):
         words, word_of, spans = parts[t]
-        mine = results[k : k + len(spans)]
+        mine = [r for r in results[k : k + len(spans)] if r is not None]  # every window was scored above
         k += len(spans)
         n = len(word_of)
         piece_probs = np.zeros((n, tags), dtype=np.float32)

@@ -38,6 +38,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Set as AbstractSet
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -106,7 +107,7 @@ def _code_of(path: Path) -> bytes:
         if isinstance(body, list):  # a bare string statement: a docstring (of a module, class, function, attribute)
             kept = [b for b in body if not (isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
                                             and isinstance(b.value.value, str))]
-            node.body = kept or [ast.Pass()]
+            setattr(node, "body", kept or [ast.Pass()])
     return ast.dump(tree, annotate_fields=False, include_attributes=False).encode()
 
 
@@ -334,14 +335,17 @@ class StageCache:
         if meta is None:
             return None
         if isinstance(meta, str):
-            return self._drop(entry, meta, {})
+            self._drop(entry, meta, {})
+            return None
         bad = self._verify(entry, meta.files)
         if bad:
-            return self._drop(entry, bad, meta.files)
+            self._drop(entry, bad, meta.files)
+            return None
         try:
             value = _Codec(entry).decode(meta.value)
         except (ValueError, TypeError, AttributeError, ImportError, KeyError, OSError) as e:
-            return self._drop(entry, f"its value cannot be read back ({type(e).__name__}: {str(e)[:200]})", meta.files)
+            self._drop(entry, f"its value cannot be read back ({type(e).__name__}: {str(e)[:200]})", meta.files)
+            return None
         files = entry / "files"
         try:
             os.utime(entry / "entry.json")  # last use, for the least-recently-used bound
@@ -501,7 +505,7 @@ class StageCache:
         except FileNotFoundError:  # removed by another run meanwhile
             return 0.0
 
-    def prune(self, max_bytes: int, keep: set[str] = frozenset()) -> PruneReport:
+    def prune(self, max_bytes: int, keep: AbstractSet[str] = frozenset()) -> PruneReport:
         """Remove least recently used entries until the cache holds at most ``max_bytes``; blobs no
         entry links any more go with them; half-written temporary folders of dead runs too."""
         self._sweep_temporaries()

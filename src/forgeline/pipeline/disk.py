@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Set as AbstractSet
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ def mark_failed_runs(runs: Path, run_ids: list[str], keep: int) -> list[str]:
     return removed + prune_failed_runs(runs, keep)
 
 
-def prune_failed_runs(runs: Path, keep: int, spare: set[str] = frozenset()) -> list[str]:
+def prune_failed_runs(runs: Path, keep: int, spare: AbstractSet[str] = frozenset()) -> list[str]:
     """Failed runs' scratch folders beyond the newest ``keep`` (``spare``: always kept, e.g. the run
     whose ``error.log`` the user is about to be pointed at)."""
     if not runs.is_dir():

@@ -91,10 +91,11 @@ def run_is_stale(tags: dict[str, str], host: str | None = None, now: float | Non
     owner on this host and no heartbeat)."""
     host = host or socket.gethostname()
     now = time.time() if now is None else now
+    beat: float | None
     try:
         beat, every = float(tags[HEARTBEAT_TAG]), float(tags.get(HEARTBEAT_EVERY_TAG, "30"))
     except (KeyError, ValueError):
-        beat = every = None
+        beat, every = None, 30.0
     pid = tags.get(PID_TAG) or ""
     if tags.get(HOST_TAG) == host and pid.isdigit():
         return not process_alive(int(pid))

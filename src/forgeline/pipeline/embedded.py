@@ -27,7 +27,7 @@ ANALYTICS_ENV = "PREFECT_SERVER_ANALYTICS_ENABLED"
 def _popen_own_session(*args: Any, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[Any]:
     env = dict(os.environ if env is None else env)
     env.setdefault(ANALYTICS_ENV, "false")
-    return subprocess.Popen(*args, env=env, start_new_session=True, preexec_fn=die_with_parent, **kwargs)
+    return subprocess.Popen(*args, env=env, start_new_session=True, preexec_fn=die_with_parent, **kwargs)  # type: ignore[call-overload]  # Prefect's own arguments, passed on
 
 
 class _OwnSession:
@@ -52,7 +52,7 @@ def start_temporary_server() -> str | None:
 
     server = server_module.SubprocessASGIServer()  # the instance every Prefect client in this process uses
     if not server.running:
-        server_module.subprocess = _OwnSession()
+        server_module.subprocess = _OwnSession()  # type: ignore[assignment]  # the module's name for subprocess, shimmed
         try:
             server.start()
         finally:

@@ -124,8 +124,8 @@ class Stage(Generic[R]):
 
             kwargs = {"retries": self.io_retries, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
                       "retry_jitter_factor": 0.5, "retry_condition_fn": retry_on_io}
-        self.task = task(_execute, name=self.task_name or self.name, cache_policy=NO_CACHE, persist_result=False,
-                         tags=list(self.tags), **kwargs)
+        self.task = task(_execute, name=self.task_name or self.name, cache_policy=NO_CACHE,  # type: ignore[call-overload]
+                         persist_result=False, tags=list(self.tags), **kwargs)  # (Prefect's overloads name each keyword)
 
 
 def _execute(runner: StageRunner, stage: Stage, *inputs: Any) -> Any:
@@ -157,15 +157,17 @@ class StageRunner:
     def _execute(self, stage: Stage[R], env: Env, inputs: tuple) -> R:
         if stage.cached:
             self.keys[stage.name] = env.key
-        result, files = self._lookup(stage, env, inputs)
-        hit = result is not None
+        found = self._lookup(stage, env, inputs)
+        cached, files = found
+        hit = cached is not None
         if stage.cached:
             self.hits[stage.name] = hit
             dropped = self.cache.dropped.get(self.cache.path(stage.name, env.key).name)
             self.tracker.tags({f"cache.{stage.name}": "hit" if hit else ("dropped" if dropped else "miss"),
                                f"cache.{stage.name}.key": env.key} | ({f"cache.{stage.name}.dropped": dropped} if dropped else {}))
-        if hit:
+        if cached is not None:
             log.info("stage %s: cache hit (%s), skipped", stage.name, env.key)
+            result: R = cached
         else:
             try:
                 result = stage.fn(env, *inputs)

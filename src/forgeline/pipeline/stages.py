@@ -29,7 +29,7 @@ from forgeline.pipeline.tracking import Tracker
 from forgeline.registry.client import CACHE_KEY_TAG, find_registered
 from forgeline.registry.card import CardContext
 from forgeline.registry.register import EvalRows, Registration, git_commit, register_and_gate, reuse_registration
-from forgeline.inference.tasks import DEFAULT_TASK, TASK_KEY, OutputSpec, spec_for
+from forgeline.inference.tasks import DEFAULT_TASK, TASK_KEY, OutputSpec, WordOutputs, spec_for
 from forgeline.settings import GPU_TAG, failpoint, store_lock
 from forgeline.tasks import get_task
 from forgeline.tasks import EvalResult
@@ -71,7 +71,7 @@ def _log_validation(t: Tracker, cfg: PipelineConfig, report: dict[str, Any], fil
                "data.quarantined_rows": report["quarantined_rows"], "data.invalid_fraction": report["invalid_fraction"]})
     data = cfg.data
     name = Path(report["source"]).name if data.source == "file" else CORPORA[data.source].name
-    t.dataset(name, report["fingerprint"], report["source"], [data.text_column, data.label_column],
+    t.dataset(name, report["fingerprint"], report["source"], [str(data.text_column), str(data.label_column)],
               {"num_rows": report["rows"], "valid_rows": report["valid_rows"], "text_column": data.text_column,
                "label_column": data.label_column,
                "quarantined_rows": report["quarantined_rows"], "rows_per_class": report["rows_per_class"]})
@@ -276,7 +276,7 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
     val_outputs: dict[str, np.ndarray] = {}
 
     def onnx_proba(path: Path, device: str, split: str = "test") -> np.ndarray:
-        if spec.tokens:
+        if isinstance(spec, WordOutputs):
             return predict_tagged_onnx(create_session(path, device=device), TokenEncoder(trained.tokenizer, cfg.model.max_length, spec.stride),
                                        rows[split][0], spec, cfg.train.eval_batch_size)
         return predict_proba_ids(create_session(path, device=device), split_ids[split], pad, cfg.train.eval_batch_size,
@@ -299,7 +299,7 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
         return v
 
     calib_ids = encode(trained.tokenizer, splits.train["text"].tolist()[: c.calibration_rows], cfg.model.max_length,
-                       None if pairs is None else pairs_of(splits.train)[: c.calibration_rows])
+                       None if pairs is None else (pairs_of(splits.train) or [])[: c.calibration_rows])
     calibration = [pad_batch(calib_ids[i : i + 32], pad) for i in range(0, len(calib_ids), 32)]
     # references in fp32 on the CPU, as the ONNX files are scored (a CUDA-trained model would run bf16)
     teacher_proba = predict_proba(copy.deepcopy(trained.model).float().cpu(), trained.tokenizer, texts,
@@ -318,7 +318,7 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
     plots: dict[str, Path | None] = {}
     found = None
     if c.student and c.search_trials:
-        reference = next((v.path for v in variants if v.name == ("int8" if c.search_device == "cpu" else "fp16")),
+        reference = next((v.path for v in variants if v.name == ("int8" if c.search_device == "cpu" else "fp16") and v.path),
                          exported.path)
         try:
             found = _search(env, trained, distill, calibration, ids, reference,
@@ -468,7 +468,7 @@ def _student_variants(env: Env, trained: TrainResult, splits: Splits, distill, c
                                f"{cfg.export.parity_atol:g}): no student variant is registered")
         log.warning("%s", problems["student"])
         return [first], made.info
-    info = made.info | ({"search_trial": float(found.chosen)} if found is not None else {})
+    info = made.info | ({"search_trial": float(found.chosen)} if found is not None and found.chosen is not None else {})
     recipe = found.recipe if found is not None else cmp.QuantRecipe()
     return [first, *_precisions("student", path, proba, env, calibration, scored, onnx_proba, problems, recipe)], info
 
@@ -527,10 +527,10 @@ def register(env: Env, trained: TrainResult, splits: Splits, evaluation: EvalRes
     bundle_dir = env.run_dir / "bundle"
     variants = compressed.variants
     kept = [v for v in variants if v.bundled]
-    bundle = {v.name: cmp.copy_into(v.path, bundle_dir, VARIANT_FILES[v.name]) for v in kept}
+    bundle = {v.name: cmp.copy_into(v.path, bundle_dir, VARIANT_FILES[v.name]) for v in kept if v.path is not None}
     bundle["tokenizer"] = cmp.copy_into(trained.checkpoint_dir / TOKENIZER_FILE, bundle_dir, TOKENIZER_FILE)
     spec = spec_of(trained)
-    meta = {"labels": list(spec.labels), "max_length": cfg.model.max_length, "variants": [v.name for v in kept],
+    meta: dict[str, Any] = {"labels": list(spec.labels), "max_length": cfg.model.max_length, "variants": [v.name for v in kept],
             DEFAULT_VARIANT_KEY: {s.device: s.variant for s in compressed.selections}, TASK_KEY: spec.to_meta(),
             "config_hash": cfg.config_hash(), "data_fingerprint": fingerprint}
     metrics = {f"test_{k}": v for k, v in evaluation.metrics.items()}

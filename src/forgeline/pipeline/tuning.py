@@ -64,6 +64,7 @@ def sample(trial, space: dict[str, ParamSpace]) -> dict[str, Any]:
         if p.type == "categorical":
             out[name] = trial.suggest_categorical(name, p.choices)
         elif p.type == "int":
+            assert p.low is not None and p.high is not None  # ParamSpace requires both for a range
             out[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log)
         else:
             out[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
@@ -498,7 +499,8 @@ def run_study(cfg: PipelineConfig, workers: int = 1) -> dict[str, Any]:
             first = next((e for e in errors if e), "no trial finished")
             raise TuningError(f"no trial of study {name!r} finished ({record['states']}); the first failure: {first}")
         best = study.best_trial
-        tracker.metrics({f"tune.best_val_{primary.name}": best.value, "tune.best_trial": best.number})
+        tracker.metrics({f"tune.best_val_{primary.name}": float("nan") if best.value is None else best.value,
+                         "tune.best_trial": best.number})
         tracker.tags({"tune.best_trial": str(best.number)} | {f"tune.best.{k}": str(v) for k, v in best.params.items()})
         keep = best.user_attrs.get("train_key")
         for t in study.trials:  # the losers' checkpoints: the disk bound holds during a study too

@@ -75,7 +75,7 @@ def compare_outputs(task: Task, spec: OutputSpec, y: np.ndarray, challenger: np.
     out = PairedComparison(n=n, challenger_value=fa, champion_value=fb, diff=fa - fb, ci_low=float(low),
                            ci_high=float(high), confidence=confidence, bootstrap_samples=n_boot, metric=task.primary.name)
     right_a, right_b = task.correct(y, a, spec), task.correct(y, b, spec)
-    if right_a is not None and task.paired_test:
+    if right_a is not None and right_b is not None and task.paired_test:
         only_b, only_a = int(np.sum(right_b & ~right_a)), int(np.sum(right_a & ~right_b))
         out.only_champion_right, out.only_challenger_right = only_b, only_a
         out.mcnemar_p = 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)

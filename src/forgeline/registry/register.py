@@ -112,7 +112,7 @@ def stage_model_code(dst: Path, spec: OutputSpec | None = None) -> list[str]:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "__init__.py").touch()
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(sys.modules[module].__file__, folder / f"{name}.py")
+        shutil.copyfile(str(sys.modules[module].__file__), folder / f"{name}.py")
         paths.append(str(dst / "task" / (packages[0] if packages else f"{name}.py")))
     return paths
 
@@ -321,11 +321,11 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
         # what the version serves, where its test rows were scored (a student INT8's headline read the teacher's
         # PyTorch number, 2.9 pt above what it served, beside an interval of the served one); the teacher's beside
         teacher, metrics = metrics, (scored.served or metrics)
-        for k, v in metrics.items():
-            client.set_model_version_tag(name, version, f"metric.{k}", f"{v:.6f}")
+        for key, value in metrics.items():
+            client.set_model_version_tag(name, version, f"metric.{key}", f"{value:.6f}")
         if scored.served:
-            for k, v in teacher.items():
-                client.set_model_version_tag(name, version, f"metric.teacher.{k}", f"{v:.6f}")
+            for key, value in teacher.items():
+                client.set_model_version_tag(name, version, f"metric.teacher.{key}", f"{value:.6f}")
         decision = decide(policy, gate_evidence(metrics[f"test_{policy.metric.name}"], parity_ok, champion, scored))
         aliases = [CHAMPION] if decision.promote else [CHALLENGER]
         gate_tags = {"gate.decision": "promoted" if decision.promote else "kept_challenger", "gate.reason": decision.reason}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -105,7 +106,7 @@ def _open(f: InputFile):
     return fsspec.open(f.url, "rb", compression=compression).open()
 
 
-def read_parts(f: InputFile, columns: list[str], part_rows: int, skip: set[int] = frozenset()) -> Iterator[tuple[int, pd.DataFrame | None]]:
+def read_parts(f: InputFile, columns: list[str], part_rows: int, skip: AbstractSet[int] = frozenset()) -> Iterator[tuple[int, pd.DataFrame | None]]:
     """(first row, the part's ``columns``) per part of ``f``, in order; None for a part whose first row is
     in ``skip`` (finished earlier: read past, not returned). A column missing from the file, or a line
     that cannot be read, is a DataLoadError naming the file and the line."""

@@ -20,7 +20,7 @@ import threading
 import time
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from fastapi import FastAPI, Request
@@ -48,7 +48,22 @@ class BadRequest(Exception):
 
 
 # --- request validation ------------------------------------------------------------------------------
-class TextsRequest:
+class RequestShape:
+    """A request body's shape: its one field, an example, the JSON schema of an item, the items checked."""
+
+    field: ClassVar[str]
+    example: ClassVar[str]
+
+    @staticmethod
+    def item_schema(cfg: ServeConfig) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def items(cls, values: list, cfg: ServeConfig) -> list:
+        raise NotImplementedError
+
+
+class TextsRequest(RequestShape):
     """``{"texts": ["...", ...]}``: one text per input (single-text models of every task)."""
 
     field = "texts"
@@ -65,7 +80,7 @@ class TextsRequest:
         return values
 
 
-class PairsRequest:
+class PairsRequest(RequestShape):
     """``{"pairs": [["text", "text_pair"], ...]}``: two texts per input (pair models)."""
 
     field = "pairs"
@@ -89,7 +104,7 @@ class PairsRequest:
         return out
 
 
-REQUESTS = {False: TextsRequest, True: PairsRequest}
+REQUESTS: dict[bool, type[RequestShape]] = {False: TextsRequest, True: PairsRequest}
 """The request shape of a model: by whether it scores text pairs (``OutputSpec.pairs``)."""
 
 
@@ -202,6 +217,11 @@ class ShadowStatus(BaseModel):
     texts: int
     agreement_rate: float | None
     disagreements: list[dict[str, Any]]
+
+
+def _ok(model: type) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI document's 200 response: ``model``'s shape."""
+    return {200: {"model": model}}
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -332,7 +352,7 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None, shadow: b
     auth = (401,) if token is not None else ()
 
     @app.post("/v1/predict", response_model=None,
-              responses={200: {"model": PredictResponse}} | _errors(400, *auth, 408, 413, 415, 422, 503),
+              responses=_ok(PredictResponse) | _errors(400, *auth, 408, 413, 415, 422, 503),
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": predict_request_schema(cfg)}}}})
     async def predict(request: Request):
@@ -393,7 +413,7 @@ def create_app(cfg: ServeConfig, source: RegistrySource | None = None, shadow: b
             return {"status": "ready", "version": state["batcher"].model.version}
         return JSONResponse({"status": "draining" if state["draining"] else "starting"}, status_code=503)
 
-    @app.get("/v1/model", response_model=None, responses={200: {"model": ModelInfo}} | _errors(*auth, 503))
+    @app.get("/v1/model", response_model=None, responses=_ok(ModelInfo) | _errors(*auth, 503))
     async def model_info():
         batcher = state.get("batcher")
         if batcher is None or batcher.model is None:
@@ -494,8 +514,8 @@ def guarded_protocol(cfg: ServeConfig, metrics):
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._header_bytes = 0
-            self._header_timer = None
-            self._body_timer = None
+            self._header_timer: asyncio.TimerHandle | None = None
+            self._body_timer: asyncio.TimerHandle | None = None
             self._reserved = 0
             self._body_open = False
             self._refused = False
@@ -689,7 +709,7 @@ def run_server(app, cfg: ServeConfig, sockets=None) -> None:
     raise_open_files_limit()
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info", timeout_graceful_shutdown=30,
                             limit_concurrency=None,  # counted idle sockets; requests are bounded by max_in_flight
-                            timeout_keep_alive=cfg.keep_alive_s, access_log=cfg.access_log,
+                            timeout_keep_alive=cfg.keep_alive_s,  # type: ignore[arg-type]  # uvicorn reads it as seconds, float or int access_log=cfg.access_log,
                             http=guarded_protocol(cfg, app.state.metrics))
     try:
         _Server(config).run(sockets=sockets)

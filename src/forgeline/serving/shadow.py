@@ -37,9 +37,9 @@ class Shadow:
         name, _, _ = parse_model_ref(cfg.model)
         self.ref = f"{name}@{cfg.shadow}"
         self.cfg, self.metrics = cfg, metrics
-        self.source = None
+        self.source: Any = None  # a RegistrySource, made on the shadow thread
         self._source_factory = source_factory
-        self.model = None
+        self.model: Any = None  # the LoadedModel, hot-swapped
         self.problem: str | None = "not loaded yet"
         self._queue: queue.Queue = queue.Queue(maxsize=cfg.shadow_queue)
         self.disagreements: collections.deque = collections.deque(maxlen=50)

@@ -8,6 +8,8 @@ its bundles record the module of its outputs, imported where a registered model 
 
 from __future__ import annotations
 
+from typing import Any
+
 from forgeline.inference.tasks import register_outputs
 from forgeline.tasks.base import EvalResult, Metric, Problem, Task, TaskOptions
 from forgeline.tasks.multi_label import MultiLabel
@@ -15,11 +17,11 @@ from forgeline.tasks.regression import Regression
 from forgeline.tasks.single_label import SingleLabel
 from forgeline.tasks.token_classification import TokenClassification
 
-TASKS: dict[str, type[Task]] = {}
+TASKS: dict[str, type[Task[Any]]] = {}
 """Task type → its declaration, in the order ``forgeline run --data`` asks them to recognise a column."""
 
 
-def register(task: type[Task]) -> type[Task]:
+def register(task: type[Task[Any]]) -> type[Task[Any]]:
     """Make ``task`` (and its ``outputs``) known under ``task.type``; usable as a class decorator."""
     if task.outputs.task != task.type:
         raise ValueError(f"task {task.type!r} declares the outputs of {task.outputs.task!r}")
@@ -32,7 +34,7 @@ for _task in (SingleLabel, MultiLabel, Regression, TokenClassification):
     register(_task)
 
 
-def get_task(cfg) -> Task:
+def get_task(cfg) -> Task[Any]:
     """The task a ``TaskConfig`` (or a type name) declares."""
     if isinstance(cfg, str):
         return TASKS[cfg]()

@@ -11,10 +11,11 @@ macro-F1 (docs/architecture.md: how to add a task).
 
 from __future__ import annotations
 
+import builtins
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import numpy as np
 import pandas as pd
@@ -91,11 +92,16 @@ class TaskOptions(Section):
     """A task's own options (``task.<name>`` keys), declared beside its class; a task with none keeps this."""
 
 
-class Task:
+S = TypeVar("S", bound=OutputSpec)
+"""A task's ``OutputSpec`` class: its methods take and return that class (its fields are typed)."""
+
+
+class Task(Generic[S]):
     type: ClassVar[str]
-    outputs: ClassVar[type[OutputSpec]]
+    """The ``task.type`` name (shadows the builtin inside this class body: ``builtins.type`` below)."""
+    outputs: ClassVar[builtins.type[OutputSpec]]
     """The torch-free half: how a registered model's logits are read (``forgeline.inference.tasks``)."""
-    Options: ClassVar[type[TaskOptions]] = TaskOptions
+    Options: ClassVar[builtins.type[TaskOptions]] = TaskOptions
     """The ``task.*`` keys this task takes besides ``type`` and ``primary_metric``."""
     auto_model: ClassVar[str] = "AutoModelForSequenceClassification"
     """The transformers class of its model (one set of logits per text, or per word piece)."""
@@ -173,22 +179,22 @@ class Task:
         return None
 
     # --- model -----------------------------------------------------------------------------------
-    def output_spec(self, labels: list[str], train_targets: pd.Series, pairs: bool) -> OutputSpec:
-        return self.outputs(labels=tuple(labels), pairs=pairs)
+    def output_spec(self, labels: list[str], train_targets: pd.Series, pairs: bool) -> S:
+        return cast(S, self.outputs(labels=tuple(labels), pairs=pairs))
 
-    def logits_of(self, outputs: np.ndarray, spec: OutputSpec):
+    def logits_of(self, outputs: np.ndarray, spec: S):
         """Back from outputs to the loss's input (a torch tensor), for the validation loss."""
         raise NotImplementedError
 
-    def y(self, targets: pd.Series | list, spec: OutputSpec) -> np.ndarray:
+    def y(self, targets: pd.Series | list, spec: S) -> np.ndarray:
         """Targets as the metrics take them: class ids, a multi-hot matrix, floats in the target's units."""
         raise NotImplementedError
 
-    def train_y(self, targets: pd.Series | list, spec: OutputSpec) -> np.ndarray:
+    def train_y(self, targets: pd.Series | list, spec: S) -> np.ndarray:
         """Targets as the loss takes them (regression: standardised)."""
         return self.y(targets, spec)
 
-    def encode_train(self, tokenizer, texts: list[str], targets, spec: OutputSpec, max_length: int):
+    def encode_train(self, tokenizer, texts: list[str], targets, spec: S, max_length: int):
         """(token ids per example, the loss's target per example) for training; token classification
         overrides it with per-piece labels and windows (``None``: the loop encodes texts itself)."""
         return None
@@ -204,16 +210,16 @@ class Task:
     def distill_loss(self, student_logits, teacher_logits, y, temperature: float, alpha: float):
         raise NotImplementedError
 
-    def tune(self, spec: OutputSpec, y_val: np.ndarray, outputs_val: np.ndarray) -> OutputSpec:
+    def tune(self, spec: S, y_val: np.ndarray, outputs_val: np.ndarray) -> S:
         """Decision settings chosen on the validation split (multi-label thresholds); the spec as it is
         for tasks with none."""
         return spec
 
     # --- evaluation ------------------------------------------------------------------------------
-    def metrics(self, y: np.ndarray, outputs: np.ndarray, spec: OutputSpec) -> dict[str, float]:
+    def metrics(self, y: np.ndarray, outputs: np.ndarray, spec: S) -> dict[str, float]:
         raise NotImplementedError
 
-    def evaluate(self, y: np.ndarray, outputs: np.ndarray, spec: OutputSpec, out_dir: Path, name: str = "test") -> EvalResult:
+    def evaluate(self, y: np.ndarray, outputs: np.ndarray, spec: S, out_dir: Path, name: str = "test") -> EvalResult:
         """Metrics plus a report file under ``out_dir`` (tasks with classes add per-class numbers and plots)."""
         return self.report(EvalResult(metrics=self.metrics(y, outputs, spec)), out_dir, name)
 
@@ -225,19 +231,19 @@ class Task:
         result.artifacts = [path]
         return result
 
-    def resampled(self, y: np.ndarray, outputs: np.ndarray, spec: OutputSpec, weights: np.ndarray) -> np.ndarray:
+    def resampled(self, y: np.ndarray, outputs: np.ndarray, spec: S, weights: np.ndarray) -> np.ndarray:
         """The primary metric once per row of ``weights`` (B × n bootstrap row counts)."""
         raise NotImplementedError
 
-    def correct(self, y: np.ndarray, outputs: np.ndarray, spec: OutputSpec) -> np.ndarray | None:
+    def correct(self, y: np.ndarray, outputs: np.ndarray, spec: S) -> np.ndarray | None:
         """Per row, whether the model got it right (for ``paired_test``); None without such a notion."""
         return None
 
-    def baseline(self, y: np.ndarray, spec: OutputSpec) -> tuple[float, str]:
+    def baseline(self, y: np.ndarray, spec: S) -> tuple[float, str]:
         """The primary metric of guessing without reading the text, and what that guess is."""
         raise NotImplementedError
 
-    def prior_baseline(self, spec: OutputSpec) -> tuple[float, str] | None:
+    def prior_baseline(self, spec: S) -> tuple[float, str] | None:
         """``baseline`` where no rows are at hand (stored metrics only), or None where it needs rows."""
         return None
 
@@ -254,7 +260,7 @@ class Task:
         return ["| " + " | ".join(metrics) + " |", "|" + "---:|" * len(metrics),
                 "| " + " | ".join(f"{v:.4f}" for v in metrics.values()) + " |"]
 
-    def group_slices(self, y: np.ndarray, spec: OutputSpec) -> list[tuple[str, np.ndarray, str, Any]]:
+    def group_slices(self, y: np.ndarray, spec: S) -> list[tuple[str, np.ndarray, str, Any]]:
         """Slices by target: (name, row mask, metric name, score(outputs) -> float)."""
         return []
 
@@ -262,7 +268,7 @@ class Task:
     def subset_metric(self) -> str:
         return self.primary.name
 
-    def subset_score(self, y: np.ndarray, outputs: np.ndarray, spec: OutputSpec, mask: np.ndarray) -> float:
+    def subset_score(self, y: np.ndarray, outputs: np.ndarray, spec: S, mask: np.ndarray) -> float:
         """The primary metric on the rows of ``mask`` (length and ``data.slice_columns`` slices)."""
         w = mask.astype(np.float64)[None, :]
         return float(self.resampled(y, outputs, spec, w)[0])

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forgeline.inference.tasks import MultiLabelOutputs, OutputSpec
+from forgeline.inference.tasks import MultiLabelOutputs
 from forgeline.tasks.base import EvalResult, Metric, Problem, Task, as_text, is_listlike
 
 
@@ -18,7 +18,7 @@ def _f1_from_counts(tp, fp, fn):
     return np.divide(2 * tp, denom, out=np.zeros_like(tp, dtype=np.float64), where=denom > 0)
 
 
-class MultiLabel(Task):
+class MultiLabel(Task[MultiLabelOutputs]):
     type = "multi_label"
     metrics_known = {"macro_f1": Metric("macro_f1"), "micro_f1": Metric("micro_f1"),
                      "samples_f1": Metric("samples_f1"), "subset_accuracy": Metric("subset_accuracy")}
@@ -37,7 +37,7 @@ class MultiLabel(Task):
 
     def parse_target(self, value: Any, delimiter: str | None) -> Any:
         if is_listlike(value):
-            items = [as_text(v) for v in value]
+            items: list[str | None] = [as_text(v) for v in value]
         else:
             text = as_text(value)
             if text is None:
@@ -51,7 +51,7 @@ class MultiLabel(Task):
                 except ValueError:
                     items = [text]
             else:
-                items = text.split(delimiter) if delimiter else [text]
+                items = list(text.split(delimiter)) if delimiter else [text]
         labels = tuple(sorted({s.strip() for s in items if s is not None and s.strip()}))
         return labels if labels else Problem("no_label")
 
@@ -90,16 +90,16 @@ class MultiLabel(Task):
             keys[keys == "~rare"] = keys.value_counts().idxmax()
         return keys.to_numpy()
 
-    def output_spec(self, labels: list[str], train_targets: pd.Series, pairs: bool) -> OutputSpec:
+    def output_spec(self, labels: list[str], train_targets: pd.Series, pairs: bool) -> MultiLabelOutputs:
         return MultiLabelOutputs(tuple(labels), thresholds=tuple([0.5] * len(labels)), pairs=pairs)
 
-    def logits_of(self, outputs: np.ndarray, spec: OutputSpec):
+    def logits_of(self, outputs: np.ndarray, spec: MultiLabelOutputs):
         import torch
 
         p = np.clip(np.asarray(outputs, dtype=np.float64), 1e-7, 1 - 1e-7)
         return torch.from_numpy(np.log(p / (1 - p)))
 
-    def y(self, targets, spec: OutputSpec) -> np.ndarray:
+    def y(self, targets, spec: MultiLabelOutputs) -> np.ndarray:
         index = {lab: i for i, lab in enumerate(spec.labels)}
         out = np.zeros((len(targets), len(spec.labels)), dtype=np.float32)
         for i, t in enumerate(targets):
@@ -137,7 +137,7 @@ class MultiLabel(Task):
         soft = torch.nn.functional.binary_cross_entropy_with_logits(student_logits / t, torch.sigmoid(teacher_logits / t)) * (t * t)
         return alpha * soft + (1 - alpha) * self.loss(student_logits, y)
 
-    def tune(self, spec: OutputSpec, y_val: np.ndarray, outputs_val: np.ndarray) -> OutputSpec:
+    def tune(self, spec: MultiLabelOutputs, y_val: np.ndarray, outputs_val: np.ndarray) -> MultiLabelOutputs:
         """Per label, the threshold in 0.05…0.95 with the best validation F1 (ties: nearest 0.5);
         0.5 for a label absent from the validation split."""
         from dataclasses import replace
@@ -157,10 +157,10 @@ class MultiLabel(Task):
             chosen.append(float(grid[best[np.argmin(np.abs(grid[best] - 0.5))]]))
         return replace(spec, thresholds=tuple(chosen))
 
-    def _pred(self, outputs, spec: OutputSpec) -> np.ndarray:
+    def _pred(self, outputs, spec: MultiLabelOutputs) -> np.ndarray:
         return np.asarray(outputs) >= spec.cutoffs[None, :]
 
-    def metrics(self, y, outputs, spec: OutputSpec) -> dict[str, float]:
+    def metrics(self, y, outputs, spec: MultiLabelOutputs) -> dict[str, float]:
         y, p = np.asarray(y) > 0.5, self._pred(outputs, spec)
         tp, fp, fn = ((p & y).sum(0).astype(float), (p & ~y).sum(0).astype(float), (~p & y).sum(0).astype(float))
         present = (tp + fp + fn) > 0
@@ -174,7 +174,7 @@ class MultiLabel(Task):
                "hamming_loss": float((p != y).mean()) if len(y) else 0.0}
         return out
 
-    def evaluate(self, y, outputs, spec: OutputSpec, out_dir: Path, name: str = "test") -> EvalResult:
+    def evaluate(self, y, outputs, spec: MultiLabelOutputs, out_dir: Path, name: str = "test") -> EvalResult:
         result = EvalResult(metrics=self.metrics(y, outputs, spec))
         yb, p = np.asarray(y) > 0.5, self._pred(outputs, spec)
         for j, lab in enumerate(spec.labels):
@@ -184,7 +184,7 @@ class MultiLabel(Task):
                                      "support": float(yb[:, j].sum()), "threshold": float(spec.cutoffs[j])}
         return self.report(result, out_dir, name, per_label=result.per_class)
 
-    def resampled(self, y, outputs, spec: OutputSpec, weights: np.ndarray) -> np.ndarray:
+    def resampled(self, y, outputs, spec: MultiLabelOutputs, weights: np.ndarray) -> np.ndarray:
         """Weighted label counts per resample in three matrix products (B × n by n × K)."""
         yb, p = np.asarray(y) > 0.5, self._pred(outputs, spec)
         w = np.asarray(weights, dtype=np.float64)
@@ -203,7 +203,7 @@ class MultiLabel(Task):
         f1 = _f1_from_counts(tp, fp, fn)
         return (f1 * present).sum(1) / np.maximum(present.sum(1), 1)
 
-    def baseline(self, y, spec: OutputSpec) -> tuple[float, str]:
+    def baseline(self, y, spec: MultiLabelOutputs) -> tuple[float, str]:
         """Predicting every label for every row: a label of prevalence p scores F1 2p/(1+p), more than
         guessing it at random by its prevalence (p)."""
         yb = np.asarray(y) > 0.5
@@ -211,7 +211,7 @@ class MultiLabel(Task):
         return float(self.resampled(yb.astype(np.float32), everything, spec, np.ones((1, len(yb))))[0]), \
             "every label for every row"
 
-    def group_slices(self, y, spec: OutputSpec):
+    def group_slices(self, y, spec: MultiLabelOutputs):
         yb = np.asarray(y) > 0.5
 
         def label_f1(j: int):

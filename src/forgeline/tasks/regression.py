@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from pydantic import model_validator
 
-from forgeline.inference.tasks import OutputSpec, RegressionOutputs
+from forgeline.inference.tasks import RegressionOutputs
 from forgeline.tasks.base import Metric, Problem, Task, TaskOptions, as_text, is_listlike
 
 REGRESSION_MIN_DISTINCT = 20
@@ -36,7 +36,7 @@ class RegressionOptions(TaskOptions):
         return self
 
 
-class Regression(Task):
+class Regression(Task[RegressionOutputs]):
     type = "regression"
     metrics_known = {"rmse": Metric("rmse", higher_is_better=False, relative_drop=True),
                      "mae": Metric("mae", higher_is_better=False, relative_drop=True)}
@@ -48,6 +48,8 @@ class Regression(Task):
     outputs = RegressionOutputs
     Options = RegressionOptions
     problem_type = "regression"
+
+    options: RegressionOptions
 
     def __init__(self, primary: str | None = None, **options: Any) -> None:
         super().__init__(primary, **options)
@@ -105,20 +107,20 @@ class Regression(Task):
             return None
         return pd.qcut(pd.Series(values).rank(method="first"), bins, labels=False).to_numpy()
 
-    def output_spec(self, labels: list[str], train_targets: pd.Series, pairs: bool) -> OutputSpec:
+    def output_spec(self, labels: list[str], train_targets: pd.Series, pairs: bool) -> RegressionOutputs:
         values = np.asarray(train_targets, dtype=np.float64)
         mean, scale = (float(values.mean()), float(values.std())) if self.standardize else (0.0, 1.0)
         return RegressionOutputs(tuple(labels), mean=mean, scale=scale if scale > 0 else 1.0, pairs=pairs)
 
-    def logits_of(self, outputs: np.ndarray, spec: OutputSpec):
+    def logits_of(self, outputs: np.ndarray, spec: RegressionOutputs):
         import torch
 
         return torch.from_numpy((np.asarray(outputs, dtype=np.float64) - spec.mean) / spec.scale)
 
-    def y(self, targets, spec: OutputSpec) -> np.ndarray:
+    def y(self, targets, spec: RegressionOutputs) -> np.ndarray:
         return np.asarray(list(targets), dtype=np.float64)
 
-    def train_y(self, targets, spec: OutputSpec) -> np.ndarray:
+    def train_y(self, targets, spec: RegressionOutputs) -> np.ndarray:
         return ((self.y(targets, spec) - spec.mean) / spec.scale).astype(np.float32)
 
     def loss(self, logits, y, reduction: str = "mean"):
@@ -136,7 +138,7 @@ class Regression(Task):
         soft = torch.nn.functional.mse_loss(student_logits.float()[:, 0], teacher_logits.float()[:, 0])
         return alpha * soft + (1 - alpha) * self.loss(student_logits, y)
 
-    def metrics(self, y, outputs, spec: OutputSpec) -> dict[str, float]:
+    def metrics(self, y, outputs, spec: RegressionOutputs) -> dict[str, float]:
         from scipy.stats import spearmanr
 
         y, pred = np.asarray(y, dtype=np.float64), np.asarray(outputs, dtype=np.float64)[:, 0]
@@ -149,7 +151,7 @@ class Regression(Task):
             out["spearman"] = float(spearmanr(y, pred).statistic)
         return out
 
-    def resampled(self, y, outputs, spec: OutputSpec, weights: np.ndarray) -> np.ndarray:
+    def resampled(self, y, outputs, spec: RegressionOutputs, weights: np.ndarray) -> np.ndarray:
         err = np.asarray(outputs, dtype=np.float64)[:, 0] - np.asarray(y, dtype=np.float64)
         w = np.asarray(weights, dtype=np.float64)
         n = np.maximum(w.sum(axis=1), 1)
@@ -157,7 +159,7 @@ class Regression(Task):
             return (w @ np.abs(err)) / n
         return np.sqrt((w @ (err ** 2)) / n)
 
-    def baseline(self, y, spec: OutputSpec) -> tuple[float, str]:
+    def baseline(self, y, spec: RegressionOutputs) -> tuple[float, str]:
         """Predicting the training mean for every row."""
         y = np.asarray(y, dtype=np.float64)
         const = np.full((len(y), 1), spec.mean)

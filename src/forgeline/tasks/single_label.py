@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forgeline.inference.tasks import OutputSpec, SingleLabelOutputs
+from forgeline.inference.tasks import SingleLabelOutputs
 from forgeline.tasks.metrics import macro_f1
 from forgeline.tasks.base import EvalResult, Metric, Problem, Task, as_text, is_listlike
 
 
-class SingleLabel(Task):
+class SingleLabel(Task[SingleLabelOutputs]):
     type = "single_label"
     metrics_known = {"macro_f1": Metric("macro_f1"), "accuracy": Metric("accuracy")}
     default_primary = "macro_f1"
@@ -69,12 +69,12 @@ class SingleLabel(Task):
                 + ". Add rows of those classes, or raise split.val_fraction / split.test_fraction")
         return np.asarray(targets)
 
-    def logits_of(self, outputs: np.ndarray, spec: OutputSpec):
+    def logits_of(self, outputs: np.ndarray, spec: SingleLabelOutputs):
         import torch
 
         return torch.from_numpy(np.log(np.clip(np.asarray(outputs, dtype=np.float64), 1e-12, None)))
 
-    def y(self, targets, spec: OutputSpec) -> np.ndarray:
+    def y(self, targets, spec: SingleLabelOutputs) -> np.ndarray:
         index = {lab: i for i, lab in enumerate(spec.labels)}
         return np.array([index[t] for t in targets], dtype=np.int64)
 
@@ -92,27 +92,27 @@ class SingleLabel(Task):
                                           reduction="batchmean", log_target=True) * (t * t)
         return alpha * soft + (1 - alpha) * torch.nn.functional.cross_entropy(student_logits, y)
 
-    def metrics(self, y: np.ndarray, outputs: np.ndarray, spec: OutputSpec) -> dict[str, float]:
+    def metrics(self, y: np.ndarray, outputs: np.ndarray, spec: SingleLabelOutputs) -> dict[str, float]:
         from forgeline.tasks.classification import compute_metrics
 
         return compute_metrics(y, outputs, list(spec.labels)).metrics
 
-    def evaluate(self, y, outputs, spec: OutputSpec, out_dir: Path, name: str = "test") -> EvalResult:
+    def evaluate(self, y, outputs, spec: SingleLabelOutputs, out_dir: Path, name: str = "test") -> EvalResult:
         from forgeline.tasks.classification import evaluate_probabilities
 
         return evaluate_probabilities(y, outputs, list(spec.labels), out_dir, name)
 
-    def resampled(self, y, outputs, spec: OutputSpec, weights: np.ndarray) -> np.ndarray:
+    def resampled(self, y, outputs, spec: SingleLabelOutputs, weights: np.ndarray) -> np.ndarray:
         pred = np.asarray(outputs).argmax(axis=1)
         if self.primary.name == "accuracy":
             w = np.asarray(weights, dtype=np.float64)
             return (w @ (pred == np.asarray(y)).astype(np.float64)) / np.maximum(w.sum(axis=1), 1)
         return macro_f1(y, pred, len(spec.labels), weights)
 
-    def correct(self, y, outputs, spec: OutputSpec) -> np.ndarray:
+    def correct(self, y, outputs, spec: SingleLabelOutputs) -> np.ndarray:
         return np.asarray(outputs).argmax(axis=1) == np.asarray(y)
 
-    def baseline(self, y, spec: OutputSpec) -> tuple[float, str]:
+    def baseline(self, y, spec: SingleLabelOutputs) -> tuple[float, str]:
         """Macro-F1 1/K: guessing at random by the class frequencies (each class scores F1 = its
         frequency); always predicting the most frequent class, or guessing uniformly, scores less."""
         k = len(spec.labels)
@@ -121,7 +121,7 @@ class SingleLabel(Task):
             return float(counts.max() / max(counts.sum(), 1)), "always the most frequent class"
         return 1.0 / k, "chance"
 
-    def prior_baseline(self, spec: OutputSpec) -> tuple[float, str] | None:
+    def prior_baseline(self, spec: SingleLabelOutputs) -> tuple[float, str] | None:
         return self.baseline(np.zeros(0, dtype=np.int64), spec)
 
     def budget(self, cfg: Any) -> list[tuple[Metric, float]]:
@@ -137,7 +137,7 @@ class SingleLabel(Task):
                 f"| {m['accuracy']:.4f} | {m['macro_precision']:.4f} | {m['macro_recall']:.4f} | {m['macro_f1']:.4f} | "
                 f"{m.get('roc_auc_ovr', float('nan')):.4f} |"]
 
-    def group_slices(self, y, spec: OutputSpec):
+    def group_slices(self, y, spec: SingleLabelOutputs):
         y = np.asarray(y)
 
         def class_f1(k: int):
@@ -149,7 +149,7 @@ class SingleLabel(Task):
 
         return [(f"class={label}", y == k, "f1", class_f1(k)) for k, label in enumerate(spec.labels)]
 
-    def subset_score(self, y, outputs, spec: OutputSpec, mask: np.ndarray) -> float:
+    def subset_score(self, y, outputs, spec: SingleLabelOutputs, mask: np.ndarray) -> float:
         """Accuracy on the rows (as the slice table always reported it)."""
         return float(np.mean(np.asarray(outputs)[mask].argmax(axis=1) == np.asarray(y)[mask]))
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from forgeline.inference.tasks import OutputSpec, TokenOutputs
+from forgeline.inference.tasks import TokenOutputs
 from forgeline.inference.tokens import IGNORE, TokenEncoder, word_spans, word_tags
 from forgeline.tasks.base import EvalResult, Metric, Problem, Task, TaskOptions, is_listlike
 
@@ -40,13 +40,14 @@ def _f1(tp, n_pred, n_true):
     return np.divide(2 * tp, denom, out=np.zeros_like(denom), where=denom > 0)
 
 
-class TokenClassification(Task):
+class TokenClassification(Task[TokenOutputs]):
     type = "token_classification"
     metrics_known = {"micro_f1": Metric("micro_f1"), "macro_f1": Metric("macro_f1")}
     default_primary = "micro_f1"
     min_labels = 1
     outputs = TokenOutputs
     Options = TokenOptions
+    options: TokenOptions
     auto_model = "AutoModelForTokenClassification"
     file_shape = "sentences"
     reasons = {"tag_count_mismatch": "the sentence has a different number of tokens and tags",
@@ -105,17 +106,17 @@ class TokenClassification(Task):
         return keys.to_numpy()
 
     # --- model -----------------------------------------------------------------------------------
-    def output_spec(self, labels: list[str], train_targets: pd.Series, pairs: bool) -> OutputSpec:
+    def output_spec(self, labels: list[str], train_targets: pd.Series, pairs: bool) -> TokenOutputs:
         return TokenOutputs(tuple(labels), aggregation=self.options.aggregation, stride=self.options.stride)
 
-    def y(self, targets, spec: OutputSpec) -> np.ndarray:
+    def y(self, targets, spec: TokenOutputs) -> np.ndarray:
         """Per sentence, its gold spans (an object array: sentences differ in length)."""
         out = np.empty(len(targets), dtype=object)
         for i, t in enumerate(targets):
             out[i] = tuple(t)
         return out
 
-    def encode_train(self, tokenizer, texts: list[str], targets, spec: OutputSpec, max_length: int):
+    def encode_train(self, tokenizer, texts: list[str], targets, spec: TokenOutputs, max_length: int):
         """Training windows: (token ids with special tokens, a label per piece: the word's tag on its
         first piece, ``IGNORE`` elsewhere), a text longer than the window giving several."""
         enc = TokenEncoder(tokenizer, max_length, spec.stride)
@@ -161,7 +162,7 @@ class TokenClassification(Task):
         return alpha * soft + (1 - alpha) * self.loss(student_logits, y)
 
     # --- evaluation ------------------------------------------------------------------------------
-    def counts(self, y, outputs, spec: OutputSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def counts(self, y, outputs, spec: TokenOutputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per sentence and entity type: (matched, predicted, true) entity counts, each (n, K)."""
         index = {lab: k for k, lab in enumerate(spec.labels)}
         n, k = len(y), len(spec.labels)
@@ -176,10 +177,10 @@ class TokenClassification(Task):
                 tp[i, index[s[2]]] += 1
         return tp, n_pred, n_true
 
-    def metrics(self, y, outputs, spec: OutputSpec) -> dict[str, float]:
+    def metrics(self, y, outputs, spec: TokenOutputs) -> dict[str, float]:
         return self._metrics(self.counts(y, outputs, spec), y, outputs, spec)
 
-    def _metrics(self, counts, y, outputs, spec: OutputSpec) -> dict[str, float]:
+    def _metrics(self, counts, y, outputs, spec: TokenOutputs) -> dict[str, float]:
         tp, n_pred, n_true = (a.sum(0) for a in counts)
         present = (n_pred + n_true) > 0
         per_type = _f1(tp, n_pred, n_true)
@@ -188,7 +189,7 @@ class TokenClassification(Task):
                 "precision": float(tp.sum() / p) if p else 0.0, "recall": float(tp.sum() / t) if t else 0.0,
                 "token_accuracy": self.token_accuracy(y, outputs, spec)}
 
-    def token_accuracy(self, y, outputs, spec: OutputSpec) -> float:
+    def token_accuracy(self, y, outputs, spec: TokenOutputs) -> float:
         """Words whose predicted tag is the gold one (reported, never primary: O dominates it)."""
         right = total = 0
         for truth, tagged in zip(y, outputs):
@@ -198,7 +199,7 @@ class TokenClassification(Task):
                 total += len(gold)
         return right / total if total else 0.0
 
-    def evaluate(self, y, outputs, spec: OutputSpec, out_dir: Path, name: str = "test") -> EvalResult:
+    def evaluate(self, y, outputs, spec: TokenOutputs, out_dir: Path, name: str = "test") -> EvalResult:
         counts = self.counts(y, outputs, spec)  # decoding every sentence's spans once
         result = EvalResult(metrics=self._metrics(counts, y, outputs, spec))
         tp, n_pred, n_true = (a.sum(0) for a in counts)
@@ -208,7 +209,7 @@ class TokenClassification(Task):
                                      "f1-score": float(_f1(tp[j], n_pred[j], n_true[j])), "support": float(n_true[j])}
         return self.report(result, out_dir, name, per_type=result.per_class)
 
-    def resampled(self, y, outputs, spec: OutputSpec, weights: np.ndarray) -> np.ndarray:
+    def resampled(self, y, outputs, spec: TokenOutputs, weights: np.ndarray) -> np.ndarray:
         """Sentences resampled: entity counts per resample in three matrix products."""
         tp, n_pred, n_true = self.counts(y, outputs, spec)
         w = np.asarray(weights, dtype=np.float64)
@@ -218,10 +219,10 @@ class TokenClassification(Task):
         present = (n_pred + n_true) > 0
         return (_f1(tp, n_pred, n_true) * present).sum(1) / np.maximum(present.sum(1), 1)
 
-    def baseline(self, y, spec: OutputSpec) -> tuple[float, str]:
+    def baseline(self, y, spec: TokenOutputs) -> tuple[float, str]:
         return 0.0, "tagging nothing"
 
-    def group_slices(self, y, spec: OutputSpec):
+    def group_slices(self, y, spec: TokenOutputs):
         """Per entity type: that type's entity F1 (over every sentence: a false positive counts wherever it is);
         the slice's rows are the sentences holding the type."""
         def type_f1(j: int):

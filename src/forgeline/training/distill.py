@@ -23,14 +23,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from forgeline.config.schema import CompressConfig, TrainConfig
+from forgeline.training import Model
 from forgeline.training.loop import (_optimizer, autocast_for, batch_targets, collate, encode, linear_warmup,
                                      make_batches, predict_proba, set_seed)
 
 
 @dataclass
 class DistillResult:
-    model: torch.nn.Module
+    model: Model
     best_epoch: int
     best_val_macro_f1: float
     history: list[dict[str, float]] = field(default_factory=list)
@@ -65,7 +67,7 @@ class TeacherOutputs:
 
 
 @torch.inference_mode()
-def teacher_outputs(teacher: torch.nn.Module, ids: list[list[int]], pad_id: int, device: str,
+def teacher_outputs(teacher: Model, ids: list[list[int]], pad_id: int, device: str,
                     batch_size: int = 64, sep_id: int | None = None, layers: Sequence[int] = ()) -> TeacherOutputs:
     """The frozen teacher's logits for every example and, for ``layers``, its layer outputs, from one
     forward pass (it runs without dropout, so one pass gives what a forward per distillation step gave).
@@ -96,7 +98,7 @@ def teacher_outputs(teacher: torch.nn.Module, ids: list[list[int]], pad_id: int,
     return TeacherOutputs(logits, states)
 
 
-def states_to_keep(teacher: torch.nn.Module, ids: list[list[int]], layer_map: Sequence[int] | None,
+def states_to_keep(teacher: Model, ids: list[list[int]], layer_map: Sequence[int] | None,
                    cfg: CompressConfig) -> Sequence[int]:
     """The teacher layers whose outputs are kept from one pass over ``ids``: ``layer_map`` when the
     layer-output loss is on and they fit in ``HIDDEN_CACHE_BYTES``, else none."""
@@ -106,7 +108,7 @@ def states_to_keep(teacher: torch.nn.Module, ids: list[list[int]], layer_map: Se
     return layer_map if fits else ()
 
 
-def _state_batch(states: list[torch.Tensor], idx: np.ndarray, width: int) -> list[torch.Tensor]:
+def _state_batch(states: list[torch.Tensor], idx: np.ndarray, width: int) -> tuple[torch.Tensor, ...]:
     """The kept teacher layer outputs of a batch, zero-padded to ``width`` (padding is masked in the loss),
     as ``hidden_loss`` takes them: index t + 1 holds teacher layer t."""
     first = states[idx[0]]
@@ -125,7 +127,7 @@ def _soft_batch(soft: torch.Tensor | list[torch.Tensor], idx: np.ndarray, width:
     return out
 
 
-def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: list[list[int]],
+def distill(student: Model, teacher: Model, tokenizer, ids: list[list[int]],
             train_y: np.ndarray, val_texts: Sequence[str], val_y: np.ndarray, cfg: CompressConfig,
             tcfg: TrainConfig, max_length: int, device: str, seed: int,
             log: Callable[[dict[str, float], int], None] | None = None,
@@ -169,13 +171,13 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: 
             loss = task.distill_loss(out.logits.float(), _soft_batch(soft, idx, width).to(device),
                                      targets(idx, width).to(device), cfg.temperature, cfg.alpha)
             if kept is not None:
-                target = [None, *(t.to(device) for t in _state_batch(kept, idx, width))]
+                target = [torch.empty(0), *(t.to(device) for t in _state_batch(kept, idx, width))]  # [0]: not read
                 loss = loss + cfg.distill_hidden_weight * hidden_loss(out.hidden_states, target, kept_map,
                                                                       batch["attention_mask"])
             elif hidden:
                 with torch.no_grad(), autocast_for(device):
                     target = teacher(**batch, output_hidden_states=True).hidden_states
-                loss = loss + cfg.distill_hidden_weight * hidden_loss(out.hidden_states, target, layer_map,
+                loss = loss + cfg.distill_hidden_weight * hidden_loss(out.hidden_states, target, layer_map or (),
                                                                       batch["attention_mask"])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -197,13 +199,13 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer, ids: 
 
 @dataclass
 class Student:
-    model: torch.nn.Module
+    model: Model
     info: dict[str, float]
     """Shape (layers, heads and FFN neurons per layer, vocabulary), parameters, distillation epochs."""
     history: list[dict[str, float]]
 
 
-def make_student(teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str], train_y: np.ndarray,
+def make_student(teacher: Model, tokenizer, train_texts: Sequence[str], train_y: np.ndarray,
                  val_texts: Sequence[str], val_y: np.ndarray, cfg: CompressConfig, tcfg: TrainConfig,
                  max_length: int, device: str, seed: int,
                  log: Callable[[dict[str, float], int], None] | None = None, *, task,
@@ -242,6 +244,7 @@ def make_student(teacher: torch.nn.Module, tokenizer, train_texts: Sequence[str]
         # one teacher pass gives the soft targets, the kept layer outputs and the transfer texts' hard labels
         teacher_out = teacher_outputs(teacher, ids + extra, tokenizer.pad_token_id, device, tcfg.eval_batch_size, sep,
                                       states_to_keep(teacher, ids + extra, plan.layers, cfg))
+        assert isinstance(teacher_out.logits, torch.Tensor)  # one row per text: transfer rows are single-label
         pseudo = teacher_out.logits[len(ids):].argmax(-1)
         ids, train_y = ids + extra, np.concatenate([np.asarray(train_y), pseudo.numpy().astype(np.asarray(train_y).dtype)])
     info: dict[str, float] = {k: float(v) for k, v in plan.describe().items()}

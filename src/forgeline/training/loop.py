@@ -15,6 +15,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 from contextlib import nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -23,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from forgeline.config.schema import PipelineConfig, TrainConfig
-from forgeline.inference.tasks import OutputSpec
+from forgeline.inference.tasks import OutputSpec, WordOutputs
 from forgeline.training.kernels import short_attention
 from forgeline.training.classifier import (build_classifier, freeze_token_embeddings, load_checkpoint, load_tokenizer,
                                            output_spec_of, sep_id_of, set_output_spec)
 from forgeline.data.split import Splits
 from forgeline.settings import failpoint
+from forgeline.training import Model
 
 MetricsLogger = Callable[[dict[str, float], int], None]
 EPOCH_REPORT: ContextVar[Callable[[int, float], None] | None] = ContextVar("forgeline_epoch_report", default=None)
@@ -39,8 +41,8 @@ variable, not a parameter: the training stage runs through the stage runner, whi
 
 @dataclass
 class TrainResult:
-    model: torch.nn.Module
-    tokenizer: object
+    model: Model
+    tokenizer: Any  # a transformers fast tokenizer
     labels: list[str]
     checkpoint_dir: Path
     device: str
@@ -145,7 +147,7 @@ def predict_proba(model, tokenizer, texts: Sequence[str], max_length: int, batch
     device = device or next(model.parameters()).device.type
     model.eval()
     spec, sep = output_spec_of(model), sep_id_of(model)
-    if spec.tokens:
+    if isinstance(spec, WordOutputs):
         return predict_tagged_torch(model, tokenizer, texts, max_length, spec, batch_size, device)
     ids = encode(tokenizer, texts, max_length, pairs if sep is not None else None)
     order = np.argsort([len(x) for x in ids], kind="stable")
@@ -160,7 +162,7 @@ def predict_proba(model, tokenizer, texts: Sequence[str], max_length: int, batch
 
 
 @torch.inference_mode()
-def predict_tagged_torch(model, tokenizer, texts: Sequence[str], max_length: int, spec: OutputSpec, batch_size: int,
+def predict_tagged_torch(model, tokenizer, texts: Sequence[str], max_length: int, spec: WordOutputs, batch_size: int,
                          device: str) -> np.ndarray:
     """Token classification: ``inference.tokens.predict_tagged`` with this PyTorch model as the logits
     function, so training, evaluation and the deployed ONNX model share windows and word aggregation."""
@@ -199,7 +201,7 @@ class Bf16Master:
     """A bf16 working copy of ``model`` runs forward and backward; ``model`` keeps the fp32 master
     weights that the optimizer updates (and that are saved and evaluated)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: Model):
         self.model = model
         self.work = copy.deepcopy(model).to(torch.bfloat16)
         self.pairs = [(p, w) for p, w in zip(model.parameters(), self.work.parameters()) if p.requires_grad]
@@ -228,7 +230,7 @@ class TrainStep:
     """One optimizer step as the training stage runs it: forward and backward (compiled with CUDA
     graphs when ``train.compile``), grad-norm clip at 1.0, AdamW. ``forgeline bench`` times this."""
 
-    def __init__(self, model: torch.nn.Module, tcfg: TrainConfig, device: str, task):
+    def __init__(self, model: Model, tcfg: TrainConfig, device: str, task):
         self.model, self.device = model, device
         self.task = task
         if tcfg.freeze_embeddings:
@@ -316,15 +318,15 @@ def _from_rank0(flag: bool, device: str) -> bool:
     return bool(t.item())
 
 
-def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+def _optimizer(model: Model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kwargs = {"fused": True} if next(model.parameters()).is_cuda else {}
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, **kwargs)
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True if next(model.parameters()).is_cuda else None)
 
 
 def linear_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -417,7 +419,7 @@ def train_model(splits: Splits, labels: list[str], cfg: PipelineConfig, out_dir:
                 loss_value = float(_sum_over_ranks(loss))
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{loss_value:.4f}")
-                log({"train_loss": loss_value, "learning_rate": scheduler.get_last_lr()[0]}, step)
+                log({"train_loss": loss_value, "learning_rate": float(scheduler.get_last_lr()[0])}, step)
             if tcfg.max_steps and step >= tcfg.max_steps:
                 break
         if device == "cuda":

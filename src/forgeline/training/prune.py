@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from forgeline.training import Model
+
 
 class PruningError(ValueError):
     """A pruning target the model cannot take (every head of a layer, an unsupported architecture)."""
@@ -51,7 +53,7 @@ class PrunePlan:
                 "ffn_per_layer": len(self.neurons[first])}
 
 
-def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+def encoder_layers(model: Model) -> Model:
     encoder = getattr(getattr(model, "base_model", None), "encoder", None)
     layers = getattr(encoder, "layer", None)
     if not isinstance(layers, torch.nn.ModuleList) or not all(_is_bert_layer(layer) for layer in layers):
@@ -61,7 +63,7 @@ def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     return layers
 
 
-def _is_bert_layer(layer: torch.nn.Module) -> bool:
+def _is_bert_layer(layer: Model) -> bool:
     try:
         layer.attention.self.query, layer.attention.output.dense, layer.intermediate.dense, layer.output.dense
     except AttributeError:
@@ -69,11 +71,11 @@ def _is_bert_layer(layer: torch.nn.Module) -> bool:
     return True
 
 
-def head_size(model: torch.nn.Module) -> int:
+def head_size(model: Model) -> int:
     return int(model.config.hidden_size) // int(model.config.num_attention_heads)
 
 
-def importance(model: torch.nn.Module, batches: Sequence[tuple[dict[str, torch.Tensor], torch.Tensor]],
+def importance(model: Model, batches: Sequence[tuple[dict[str, torch.Tensor], torch.Tensor]],
                loss=None) -> Importance:
     """Taylor importance of every head and FFN neuron on ``batches`` of (inputs, targets), under the
     task's ``loss(logits, y)`` (cross-entropy by default), in eval mode (no dropout). The weights are
@@ -170,7 +172,7 @@ def _columns(linear: torch.nn.Linear, index: torch.Tensor) -> torch.nn.Linear:
     return out
 
 
-def apply(model: torch.nn.Module, p: PrunePlan) -> torch.nn.Module:
+def apply(model: Model, p: PrunePlan) -> Model:
     """A CPU fp32 copy of ``model`` with the plan's layers, heads and neurons only: the matrices really
     shrink (Q/K/V and the attention output by the removed heads, both FFN matrices by the removed
     neurons); the computation of what is kept is unchanged."""
@@ -197,7 +199,7 @@ def apply(model: torch.nn.Module, p: PrunePlan) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def masked(model: torch.nn.Module, p: PrunePlan) -> Iterator[torch.nn.Module]:
+def masked(model: Model, p: PrunePlan) -> Iterator[Model]:
     """``model`` computing what ``apply(model, p)`` computes, by masking instead of removing: removed
     heads' context and removed neurons' activations are zeroed, removed layers pass their input
     through. The reference the physically pruned model is tested against."""
@@ -237,7 +239,7 @@ class VocabRemap(torch.nn.Module):
     The embedding table is most of a small encoder (MiniLM: 11.7M of 22.7M parameters for 30,522
     tokens); a task's texts use a few thousand of them."""
 
-    def __init__(self, model: torch.nn.Module, keep: Sequence[int], unk_id: int) -> None:
+    def __init__(self, model: Model, keep: Sequence[int], unk_id: int) -> None:
         super().__init__()
         keep = sorted(set(int(t) for t in keep) | {int(unk_id)})
         emb = model.get_input_embeddings()
@@ -248,6 +250,7 @@ class VocabRemap(torch.nn.Module):
         model.set_input_embeddings(small)
         model.config.vocab_size = len(keep)
         self.model = model
+        self.remap: torch.Tensor
         self.register_buffer("remap", table, persistent=True)
 
     @property
@@ -255,7 +258,7 @@ class VocabRemap(torch.nn.Module):
         return self.model.config
 
     @property
-    def base_model(self) -> torch.nn.Module:
+    def base_model(self) -> Model:
         return self.model.base_model
 
     def forward(self, input_ids: torch.Tensor, **kwargs):
@@ -268,5 +271,5 @@ def used_tokens(ids: Sequence[Sequence[int]], special: Sequence[int]) -> list[in
     return sorted(seen | {int(t) for t in special})
 
 
-def parameter_count(model: torch.nn.Module) -> int:
+def parameter_count(model: Model) -> int:
     return sum(p.numel() for p in model.parameters())

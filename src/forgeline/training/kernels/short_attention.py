@@ -192,7 +192,8 @@ def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
     q, k, v, o, do = (_last_dim_dense(x) for x in (q, k, v, o, do))
     B, H, S, D = q.shape
     if out is None:
-        out = tuple(torch.empty((B, S, H, D), device=q.device, dtype=q.dtype) for _ in range(3))
+        out = (torch.empty((B, S, H, D), device=q.device, dtype=q.dtype), torch.empty((B, S, H, D), device=q.device, dtype=q.dtype),
+               torch.empty((B, S, H, D), device=q.device, dtype=q.dtype))
     dq, dk, dv = out
     block_m, num_warps = min(block_m or BWD_BLOCK_M, _block_n(S)), num_warps or BWD_WARPS
     _bwd_kernel[(B * H,)](
@@ -247,9 +248,9 @@ def _backward(ctx, do, _dlse):
 short_attention.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _unpack(qkv: torch.Tensor) -> list[torch.Tensor]:
+def _unpack(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, S, 3, H, D) to q, k, v as (B, H, S, D) views."""
-    return [qkv[:, :, i].transpose(1, 2) for i in range(3)]
+    return qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
 
 
 @torch.library.custom_op("forgeline::short_attention_qkv", mutates_args=())
@@ -272,7 +273,7 @@ def short_attention_qkv_backward(do: torch.Tensor, qkv: torch.Tensor, o: torch.T
                                  bias: Optional[torch.Tensor], seed: torch.Tensor, p: float,
                                  scale: float) -> torch.Tensor:
     dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)
-    attention_bwd(do, *_unpack(qkv), o, lse, bias, seed, p, scale, out=tuple(dqkv[:, :, i] for i in range(3)))
+    attention_bwd(do, *_unpack(qkv), o, lse, bias, seed, p, scale, out=(dqkv[:, :, 0], dqkv[:, :, 1], dqkv[:, :, 2]))
     return dqkv
 
 
