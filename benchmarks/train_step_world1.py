@@ -50,13 +50,14 @@ def main() -> None:
 
     from forgeline.config.loader import load_config
     from forgeline.data.load import load_and_validate
+    from forgeline.tasks import get_task
     from forgeline.training import loop as current
     from forgeline.training.classifier import build_classifier, load_tokenizer
 
     base = load_base(args.base)
     cfg = load_config("default", [f"model.num_layers={args.layers}", "model.max_length=64", "data.sample_rows=2000"])
     device = current.resolve_device("auto")
-    data = load_and_validate(cfg.data, Path(tempfile.mkdtemp()), cfg.seed)
+    data = load_and_validate(cfg.data, Path(tempfile.mkdtemp()), cfg.seed, task=get_task(cfg.task))
     tokenizer = load_tokenizer(cfg.model)
     ids = current.encode(tokenizer, data.valid["text"].tolist()[:32 * args.steps], 64)
     batches = [current.collate(tokenizer.pad_token_id, ids[i:i + 32], device) for i in range(0, len(ids), 32)]

@@ -24,6 +24,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 from forgeline.config.loader import load_config  # noqa: E402
 from forgeline.config.schema import PipelineConfig  # noqa: E402
+from forgeline.tasks import get_task  # noqa: E402
+
+SINGLE_LABEL = get_task("single_label")
+"""The task of the tests' labelled texts, for the functions that take one."""
+
 
 try:  # the fuzz suite (marker `fuzz`): the same examples on every run, bounded in number and time
     from hypothesis import HealthCheck, settings
@@ -212,7 +217,7 @@ def trained(session_dir, sentiment_csv):
     from forgeline.training.loop import train_model
 
     cfg = small_config(session_dir, sentiment_csv)
-    data = load_and_validate(cfg.data, session_dir / "data", cfg.seed)
+    data = load_and_validate(cfg.data, session_dir / "data", cfg.seed, task=SINGLE_LABEL)
     splits = split_dataset(data.valid, cfg.split, cfg.seed, get_task(cfg.task))
     result = train_model(splits, data.labels, cfg, session_dir / "train")
     return cfg, splits, result

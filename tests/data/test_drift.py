@@ -10,6 +10,7 @@ from forgeline.tasks import get_task
 
 SINGLE = get_task("single_label")
 from tests.conftest import sentiment_rows
+from tests.conftest import SINGLE_LABEL
 
 CFG = DriftConfig(sample_size=64)
 MODEL = ModelConfig(num_layers=1)
@@ -84,7 +85,7 @@ def _corpus():
     from forgeline.data.load import load_and_validate
 
     cfg = load_config(None, [])  # the bundled 3-class corpus: real texts
-    return load_and_validate(cfg.data, Path(tempfile.mkdtemp()) / "data", 0), cfg
+    return load_and_validate(cfg.data, Path(tempfile.mkdtemp()) / "data", 0, task=SINGLE_LABEL), cfg
 
 
 def test_random_subsets_of_the_reference_do_not_trigger_while_a_shifted_mix_does():

@@ -18,6 +18,7 @@ from forgeline.config.schema import DataConfig
 from forgeline.data.load import load_and_validate
 from forgeline.errors import ForgelineError
 from tests.conftest import sentiment_rows
+from tests.conftest import SINGLE_LABEL
 
 pytestmark = [pytest.mark.fuzz]
 
@@ -65,7 +66,7 @@ def read(suffix: str, data: bytes) -> None:
         path.write_bytes(data)
         cfg = DataConfig(source="file", path=str(path), min_rows_per_class=1, max_invalid_fraction=1.0)
         try:
-            result = load_and_validate(cfg, Path(tmp) / "out")
+            result = load_and_validate(cfg, Path(tmp) / "out", task=SINGLE_LABEL)
         except ForgelineError as e:
             assert str(e) and len(str(e)) < 4000, str(e)[:4000]
             return
@@ -92,7 +93,7 @@ def test_a_gzip_file_with_a_damaged_deflate_stream_is_a_data_error(tmp_path):
     raw[12] ^= 0xFF  # inside the stored block's length
     (tmp_path / "data.csv.gz").write_bytes(bytes(raw))
     with pytest.raises(DataLoadError, match="not a valid gzip file"):
-        load_and_validate(DataConfig(source="file", path=str(tmp_path / "data.csv.gz")), tmp_path / "out")
+        load_and_validate(DataConfig(source="file", path=str(tmp_path / "data.csv.gz")), tmp_path / "out", task=SINGLE_LABEL)
 
 
 def test_a_parquet_string_column_holding_bytes_that_are_not_utf8_quarantines_the_row(tmp_path):
@@ -104,5 +105,5 @@ def test_a_parquet_string_column_holding_bytes_that_are_not_utf8_quarantines_the
     texts = pa.array([t.encode() for t in df["text"]] + [b"caf\xe9 broken"], pa.binary()).view(pa.string())
     pq.write_table(pa.table({"text": texts, "label": list(df["label"]) + ["positive"]}), tmp_path / "d.parquet")
     cfg = DataConfig(source="file", path=str(tmp_path / "d.parquet"), min_rows_per_class=1)
-    result = load_and_validate(cfg, tmp_path / "out")
+    result = load_and_validate(cfg, tmp_path / "out", task=SINGLE_LABEL)
     assert len(result.valid) == 16 and result.report["reasons"] == {"non_utf8": 1}

@@ -16,6 +16,7 @@ from forgeline.data.infer import infer
 from forgeline.data.load import load_and_validate, read_table
 from forgeline.errors import ConfigError, DataLoadError
 from forgeline.tasks import get_task
+from tests.conftest import SINGLE_LABEL
 
 
 def args(data, *sets, pairs=True, **columns):
@@ -82,7 +83,7 @@ def test_semicolon_excel_zip_and_a_huge_text_are_read(tmp_path):
 def test_labels_with_spaces_around_them_are_one_class_and_the_report_says_so(tmp_path):
     f = tmp_path / "d.csv"
     pd.DataFrame({"text": [f"text number {i}" for i in range(40)], "label": [" pos", "pos", "neg ", "neg"] * 10}).to_csv(f, index=False)
-    result = load_and_validate(DataConfig(source="file", path=str(f), min_rows_per_class=5), tmp_path / "out")
+    result = load_and_validate(DataConfig(source="file", path=str(f), min_rows_per_class=5), tmp_path / "out", task=SINGLE_LABEL)
     assert result.labels == ["neg", "pos"] and result.report["stripped_labels"] == 20
     assert "were stripped" in (tmp_path / "out" / "validation_report.md").read_text()
 

@@ -359,6 +359,7 @@ def load_texts(data_path: str | None, limit: int = 5000, seed: int = 0, text_col
     from forgeline.config.loader import load_config
     from forgeline.config.schema import DataConfig
     from forgeline.data.load import dataset_path, load_and_validate, read_table
+    from forgeline.tasks import get_task
 
     if data_path:
         # no labels are read (check_columns=False); the label column only has to differ from the text's
@@ -373,7 +374,7 @@ def load_texts(data_path: str | None, limit: int = 5000, seed: int = 0, text_col
     else:
         cfg = load_config("default")
         with tempfile.TemporaryDirectory() as tmp:
-            texts = load_and_validate(cfg.data, Path(tmp), cfg.seed).valid["text"].tolist()
+            texts = load_and_validate(cfg.data, Path(tmp), cfg.seed, task=get_task(cfg.task)).valid["text"].tolist()
     rng = np.random.default_rng(seed)
     return [texts[i] for i in rng.permutation(len(texts))[:limit]]
 

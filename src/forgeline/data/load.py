@@ -25,7 +25,8 @@ from forgeline.data.corpora import corpus_path
 from forgeline.errors import DataLoadError, DataValidationError, path_kind, shown
 from forgeline.inference.contract import file_sha256
 from forgeline.data.spans import json_lines, read_conll, read_jsonl_sentences, sentence_rows
-from forgeline.inference.tasks import DEFAULT_TASK
+from forgeline.tasks import TASKS, Problem, Task
+from forgeline.tasks.base import as_text
 from forgeline.inference.text import CONTROL_CHARS, NOT_UTF8, RULES
 
 # Bytes that are not valid in the declared encoding are decoded to U+FFFD (errors="replace"), which
@@ -48,8 +49,6 @@ REASONS |= {f"pair_{k}": f"text pair: {REASONS[k]}" for k in TEXT_REASONS}
 
 @functools.cache
 def _all_reasons() -> dict[str, str]:
-    from forgeline.tasks import TASKS
-
     return REASONS | {k: v for t in TASKS.values() for k, v in t.reasons.items()}
 
 
@@ -289,8 +288,6 @@ def read_sentences(path: Path, cfg: DataConfig) -> tuple[pd.DataFrame, dict[str,
     """A token-classification file (CoNLL, JSON Lines of tokens + tags or of text + entities) as rows of
     ``line``, the text column and the label column (spans, or a ``Problem`` with the sentence's
     quarantine reason), and what reading found (tag scheme, repairs)."""
-    from forgeline.tasks import Problem
-
     fmt = _format(path, cfg)
     if fmt not in ("conll", "jsonl", "csv"):
         raise DataLoadError(f"{path}: token_classification reads CoNLL files (.conll, .iob, .bio, or .txt/.tsv) and JSON "
@@ -355,8 +352,6 @@ def _text_checks(cfg: DataConfig, prefix: str = "") -> list[pa.Check]:
 def _target_checks(cfg: DataConfig, task) -> list[pa.Check]:
     """The task's quarantine reasons (cells its ``parse_target`` refused) and, with ``data.labels``,
     labels outside that set."""
-    from forgeline.tasks import Problem
-
     checks = [pa.Check(lambda s, r=reason: ~s.map(lambda v: isinstance(v, Problem) and v.reason == r).astype(bool), name=reason)
               for reason in task.reasons]
     if cfg.labels and task.has_classes:
@@ -371,11 +366,8 @@ def _target_checks(cfg: DataConfig, task) -> list[pa.Check]:
     return checks
 
 
-def build_schema(cfg: DataConfig, task=None, unique: bool = True) -> pa.DataFrameSchema:
+def build_schema(cfg: DataConfig, task: Task, unique: bool = True) -> pa.DataFrameSchema:
     """``unique``: repeated texts are quarantined (training data); drift data keeps them (``for_drift``)."""
-    from forgeline.tasks import get_task
-
-    task = task or get_task(DEFAULT_TASK)
     columns = {
         "text": pa.Column(None, nullable=False, checks=_text_checks(cfg)),
         "label": pa.Column(None, nullable=False, checks=_target_checks(cfg, task)),
@@ -398,15 +390,11 @@ SLICE_PREFIX = "slice:"
 """Columns of the valid frame holding ``data.slice_columns`` values."""
 
 
-def validate_frame(raw: pd.DataFrame, cfg: DataConfig, task=None,
+def validate_frame(raw: pd.DataFrame, cfg: DataConfig, task: Task,
                    unique: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, list[str]]]:
     """Return (valid rows, quarantined rows with reasons, reasons by row index). A target column of
     the wrong shape for the task (lists for a single label, text for regression) is one
     ``DataValidationError`` naming the task that fits, not a quarantine of every row."""
-    from forgeline.tasks import Problem, get_task
-    from forgeline.tasks.base import as_text
-
-    task = task or get_task(DEFAULT_TASK)
     wrong = task.column_problem(raw[cfg.label_column], cfg.label_column)
     if wrong:
         raise DataValidationError(f"{wrong}. Nothing was trained or registered")
@@ -514,7 +502,7 @@ READERS = {"table": lambda path, cfg: (read_table(path, cfg), {}), "sentences": 
 """A task's ``file_shape`` → its reader: (the frame of text and target columns, what reading found)."""
 
 
-def preflight(cfg: DataConfig, task) -> None:
+def preflight(cfg: DataConfig, task: Task) -> None:
     """The cheap structural checks of a user's file (it exists, its format, CSV structure, the
     configured columns), before a command starts any server: a malformed CSV was reported 32 s into a
     run on the 2-core machine, nearly all of it the temporary Prefect server's start-up. The bundled
@@ -537,8 +525,6 @@ def sentence_preflight(path: Path, cfg: DataConfig) -> None:
     fails here, naming the first line of each reason, before any server starts."""
     from collections import Counter
 
-    from forgeline.tasks import Problem
-
     df, _ = read_sentences(path, cfg)
     problems = df[cfg.label_column].map(lambda v: v.reason if isinstance(v, Problem) else None)
     bad = problems.dropna()
@@ -553,7 +539,7 @@ def sentence_preflight(path: Path, cfg: DataConfig) -> None:
                               "was trained or registered")
 
 
-def unsampled_rows(cfg: DataConfig, taken: Sequence[pd.DataFrame], n: int, seed: int, task=None) -> pd.DataFrame:
+def unsampled_rows(cfg: DataConfig, taken: Sequence[pd.DataFrame], n: int, seed: int, task: Task) -> pd.DataFrame:
     """Up to ``n`` valid rows of the source (seeded) that are in none of the ``taken`` frames, by row number
     and by normalised text: what ``data.sample_rows`` left out, for distillation on the teacher's outputs
     (``compress.distill_transfer_rows``). A validation or test text never comes back this way."""
@@ -566,7 +552,7 @@ def unsampled_rows(cfg: DataConfig, taken: Sequence[pd.DataFrame], n: int, seed:
 
 
 def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: SplitConfig | None = None,
-                      task=None, for_drift: bool = False) -> ValidationResult:
+                      *, task: Task, for_drift: bool = False) -> ValidationResult:
     """Read, validate, quarantine and (optionally) subsample a dataset.
 
     Writes ``quarantine.csv`` and ``validation_report.json`` to ``out_dir`` before deciding whether
@@ -575,9 +561,6 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
     message names the setting that fixes it."""
     path = dataset_path(cfg)
     fingerprint = file_fingerprint(path)
-    from forgeline.tasks import get_task
-
-    task = task or get_task(DEFAULT_TASK)
     raw, read_info = READERS[task.file_shape](path, cfg)
     if raw.empty:
         raise DataValidationError(f"{path} has no rows")
@@ -669,19 +652,16 @@ def load_and_validate(cfg: DataConfig, out_dir: Path, seed: int = 42, split: Spl
 
 
 def _split_problems(final: pd.DataFrame, valid: pd.DataFrame, labels: list[str], cfg: DataConfig,
-                    split: SplitConfig, task=None) -> list[str]:
+                    split: SplitConfig, task: Task) -> list[str]:
     """Classes left with fewer rows than the split needs, and which setting fixes it."""
     import math
 
     need = max(cfg.min_rows_per_class, split.min_rows_per_class)
     why = (f"data.min_rows_per_class={cfg.min_rows_per_class}" if cfg.min_rows_per_class >= split.min_rows_per_class
            else f"{split.describe()} need that many for a stratified split")
-    if task is not None and not task.has_classes:
+    if not task.has_classes:
         return [] if len(final) >= 2 * need else [
             f"{len(final)} valid rows; the split needs at least {2 * need} ({why}). Add rows, or set data.sample_rows=null"]
-    from forgeline.tasks import get_task
-
-    task = task or get_task(DEFAULT_TASK)
     have, total = pd.Series(task.rows_per_class(final["label"], labels)), pd.Series(task.rows_per_class(valid["label"], labels))
     short = {lab: int(have.get(lab, 0)) for lab in labels if have.get(lab, 0) < need}
     if not short:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from forgeline.config.schema import CompressConfig
+from forgeline.inference.tasks import OutputSpec
 from forgeline.training import Model
 
 
@@ -336,17 +337,14 @@ def more_accurate(a: Variant, b: Variant) -> bool:
 
 
 def parity_against(source_proba: np.ndarray, proba: np.ndarray, precision: str, fp32_atol: float,
-                   spec: Any = None) -> dict[str, float]:
+                   spec: OutputSpec) -> dict[str, float]:
     """How far a variant's outputs are from those of the PyTorch model it was made from, judged by
     ``contract.PARITY_TOLERANCE`` for its precision (fp32: ``export.parity_atol`` on the max). With the
     task's ``spec`` outputs are compared on its unit scale and "argmax agreement" is its decision agreement."""
     from forgeline.inference.contract import PARITY_TOLERANCE
 
-    if spec is not None:
-        diff = np.abs(spec.comparable(source_proba) - spec.comparable(proba))
-        agree = spec.agreement(source_proba, proba)
-    else:
-        diff, agree = np.abs(source_proba - proba), agreement(source_proba, proba)
+    diff = np.abs(spec.comparable(source_proba) - spec.comparable(proba))
+    agree = spec.agreement(source_proba, proba)
     out = {"mean_abs_prob_diff": float(diff.mean()), "max_abs_prob_diff": float(diff.max()),
            "argmax_agreement": agree}
     limit, min_agree = PARITY_TOLERANCE[precision]

@@ -92,17 +92,18 @@ def run_pipeline(cfg: PipelineConfig, parent_run_id: str | None = None,
         data = step(VALIDATE)
         logger.info("validation: %s valid of %s rows, %s quarantined", data.report["valid_rows"], data.report["rows"],
                     data.report["quarantined_rows"])
-        splits = step(SPLIT, data)
-        trained = step(TRAIN, splits, data.labels)
-        evaluation = step(EVALUATE, trained, splits)
+        splits = step(SPLIT, data=data)
+        trained = step(TRAIN, splits=splits, labels=data.labels)
+        evaluation = step(EVALUATE, trained=trained, splits=splits)
         logger.info("test metrics: %s", {k: round(v, 4) for k, v in evaluation.metrics.items()})
-        exported = step(EXPORT, trained, splits)
-        compressed = step(COMPRESS, trained, splits, exported, evaluation)
-        reg = step(REGISTER, trained, splits, evaluation, exported, compressed, data.fingerprint)
+        exported = step(EXPORT, trained=trained, splits=splits)
+        compressed = step(COMPRESS, trained=trained, splits=splits, exported=exported, base=evaluation)
+        reg = step(REGISTER, trained=trained, splits=splits, evaluation=evaluation, exported=exported,
+                   compressed=compressed, fingerprint=data.fingerprint)
         logger.info("registered %s v%s as %s: %s", reg.name, reg.version, reg.aliases, reg.decision.reason)
         if shared := share_with_cache(cache, client, run.info.run_id, reg.name, reg.version):
             logger.info("%.0f MB of the run's and the registered files are stored once with the cache", shared / 1e6)
-        md = step(SUMMARY, summary_markdown(step, data, splits, trained, evaluation, exported, compressed, reg))
+        md = step(SUMMARY, markdown=summary_markdown(step, data, splits, trained, evaluation, exported, compressed, reg))
         status = "FINISHED"
         return PipelineResult(run_id=run.info.run_id, model_name=reg.name, version=reg.version, aliases=reg.aliases,
                               promoted=reg.decision.promote, reason=reg.decision.reason,

@@ -2,14 +2,14 @@
 wrapping happen here, the same way for every stage, so a stage is a plain function and its
 declaration (``forgeline.pipeline.stages``), and the flow is the list of steps.
 
-For each ``runner(stage, *inputs)``:
+For each ``runner(stage, *inputs, **named)`` (typed by the stage function's parameters: ``P``):
 
 1. the stage's key: its config slice (``stage.key``), chained on the keys of the stages it depends on
    (``stage.after``, default the stage run before it), plus the pipeline's code version;
 2. a hit: the cached value and files, or for a stage with ``stage.reuse`` (register) whatever that
    finds (an earlier registration carrying the key); ``stage.restore`` rebuilds what the cache does
    not hold (a loaded model, paths into the cache entry);
-3. a miss: ``stage.fn(env, *inputs)``;
+3. a miss: ``stage.fn(env, *inputs, **named)``;
 4. ``stage.log``, hit or miss, so every run records the same metrics, tags and artifacts;
 5. ``stage.check`` (it may raise: a failed parity is logged but never cached), then the cache store.
 
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -36,6 +36,9 @@ from forgeline.pipeline.tracking import Tracker
 
 log = logging.getLogger("forgeline")
 R = TypeVar("R")
+P = ParamSpec("P")
+"""A stage's inputs, from its function's parameters after ``env``: ``runner(STAGE, ...)`` is checked
+against them (mypy in CI), so a flow that wires the wrong value into a stage does not type-check."""
 Files = dict[str, Path]
 
 
@@ -82,12 +85,12 @@ def _nothing(*_: Any) -> None:
 
 
 @dataclass(eq=False)
-class Stage(Generic[R]):
+class Stage(Generic[P, R]):
     """A stage's declaration. Only ``name`` and ``fn`` are required."""
 
     name: str
-    fn: Callable[..., R]
-    """``fn(env, *inputs) -> R``: the stage's work."""
+    fn: Callable[Concatenate[Env, P], R]
+    """``fn(env, *inputs, **named) -> R``: the stage's work."""
     key: Callable[[PipelineConfig], tuple] = lambda cfg: ()
     """What besides its inputs decides the result: the config it reads, the data file's fingerprint."""
     after: tuple[str, ...] | None = None
@@ -105,7 +108,7 @@ class Stage(Generic[R]):
     check: Callable[[R, Files], None] | None = None
     """Raises when the result must stop the flow; after logging, before caching."""
     reuse: Callable[..., R | None] | None = None
-    """``reuse(env, *inputs)``, instead of the file cache: an earlier result found by key (register
+    """``reuse(env, *inputs, **named)``, instead of the file cache: an earlier result found by key (register
     finds the version that carries it)."""
     exclusive: Callable[[Env], Any] | None = None
     """A context manager held from look-up to cache store: one run at a time does this stage's
@@ -128,8 +131,8 @@ class Stage(Generic[R]):
                          persist_result=False, tags=list(self.tags), **kwargs)  # (Prefect's overloads name each keyword)
 
 
-def _execute(runner: StageRunner, stage: Stage, *inputs: Any) -> Any:
-    return runner.execute(stage, *inputs)
+def _execute(runner: StageRunner, stage: Stage[Any, Any], *inputs: Any, **named: Any) -> Any:
+    return runner.execute(stage, *inputs, **named)
 
 
 @dataclass
@@ -141,23 +144,23 @@ class StageRunner:
     keys: dict[str, str] = field(default_factory=dict)
     hits: dict[str, bool] = field(default_factory=dict)
 
-    def __call__(self, stage: Stage[R], *inputs: Any) -> R:
+    def __call__(self, stage: Stage[P, R], *inputs: P.args, **named: P.kwargs) -> R:
         """Run ``stage`` as its Prefect task (retries, tags, the task run in the UI)."""
-        return stage.task(self, stage, *inputs)
+        return stage.task(self, stage, *inputs, **named)
 
-    def key(self, stage: Stage) -> str:
+    def key(self, stage: Stage[Any, Any]) -> str:
         parents = list(self.keys.values())[-1:] if stage.after is None else [self.keys.get(s) for s in stage.after]
         return self.cache.key(stage.name, *parents, *stage.key(self.cfg))
 
-    def execute(self, stage: Stage[R], *inputs: Any) -> R:
+    def execute(self, stage: Stage[P, R], *inputs: P.args, **named: P.kwargs) -> R:
         env = Env(self.cfg, self.run_dir, self.tracker, self.key(stage))
         with stage.exclusive(env) if stage.exclusive else nullcontext():
-            return self._execute(stage, env, inputs)
+            return self._execute(stage, env, inputs, named)
 
-    def _execute(self, stage: Stage[R], env: Env, inputs: tuple) -> R:
+    def _execute(self, stage: Stage[Any, R], env: Env, inputs: tuple, named: dict[str, Any]) -> R:
         if stage.cached:
             self.keys[stage.name] = env.key
-        found = self._lookup(stage, env, inputs)
+        found = self._lookup(stage, env, inputs, named)
         cached, files = found
         hit = cached is not None
         if stage.cached:
@@ -170,7 +173,7 @@ class StageRunner:
             result: R = cached
         else:
             try:
-                result = stage.fn(env, *inputs)
+                result = stage.fn(env, *inputs, **named)
             except Exception as e:
                 if stage.on_error is not None:
                     stage.on_error(self.tracker, self.cfg, env, e)
@@ -187,11 +190,11 @@ class StageRunner:
                 self.tracker.tags({f"cache.{stage.name}.not_stored": str(e)[:500]})
         return result
 
-    def _lookup(self, stage: Stage[R], env: Env, inputs: tuple) -> tuple[R | None, Files]:
+    def _lookup(self, stage: Stage[Any, R], env: Env, inputs: tuple, named: dict[str, Any]) -> tuple[R | None, Files]:
         if not stage.cached or not self.cache.enabled:
             return None, {}
         if stage.reuse is not None:
-            return stage.reuse(env, *inputs), {}
+            return stage.reuse(env, *inputs, **named), {}
         hit = self.cache.get(stage.name, env.key, into=self.run_dir / "cache-hits" / stage.name)
         if hit is None:
             return None, {}

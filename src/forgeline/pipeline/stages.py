@@ -576,7 +576,7 @@ def _test_rows(splits: Splits) -> EvalRows:
     return EvalRows(test["text"].tolist(), test["label"].tolist(), slices or None, pairs_of(test))
 
 
-def _reuse_registration(env: Env, trained: TrainResult, splits: Splits, *_: Any) -> Registration | None:
+def _reuse_registration(env: Env, trained: TrainResult, splits: Splits, *_: Any, **__: Any) -> Registration | None:
     """An identical earlier run's version (same key): the gate runs again on it, nothing is registered."""
     t, registry = env.tracker, env.cfg.registry
     version = find_registered(t.client, registry.model_name, env.key)

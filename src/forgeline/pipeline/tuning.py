@@ -311,8 +311,8 @@ class Search:
         state, status = "failed", "FAILED"
         try:
             data = runner.execute(VALIDATE)
-            splits = runner.execute(SPLIT, data)
-            trained = runner.execute(TRAIN, splits, data.labels)
+            splits = runner.execute(SPLIT, data=data)
+            trained = runner.execute(TRAIN, splits=splits, labels=data.labels)
             trial.set_user_attr("train_key", runner.keys["train"])
             state, status = "complete", "FINISHED"
             tracker.metrics({f"tune.val_{name}": trained.best_val_macro_f1})

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from forgeline.registry.compare import PairedComparison, worst_slice
+from forgeline.tasks import Task
 from forgeline.tasks.base import Metric
 
 MACRO_F1 = Metric("macro_f1")
@@ -37,9 +38,9 @@ class GatePolicy:
     min_slice_rows: int = 30
 
     @classmethod
-    def of(cls, cfg, task=None) -> "GatePolicy":
-        """From a ``RegistryConfig`` and the task (single-label's macro-F1 when None)."""
-        metric = task.primary if task is not None else MACRO_F1
+    def of(cls, cfg, task: Task) -> "GatePolicy":
+        """From a ``RegistryConfig`` and the task (its primary metric)."""
+        metric = task.primary
         tolerance = cfg.metric_tolerance if cfg.metric_tolerance is not None else (
             0.02 if metric.relative_drop else cfg.f1_tolerance)
         return cls(metric, tolerance, cfg.min_gain_over_chance, cfg.max_slice_drop, cfg.min_slice_rows)

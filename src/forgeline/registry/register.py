@@ -37,6 +37,7 @@ from mlflow.tracking import MlflowClient
 from forgeline.config.schema import RegistryConfig
 from forgeline.errors import RegistryError
 from forgeline.inference.tasks import OutputSpec
+from forgeline.tasks import Task, get_task
 from forgeline.inference.contract import CHECKSUMS_KEY, META_FILE, file_sha256
 from forgeline.registry.client import (CACHE_KEY_TAG, CHALLENGER, CHAMPION, COMPLETE_TAG, DAMAGED_TAG, bundle_tags,
                                        current_champion, download_verified, is_complete,
@@ -180,20 +181,18 @@ class Scored:
     the card's headline, the ``metric.*`` tags and the gate use."""
 
 
-def _task_of(candidate: Any):
-    from forgeline.tasks import get_task
-
+def _task_of(candidate: Any) -> Task[Any]:
+    """The task of a loaded bundle (its ``OutputSpec``'s), with its default options."""
     return get_task(candidate.spec.task)
 
 
 def score_against_champion(name: str, champion: ChampionInfo | None, candidate: Any, rows: EvalRows | None,
-                           task: Any = None) -> Scored:
+                           task: Task) -> Scored:
     """Both models on the same rows (this run's test split): the paired comparison of the task's primary
     metric and the slice table, or why the champion could not be scored. Without a champion the slice
     table has the new version only."""
-    task = task or _task_of(candidate)
     spec = candidate.spec
-    if rows is None:  # single-label's chance needs no rows (1/K); other baselines do
+    if rows is None:  # some baselines need no rows (single-label's chance, 1/K); the others are left out
         return Scored(baseline=task.prior_baseline(spec))
     y = task.y(rows.labels, spec)
     ours = candidate.predict_proba(list(rows.texts), rows.pairs)
