@@ -58,6 +58,20 @@ def test_a_task_option_of_another_task_is_refused_naming_the_tasks_that_take_it(
     for task in ("single_label", "regression", "token_classification"):
         cfg = load_config("tiny", [f"task.type={task}"])
         assert PipelineConfig.model_validate(cfg.model_dump(mode="json")) == cfg
+    # one dumped before options were per task held every task's option: at their defaults they are dropped
+    flat = cfg.model_dump(mode="json") | {"task": {"type": "regression", "loss": "mse", "stride": 32, "aggregation": "first"}}
+    assert PipelineConfig.model_validate(flat).task.model_dump() == load_config(
+        "tiny", ["task.type=regression"]).task.model_dump()
+
+
+@pytest.mark.parametrize("items, said", [(["task.strid=8"], "unknown key 'task.strid' (did you mean 'task.stride'?)"),
+                                         (["task.type=regresion"], "task.type 'regresion' is not a task; use one of"),
+                                         (["task.type=token_classification", "task.stride=-1"],
+                                          "task.stride: Input should be greater than or equal to 0")])
+def test_task_keys_are_checked_against_the_chosen_tasks_declaration(items, said):
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", items)
+    assert said in str(e.value)
 
 
 def test_out_of_range_value():

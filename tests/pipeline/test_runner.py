@@ -15,7 +15,6 @@ from forgeline.config.loader import load_config
 from forgeline.errors import DataValidationError, ParityError
 from forgeline.pipeline.cache import StageCache
 from forgeline.pipeline.runner import Stage, StageRunner, retry_on_io
-from forgeline.pipeline.stages import REGISTER, SUMMARY, TRAIN, VALIDATE
 from forgeline.pipeline.tracking import Tracker
 from tests.conftest import sqlite_store
 
@@ -28,14 +27,6 @@ def test_io_failures_are_retried_bad_data_is_not():
     assert not retry_on_io(None, None, Failed(data=DataValidationError("too many bad rows")))
     assert not retry_on_io(None, None, Failed(data=ValueError("bug")))
     assert not retry_on_io(None, None, Completed())
-
-
-def test_stage_declarations_carry_their_task_settings():
-    assert VALIDATE.task.retries == 3 and VALIDATE.task.retry_condition_fn is retry_on_io
-    assert VALIDATE.task.name == "validate-data"
-    assert "gpu" in TRAIN.task.tags and TRAIN.task.retries == 0
-    assert REGISTER.task.retries == 3 and REGISTER.reuse is not None
-    assert not SUMMARY.cached
 
 
 @dataclass
@@ -174,3 +165,32 @@ def test_a_result_the_cache_cannot_hold_is_passed_on_uncached_and_says_so(make_r
     assert "cache.mixed.not_stored" in client.get_run(run_id).data.tags
     assert runner.cache.get("mixed", runner.keys["mixed"]) is None
     assert not [p for p in runner.cache.root.iterdir() if p.name.startswith(".mixed-")], "no temporary folder left"
+
+
+def test_a_stage_with_io_retries_retries_a_transient_failure_and_never_bad_data(make_runner):
+    """``io_retries`` through the Prefect task: an OSError is retried and the stage's result comes back;
+    a DataValidationError fails after one call. Inputs are passed by name, as the flow passes them."""
+    make, _ = make_runner
+    tries: list[str] = []
+
+    def flaky(env, n: int, what: str) -> int:
+        tries.append(what)
+        if what == "disk" and len(tries) == 1:
+            raise OSError("disk hiccup")
+        if what == "data":
+            raise DataValidationError("bad rows")
+        return n * 10
+
+    stage = Stage("flaky", flaky, io_retries=2, cached=False)
+    stage.task = stage.task.with_options(retry_delay_seconds=0)  # the backoff, not under test
+
+    @flow(persist_result=False)
+    def one(runner: StageRunner, what: str) -> int:
+        return runner(stage, n=4, what=what)
+
+    runner, _ = make()
+    assert one(runner, "disk") == 40 and tries == ["disk", "disk"]
+    tries.clear()
+    with pytest.raises(DataValidationError):
+        one(runner, "data")
+    assert tries == ["data"]

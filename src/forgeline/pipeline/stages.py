@@ -5,16 +5,14 @@ retries). ``forgeline.pipeline.runner`` does the rest the same way for every sta
 
 from __future__ import annotations
 
-import copy
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from forgeline.config.schema import PipelineConfig
+from forgeline.config.schema import CompressConfig, PipelineConfig
 from forgeline.data.corpora import CORPORA
 from forgeline.data.load import (SLICE_PREFIX, ValidationResult, dataset_path, file_fingerprint, load_and_validate,
                                   report_markdown)
@@ -23,13 +21,14 @@ from forgeline.errors import DataValidationError
 from forgeline.export import compress as cmp
 from forgeline.export import search
 from forgeline.export.onnx import ParityReport, check_parity, export_onnx, fusion_report, fusion_warning
-from forgeline.inference.contract import DEFAULT_VARIANT_KEY, RUNS_ON, TOKENIZER_FILE, VARIANT_FILES
+from forgeline.export.variants import CompressInputs, Compressed, Rows, compress_variants
+from forgeline.inference.contract import DEFAULT_VARIANT_KEY, TOKENIZER_FILE, VARIANT_FILES
 from forgeline.pipeline.runner import Env, Files, Stage, StageRunner
 from forgeline.pipeline.tracking import Tracker
 from forgeline.registry.client import CACHE_KEY_TAG, find_registered
 from forgeline.registry.card import CardContext
 from forgeline.registry.register import EvalRows, Registration, git_commit, register_and_gate, reuse_registration
-from forgeline.inference.tasks import DEFAULT_TASK, TASK_KEY, OutputSpec, WordOutputs, spec_for
+from forgeline.inference.tasks import DEFAULT_TASK, TASK_KEY, OutputSpec, spec_for
 from forgeline.settings import GPU_TAG, failpoint, store_lock
 from forgeline.tasks import get_task
 from forgeline.tasks import EvalResult
@@ -232,126 +231,25 @@ EXPORT = Stage(
 
 
 # --- 6. compress -----------------------------------------------------------------------------------
-@dataclass
-class Compressed:
-    variants: list[cmp.Variant]
-    selections: list[cmp.Selection]
-    student: dict[str, float]
-    """The student's shape and distillation result; empty when no student was made."""
-    problems: dict[str, str]
-    """Variant (or "student") -> why it was not made."""
-    plots: dict[str, Path]
-    """Device -> macro-F1 vs latency PNG, Pareto front marked (``search-<device>``: the student search's)."""
-    val_counts: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Variant -> its prediction counts on the validation split (``OutputSpec.prediction_counts``): what a
-    batch job's predictions are compared with (``forgeline score``)."""
-    search: dict[str, Any] = field(default_factory=dict)
-    """``export.search.SearchResult.summary()`` when ``compress.search_trials`` > 0."""
-    val_rows: int = 0
-    """Rows the choice was made on: the validation split and ``compress.validation_rows`` held-out rows."""
-
-
 def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported, base: EvalResult) -> Compressed:
-    """Every variant scored on the validation rows (the budget and dominance, noise-aware) and on the test
-    rows (the report), latency measured side by side, the default chosen per device."""
-    from forgeline.inference.runtime import (create_session, cuda_available, pad_batch, predict_proba_ids,
-                                             predict_tagged_onnx)
-    from forgeline.inference.tokens import TokenEncoder
-    from forgeline.training.loop import encode
-
-    cfg, c = env.cfg, env.cfg.compress
-    task, spec = get_task(cfg.task), spec_of(trained)
-    budget = cmp.Budget.of(task, c)
-    texts, pairs = splits.test["text"].tolist(), pairs_of(splits.test)
+    """Every variant made, scored and chosen (``export.variants``) on this run's splits: the validation
+    split plus ``compress.validation_rows`` held-out rows choose; the test split reports."""
+    cfg = env.cfg
+    task = get_task(cfg.task)
     held_out, transfer, vocab = _unsampled(cfg, splits)
-    val = pd.concat([splits.val, held_out]) if len(held_out) else splits.val  # the choice's validation rows
-    rows = {"test": (texts, pairs), "val": (val["text"].tolist(), pairs_of(val))}
-    y = task.y(splits.test["label"], spec)
-    y_val = task.y(val["label"], spec)
-    out = env.run_dir / "onnx"
-    ids = encode(trained.tokenizer, texts, cfg.model.max_length, pairs)
-    split_ids = {"test": ids, "val": encode(trained.tokenizer, rows["val"][0], cfg.model.max_length, rows["val"][1])}
-    pad = trained.tokenizer.pad_token_id
-    problems: dict[str, str] = {}
-    val_outputs: dict[str, np.ndarray] = {}
+    val = pd.concat([splits.val, held_out]) if len(held_out) else splits.val
+    client, parent = env.tracker.client, env.tracker.run_id
+    experiment = client.get_run(parent).info.experiment_id
 
-    def onnx_proba(path: Path, device: str, split: str = "test") -> np.ndarray:
-        if isinstance(spec, WordOutputs):
-            return predict_tagged_onnx(create_session(path, device=device), TokenEncoder(trained.tokenizer, cfg.model.max_length, spec.stride),
-                                       rows[split][0], spec, cfg.train.eval_batch_size)
-        return predict_proba_ids(create_session(path, device=device), split_ids[split], pad, cfg.train.eval_batch_size,
-                                 activate=spec.activate)
+    def new_run(name: str, tags: dict[str, str]) -> Tracker:
+        run = client.create_run(experiment, run_name=name, tags={"mlflow.parentRunId": parent, **tags})
+        return Tracker(client=client, run_id=run.info.run_id, tracking_uri=env.tracker.tracking_uri)
 
-    val_outputs["fp32"] = onnx_proba(exported.path, "cpu", "val")
-    teacher_val = task.metrics(y_val, val_outputs["fp32"], spec)
-
-    def scored(name: str, path: Path, proba: np.ndarray, source: np.ndarray | None, extra=None,
-               val: np.ndarray | None = None) -> cmp.Variant:
-        """The variant's test metrics (reported), its validation outputs and metrics (``val``, else scored
-        here on the CPU), parity against ``source``."""
-        metrics = task.evaluate(y, proba, spec, env.run_dir / "eval", f"test_{name}").metrics
-        val = val if val is not None else (val_outputs["fp32"] if name == "fp32" else onnx_proba(path, "cpu", "val"))
-        val_outputs[name] = val
-        v = cmp.make_variant(name, path, metrics, base.metrics, budget, extra=extra,
-                             val_metrics=task.metrics(y_val, val, spec), val_base=teacher_val)
-        if source is not None:
-            v.parity = cmp.parity_against(source, proba, cmp.precision_of(name), cfg.export.parity_atol, spec)
-        return v
-
-    calib_ids = encode(trained.tokenizer, splits.train["text"].tolist()[: c.calibration_rows], cfg.model.max_length,
-                       None if pairs is None else (pairs_of(splits.train) or [])[: c.calibration_rows])
-    calibration = [pad_batch(calib_ids[i : i + 32], pad) for i in range(0, len(calib_ids), 32)]
-    # references in fp32 on the CPU, as the ONNX files are scored (a CUDA-trained model would run bf16)
-    teacher_proba = predict_proba(copy.deepcopy(trained.model).float().cpu(), trained.tokenizer, texts,
-                                  cfg.model.max_length, cfg.train.eval_batch_size, "cpu", pairs)
-    variants = [scored("fp32", exported.path, onnx_proba(exported.path, "cpu"), teacher_proba)]
-    if c.prune and c.prune_amount > 0:
-        pruned = cmp.prune_global(trained.model, c.prune_amount)
-        proba = predict_proba(pruned, trained.tokenizer, texts, cfg.model.max_length, cfg.train.eval_batch_size, "cpu", pairs)
-        path = export_onnx(pruned, trained.tokenizer, trained.labels, out / VARIANT_FILES["pruned"], cfg.export,
-                           cfg.model.max_length, sample_texts=texts[:2])
-        variants.append(scored("pruned", path, proba, None, extra={"sparsity": cmp.sparsity(pruned)}))
-    variants += _precisions("teacher", exported.path, teacher_proba, env, calibration, scored, onnx_proba, problems)
-
-    student: dict[str, float] = {}
-    distill = _distiller(env, trained, splits, transfer, val, vocab)
-    plots: dict[str, Path | None] = {}
-    found = None
-    if c.student and c.search_trials:
-        reference = next((v.path for v in variants if v.name == ("int8" if c.search_device == "cpu" else "fp16") and v.path),
-                         exported.path)
-        try:
-            found = _search(env, trained, distill, calibration, ids, reference,
-                            lambda path, device: task.metrics(y_val, onnx_proba(path, device, "val"), spec), teacher_val,
-                            budget)
-        except search.SearchError as e:
-            problems["student"] = f"the student search cannot run: {e}"
-            log.warning("%s. The teacher's variants are registered", problems["student"])
-        if found is not None:
-            plots[f"search-{found.device}"] = search.plot(found, task.primary.name,
-                                                         env.run_dir / "compression" / f"search-{found.device}.png")
-            if found.student is None:
-                problems["student"] = f"the student search made no student: {found.reason}"
-    if c.student and (not c.search_trials or (found is not None and found.student is not None)):
-        made, student = _student_variants(env, trained, splits, distill, calibration, scored, onnx_proba, problems, found)
-        variants += made
-    cmp.noise_aware([v for v in variants if v.parity_ok], val_outputs, task, spec, y_val, seed=cfg.seed)
-
-    devices = ["cpu"] + (["cuda"] if cuda_available() else [])
-    for device in devices:
-        paths = {v.name: v.path for v in variants if v.path is not None and device in RUNS_ON[v.name]}
-        for name, lat in cmp.measure_latency(paths, device, ids, cfg.model.max_length, c.latency_rounds).items():
-            next(v for v in variants if v.name == name).latency[device] = lat
-    selections = [cmp.select(variants, d, c, budget=budget) for d in ("cpu", "cuda")]
-    cmp.choose_bundle(variants, selections, c.latency_batch, keep=c.bundle)
-    (metric, drop), = [(m, d) for m, d in budget.limits if m.name == task.primary.name] or [(task.primary, 0.0)]
-    teacher_value = base.metrics[metric.name]
-    drop_units = drop * abs(teacher_value) if metric.relative_drop else drop
-    plots |= {d: cmp.pareto_plot(variants, d, c.latency_batch, teacher_value, drop_units,
-                                 env.run_dir / "compression" / f"pareto-{d}.png") for d in devices}
-    return Compressed(variants, selections, student, problems, {d: p for d, p in plots.items() if p},
-                      {name: spec.prediction_counts(o) for name, o in val_outputs.items()},
-                      found.summary() if found is not None else {}, len(val))
+    return compress_variants(CompressInputs(
+        cfg=cfg, task=task, spec=spec_of(trained), model=trained.model, tokenizer=trained.tokenizer,
+        labels=trained.labels, fp32=exported.path, base=base.metrics, test=Rows.of(splits.test), val=Rows.of(val),
+        calibration=Rows.of(splits.train), out=env.run_dir, distill=_distiller(env, trained, splits, transfer, val, vocab),
+        new_run=new_run))
 
 
 def _unsampled(cfg: PipelineConfig, splits: Splits):
@@ -372,15 +270,16 @@ def _distiller(env: Env, trained: TrainResult, splits: Splits, transfer: pd.Data
                vocab: pd.DataFrame):
     """(compress settings, tracker) -> the structurally pruned, distilled student of ``trained`` on the
     run's splits (and the ``transfer`` frame's texts; the ``vocab`` frame's tokens kept), its distillation
-    curve logged to ``tracker``. Its best epoch is chosen on ``val``, the rows the compression choice
+    curve logged to ``tracker`` (None: the pipeline run). Its best epoch is chosen on ``val``, the rows the compression choice
     uses: on seed 44's default preset the split's 300 rows picked epoch 2 of 3, which the choice's 1,800
     rows score 0.3 pt under epoch 3."""
-    from forgeline.training.distill import make_student
+    from forgeline.training.distill import Student, make_student
 
     cfg = env.cfg
     task, spec = get_task(cfg.task), spec_of(trained)
 
-    def distill(c, tracker: Tracker):
+    def distill(c: CompressConfig, tracker: Tracker | None) -> Student:
+        tracker = tracker or env.tracker  # a search trial's child run, else the pipeline run
         return make_student(trained.model, trained.tokenizer, splits.train["text"].tolist(),
                             task.train_y(splits.train["label"], spec), val["text"].tolist(),
                             task.y(val["label"], spec), c, cfg.train, cfg.model.max_length,
@@ -390,87 +289,6 @@ def _distiller(env: Env, trained: TrainResult, splits: Splits, transfer: pd.Data
                             transfer=transfer["text"].tolist(), transfer_pairs=pairs_of(transfer),
                             vocab_texts=vocab["text"].tolist(), vocab_pairs=pairs_of(vocab))
     return distill
-
-
-def _search(env: Env, trained: TrainResult, distill, calibration: list, latency_ids: list, reference: Path,
-            val_metrics, teacher_val: dict[str, float], budget: cmp.Budget) -> search.SearchResult:
-    """The student search (``compress.search_trials``), its trials child runs of the pipeline run;
-    ``search.SearchError`` for a space or device the run cannot use."""
-    cfg = env.cfg
-    task = get_task(cfg.task)
-    client, parent = env.tracker.client, env.tracker.run_id
-    experiment = client.get_run(parent).info.experiment_id
-
-    def new_run(name: str, tags: dict[str, str]) -> Tracker:
-        run = client.create_run(experiment, run_name=name, tags={"mlflow.parentRunId": parent, **tags})
-        return Tracker(client=client, run_id=run.info.run_id, tracking_uri=env.tracker.tracking_uri)
-
-    inputs = search.SearchInputs(
-        cfg=cfg, teacher=trained.model, tokenizer=trained.tokenizer, labels=trained.labels, calibration=calibration,
-        latency_ids=latency_ids, reference=reference, val_metrics=val_metrics, distill=distill,
-        primary=task.primary.name, higher_is_better=task.primary.higher_is_better, teacher_val=teacher_val,
-        budget=budget, workdir=env.run_dir / "search", new_run=new_run)
-    return search.search_student(inputs)
-
-
-def _precisions(source_kind: str, fp32: Path, source: np.ndarray, env: Env, calibration: list, scored, onnx_proba,
-                problems: dict[str, str], recipe: cmp.QuantRecipe = cmp.QuantRecipe()) -> list[cmp.Variant]:
-    """The lower-precision variants ``contract.VARIANTS`` declares for ``source_kind`` (teacher or
-    student), made from its fp32 ONNX file, each scored against ``source``, the probabilities of the
-    PyTorch model the file was exported from. ``recipe``: the INT8 variants' (the student search's choice)."""
-    from forgeline.inference.contract import VARIANTS
-
-    c, out = env.cfg.compress, env.run_dir / "onnx"
-    converters = {"int8": (c.quantize_int8, lambda src, dst: cmp.quantize_int8(src, dst, recipe), "cpu"),
-                  "int8_static": (c.static_int8, lambda src, dst: cmp.quantize_static_int8(src, dst, calibration, recipe), "cpu"),
-                  "fp16": (c.fp16, cmp.convert_fp16, "auto")}
-    made = []
-    for precision, (enabled, convert, device) in converters.items():
-        spec = next((v for v in VARIANTS if (v.source, v.precision) == (source_kind, precision) and not v.magnitude_pruned), None)
-        if spec is None or not enabled:
-            continue
-        try:
-            path = convert(fp32, out / spec.file)
-            proba, val = onnx_proba(path, device), onnx_proba(path, device, "val")
-        except Exception as e:  # noqa: BLE001 - an optional variant; the fp32 model is still good
-            problems[spec.name] = f"{type(e).__name__}: {e}"[:4000]
-            log.warning("%s variant failed, not registered: %s", spec.name, e)
-            continue
-        made.append(scored(spec.name, path, proba, source, val=val))
-    return made
-
-
-def _student_variants(env: Env, trained: TrainResult, splits: Splits, distill, calibration: list, scored, onnx_proba,
-                      problems: dict[str, str], found: search.SearchResult | None = None
-                      ) -> tuple[list[cmp.Variant], dict[str, float]]:
-    """The structurally pruned, distilled student in each precision, and its shape: the search's choice
-    (``found``) or the fixed student of ``compress.*``. A pruning target the model cannot take, or a
-    student export failing parity, is a reason in ``problems``; the teacher's variants are unaffected."""
-    from forgeline.training.prune import PruningError
-
-    cfg = env.cfg
-    try:
-        made = found.student if found is not None else distill(cfg.compress, env.tracker)
-    except PruningError as e:
-        problems["student"] = str(e)
-        log.warning("no student: %s. The teacher's variants are registered", e)
-        return [], {}
-    texts = splits.test["text"].tolist()
-    student = made.model.float().cpu()
-    proba = predict_proba(student, trained.tokenizer, texts, cfg.model.max_length, cfg.train.eval_batch_size, "cpu",
-                          pairs_of(splits.test))
-    path = export_onnx(student, trained.tokenizer, trained.labels, env.run_dir / "onnx" / VARIANT_FILES["student"],
-                       cfg.export, cfg.model.max_length, sample_texts=texts[:2])
-    first = scored("student", path, onnx_proba(path, "cpu"), proba)
-    if not first.parity_ok:
-        problems["student"] = (f"the student's ONNX export differs from its PyTorch model (max |Δprob| "
-                               f"{first.parity['max_abs_prob_diff']:.3g} > export.parity_atol "
-                               f"{cfg.export.parity_atol:g}): no student variant is registered")
-        log.warning("%s", problems["student"])
-        return [first], made.info
-    info = made.info | ({"search_trial": float(found.chosen)} if found is not None and found.chosen is not None else {})
-    recipe = found.recipe if found is not None else cmp.QuantRecipe()
-    return [first, *_precisions("student", path, proba, env, calibration, scored, onnx_proba, problems, recipe)], info
 
 
 def _log_variants(t: Tracker, cfg: PipelineConfig, r: Compressed, files: Files) -> None:
