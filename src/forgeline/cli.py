@@ -565,7 +565,7 @@ def report_error(e: BaseException, verbose: bool) -> int:
 
 def as_user_error(e: Exception) -> Exception:
     """A full disk met outside a run's stages (marking stale runs, `doctor`, `gc`) is the user's to fix,
-    like one inside: DiskFullError, exit 2 (it was an internal error, exit 1)."""
+    like one inside: DiskFullError, exit 2."""
     from forgeline.errors import DiskFullError, ForgelineError, disk_full
 
     full = None if isinstance(e, ForgelineError) else disk_full(e)

@@ -1,10 +1,9 @@
 """`forgeline run --data FILE`: the columns and the task of a user's file, inferred where the file leaves
 no doubt, said out loud, and turned into ``--set`` overrides of the ``generic`` preset.
 
-A new user's first run used to inherit the bundled tweet corpus's settings (its labels, latin-1, texts
-over 400 characters quarantined: 36.5 % of a corpus of real product descriptions refused, a file with
-other labels refused whole). The generic preset reads UTF-8, takes the labels from the data and lets
-the tokenizer truncate long texts; this module picks the columns and the task.
+A user's file is read with the generic preset, not the bundled corpus's settings (its labels, latin-1,
+long texts quarantined), which refuse most real files: it reads UTF-8, takes the labels from the data and
+lets the tokenizer truncate long texts; this module picks the columns and the task.
 """
 
 from __future__ import annotations

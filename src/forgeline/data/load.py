@@ -504,8 +504,8 @@ READERS = {"table": lambda path, cfg: (read_table(path, cfg), {}), "sentences": 
 
 def preflight(cfg: DataConfig, task: Task) -> None:
     """The cheap structural checks of a user's file (it exists, its format, CSV structure, the
-    configured columns), before a command starts any server: a malformed CSV was reported 32 s into a
-    run on the 2-core machine, nearly all of it the temporary Prefect server's start-up. The bundled
+    configured columns), before a command starts any server, whose start-up would otherwise come first
+    (most of half a minute on the 2-core machine). The bundled
     corpus is not checked again. Validation proper (rows, classes, sampling) stays in the validate stage,
     cached with its result. With ``task``, a target column of the wrong shape for it (lists for a single
     label, text for regression) is refused here too."""

@@ -100,8 +100,8 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 def verify_artifacts(artifacts: dict[str, str], meta: dict, names: list[str]) -> None:
     """Check the files of ``names`` against the checksums recorded at registration, before ONNX
-    Runtime parses them: a corrupted ``model.int8.onnx`` used to end serving start-up in an
-    ``INVALID_PROTOBUF`` traceback. Bundles registered before checksums existed are not checked."""
+    Runtime parses them, so a damaged file is named, not an ONNX Runtime parse error. Bundles registered
+    before checksums existed are not checked."""
     recorded = meta.get(CHECKSUMS_KEY) or {}
     for name in names:
         expected = recorded.get(name)

@@ -14,8 +14,7 @@ Layout under ``<workdir>/cache/``::
 Nothing in an entry is a pickle: a result is rebuilt from JSON into dataclasses of modules already
 loaded (or of ``forgeline``), so writing to the cache cannot make the pipeline run code. Every file is
 hashed when stored and checked on a hit; an entry whose file changed is dropped, named in the log, and
-the stage recomputed (a corrupted cached checkpoint used to fail every later run with
-``SafetensorError: header too large``, and a corrupted cached ``model.onnx`` was registered).
+the stage recomputed, so a damaged entry never fails later runs nor reaches the registry.
 Entries are written to a temporary folder and renamed into place, so an interrupted run never leaves
 a half entry. ``StageCache.prune`` bounds the size, least recently used first (``tracking.cache_max_gb``).
 """

@@ -1,7 +1,6 @@
 """Bounded disk for a workdir that trains every night: run scratch, the stage cache, old versions.
 
-A default run used to leave 1.3 GB (``runs/`` scratch never removed, a cache holding its own copy of
-every file, every registered version forever). Now: a finished run's scratch folder is removed when
+A finished run's scratch folder is removed when
 it ends (its files are in MLflow and the cache by then) and failed runs keep theirs, newest
 ``tracking.keep_failed_runs`` only; the cache holds each file once and stays under
 ``tracking.cache_max_gb``; ``forgeline gc`` prunes both on request and deletes model versions no alias

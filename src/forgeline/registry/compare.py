@@ -1,8 +1,8 @@
 """Two models scored on the same rows, compared with paired tests.
 
-The gate used to compare the challenger's test macro-F1 with the number stored on the champion's
-version, which the champion scored on its own (possibly different) split: after retraining on new
-data that difference says nothing. Here both predict the same test rows, and the decision uses
+A number stored on the champion's version was scored on its own (possibly different) split, so after
+retraining on new data it says nothing about the challenger. Both models predict the same test rows
+instead, and the decision uses
 
 - a paired bootstrap confidence interval of the task's primary metric, challenger − champion (macro-F1
   for classification, RMSE for regression: ``Task.resampled``): the rows are resampled together, so row
