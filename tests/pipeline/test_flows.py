@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
@@ -48,6 +49,13 @@ def test_pipeline_end_to_end(prefect_api, tmp_path):
     for key in ("test_accuracy", "test_macro_precision", "test_macro_recall", "test_macro_f1", "test_roc_auc_ovr",
                 "variant.int8.size_bytes", "variant.int8.accuracy_delta", "parity.max_abs_prob_diff", "val_macro_f1"):
         assert key in run.data.metrics, key
+    # the classical baseline on the same split: logged, weighed in gate.json, on the card
+    assert run.data.tags["baseline.model"].startswith("TF-IDF + logistic regression (C=")
+    assert run.data.metrics["baseline.test_macro_f1"] > 0.8 and "baseline.val_macro_f1" in run.data.metrics
+    gate = json.loads(Path(client.download_artifacts(first["run_id"], "gate.json", str(tmp_path))).read_text())
+    assert gate["classical"]["name"] == run.data.tags["baseline.model"]
+    assert gate["classical"]["champion_value"] == pytest.approx(run.data.metrics["baseline.test_macro_f1"])
+    assert "classical baseline (TF-IDF + logistic regression" in client.get_model_version("e2e", "1").description
     artifacts = {a.path for a in client.list_artifacts(first["run_id"])}
     assert {"data", "eval", "summary.md", "gate.json", "config.json", "checkpoint", "onnx", "compression"} <= artifacts
     assert {a.path for a in client.list_artifacts(first["run_id"], "eval")} >= {"eval/test_confusion_matrix.png"}

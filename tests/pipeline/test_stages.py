@@ -49,12 +49,13 @@ class Pipeline:
         out: dict[str, object] = {}
         out["data"] = runner.execute(st.VALIDATE)
         out["splits"] = runner.execute(st.SPLIT, out["data"])
+        out["baseline"] = runner.execute(st.BASELINE, out["splits"], out["data"].labels)
         out["trained"] = runner.execute(st.TRAIN, out["splits"], out["data"].labels)
         out["evaluation"] = runner.execute(st.EVALUATE, out["trained"], out["splits"])
         out["exported"] = runner.execute(st.EXPORT, out["trained"], out["splits"])
         out["compressed"] = runner.execute(st.COMPRESS, out["trained"], out["splits"], out["exported"], out["evaluation"])
         out["registration"] = runner.execute(st.REGISTER, out["trained"], out["splits"], out["evaluation"],
-                                             out["exported"], out["compressed"], out["data"].fingerprint)
+                                             out["exported"], out["compressed"], out["data"].fingerprint, out["baseline"])
         return out
 
 

@@ -120,3 +120,37 @@ def test_the_floor_of_a_relative_metric_is_a_fraction_of_the_baseline():
     refused = decide(GatePolicy(rmse, 0.02, 0.05), evidence)
     assert not refused.promote and "not 0.05 (5% of it)" in refused.reason and "below the training mean, 0.1925" in refused.reason
     assert decide(GatePolicy(rmse, 0.02, 0.03), evidence).promote
+
+
+@pytest.mark.parametrize("metric, ours, theirs, refused", [("macro_f1", 0.70, 0.85, True), ("macro_f1", 0.84, 0.85, False),
+                                                           ("rmse", 0.30, 0.20, True), ("rmse", 0.20, 0.30, False)])
+def test_a_version_significantly_worse_than_the_classical_baseline_is_not_promoted(metric, ours, theirs, refused):
+    """The classical baseline's outputs on the same rows, compared with the version's by the gate's own paired
+    bootstrap (``compare_outputs``): refused only when the interval is wholly on the worse side, with the
+    reason; ``registry.beat_classical=false`` keeps the comparison on the record and promotes."""
+    from forgeline.inference.tasks import spec_for
+    from forgeline.registry.compare import compare_outputs
+    from forgeline.tasks import get_task
+
+    rng = np.random.default_rng(0)
+    if metric == "macro_f1":
+        task, spec = get_task("single_label"), spec_for("single_label", ("a", "b"))
+        y = rng.integers(0, 2, 600)
+
+        def outputs(accuracy: float) -> np.ndarray:
+            right = rng.random(600) < accuracy
+            return np.eye(2, dtype=np.float32)[np.where(right, y, 1 - y)]
+    else:
+        task, spec = get_task("regression"), spec_for("regression", ("y",))
+        y = rng.normal(0, 1, 600)
+
+        def outputs(rmse: float) -> np.ndarray:
+            return (y + rng.normal(0, rmse, 600))[:, None]
+    c = compare_outputs(task, spec, y, outputs(ours), outputs(theirs))
+    evidence = GateEvidence(c.challenger_value, True, None, None, "chance", classical=c, classical_name="TF-IDF + x")
+    d = decide(GatePolicy(task.primary, 0.02, None), evidence)
+    assert d.promote is not refused, d.reason
+    assert d.classical["name"] == "TF-IDF + x" and d.classical["champion_value"] == c.champion_value
+    if refused:
+        assert d.reason.startswith("the classical baseline (TF-IDF + x) is better on the same 600 test rows")
+        assert decide(GatePolicy(task.primary, 0.02, None, beat_classical=False), evidence).promote

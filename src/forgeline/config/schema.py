@@ -422,6 +422,10 @@ class RegistryConfig(_Section):
     macro-F1 above chance, 1/K for K classes (random guessing by the class frequencies; always predicting
     the most frequent class scores less); multi-label: above predicting every label; regression: RMSE this
     fraction below predicting the training mean. None: no floor."""
+    beat_classical: bool = True
+    """Refuse a version significantly worse than the run's classical baseline (TF-IDF + a linear model,
+    ``tasks.classical``, fitted on the same split) on the same test rows: the paired bootstrap interval of
+    the primary metric's difference wholly on the worse side. The comparison is logged either way."""
     max_slice_drop: float | None = Field(0.1, ge=0.0, le=1.0)
     """A slice (a class's or label's F1; a text-length tertile's or a ``data.slice_columns`` value's accuracy,
     or the task's primary metric for other tasks) where the challenger scores more than this worse than the

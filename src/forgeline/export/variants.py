@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from forgeline.config.schema import CompressConfig, PipelineConfig
 from forgeline.export import compress as cmp
@@ -30,24 +29,11 @@ from forgeline.inference.runtime import (create_session, cuda_available, pad_bat
 from forgeline.inference.tasks import OutputSpec, WordOutputs
 from forgeline.inference.tokens import TokenEncoder
 from forgeline.tasks import Task
+from forgeline.tasks.classical import TextRows
 from forgeline.training import Model
 from forgeline.training.loop import encode, predict_proba
 
 log = logging.getLogger("forgeline")
-
-
-@dataclass
-class Rows:
-    """Texts (and their pairs) with their targets as the task parses them."""
-
-    texts: list[str]
-    pairs: list[str] | None
-    targets: pd.Series
-
-    @classmethod
-    def of(cls, frame: pd.DataFrame) -> Rows:
-        return cls(frame["text"].tolist(), frame["text_pair"].tolist() if "text_pair" in frame.columns else None,
-                   frame["label"])
 
 
 @dataclass
@@ -63,10 +49,10 @@ class CompressInputs:
     """The teacher's exported ONNX file."""
     base: dict[str, float]
     """The teacher's test metrics in PyTorch (the budget's reference on test)."""
-    test: Rows
-    val: Rows
+    test: TextRows
+    val: TextRows
     """The rows the choice is made on: the validation split and ``compress.validation_rows`` held-out rows."""
-    calibration: Rows
+    calibration: TextRows
     """Training rows the static INT8 calibrates on (the first ``compress.calibration_rows``)."""
     out: Path
     """The run's scratch folder: ``onnx/``, ``eval/``, ``compression/``, ``search/`` under it."""
@@ -93,7 +79,7 @@ class Compressed:
     search: dict[str, Any] = field(default_factory=dict)
     """``export.search.SearchResult.summary()`` when ``compress.search_trials`` > 0."""
     val_rows: int = 0
-    """Rows the choice was made on: the validation split and ``compress.validation_rows`` held-out rows."""
+    """TextRows the choice was made on: the validation split and ``compress.validation_rows`` held-out rows."""
 
 
 class _Scorer:

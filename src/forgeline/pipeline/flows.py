@@ -22,6 +22,7 @@ from forgeline.pipeline.disk import finish_run_dir, mark_failed_runs, share_with
 from forgeline.pipeline.doctor import Heartbeat, mark_stale_runs, owner_tags
 from forgeline.pipeline.runner import StageRunner
 from forgeline.pipeline.stages import (
+    BASELINE,
     COMPRESS,
     EVALUATE,
     EXPORT,
@@ -93,13 +94,14 @@ def run_pipeline(cfg: PipelineConfig, parent_run_id: str | None = None,
         logger.info("validation: %s valid of %s rows, %s quarantined", data.report["valid_rows"], data.report["rows"],
                     data.report["quarantined_rows"])
         splits = step(SPLIT, data=data)
+        classical = step(BASELINE, splits=splits, labels=data.labels)
         trained = step(TRAIN, splits=splits, labels=data.labels)
         evaluation = step(EVALUATE, trained=trained, splits=splits)
         logger.info("test metrics: %s", {k: round(v, 4) for k, v in evaluation.metrics.items()})
         exported = step(EXPORT, trained=trained, splits=splits)
         compressed = step(COMPRESS, trained=trained, splits=splits, exported=exported, base=evaluation)
         reg = step(REGISTER, trained=trained, splits=splits, evaluation=evaluation, exported=exported,
-                   compressed=compressed, fingerprint=data.fingerprint)
+                   compressed=compressed, fingerprint=data.fingerprint, baseline=classical)
         logger.info("registered %s v%s as %s: %s", reg.name, reg.version, reg.aliases, reg.decision.reason)
         if shared := share_with_cache(cache, client, run.info.run_id, reg.name, reg.version):
             logger.info("%.0f MB of the run's and the registered files are stored once with the cache", shared / 1e6)

@@ -6,10 +6,11 @@ retries). ``forgeline.pipeline.runner`` does the rest the same way for every sta
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from forgeline.config.schema import CompressConfig, PipelineConfig
@@ -21,7 +22,7 @@ from forgeline.errors import DataValidationError
 from forgeline.export import compress as cmp
 from forgeline.export import search
 from forgeline.export.onnx import ParityReport, check_parity, export_onnx, fusion_report, fusion_warning
-from forgeline.export.variants import CompressInputs, Compressed, Rows, compress_variants
+from forgeline.export.variants import CompressInputs, Compressed, compress_variants
 from forgeline.inference.contract import DEFAULT_VARIANT_KEY, TOKENIZER_FILE, VARIANT_FILES
 from forgeline.pipeline.runner import Env, Files, Stage, StageRunner
 from forgeline.pipeline.tracking import Tracker
@@ -32,6 +33,7 @@ from forgeline.inference.tasks import DEFAULT_TASK, TASK_KEY, OutputSpec, spec_f
 from forgeline.settings import GPU_TAG, failpoint, store_lock
 from forgeline.tasks import get_task
 from forgeline.tasks import EvalResult
+from forgeline.tasks.classical import TextRows
 from forgeline.training.distributed import launch, world_size
 from forgeline.training.loop import TrainResult, predict_proba, resolve_device, train_model
 
@@ -156,11 +158,56 @@ def _log_train(t: Tracker, cfg: PipelineConfig, r: TrainResult, files: Files) ->
 
 TRAIN = Stage(
     "train", train, key=_train_key, tags=(GPU_TAG,),  # the tag's concurrency limit: one training per GPU
+    after=("split",),
     files=lambda env, r: {"checkpoint": r.checkpoint_dir},
     store=lambda r: replace(r, model=None, tokenizer=None),
     restore=_restore_trained,
     log=_log_train,
 )
+
+
+# --- 3b. the classical baseline --------------------------------------------------------------------
+@dataclass
+class Baseline:
+    """The run's classical baseline (``Task.fit_classical``) on the same split: what it is, its metrics,
+    its test outputs for the gate's paired comparison, or why there is none."""
+
+    name: str = ""
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    test_outputs: pd.DataFrame | None = None
+    """One column per output, one row per test row, in the task's output form."""
+    spec: dict[str, Any] = field(default_factory=dict)
+    """Its ``OutputSpec`` metadata (its own decision settings: multi-label thresholds)."""
+    problem: str | None = None
+
+
+def baseline(env: Env, splits: Splits, labels: list[str]) -> Baseline:
+    """Fitted on the training split, its setting chosen on validation; a fit that fails (one class, no
+    vocabulary) is reported and skipped, never failing the run."""
+    task = get_task(env.cfg.task)
+    spec = task.output_spec(labels, splits.train["label"], "text_pair" in splits.train.columns)
+    try:
+        fit = task.fit_classical(spec, TextRows.of(splits.train), TextRows.of(splits.val))
+        if fit is None:
+            return Baseline(problem=f"task {task.type} has no classical baseline yet")
+        test = TextRows.of(splits.test)
+        outputs = np.asarray(fit.predict(test), dtype=np.float64)
+        test_metrics = task.metrics(task.y(test.targets, fit.spec), outputs, fit.spec)
+    except Exception as e:  # noqa: BLE001 - a baseline is evidence, not the run: said and skipped
+        log.warning("no classical baseline: %s: %s", type(e).__name__, e)
+        return Baseline(problem=f"{type(e).__name__}: {e}"[:2000])
+    frame = pd.DataFrame(outputs, columns=[f"o{j}" for j in range(outputs.shape[1])])
+    return Baseline(fit.name, fit.val_metrics, test_metrics, frame, fit.spec.to_meta())
+
+
+def _log_baseline(t: Tracker, cfg: PipelineConfig, r: Baseline, files: Files) -> None:
+    t.metrics({f"baseline.val_{k}": v for k, v in r.val_metrics.items()}
+              | {f"baseline.test_{k}": v for k, v in r.test_metrics.items()})
+    t.tags({"baseline.model": r.name} if r.name else {"baseline.problem": (r.problem or "")[:4000]})
+
+
+BASELINE = Stage("baseline", baseline, after=("split",), log=_log_baseline, task_name="classical-baseline")
 
 
 # --- 4. evaluate -----------------------------------------------------------------------------------
@@ -247,8 +294,8 @@ def compress(env: Env, trained: TrainResult, splits: Splits, exported: Exported,
 
     return compress_variants(CompressInputs(
         cfg=cfg, task=task, spec=spec_of(trained), model=trained.model, tokenizer=trained.tokenizer,
-        labels=trained.labels, fp32=exported.path, base=base.metrics, test=Rows.of(splits.test), val=Rows.of(val),
-        calibration=Rows.of(splits.train), out=env.run_dir, distill=_distiller(env, trained, splits, transfer, val, vocab),
+        labels=trained.labels, fp32=exported.path, base=base.metrics, test=TextRows.of(splits.test), val=TextRows.of(val),
+        calibration=TextRows.of(splits.train), out=env.run_dir, distill=_distiller(env, trained, splits, transfer, val, vocab),
         new_run=new_run))
 
 
@@ -340,7 +387,7 @@ COMPRESS = Stage(
 
 # --- 7. register -----------------------------------------------------------------------------------
 def register(env: Env, trained: TrainResult, splits: Splits, evaluation: EvalResult, exported: Exported,
-             compressed: Compressed, fingerprint: str) -> Registration:
+             compressed: Compressed, fingerprint: str, baseline: Baseline) -> Registration:
     cfg = env.cfg
     bundle_dir = env.run_dir / "bundle"
     variants = compressed.variants
@@ -369,7 +416,7 @@ def register(env: Env, trained: TrainResult, splits: Splits, evaluation: EvalRes
         student=_student_origin(cfg, compressed), choice_rows=compressed.val_rows or None, max_length=cfg.model.max_length, config_hash=cfg.config_hash(),
         git_commit=tags["git_commit"])
     return register_and_gate(env.tracker.client, env.tracker.run_id, cfg.registry, bundle, meta, metrics, tags,
-                             parity.ok, splits.test["text"].tolist()[:3], eval_rows=_test_rows(splits), card=card)
+                             parity.ok, splits.test["text"].tolist()[:3], eval_rows=_test_rows(splits, baseline), card=card)
 
 
 def _student_origin(cfg: PipelineConfig, compressed: Compressed) -> str:
@@ -387,24 +434,31 @@ def _student_origin(cfg: PipelineConfig, compressed: Compressed) -> str:
             f"prune_ffn={c.prune_ffn:g}, distill_epochs={c.distill_epochs}){also}")
 
 
-def _test_rows(splits: Splits) -> EvalRows:
-    """What the gate scores the new version and the champion on, side by side."""
+def _test_rows(splits: Splits, baseline: Baseline | None = None) -> EvalRows:
+    """What the gate scores the new version and the champion on, side by side, with the classical
+    baseline's outputs on the same rows."""
     test = splits.test
     slices = {c[len(SLICE_PREFIX):]: test[c].tolist() for c in test.columns if str(c).startswith(SLICE_PREFIX)}
-    return EvalRows(test["text"].tolist(), test["label"].tolist(), slices or None, pairs_of(test))
+    rows = EvalRows(test["text"].tolist(), test["label"].tolist(), slices or None, pairs_of(test))
+    if baseline is not None and baseline.test_outputs is not None:
+        rows.classical, rows.classical_spec, rows.classical_name = (baseline.test_outputs.to_numpy(), baseline.spec,
+                                                                    baseline.name)
+    return rows
 
 
-def _reuse_registration(env: Env, trained: TrainResult, splits: Splits, *_: Any, **__: Any) -> Registration | None:
+def _reuse_registration(env: Env, trained: TrainResult, splits: Splits, *_: Any, baseline: Baseline | None = None,
+                        **__: Any) -> Registration | None:
     """An identical earlier run's version (same key): the gate runs again on it, nothing is registered."""
     t, registry = env.tracker, env.cfg.registry
     version = find_registered(t.client, registry.model_name, env.key)
     if version is None:
         return None
-    return reuse_registration(t.client, t.run_id, registry, version, len(trained.labels), _test_rows(splits))
+    return reuse_registration(t.client, t.run_id, registry, version, len(trained.labels), _test_rows(splits, baseline))
 
 
 REGISTER = Stage(
     "register", register, io_retries=3,  # idempotent: the version carries the key
+    after=("compress", "baseline"),
     key=lambda cfg: (cfg.registry.model_name,),
     reuse=_reuse_registration,
     exclusive=lambda env: store_lock(env.tracker.tracking_uri, "register"),

@@ -80,6 +80,10 @@ def model_card(name: str, version: str, run_id: str, decision: GateDecision, met
     ]
     if decision.baseline_value is not None:
         lines.append(f"- trivial baseline on the same rows: {m} {decision.baseline_value:.4f}")
+    if decision.classical:
+        k = decision.classical
+        lines.append(f"- classical baseline ({k['name']}, fitted on the same split) on the same rows: {m} "
+                     f"{k['champion_value']:.4f}; this version {k['diff']:+.4f} [{k['ci_low']:+.4f}, {k['ci_high']:+.4f}]")
     c = decision.comparison
     if c:
         test = "McNemar p" if c.get("mcnemar_p") is not None else "paired test"

@@ -36,6 +36,8 @@ class GatePolicy:
     """How far the new version must be beyond the trivial baseline (same units rule as ``tolerance``)."""
     max_slice_drop: float | None = None
     min_slice_rows: int = 30
+    beat_classical: bool = True
+    """Refuse a version significantly worse than the run's classical baseline (``registry.beat_classical``)."""
 
     @classmethod
     def of(cls, cfg, task: Task) -> "GatePolicy":
@@ -43,7 +45,8 @@ class GatePolicy:
         metric = task.primary
         tolerance = cfg.metric_tolerance if cfg.metric_tolerance is not None else (
             0.02 if metric.relative_drop else cfg.f1_tolerance)
-        return cls(metric, tolerance, cfg.min_gain_over_chance, cfg.max_slice_drop, cfg.min_slice_rows)
+        return cls(metric, tolerance, cfg.min_gain_over_chance, cfg.max_slice_drop, cfg.min_slice_rows,
+                   cfg.beat_classical)
 
     @property
     def setting(self) -> str:
@@ -76,6 +79,9 @@ class GateEvidence:
     champion_problem: str | None = None
     """Why the champion could not be scored on this data (not loadable, another label set, another task)."""
     slices: list[dict] | None = None
+    classical: PairedComparison | None = None
+    """The new version against the run's classical baseline on the same rows (the baseline as "champion")."""
+    classical_name: str = ""
 
 
 @dataclass
@@ -95,6 +101,8 @@ class GateDecision:
     champion_problem: str | None = None
     slices: list[dict] | None = field(default=None)
     """Both models per slice of the same rows (``registry.compare.slice_rows``)."""
+    classical: dict | None = None
+    """The comparison with the run's classical baseline (``PairedComparison.to_dict()`` and its ``name``)."""
 
 
 def chance_macro_f1(n_labels: int) -> float:
@@ -137,6 +145,16 @@ def decide(policy: GatePolicy, evidence: GateEvidence) -> GateDecision:
     decision.metric, decision.higher_is_better = policy.metric.name, policy.metric.higher_is_better
     decision.baseline_value, decision.min_gain_over_baseline = e.baseline, policy.min_gain_over_baseline
     decision.slices = e.slices
+    c = e.classical
+    if c is not None:
+        decision.classical = c.to_dict() | {"name": e.classical_name}
+        worse = c.ci_high < 0 if policy.metric.higher_is_better else c.ci_low > 0
+        if worse and decision.promote and policy.beat_classical:
+            decision.promote = False
+            decision.reason = (f"the classical baseline ({e.classical_name}) is better on the same {c.n} test rows: "
+                               f"{policy.metric.title} {c.challenger_value:.4f} vs {c.champion_value:.4f}, difference "
+                               f"{c.diff:+.4f}, {c.confidence:.0%} CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}] wholly on the "
+                               "worse side (registry.beat_classical=false registers it anyway)")
     return decision
 
 

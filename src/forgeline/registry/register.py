@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 
 from forgeline.config.schema import RegistryConfig
 from forgeline.errors import RegistryError
-from forgeline.inference.tasks import OutputSpec
+from forgeline.inference.tasks import TASK_KEY, OutputSpec
 from forgeline.tasks import Task, get_task
 from forgeline.inference.contract import CHECKSUMS_KEY, META_FILE, file_sha256
 from forgeline.registry.client import (CACHE_KEY_TAG, CHALLENGER, CHAMPION, COMPLETE_TAG, DAMAGED_TAG, bundle_tags,
@@ -164,6 +164,11 @@ class EvalRows:
     """Values of the user's ``data.slice_columns``, row by row."""
     pairs: list[str] | None = None
     """Second texts of a pair task."""
+    classical: Any = None
+    """The run's classical baseline's outputs on these rows (an array in the task's form), if it has one."""
+    classical_spec: dict[str, Any] | None = None
+    """Its ``OutputSpec`` metadata (its own decision settings)."""
+    classical_name: str = ""
 
 
 @dataclass
@@ -179,6 +184,9 @@ class Scored:
     served: dict[str, float] | None = None
     """The new version's metrics on these rows as it serves on the CPU (its default variant there): what
     the card's headline, the ``metric.*`` tags and the gate use."""
+    classical: PairedComparison | None = None
+    """The new version against the run's classical baseline on these rows (the baseline as "champion")."""
+    classical_name: str = ""
 
 
 def _task_of(candidate: Any) -> Task[Any]:
@@ -199,10 +207,16 @@ def score_against_champion(name: str, champion: ChampionInfo | None, candidate: 
     ci = metric_ci(task, spec, y, ours)
     baseline = task.baseline(y, spec)
     served = {f"test_{k}": float(v) for k, v in task.metrics(y, ours, spec).items()}
+    classical = None
+    if rows.classical is not None and rows.classical_spec:
+        ours_decided, shared = spec.decided(ours)  # each model's own decision settings, then one spec for both
+        theirs_decided, _ = OutputSpec.from_meta({TASK_KEY: rows.classical_spec}).decided(rows.classical)
+        classical = compare_outputs(task, shared, y, ours_decided, theirs_decided)
+    classical_name = rows.classical_name if classical else ""
 
     def alone(problem: str | None = None) -> Scored:
         return Scored(problem=problem, slices=slice_rows(task, spec, y, ours, None, rows.texts, rows.slices),
-                      metric_ci=ci, baseline=baseline, served=served)
+                      metric_ci=ci, baseline=baseline, served=served, classical=classical, classical_name=classical_name)
 
     if champion is None:
         return alone()
@@ -218,13 +232,15 @@ def score_against_champion(name: str, champion: ChampionInfo | None, candidate: 
     theirs = spec.aligned(theirs_spec, theirs)  # the champion's columns in this version's label order
     ours_decided, shared = spec.decided(ours)  # each model's own thresholds, then one spec for both
     return Scored(paired=compare_outputs(task, shared, y, ours_decided, theirs), metric_ci=ci, baseline=baseline,
-                  slices=slice_rows(task, shared, y, ours_decided, theirs, rows.texts, rows.slices), served=served)
+                  slices=slice_rows(task, shared, y, ours_decided, theirs, rows.texts, rows.slices), served=served,
+                  classical=classical, classical_name=classical_name)
 
 
 def gate_evidence(value: float, parity_ok: bool, champion: ChampionInfo | None, scored: Scored) -> GateEvidence:
     baseline, what = scored.baseline if scored.baseline else (None, "chance")
     return GateEvidence(value=value, parity_ok=parity_ok, champion=champion, baseline=baseline, baseline_what=what,
-                        paired=scored.paired, champion_problem=scored.problem, slices=scored.slices)
+                        paired=scored.paired, champion_problem=scored.problem, slices=scored.slices,
+                        classical=scored.classical, classical_name=scored.classical_name)
 
 
 def log_pyfunc(run_id: str, artifacts: dict[str, str], probe: Any, meta: dict[str, Any], registered_name: str,

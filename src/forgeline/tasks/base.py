@@ -243,6 +243,12 @@ class Task(Generic[S]):
         """The primary metric of guessing without reading the text, and what that guess is."""
         raise NotImplementedError
 
+    def fit_classical(self, spec: S, train: Any, val: Any) -> Any:
+        """The run's classical baseline (``tasks.classical.ClassicalFit``) fitted on ``train`` with its
+        setting chosen on ``val`` (``TextRows``), or None where the task has none yet. Raises
+        ``tasks.classical.ClassicalError`` when it cannot be fitted on these rows."""
+        return None
+
     def prior_baseline(self, spec: S) -> tuple[float, str] | None:
         """``baseline`` where no rows are at hand (stored metrics only), or None where it needs rows."""
         return None

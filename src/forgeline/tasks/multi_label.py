@@ -93,6 +93,11 @@ class MultiLabel(Task[MultiLabelOutputs]):
     def output_spec(self, labels: list[str], train_targets: pd.Series, pairs: bool) -> MultiLabelOutputs:
         return MultiLabelOutputs(tuple(labels), thresholds=tuple([0.5] * len(labels)), pairs=pairs)
 
+    def fit_classical(self, spec, train, val):
+        from forgeline.tasks.classical import fit_one_vs_rest
+
+        return fit_one_vs_rest(self, spec, train, val)
+
     def logits_of(self, outputs: np.ndarray, spec: MultiLabelOutputs):
         import torch
 

@@ -112,6 +112,11 @@ class Regression(Task[RegressionOutputs]):
         mean, scale = (float(values.mean()), float(values.std())) if self.standardize else (0.0, 1.0)
         return RegressionOutputs(tuple(labels), mean=mean, scale=scale if scale > 0 else 1.0, pairs=pairs)
 
+    def fit_classical(self, spec, train, val):
+        from forgeline.tasks.classical import fit_ridge
+
+        return fit_ridge(self, spec, train, val)
+
     def logits_of(self, outputs: np.ndarray, spec: RegressionOutputs):
         import torch
 

@@ -69,6 +69,11 @@ class SingleLabel(Task[SingleLabelOutputs]):
                 + ". Add rows of those classes, or raise split.val_fraction / split.test_fraction")
         return np.asarray(targets)
 
+    def fit_classical(self, spec, train, val):
+        from forgeline.tasks.classical import fit_logistic
+
+        return fit_logistic(self, spec, train, val)
+
     def logits_of(self, outputs: np.ndarray, spec: SingleLabelOutputs):
         import torch
 
