@@ -3,9 +3,10 @@
 A task (``forgeline.tasks.single_label`` and its siblings) is one subclass of ``Task``: its targets and
 their quarantine rules, how the split is stratified, its loss and distillation loss, its metrics with
 one primary metric and its direction, the primary metric per bootstrap resample (the gate's paired
-test), its trivial baseline, its slices and its target-drift profile. The torch-free half of a task,
-how a registered model reads its logits, is ``forgeline.inference.tasks.OutputSpec``, built here by
-``output_spec`` and shipped in the bundle. Stages call these methods instead of assuming labels and
+test), its trivial and classical baselines, its slices, its target-drift profile and its options. The
+torch-free half of a task, how a registered model reads its logits, is its ``OutputSpec`` subclass
+(``forgeline.inference.tasks``, the ``outputs`` attribute), built here by ``output_spec`` and shipped in
+the bundle. Stages call these methods instead of assuming labels and
 macro-F1 (docs/architecture.md: how to add a task).
 """
 
@@ -112,7 +113,6 @@ class Task(Generic[S]):
     file_shape: ClassVar[str] = "table"
     """How its data files are read (``data.load.READERS``): a table of a text and a target per row, or
     ``sentences`` (CoNLL, JSON Lines of tokens and tags or of texts and spans)."""
-    """Whether ``compress.distill_transfer_rows`` and its siblings (rows outside the sample) apply."""
     metrics_known: ClassVar[dict[str, Metric]]
     """Every metric ``metrics`` returns that can be the primary one (``task.primary_metric``)."""
     default_primary: ClassVar[str]
@@ -147,8 +147,8 @@ class Task(Generic[S]):
 
     @classmethod
     def inferred_problem(cls, cells: pd.Series) -> str | None:
-        """Why a target column inferred as this task's cannot train it (the end of a sentence that starts
-        with the column's name), or None."""
+        """Why a target column inferred as this task's cannot train it, or None (the message follows
+        "the target column 'NAME' ")."""
         return None
 
     def parse_target(self, value: Any, delimiter: str | None) -> Any:
