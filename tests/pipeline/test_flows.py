@@ -198,7 +198,7 @@ def test_cached_rerun_skips_stages_and_registers_nothing_new(prefect_api, tmp_pa
 
     # unchanged: every stage comes from the cache, registration is idempotent
     again = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *tiny, *QUICK))
-    assert again["cached_stages"] == ["validate", "split", "train", "evaluate", "export", "compress", "register"]
+    assert again["cached_stages"] == ["validate", "split", "baseline", "train", "evaluate", "export", "compress", "register"]
     assert again["version"] == "1" and len(client.search_model_versions("name='e2e'")) == 1
     tags = client.get_run(again["run_id"]).data.tags
     assert tags["cache.train"] == "hit" and tags["gate.decision"] == "unchanged"
@@ -208,7 +208,7 @@ def test_cached_rerun_skips_stages_and_registers_nothing_new(prefect_api, tmp_pa
     # a compression change: upstream stages reused, compression and registration run again
     changed = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *tiny, *QUICK,
                                                                     "compress.prune_amount=0.1"))
-    assert changed["cached_stages"] == ["validate", "split", "train", "evaluate", "export"]
+    assert changed["cached_stages"] == ["validate", "split", "baseline", "train", "evaluate", "export"]
     assert changed["version"] == "2"
 
     # new data: everything downstream of validation runs again
