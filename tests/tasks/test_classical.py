@@ -60,3 +60,81 @@ def test_a_baseline_that_cannot_be_fitted_says_why_and_token_tags_have_none_yet(
         task.fit_classical(task.output_spec(["negative", "positive"], empty.targets, False), empty, empty)
     token = get_task("token_classification")
     assert token.fit_classical(None, empty, empty) is None
+
+
+@pytest.mark.parametrize("name, build, labels", [("single_label", single_label_rows, ["negative", "positive"]),
+                                                 ("pairs", pair_rows, ["negative", "positive"]),
+                                                 ("multi_label", multi_label_rows, ["negative", "positive", "tech"]),
+                                                 ("regression", regression_rows, ["label"])])
+def test_the_onnx_graph_of_each_baseline_answers_as_scikit_learn_does(tmp_path, name, build, labels):
+    """skl2onnx's graph (strings in, the task's logits out) on held-out rows, through the runtime the
+    pyfunc uses: within the ``tfidf`` parity tolerance, the same decisions."""
+    from forgeline.export.classical import classical_parity, export_classical
+    from forgeline.inference.runtime import create_session, predict_proba_texts
+
+    frame = build()
+    if name == "multi_label":
+        frame["label"] = frame["label"].map(lambda v: tuple(sorted(v.split("|"))))
+    task = get_task("single_label" if name == "pairs" else name)
+    train, val, test = thirds(frame)
+    test.texts[0] = "ça très-bien, [Ünïcode] ok"  # non-ASCII words and punctuation tokenise alike
+    fit = task.fit_classical(task.output_spec(labels, train.targets, name == "pairs"), train, val)
+    path = export_classical(fit, tmp_path / "model.classical.onnx", name == "pairs")
+    parity = classical_parity(fit, path, test)
+    assert parity["ok"] and parity["argmax_agreement"] == 1.0 and parity["mean_abs_prob_diff"] < 0.01, parity
+    session = create_session(path, device="cpu")
+    served = predict_proba_texts(session, test.texts, test.pairs, batch_size=7, activate=fit.spec.activate)
+    assert served.shape == (len(test.texts), fit.spec.width)
+    assert fit.spec.agreement(served, fit.predict(test)) == 1.0
+
+
+@pytest.mark.e2e
+def test_family_auto_registers_the_classical_model_where_the_encoder_is_no_better_and_serves_it(prefect_api, tiny,
+                                                                                               tmp_path):
+    """A tiny encoder trained one epoch against a baseline that learns the rule: ``model.family=auto``
+    registers the classical graph alone (no tokenizer), the card says why, and the pyfunc where torch
+    cannot be imported, ``forgeline serve`` and ``forgeline score`` (with drift) answer with it."""
+    import httpx
+    from mlflow.tracking import MlflowClient
+
+    from forgeline.pipeline.flows import training_flow
+    from forgeline.scoring.flow import score, score_config
+    from tests.conftest import flow_overrides
+    from tests.serving.conftest import Server
+    from tests.tasks.test_task_flows import PROBE, predict_where_torch_is_blocked
+
+    data = tmp_path / "sentiment.csv"
+    single_label_rows().to_csv(data, index=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = training_flow(config="tiny", overrides=flow_overrides(tmp_path, data, *tiny, "train.epochs=1",
+                                                                   "model.family=auto", "registry.beat_classical=true"))
+    assert result["promoted"] and result["version"] == "1", result
+    client = MlflowClient(uri, uri)
+    version = client.get_model_version("e2e", "1")
+    assert version.tags["model.family"] == "classical" and version.tags["variants"] == "classical", version.tags
+    assert "## Model family" in version.description and "not significantly worse and faster" in version.description
+    run = client.get_run(version.run_id)
+    assert run.data.metrics["baseline.parity.ok"] == 1.0 and "baseline.cpu_p50_b32_ms" in run.data.metrics
+    files = {f.path for f in client.list_artifacts(version.run_id, "drift")}
+    assert "drift/predictions.classical.json" in files
+
+    loaded = predict_where_torch_is_blocked(uri, f"pd.DataFrame({{'text': {PROBE!r}}})", tmp_path)
+    assert [r["label"] for r in loaded["rows"]] == ["positive", "negative"], loaded
+    server = Server(uri, "e2e@champion", log=tmp_path / "serve.log")
+    try:
+        info = httpx.get(f"{server.url}/v1/model", timeout=10).json()
+        assert info["variant"] == "classical", info
+        answer = httpx.post(f"{server.url}/v1/predict", json={"texts": PROBE}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        preds = answer.json()["predictions"]
+        assert httpx.post(f"{server.url}/v1/predict", json={"texts": [""]}, timeout=30).status_code == 422
+    finally:
+        assert server.stop() == 0
+    assert [p["label"] for p in preds] == ["positive", "negative"]
+
+    pd.DataFrame({"text": PROBE}).to_json(tmp_path / "probe.jsonl", orient="records", lines=True)
+    job = score(score_config({"model": "e2e/1", "input": str(tmp_path / "probe.jsonl"), "output": str(tmp_path / "scored"),
+                              "tracking_uri": uri}, [f"tracking.workdir={tmp_path / 'work'}"]))
+    assert job.drift["checked"], job.drift
+    scored = pd.read_parquet(tmp_path / "scored").sort_values("row")
+    assert scored.label.tolist() == ["positive", "negative"]

@@ -208,6 +208,12 @@ class ModelConfig(_Section):
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     """Hidden, attention and classifier dropout while fine-tuning; None keeps the base model's (0.1
     for MiniLM). 0 saves the dropout masks' time and memory on the GPU."""
+    family: Literal["encoder", "auto"] = "encoder"
+    """What the run registers. ``encoder``: the fine-tuned encoder (its chosen variant). ``auto``: the
+    run's classical baseline (TF-IDF + a linear model, exported to ONNX with skl2onnx) instead, when on
+    the validation split it is not significantly worse than the encoder's served variant (the paired
+    bootstrap interval of the primary metric) and it is faster; the card says which family won and by how
+    much. Tasks without an exportable baseline (token tags) register the encoder."""
 
 
 class TrainConfig(_Section):

@@ -19,7 +19,15 @@ from mlflow.pyfunc.model import PythonModel
 import numpy as np
 import pandas as pd
 
-from forgeline.inference.contract import DEFAULT_VARIANT_KEY, FALLBACK, VARIANT_FILES, read_bundle_meta, verify_artifacts
+from forgeline.inference.contract import (
+    CLASSICAL,
+    DEFAULT_VARIANT_KEY,
+    FALLBACK,
+    VARIANT,
+    VARIANT_FILES,
+    read_bundle_meta,
+    verify_artifacts,
+)
 from forgeline.inference.tasks import OutputSpec, WordOutputs
 from forgeline.inference.runtime import (
     CudaGraphRunner,
@@ -29,6 +37,7 @@ from forgeline.inference.runtime import (
     graph_logits,
     predict_proba_graphs,
     predict_proba_ids,
+    predict_proba_texts,
     predict_tagged_onnx,
     session_device,
 )
@@ -136,11 +145,13 @@ class OnnxTextClassifier(PythonModel):
         device = ("cuda" if cuda_available() else "cpu") if device == "auto" else device
         available = [v for v in VARIANT_FILES if v in context.artifacts]
         self.variant = choose_variant(available, device, cfg.get("variant", "auto"), meta.get(DEFAULT_VARIANT_KEY))
-        verify_artifacts(context.artifacts, meta, [self.variant, "tokenizer"])
+        # a classical variant (model.family: auto) reads the strings themselves: no tokenizer, no CUDA graphs
+        self.classical = VARIANT[self.variant].source == CLASSICAL
+        verify_artifacts(context.artifacts, meta, [self.variant] + ([] if self.classical else ["tokenizer"]))
         # On CUDA the model is replayed as CUDA graphs (bucketed shapes, captured on first use): no
         # per-kernel launch cost. model_config {"cuda_graphs": false} turns it off.
         self.graphs: CudaGraphRunner | None = None
-        if device == "cuda" and bool(cfg.get("cuda_graphs", True)):
+        if device == "cuda" and bool(cfg.get("cuda_graphs", True)) and not self.classical:
             self.graphs = CudaGraphRunner(context.artifacts[self.variant], self.spec.width, per_token=self.spec.tokens)
             self.session = self.graphs.session
         else:
@@ -150,9 +161,9 @@ class OnnxTextClassifier(PythonModel):
             self.session = create_session(context.artifacts[self.variant], device=device,
                                           threads=int(threads) if threads else None)
         self.device = session_device(self.session)
-        self.tokenizer = FastTokenizer(context.artifacts["tokenizer"], self.max_length)
+        self.tokenizer = None if self.classical else FastTokenizer(context.artifacts["tokenizer"], self.max_length)
         self.token_encoder = (TokenEncoder.from_file(context.artifacts["tokenizer"], self.max_length, self.spec.stride)
-                              if isinstance(self.spec, WordOutputs) else None)
+                              if isinstance(self.spec, WordOutputs) and not self.classical else None)
         self.batch_size = batch_size_for(cfg.get("batch_size", "auto"), self.device)
 
     @property
@@ -168,12 +179,16 @@ class OnnxTextClassifier(PythonModel):
         if self.spec.tokens:  # windows over long texts, word pieces back to words and character spans
             fn = (graph_logits(self.graphs, self.batch_size, self.max_length) if self.graphs is not None else None)
             return predict_tagged_onnx(self.session, self.token_encoder, texts, self.spec, self.batch_size, fn)
+        if self.tokenizer is None:  # classical
+            return predict_proba_texts(self.session, texts, pairs if self.spec.pairs else None, self.batch_size,
+                                       self.spec.activate)
         return self.predict_proba_token_ids(self.tokenizer.encode(texts, pairs if self.spec.pairs else None))
 
     def predict_proba_token_ids(self, ids: list[list[int]]) -> np.ndarray:
         """The model part of ``predict``: unpadded token ids in, outputs out."""
         if not ids:
             return np.zeros((0, self.spec.width), dtype=np.float32)
+        assert self.tokenizer is not None, "a classical model takes texts (predict_proba), not token ids"
         if self.graphs is not None:
             return predict_proba_graphs(self.graphs, ids, self.tokenizer.pad_id, self.batch_size, self.max_length,
                                         activate=self.spec.activate)

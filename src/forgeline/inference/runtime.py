@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from forgeline.inference.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, TOKEN_TYPE_IDS
+from forgeline.inference.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, TEXT, TOKEN_TYPE_IDS
 from forgeline.inference.tasks import softmax
 
 CUDA_EP = "CUDAExecutionProvider"
@@ -246,6 +246,17 @@ def predict_proba_ids(session, ids: Sequence[Sequence[int]], pad_id: int, batch_
             out = np.zeros((len(ids), proba.shape[1]), dtype=np.float32)
         out[idx] = proba
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def predict_proba_texts(session, texts: Sequence[str], pairs: Sequence[str] | None, batch_size: int = 256,
+                        activate=softmax) -> np.ndarray:
+    """Outputs of a classical graph (``contract.TEXT`` in: the raw strings, a pair's two side by side),
+    in batches: its TF-IDF rows are dense inside the graph (batch × vocabulary floats)."""
+    columns = [list(texts)] if pairs is None else [list(texts), list(pairs)]
+    table = np.array(columns, dtype=object).T
+    out = [activate(np.asarray(session.run([LOGITS], {TEXT: table[s : s + batch_size]})[0], dtype=np.float32))
+           for s in range(0, len(table), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
 def predict_tagged_onnx(session, encoder, texts: Sequence[str], spec, batch_size: int = 32, logits_fn=None) -> np.ndarray:

@@ -23,12 +23,13 @@ from forgeline.export import compress as cmp
 from forgeline.export import search
 from forgeline.export.onnx import ParityReport, check_parity, export_onnx, fusion_report, fusion_warning
 from forgeline.export.variants import CompressInputs, Compressed, compress_variants
-from forgeline.inference.contract import DEFAULT_VARIANT_KEY, TOKENIZER_FILE, VARIANT_FILES
+from forgeline.inference.contract import CLASSICAL, DEFAULT_VARIANT_KEY, TOKENIZER_FILE, VARIANT_FILES
 from forgeline.pipeline.runner import Env, Files, Stage, StageRunner
 from forgeline.pipeline.tracking import Tracker
 from forgeline.registry.client import CACHE_KEY_TAG, find_registered
 from forgeline.registry.card import CardContext
-from forgeline.registry.register import EvalRows, Registration, git_commit, register_and_gate, reuse_registration
+from forgeline.registry.register import (EvalRows, Registration, bundle_artifacts, git_commit, register_and_gate,
+                                        reuse_registration)
 from forgeline.inference.tasks import DEFAULT_TASK, TASK_KEY, OutputSpec, spec_for
 from forgeline.settings import GPU_TAG, failpoint, store_lock
 from forgeline.tasks import get_task
@@ -132,7 +133,7 @@ def train(env: Env, splits: Splits, labels: list[str]) -> TrainResult:
 
 def _train_key(cfg: PipelineConfig) -> tuple:
     train_cfg = cfg.train.model_dump(mode="json", exclude={"progress_bar", "num_threads"})
-    return (cfg.model.model_dump(mode="json"), train_cfg, cfg.seed, resolve_device(cfg.train.device),
+    return (cfg.model.model_dump(mode="json", exclude={"family"}), train_cfg, cfg.seed, resolve_device(cfg.train.device),
             cfg.task.model_dump(mode="json"))
 
 
@@ -170,44 +171,76 @@ TRAIN = Stage(
 @dataclass
 class Baseline:
     """The run's classical baseline (``Task.fit_classical``) on the same split: what it is, its metrics,
-    its test outputs for the gate's paired comparison, or why there is none."""
+    its outputs for the gate's paired comparison, or why there is none; under ``model.family: auto`` its
+    ONNX graph, that graph's parity with scikit-learn on the test rows and its CPU latency."""
 
     name: str = ""
     val_metrics: dict[str, float] = field(default_factory=dict)
     test_metrics: dict[str, float] = field(default_factory=dict)
     test_outputs: pd.DataFrame | None = None
     """One column per output, one row per test row, in the task's output form."""
+    val_outputs: pd.DataFrame | None = None
     spec: dict[str, Any] = field(default_factory=dict)
     """Its ``OutputSpec`` metadata (its own decision settings: multi-label thresholds)."""
     problem: str | None = None
+    onnx: Path | None = None
+    parity: dict[str, float] = field(default_factory=dict)
+    p50_ms: float | None = None
+    """Median ms of a ``compress.latency_batch`` batch through the graph on the CPU."""
+
+
+def _frame(outputs: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame(outputs, columns=[f"o{j}" for j in range(outputs.shape[1])])
 
 
 def baseline(env: Env, splits: Splits, labels: list[str]) -> Baseline:
     """Fitted on the training split, its setting chosen on validation; a fit that fails (one class, no
     vocabulary) is reported and skipped, never failing the run."""
-    task = get_task(env.cfg.task)
+    task, cfg = get_task(env.cfg.task), env.cfg
     spec = task.output_spec(labels, splits.train["label"], "text_pair" in splits.train.columns)
     try:
         fit = task.fit_classical(spec, TextRows.of(splits.train), TextRows.of(splits.val))
         if fit is None:
             return Baseline(problem=f"task {task.type} has no classical baseline yet")
-        test = TextRows.of(splits.test)
+        test, val = TextRows.of(splits.test), TextRows.of(splits.val)
         outputs = np.asarray(fit.predict(test), dtype=np.float64)
         test_metrics = task.metrics(task.y(test.targets, fit.spec), outputs, fit.spec)
     except Exception as e:  # noqa: BLE001 - a baseline is evidence, not the run: said and skipped
         log.warning("no classical baseline: %s: %s", type(e).__name__, e)
         return Baseline(problem=f"{type(e).__name__}: {e}"[:2000])
-    frame = pd.DataFrame(outputs, columns=[f"o{j}" for j in range(outputs.shape[1])])
-    return Baseline(fit.name, fit.val_metrics, test_metrics, frame, fit.spec.to_meta())
+    result = Baseline(fit.name, fit.val_metrics, test_metrics, _frame(outputs), _frame(fit.predict(val)), fit.spec.to_meta())
+    if cfg.model.family == "auto" and hasattr(fit, "weights"):
+        from forgeline.export.classical import classical_latency, classical_parity, export_classical
+
+        try:
+            result.onnx = export_classical(fit, env.run_dir / "baseline" / VARIANT_FILES[CLASSICAL], test.pairs is not None)
+            result.parity = classical_parity(fit, result.onnx, test)
+            result.p50_ms = classical_latency(result.onnx, test.texts, test.pairs, cfg.compress.latency_batch)
+        except Exception as e:  # noqa: BLE001 - the encoder is registered instead, and the run says why
+            log.warning("the classical baseline could not be exported: %s: %s", type(e).__name__, e)
+            result.onnx, result.problem = None, f"not exported to ONNX: {type(e).__name__}: {e}"[:2000]
+    return result
 
 
 def _log_baseline(t: Tracker, cfg: PipelineConfig, r: Baseline, files: Files) -> None:
     t.metrics({f"baseline.val_{k}": v for k, v in r.val_metrics.items()}
-              | {f"baseline.test_{k}": v for k, v in r.test_metrics.items()})
-    t.tags({"baseline.model": r.name} if r.name else {"baseline.problem": (r.problem or "")[:4000]})
+              | {f"baseline.test_{k}": v for k, v in r.test_metrics.items()}
+              | {f"baseline.parity.{k}": v for k, v in r.parity.items()}
+              | ({f"baseline.cpu_p50_b{cfg.compress.latency_batch}_ms": r.p50_ms} if r.p50_ms is not None else {}))
+    t.tags(({"baseline.model": r.name} if r.name else {}) | ({"baseline.problem": r.problem[:4000]} if r.problem else {}))
+    if r.onnx is not None and r.val_outputs is not None:  # what `forgeline score` compares a batch's predictions with
+        from forgeline.scoring.job import CLASSICAL_PREDICTIONS
+
+        t.json({CLASSICAL: OutputSpec.from_meta({TASK_KEY: r.spec}).prediction_counts(r.val_outputs.to_numpy())},
+               CLASSICAL_PREDICTIONS)
 
 
-BASELINE = Stage("baseline", baseline, after=("split",), log=_log_baseline, task_name="classical-baseline")
+BASELINE = Stage(
+    "baseline", baseline, after=("split",), log=_log_baseline, task_name="classical-baseline",
+    key=lambda cfg: (cfg.model.family, cfg.compress.latency_batch if cfg.model.family == "auto" else None),
+    files=lambda env, r: {"onnx": r.onnx} if r.onnx is not None else {},
+    restore=lambda env, r, files: replace(r, onnx=files.get("onnx")),
+)
 
 
 # --- 4. evaluate -----------------------------------------------------------------------------------
@@ -399,24 +432,95 @@ def register(env: Env, trained: TrainResult, splits: Splits, evaluation: EvalRes
             DEFAULT_VARIANT_KEY: {s.device: s.variant for s in compressed.selections}, TASK_KEY: spec.to_meta(),
             "config_hash": cfg.config_hash(), "data_fingerprint": fingerprint}
     metrics = {f"test_{k}": v for k, v in evaluation.metrics.items()}
-    parity = exported.parity
+    parity_ok, parity_diff = exported.parity.ok, exported.parity.max_abs_prob_diff
+    lat = f"p50 b{cfg.compress.latency_batch} ms"
+    table = [{"name": v.name, "size_mb": v.size_bytes / 1e6, "bundled": v.bundled,
+              "metrics": {k: v.metrics[k] for k in dict.fromkeys((v.primary, "accuracy", "macro_f1")) if k in v.metrics},
+              "extra": {f"{d} {lat}": v.p50(d, cfg.compress.latency_batch) for d in v.latency}} for v in variants]
+    defaults = {s.device: f"{s.variant} ({s.reason})" for s in compressed.selections}
+    family = choose_family(env, splits, baseline, compressed, bundle, meta)
+    if family.classical:  # the baseline is registered: its graph alone, with its own decision settings
+        assert baseline.onnx is not None
+        bundle = {CLASSICAL: cmp.copy_into(baseline.onnx, bundle_dir / CLASSICAL, VARIANT_FILES[CLASSICAL])}
+        meta |= {"variants": [CLASSICAL], DEFAULT_VARIANT_KEY: {"cpu": CLASSICAL, "cuda": CLASSICAL}, TASK_KEY: baseline.spec}
+        metrics = {f"test_{k}": v for k, v in baseline.test_metrics.items()}
+        parity_ok = bool(baseline.parity.get("ok"))
+        parity_diff = baseline.parity.get("max_abs_prob_diff", float("nan"))
+        table = [{**row, "bundled": False} for row in table] + [
+            {"name": CLASSICAL, "size_mb": baseline.onnx.stat().st_size / 1e6, "bundled": True,
+             "metrics": {k: baseline.test_metrics[k] for k in dict.fromkeys((get_task(cfg.task).primary.name, "accuracy",
+                                                                              "macro_f1")) if k in baseline.test_metrics},
+             "extra": {f"cpu {lat}": baseline.p50_ms}}]
+        defaults = {d: f"{CLASSICAL} ({family.reason})" for d in ("cpu", "cuda")}
+    meta["family"] = family.name
     tags = {"data_fingerprint": fingerprint, "config_hash": cfg.config_hash(), "git_commit": git_commit(),
-            "variants": ",".join(meta["variants"]), "parity_ok": str(parity.ok),
+            "variants": ",".join(meta["variants"]), "parity_ok": str(parity_ok),
             **{f"default_variant.{d}": v for d, v in meta[DEFAULT_VARIANT_KEY].items()},
-            "parity_max_abs_prob_diff": f"{parity.max_abs_prob_diff:.3g}", "mlflow_run_id": env.tracker.run_id,
-            "task": spec.task, CACHE_KEY_TAG: env.key}
+            "parity_max_abs_prob_diff": f"{parity_diff:.3g}", "mlflow_run_id": env.tracker.run_id,
+            "task": spec.task, CACHE_KEY_TAG: env.key, "model.family": family.name}
     card = CardContext(
         data=str(cfg.data.path) if cfg.data.source == "file" else f"bundled corpus ({cfg.data.source})",
-        rows=len(splits.train) + len(splits.val) + len(splits.test), splits=splits.sizes(),
-        variants=[{"name": v.name, "size_mb": v.size_bytes / 1e6, "bundled": v.bundled,
-                   "metrics": {k: v.metrics[k] for k in dict.fromkeys((v.primary, "accuracy", "macro_f1")) if k in v.metrics},
-                   "extra": {f"{d} p50 b{cfg.compress.latency_batch} ms": v.p50(d, cfg.compress.latency_batch)
-                             for d in v.latency}} for v in variants],
-        defaults={s.device: f"{s.variant} ({s.reason})" for s in compressed.selections},
-        student=_student_origin(cfg, compressed), choice_rows=compressed.val_rows or None, max_length=cfg.model.max_length, config_hash=cfg.config_hash(),
+        rows=len(splits.train) + len(splits.val) + len(splits.test), splits=splits.sizes(), variants=table,
+        defaults=defaults, family=family.line(),
+        student=_student_origin(cfg, compressed) if not family.classical else "",
+        choice_rows=compressed.val_rows or None, max_length=cfg.model.max_length, config_hash=cfg.config_hash(),
         git_commit=tags["git_commit"])
     return register_and_gate(env.tracker.client, env.tracker.run_id, cfg.registry, bundle, meta, metrics, tags,
-                             parity.ok, splits.test["text"].tolist()[:3], eval_rows=_test_rows(splits, baseline), card=card)
+                             parity_ok, splits.test["text"].tolist()[:3], eval_rows=_test_rows(splits, baseline), card=card)
+
+
+@dataclass
+class Family:
+    """Which model family a run registers (``model.family``), and the validation evidence for it."""
+
+    name: str = "encoder"
+    reason: str = ""
+    comparison: dict[str, Any] = field(default_factory=dict)
+    """The classical baseline against the encoder's CPU variant on the validation split (``PairedComparison``)."""
+
+    @property
+    def classical(self) -> bool:
+        return self.name == CLASSICAL
+
+    def line(self) -> str:
+        return f"{self.name}: {self.reason}" if self.reason else ""
+
+
+def choose_family(env: Env, splits: Splits, baseline: Baseline, compressed: Compressed, bundle: dict[str, Path],
+                  meta: dict[str, Any]) -> Family:
+    """``model.family: auto``: the classical baseline when on the validation split it is not significantly
+    worse than the encoder's CPU variant (paired bootstrap of the primary metric, each with its own
+    decision settings) and faster at ``compress.latency_batch`` texts on the CPU; else the encoder."""
+    from forgeline.registry.compare import compare_outputs
+    from forgeline.registry.register import load_bundle
+
+    cfg = env.cfg
+    if cfg.model.family != "auto":
+        return Family()
+    if baseline.onnx is None or baseline.val_outputs is None:
+        return Family(reason=f"no classical model to serve ({baseline.problem or 'none fitted'})")
+    if not baseline.parity.get("ok"):
+        return Family(reason=f"the classical graph missed its parity with scikit-learn ({baseline.parity})")
+    task = get_task(cfg.task)
+    encoder = load_bundle(bundle_artifacts(bundle, meta))  # as served on the CPU
+    y = task.y(splits.val["label"], encoder.spec)
+    theirs, shared = encoder.spec.decided(encoder.predict_proba(splits.val["text"].tolist(), pairs_of(splits.val)))
+    ours, _ = OutputSpec.from_meta({TASK_KEY: baseline.spec}).decided(baseline.val_outputs.to_numpy())
+    c = compare_outputs(task, shared, y, ours, theirs)
+    higher = task.primary.higher_is_better
+    worse = c.ci_high < 0 if higher else c.ci_low > 0
+    served = next((v for v in compressed.variants if v.name == encoder.variant), None)
+    encoder_ms = served.p50("cpu", cfg.compress.latency_batch) if served is not None else None
+    speed = (f"{baseline.p50_ms:.2f} ms against {encoder_ms:.2f} ms for {encoder.variant}" if encoder_ms is not None
+             else f"{baseline.p50_ms:.2f} ms; {encoder.variant} was not timed")
+    faster = baseline.p50_ms is not None and (encoder_ms is None or baseline.p50_ms < encoder_ms)
+    evidence = (f"on {c.n} validation rows {task.primary.name} {c.challenger_value:.4f} against the encoder's "
+                f"({encoder.variant}) {c.champion_value:.4f}, difference {c.diff:+.4f}, {c.confidence:.0%} CI "
+                f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]; a batch of {cfg.compress.latency_batch} on the CPU {speed}")
+    if not worse and faster:
+        return Family(CLASSICAL, f"{baseline.name}, not significantly worse and faster: {evidence}", c.to_dict())
+    why = "significantly worse" if worse else "not faster"
+    return Family(reason=f"the classical baseline ({baseline.name}) is {why}: {evidence}", comparison=c.to_dict())
 
 
 def _student_origin(cfg: PipelineConfig, compressed: Compressed) -> str:
@@ -459,7 +563,7 @@ def _reuse_registration(env: Env, trained: TrainResult, splits: Splits, *_: Any,
 REGISTER = Stage(
     "register", register, io_retries=3,  # idempotent: the version carries the key
     after=("compress", "baseline"),
-    key=lambda cfg: (cfg.registry.model_name,),
+    key=lambda cfg: (cfg.registry.model_name, cfg.model.family),
     reuse=_reuse_registration,
     exclusive=lambda env: store_lock(env.tracker.tracking_uri, "register"),
 )

@@ -31,6 +31,8 @@ class CardContext:
     """Device -> the variant served there by default, and why."""
     choice_rows: int | None = None
     """Validation rows the compression choice was made on (the split's and ``compress.validation_rows``)."""
+    family: str = ""
+    """Which model family was registered and why (``model.family: auto``), with the validation evidence."""
     student: str = ""
     """Where the student's settings came from: the fixed ``compress.*`` ones, or the search's chosen trial."""
     max_length: int | None = None
@@ -103,6 +105,8 @@ def model_card(name: str, version: str, run_id: str, decision: GateDecision, met
         lines += ["", "## Slices", "| slice | rows | metric | this version | champion | drop |", "|---|---:|---|---:|---:|---:|"]
         lines += [f"| {r['slice']} | {r['n']} | {r['metric']} | {_f(r['challenger'], 3)} | {_f(r['champion'], 3)} | "
                   f"{_f(r['drop'], 3)} |" for r in decision.slices]
+    if ctx.family:
+        lines += ["", "## Model family", f"- {ctx.family}"]
     if ctx.variants:
         keys = list(dict.fromkeys(k for v in ctx.variants for k in v.get("metrics", {})))
         extra_keys = sorted({k for v in ctx.variants for k in v.get("extra", {})})

@@ -120,7 +120,7 @@ def stage_model_code(dst: Path, spec: OutputSpec | None = None) -> list[str]:
 
 def bundle_artifacts(bundle: dict[str, Path], meta: dict[str, Any]) -> dict[str, str]:
     """The pyfunc's artifacts: the bundle's files plus its metadata file, written beside them."""
-    meta_path = bundle["tokenizer"].parent / META_FILE
+    meta_path = next(iter(bundle.values())).parent / META_FILE
     meta = meta | {CHECKSUMS_KEY: {k: file_sha256(str(v)) for k, v in bundle.items()}}  # verified at every load
     meta_path.write_text(json.dumps(meta, indent=2))
     return {k: str(v) for k, v in bundle.items()} | {"meta": str(meta_path)}

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from forgeline.errors import ConfigError, DiskFullError, disk_full
+from forgeline.inference.contract import CLASSICAL
 from forgeline.inference.text import text_problem
 from forgeline.scoring.inputs import InputFile, read_parts
 from forgeline.settings import failpoint
@@ -39,6 +40,8 @@ from forgeline.tasks.base import as_text
 MANIFEST, REJECTED, SUCCESS = "_manifest", "_rejected", "_SUCCESS"
 JOB = "job.json"
 PREDICTIONS = "drift/predictions.json"
+CLASSICAL_PREDICTIONS = "drift/predictions.classical.json"
+"""The classical baseline's, written by the baseline stage (``model.family: auto``)."""
 """Per variant, its prediction counts on the validation split (``OutputSpec.prediction_counts``), logged by
 the compress stage: the reference of a scoring job's prediction drift."""
 META_COLUMNS = ("model", "version", "variant")
@@ -372,11 +375,12 @@ class ScoreSummary:
 
 def reference_counts(client, run_id: str | None, variant: str, dst: Path) -> dict[str, float] | None:
     """The prediction counts of ``variant`` on the validation split, recorded by the model's run
-    (``drift/predictions.json``, written by the compress stage), if any."""
+    (``drift/predictions.json``, written by the compress stage; the classical one's by the baseline
+    stage), if any."""
     if not run_id:
         return None
     try:
-        path = client.download_artifacts(run_id, PREDICTIONS, str(dst))
+        path = client.download_artifacts(run_id, CLASSICAL_PREDICTIONS if variant == CLASSICAL else PREDICTIONS, str(dst))
         return dict(json.loads(Path(path).read_text()).get(variant) or {}) or None
     except Exception:  # noqa: BLE001 - a version from before the record, a damaged one: no reference, said so
         return None

@@ -1,15 +1,17 @@
 """Classical baselines: the model a user fits in five lines, trained in every run on the same split so the
 gate can say when the encoder is no better (issue: never ship a model a cheap baseline beats).
 
-Features are TF-IDF of word 1-2-grams and character 2-5-grams (within word boundaries), for a text pair
-each text's own, side by side; the linear model's regularisation is chosen on the validation split by the
-task's primary metric. scikit-learn only; a fit that cannot be made (one class in the training split, no
+Features are TF-IDF of word 1-2-grams and character 2-5-grams, for a text pair each text's own, side by
+side; the linear model's regularisation is chosen on the validation split by the task's primary metric.
+Every fit ends as one linear layer over the features giving the task's logits (``OutputSpec.activate``
+makes them its outputs), so its served form (``export.classical``: skl2onnx, string input) is the same
+two steps. scikit-learn only; a fit that cannot be made (one class in the training split, no
 vocabulary) raises ``ClassicalError``, which the baseline stage reports and skips.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,42 +47,66 @@ class TextRows:
 @dataclass
 class ClassicalFit:
     """A fitted baseline: what it is (``name``, with the chosen setting), its decision settings (``spec``:
-    multi-label thresholds tuned on validation) and its outputs on any rows, in the task's form."""
+    multi-label thresholds tuned on validation), and the linear layer (``weights`` (outputs, features),
+    ``bias``) over ``features`` that gives the task's logits."""
 
     name: str
     spec: OutputSpec
-    predict: Callable[[TextRows], np.ndarray]
+    features: TextFeatures
+    weights: np.ndarray
+    bias: np.ndarray
     val_metrics: dict[str, float]
+
+    def logits(self, rows: TextRows) -> np.ndarray:
+        return np.asarray(self.features(rows) @ self.weights.T + self.bias, dtype=np.float32)
+
+    def predict(self, rows: TextRows) -> np.ndarray:
+        """Outputs in the task's form (probabilities, scores in the target's units)."""
+        return self.spec.activate(self.logits(rows))
+
+
+# The word pattern is an explicit class that Python's re and ONNX Runtime's re2 read alike (\w is Unicode
+# in one and ASCII in the other: "très" would split in the served graph), and the character n-grams are
+# plain "char": skl2onnx has no converter for "char_wb".
+WORD_PATTERN = r"[^ \t\n\r\f\v.,;:!?()\[\]{}<>\"'`/\\|@#$%^&*+=~_-]{2,}"
+"""Tokens: runs of two or more characters other than whitespace and ASCII punctuation."""
 
 
 class TextFeatures:
-    """TF-IDF word and character n-grams, fitted on the training texts (each text of a pair on its own)."""
+    """TF-IDF word and character n-grams fitted on the training texts; a pair's two texts each get their
+    own (a ``ColumnTransformer`` over columns 0 and 1)."""
 
     def __init__(self) -> None:
-        self.parts: list[Any] = []
+        self.transformer: Any = None
 
     @staticmethod
-    def _vectorisers() -> Any:
+    def vectorisers() -> Any:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.pipeline import FeatureUnion
 
-        return FeatureUnion([("words", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)),
-                             ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True,
-                                                       min_df=2))])
+        return FeatureUnion([("words", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, token_pattern=WORD_PATTERN)),
+                             ("chars", TfidfVectorizer(analyzer="char", ngram_range=(2, 5), sublinear_tf=True, min_df=2))])
+
+    @staticmethod
+    def columns(rows: TextRows) -> Any:
+        """The model's input: a list of texts, or a (rows, 2) array of text and pair."""
+        return rows.texts if rows.pairs is None else np.array([rows.texts, rows.pairs], dtype=object).T
 
     def fit(self, rows: TextRows) -> TextFeatures:
-        columns = [rows.texts] + ([rows.pairs] if rows.pairs is not None else [])
+        from sklearn.compose import ColumnTransformer
+
+        self.transformer = (self.vectorisers() if rows.pairs is None else
+                            ColumnTransformer([("text", self.vectorisers(), 0), ("text_pair", self.vectorisers(), 1)]))
         try:
-            self.parts = [self._vectorisers().fit(column) for column in columns]
+            self.transformer.fit(self.columns(rows))
         except ValueError as e:  # scikit-learn's "empty vocabulary"
             raise ClassicalError(f"no features in the training texts ({e})") from None
         return self
 
     def __call__(self, rows: TextRows) -> Any:
-        from scipy.sparse import hstack
+        from scipy.sparse import csr_matrix
 
-        columns = [rows.texts] + ([rows.pairs] if rows.pairs is not None else [])
-        return hstack([part.transform(column) for part, column in zip(self.parts, columns)]).tocsr()
+        return csr_matrix(self.transformer.transform(self.columns(rows)))
 
 
 def _best(candidates: Sequence[tuple[str, Any, dict[str, float]]], primary: str, higher_is_better: bool):
@@ -88,8 +114,12 @@ def _best(candidates: Sequence[tuple[str, Any, dict[str, float]]], primary: str,
     return candidates[int(np.argmax(scores) if higher_is_better else np.argmin(scores))]
 
 
+ABSENT_LOGIT = -30.0
+"""A class the training split lacks: its logit (softmax ≈ 1e-13, where scikit-learn says 0)."""
+
+
 def fit_logistic(task: Any, spec: OutputSpec, train: TextRows, val: TextRows) -> ClassicalFit:
-    """One class per text: logistic regression, probabilities in ``spec.labels``' order."""
+    """One class per text: multinomial logistic regression (a binary one as the logits [0, z])."""
     from sklearn.linear_model import LogisticRegression
 
     features = TextFeatures().fit(train)
@@ -99,49 +129,56 @@ def fit_logistic(task: Any, spec: OutputSpec, train: TextRows, val: TextRows) ->
         raise ClassicalError("the training split holds one class")
     k = len(spec.labels)
 
-    def outputs(model: Any, x_rows: Any) -> np.ndarray:
-        out = np.zeros((x_rows.shape[0], k), dtype=np.float32)
-        out[:, model.classes_] = model.predict_proba(x_rows)
-        return out
+    def layer(model: Any) -> tuple[np.ndarray, np.ndarray]:
+        w, b = np.zeros((k, x.shape[1])), np.full(k, ABSENT_LOGIT)
+        if len(model.classes_) == 2:
+            b[model.classes_[0]] = 0.0
+            w[model.classes_[1]], b[model.classes_[1]] = model.coef_[0], model.intercept_[0]
+        else:
+            w[model.classes_], b[model.classes_] = model.coef_, model.intercept_
+        return w, b
 
     tried = []
     for c in C_GRID:
-        model = LogisticRegression(C=c, max_iter=2000).fit(x, y)
-        tried.append((f"C={c:g}", model, task.metrics(y_val, outputs(model, x_val), spec)))
-    setting, model, val_metrics = _best(tried, task.primary.name, task.primary.higher_is_better)
-    return ClassicalFit(f"TF-IDF + logistic regression ({setting})", spec,
-                        lambda rows: outputs(model, features(rows)), val_metrics)
+        w, b = layer(LogisticRegression(C=c, max_iter=2000).fit(x, y))
+        tried.append((f"C={c:g}", (w, b), task.metrics(y_val, spec.activate(x_val @ w.T + b), spec)))
+    setting, (w, b), val_metrics = _best(tried, task.primary.name, task.primary.higher_is_better)
+    return ClassicalFit(f"TF-IDF + logistic regression ({setting})", spec, features, w, b, val_metrics)
 
 
 def fit_one_vs_rest(task: Any, spec: OutputSpec, train: TextRows, val: TextRows) -> ClassicalFit:
     """Any number of labels per text: a logistic regression per label (a label with one value in the
-    training split predicts its training rate), thresholds per label tuned on validation (``task.tune``)."""
+    training split keeps its training rate), thresholds per label tuned on validation (``task.tune``)."""
     from sklearn.linear_model import LogisticRegression
 
     features = TextFeatures().fit(train)
     x, x_val = features(train), features(val)
     y, y_val = task.y(train.targets, spec), task.y(val.targets, spec)
 
-    def fitted(c: float) -> list[Any]:
-        return [LogisticRegression(C=c, max_iter=2000).fit(x, y[:, j]) if 0 < y[:, j].sum() < len(y) else float(y[:, j].mean())
-                for j in range(y.shape[1])]
-
-    def outputs(models: list[Any], x_rows: Any) -> np.ndarray:
-        return np.stack([m.predict_proba(x_rows)[:, 1] if not isinstance(m, float) else np.full(x_rows.shape[0], m)
-                         for m in models], axis=1).astype(np.float32)
+    def layer(c: float) -> tuple[np.ndarray, np.ndarray]:
+        w, b = np.zeros((y.shape[1], x.shape[1])), np.zeros(y.shape[1])
+        for j in range(y.shape[1]):
+            if 0 < y[:, j].sum() < len(y):
+                model = LogisticRegression(C=c, max_iter=2000).fit(x, y[:, j])
+                w[j], b[j] = model.coef_[0], model.intercept_[0]
+            else:
+                rate = float(np.clip(y[:, j].mean(), 1e-6, 1 - 1e-6))
+                b[j] = np.log(rate / (1 - rate))
+        return w, b
 
     tried = []
     for c in C_GRID:
-        models = fitted(c)
-        tuned = task.tune(spec, y_val, outputs(models, x_val))
-        tried.append((f"C={c:g}", (models, tuned), task.metrics(y_val, outputs(models, x_val), tuned)))
-    setting, (models, tuned), val_metrics = _best(tried, task.primary.name, task.primary.higher_is_better)
-    return ClassicalFit(f"TF-IDF + one-vs-rest logistic regression ({setting}, thresholds tuned)", tuned,
-                        lambda rows: outputs(models, features(rows)), val_metrics)
+        w, b = layer(c)
+        val_out = spec.activate(x_val @ w.T + b)
+        tuned = task.tune(spec, y_val, val_out)
+        tried.append((f"C={c:g}", (w, b, tuned), task.metrics(y_val, val_out, tuned)))
+    setting, (w, b, tuned), val_metrics = _best(tried, task.primary.name, task.primary.higher_is_better)
+    return ClassicalFit(f"TF-IDF + one-vs-rest logistic regression ({setting}, thresholds tuned)", tuned, features,
+                        w, b, val_metrics)
 
 
-def fit_ridge(task: Any, spec: OutputSpec, train: TextRows, val: TextRows) -> ClassicalFit:
-    """A number per text: ridge regression, scores in the target's units."""
+def fit_ridge(task: Any, spec: Any, train: TextRows, val: TextRows) -> ClassicalFit:
+    """A number per text: ridge regression, folded into the spec's standardised logits."""
     from sklearn.linear_model import Ridge
 
     features = TextFeatures().fit(train)
@@ -150,7 +187,7 @@ def fit_ridge(task: Any, spec: OutputSpec, train: TextRows, val: TextRows) -> Cl
     tried = []
     for alpha in ALPHA_GRID:
         model = Ridge(alpha=alpha).fit(x, y)
-        tried.append((f"alpha={alpha:g}", model, task.metrics(y_val, model.predict(x_val).reshape(-1, 1), spec)))
-    setting, model, val_metrics = _best(tried, task.primary.name, task.primary.higher_is_better)
-    return ClassicalFit(f"TF-IDF + ridge ({setting})", spec,
-                        lambda rows: model.predict(features(rows)).reshape(-1, 1).astype(np.float32), val_metrics)
+        w, b = model.coef_.reshape(1, -1) / spec.scale, (np.atleast_1d(model.intercept_) - spec.mean) / spec.scale
+        tried.append((f"alpha={alpha:g}", (w, b), task.metrics(y_val, spec.activate(x_val @ w.T + b), spec)))
+    setting, (w, b), val_metrics = _best(tried, task.primary.name, task.primary.higher_is_better)
+    return ClassicalFit(f"TF-IDF + ridge ({setting})", spec, features, w, b, val_metrics)
