@@ -1,8 +1,8 @@
 """A TF-IDF + linear-model baseline on the same split as a forgeline run of a task preset, scored with the
 task's own metrics, beside that run's test metrics: `python benchmarks/task_baselines.py PRESET [RUN_ID] [OUT.json]`.
 For token classification the baselines are a dictionary tagger of the training split
-(``forgeline.bench.gazetteer``) and, when sklearn-crfsuite is installed (``pip install -e '.[bench]'``), a
-CRF on word features, its regularisation chosen on validation.
+(``forgeline.bench.gazetteer``) and the run's own CRF baseline on word features (``tasks.classical.fit_crf``),
+its regularisation chosen on validation.
 
 The split, quarantine and subsample are the pipeline's (``load_and_validate`` + ``split_dataset`` with the
 preset's seed), so both models see the same test rows. The linear model's regularisation is chosen on the
@@ -101,64 +101,24 @@ def finish(result: dict, cfg, run_id: str | None, out_path: str | None) -> None:
 
 
 def token_baselines(splits, types: list[str]) -> dict:
-    """Strict entity micro-F1 on the test split of a dictionary tagger and (if installed) a CRF, both from
-    the training split's words as the deployed model splits them (``inference.tokens.word_spans``)."""
+    """Strict entity micro-F1 on the test split of a dictionary tagger and a CRF, both from the training
+    split's words as the deployed model splits them (``inference.tokens.word_spans``)."""
     from forgeline.bench.gazetteer import Gazetteer, micro_f1
-    from forgeline.data.spans import entities
-    from forgeline.inference.tokens import tag_names, word_spans, word_tags
 
-    names = tag_names(types)
     gazetteer = Gazetteer(splits.train["text"], splits.train["label"])
     truth = list(splits.test["label"])
     result = {"what": "strict entity micro-F1 on the test split: a dictionary tagger (every span string of the "
                       "training split tagged with its most frequent type) and a CRF on word features",
               "dictionary_test_micro_f1": micro_f1(truth, [gazetteer.tag(t) for t in splits.test["text"]])}
-    try:
-        import sklearn_crfsuite
-    except ImportError:
-        result["crf"] = "sklearn-crfsuite is not installed (pip install -e '.[bench]')"
-        return result
+    from forgeline.tasks import get_task
+    from forgeline.tasks.classical import TextRows
 
-    def sentence(frame):
-        for text, spans in zip(frame["text"], frame["label"]):
-            words = word_spans(text)
-            yield text, words, [names[k] for k in word_tags(words, spans, types)]
-
-    def features(text, words):
-        tokens = [text[a:b] for a, b in words]
-
-        def of(w: str, at: str) -> dict:
-            return {f"{at}lower": w.lower(), f"{at}title": w.istitle(), f"{at}upper": w.isupper(),
-                    f"{at}digit": w.isdigit()}
-        out = []
-        for k, w in enumerate(tokens):
-            f = {"bias": 1.0, "suffix3": w[-3:].lower(), "suffix2": w[-2:].lower(), "prefix3": w[:3].lower(),
-                 "alpha": w.isalpha(), **of(w, "")}
-            f.update(of(tokens[k - 1], "-1:") if k else {"BOS": True})
-            f.update(of(tokens[k + 1], "+1:") if k + 1 < len(tokens) else {"EOS": True})
-            out.append(f)
-        return out
-
-    def xy(frame):
-        rows = list(sentence(frame))
-        return [features(t, w) for t, w, _ in rows], [tags for *_, tags in rows], rows
-
-    def spans_of(rows, predicted):
-        return [tuple((words[a][0], words[b - 1][1], kind) for kind, a, b in entities(tags))
-                for (_, words, _), tags in zip(rows, predicted)]
-
-    x_train, y_train, _ = xy(splits.train)
-    x_val, _, val_rows = xy(splits.val)
-    x_test, _, test_rows = xy(splits.test)
-    scored = []
-    for c1 in (0.0, 0.1, 0.5):
-        for c2 in (0.01, 0.1):
-            crf = sklearn_crfsuite.CRF(algorithm="lbfgs", c1=c1, c2=c2, max_iterations=100)
-            crf.fit(x_train, y_train)
-            scored.append((micro_f1(list(splits.val["label"]), spans_of(val_rows, crf.predict(x_val))), c1, c2, crf))
-    value, c1, c2, crf = max(scored, key=lambda s: s[0])
-    result.update(crf_test_micro_f1=micro_f1(truth, spans_of(test_rows, crf.predict(x_test))),
-                  crf_chosen={"c1": c1, "c2": c2, "val_micro_f1": value})
+    task = get_task("token_classification")
+    spec = task.output_spec(list(types), splits.train["label"], False)
+    fit = task.fit_classical(spec, TextRows.of(splits.train), TextRows.of(splits.val))  # the run's own baseline
+    test = TextRows.of(splits.test)
+    result.update(crf_test_micro_f1=task.metrics(task.y(test.targets, spec), fit.predict(test), spec)["micro_f1"],
+                  crf_chosen={"model": fit.name, "val_micro_f1": fit.val_metrics.get("micro_f1")})
     return result
 
 

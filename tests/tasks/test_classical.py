@@ -59,7 +59,43 @@ def test_a_baseline_that_cannot_be_fitted_says_why_and_token_tags_have_none_yet(
     with pytest.raises(ClassicalError, match="no features"):
         task.fit_classical(task.output_spec(["negative", "positive"], empty.targets, False), empty, empty)
     token = get_task("token_classification")
-    assert token.fit_classical(None, empty, empty) is None
+    untagged = TextRows(["nothing to see here"] * 6, None, pd.Series([()] * 6))
+    with pytest.raises(ClassicalError, match="tags no entity"):
+        token.fit_classical(token.output_spec(["LOC"], untagged.targets, False), untagged, untagged)
+
+
+def city_rows(n: int = 90, seed: int = 0) -> TextRows:
+    """``<name> flew to <City> on <day>``: the city (capitalised, after "to") is a LOC span, the name a PER."""
+    import random
+
+    rng = random.Random(seed)
+    names, cities = ["anna", "omar", "li", "sven", "maria", "kofi"], ["Lisboa", "Oslo", "Quito", "Lagos", "Hanoi", "Perth"]
+    texts, targets = [], []
+    for _ in range(n):
+        who, where, day = rng.choice(names), rng.choice(cities), rng.choice(["monday", "friday", "sunday"])
+        text = f"{who} flew to {where} on {day}"
+        at = text.index(where)
+        texts.append(text)
+        targets.append(((0, len(who), "PER"), (at, at + len(where), "LOC")))
+    return TextRows(texts, None, pd.Series(targets))
+
+
+def test_token_tags_baseline_is_a_crf_answering_per_word_tags_that_survive_the_cache():
+    from forgeline.inference.tokens import Tagged
+    from forgeline.pipeline.stages import _frame, _outputs
+
+    task = get_task("token_classification")
+    train, val, test = city_rows(60, 0), city_rows(30, 1), city_rows(30, 2)
+    spec = task.output_spec(["LOC", "PER"], train.targets, False)
+    fit = task.fit_classical(spec, train, val)
+    assert fit.name.startswith("CRF on word features (c1=") and not hasattr(fit, "weights")  # no ONNX form
+    outputs = fit.predict(test)
+    assert isinstance(outputs[0], Tagged) and outputs[0].probs.shape == (6, 5)  # words, O + B/I per type
+    assert np.allclose(outputs[0].probs.sum(axis=1), 1.0, atol=1e-5)
+    assert task.metrics(task.y(test.targets, spec), outputs, spec)["micro_f1"] > 0.95
+    back = _outputs(_frame(outputs))  # as the baseline stage's cache entry stores and restores them
+    assert [t.words for t in back] == [t.words for t in outputs]
+    assert all(np.allclose(a.probs, b.probs) for a, b in zip(back, outputs))
 
 
 @pytest.mark.parametrize("name, build, labels", [("single_label", single_label_rows, ["negative", "positive"]),

@@ -190,7 +190,25 @@ class Baseline:
 
 
 def _frame(outputs: np.ndarray) -> pd.DataFrame:
+    """Outputs as a cacheable frame: a column per output, or per-word outputs (``tokens.Tagged``) as their
+    text, word spans and tag probabilities (flattened)."""
+    if outputs.dtype == object:
+        return pd.DataFrame({"text": [t.text for t in outputs], "words": [np.ravel(t.words).tolist() for t in outputs],
+                             "probs": [t.probs.ravel().tolist() for t in outputs],
+                             "tags": [t.probs.shape[1] for t in outputs]})
     return pd.DataFrame(outputs, columns=[f"o{j}" for j in range(outputs.shape[1])])
+
+
+def _outputs(frame: pd.DataFrame) -> np.ndarray:
+    if "probs" not in frame.columns:
+        return frame.to_numpy()
+    from forgeline.inference.tokens import Tagged
+
+    out = np.empty(len(frame), dtype=object)
+    for i, (text, words, probs, tags) in enumerate(frame[["text", "words", "probs", "tags"]].itertuples(index=False)):
+        spans = np.asarray(words, dtype=np.int64).reshape(-1, 2)
+        out[i] = Tagged(text, [(int(a), int(b)) for a, b in spans], np.asarray(probs, dtype=np.float32).reshape(-1, int(tags)))
+    return out
 
 
 def baseline(env: Env, splits: Splits, labels: list[str]) -> Baseline:
@@ -203,7 +221,7 @@ def baseline(env: Env, splits: Splits, labels: list[str]) -> Baseline:
         if fit is None:
             return Baseline(problem=f"task {task.type} has no classical baseline yet")
         test, val = TextRows.of(splits.test), TextRows.of(splits.val)
-        outputs = np.asarray(fit.predict(test), dtype=np.float64)
+        outputs = fit.predict(test)
         test_metrics = task.metrics(task.y(test.targets, fit.spec), outputs, fit.spec)
     except Exception as e:  # noqa: BLE001 - a baseline is evidence, not the run: said and skipped
         log.warning("no classical baseline: %s: %s", type(e).__name__, e)
@@ -231,7 +249,7 @@ def _log_baseline(t: Tracker, cfg: PipelineConfig, r: Baseline, files: Files) ->
     if r.onnx is not None and r.val_outputs is not None:  # what `forgeline score` compares a batch's predictions with
         from forgeline.scoring.job import CLASSICAL_PREDICTIONS
 
-        t.json({CLASSICAL: OutputSpec.from_meta({TASK_KEY: r.spec}).prediction_counts(r.val_outputs.to_numpy())},
+        t.json({CLASSICAL: OutputSpec.from_meta({TASK_KEY: r.spec}).prediction_counts(_outputs(r.val_outputs))},
                CLASSICAL_PREDICTIONS)
 
 
@@ -505,7 +523,7 @@ def choose_family(env: Env, splits: Splits, baseline: Baseline, compressed: Comp
     encoder = load_bundle(bundle_artifacts(bundle, meta))  # as served on the CPU
     y = task.y(splits.val["label"], encoder.spec)
     theirs, shared = encoder.spec.decided(encoder.predict_proba(splits.val["text"].tolist(), pairs_of(splits.val)))
-    ours, _ = OutputSpec.from_meta({TASK_KEY: baseline.spec}).decided(baseline.val_outputs.to_numpy())
+    ours, _ = OutputSpec.from_meta({TASK_KEY: baseline.spec}).decided(_outputs(baseline.val_outputs))
     c = compare_outputs(task, shared, y, ours, theirs)
     higher = task.primary.higher_is_better
     worse = c.ci_high < 0 if higher else c.ci_low > 0
@@ -545,7 +563,7 @@ def _test_rows(splits: Splits, baseline: Baseline | None = None) -> EvalRows:
     slices = {c[len(SLICE_PREFIX):]: test[c].tolist() for c in test.columns if str(c).startswith(SLICE_PREFIX)}
     rows = EvalRows(test["text"].tolist(), test["label"].tolist(), slices or None, pairs_of(test))
     if baseline is not None and baseline.test_outputs is not None:
-        rows.classical, rows.classical_spec, rows.classical_name = (baseline.test_outputs.to_numpy(), baseline.spec,
+        rows.classical, rows.classical_spec, rows.classical_name = (_outputs(baseline.test_outputs), baseline.spec,
                                                                     baseline.name)
     return rows
 

@@ -191,3 +191,71 @@ def fit_ridge(task: Any, spec: Any, train: TextRows, val: TextRows) -> Classical
         tried.append((f"alpha={alpha:g}", (w, b), task.metrics(y_val, spec.activate(x_val @ w.T + b), spec)))
     setting, (w, b), val_metrics = _best(tried, task.primary.name, task.primary.higher_is_better)
     return ClassicalFit(f"TF-IDF + ridge ({setting})", spec, features, w, b, val_metrics)
+
+
+CRF_GRID = ((0.0, 0.01), (0.1, 0.01), (0.1, 0.1), (0.5, 0.1))
+"""(L1, L2) penalties of the CRF tried on validation (postag-id chose (0.1, 0.01), 2026-12-02)."""
+
+
+def _word_features(text: str, words: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Each word, its affixes and shape and its neighbours' (the features of sklearn-crfsuite's tutorial)."""
+    tokens = [text[a:b] for a, b in words]
+
+    def of(w: str, at: str) -> dict[str, Any]:
+        return {f"{at}lower": w.lower(), f"{at}title": w.istitle(), f"{at}upper": w.isupper(), f"{at}digit": w.isdigit()}
+
+    out = []
+    for k, w in enumerate(tokens):
+        f = {"bias": 1.0, "suffix3": w[-3:].lower(), "suffix2": w[-2:].lower(), "prefix3": w[:3].lower(),
+             "alpha": w.isalpha(), **of(w, "")}
+        f.update(of(tokens[k - 1], "-1:") if k else {"BOS": True})
+        f.update(of(tokens[k + 1], "+1:") if k + 1 < len(tokens) else {"EOS": True})
+        out.append(f)
+    return out
+
+
+@dataclass
+class CrfFit:
+    """Token tags: a linear-chain CRF on word features (sklearn-crfsuite), words split as the served model
+    splits them (``inference.tokens.word_spans``); its outputs are per-word tag marginals. A baseline only:
+    it has no ONNX form, so ``model.family: auto`` registers the encoder for token tags."""
+
+    name: str
+    spec: OutputSpec
+    crf: Any
+    val_metrics: dict[str, float]
+
+    def predict(self, rows: TextRows) -> np.ndarray:
+        from forgeline.inference.tokens import Tagged, tag_names, word_spans
+
+        names = tag_names(self.spec.labels)
+        out = np.empty(len(rows.texts), dtype=object)
+        for i, text in enumerate(rows.texts):
+            words = word_spans(text)
+            marginals = self.crf.predict_marginals_single(_word_features(text, words)) if words else []
+            probs = np.array([[m.get(t, 0.0) for t in names] for m in marginals], dtype=np.float32).reshape(-1, len(names))
+            out[i] = Tagged(text, words, probs)
+        return out
+
+
+def fit_crf(task: Any, spec: OutputSpec, train: TextRows, val: TextRows) -> CrfFit:
+    import sklearn_crfsuite
+
+    from forgeline.inference.tokens import tag_names, word_spans, word_tags
+
+    names = tag_names(spec.labels)
+    x, y = [], []
+    for text, spans in zip(train.texts, train.targets):
+        words = word_spans(text)
+        x.append(_word_features(text, words))
+        y.append([names[k] for k in word_tags(words, spans, spec.labels)])
+    if not any(t != "O" for tags in y for t in tags):
+        raise ClassicalError("the training split tags no entity")
+    y_val = task.y(val.targets, spec)
+    tried = []
+    for c1, c2 in CRF_GRID:
+        crf = sklearn_crfsuite.CRF(algorithm="lbfgs", c1=c1, c2=c2, max_iterations=100).fit(x, y)
+        probe = CrfFit("", spec, crf, {})
+        tried.append((f"c1={c1:g}, c2={c2:g}", crf, task.metrics(y_val, probe.predict(val), spec)))
+    setting, crf, val_metrics = _best(tried, task.primary.name, task.primary.higher_is_better)
+    return CrfFit(f"CRF on word features ({setting})", spec, crf, val_metrics)

@@ -109,6 +109,11 @@ class TokenClassification(Task[TokenOutputs]):
     def output_spec(self, labels: list[str], train_targets: pd.Series, pairs: bool) -> TokenOutputs:
         return TokenOutputs(tuple(labels), aggregation=self.options.aggregation, stride=self.options.stride)
 
+    def fit_classical(self, spec, train, val):
+        from forgeline.tasks.classical import fit_crf
+
+        return fit_crf(self, spec, train, val)
+
     def y(self, targets, spec: TokenOutputs) -> np.ndarray:
         """Per sentence, its gold spans (an object array: sentences differ in length)."""
         out = np.empty(len(targets), dtype=object)
