@@ -78,5 +78,5 @@ def deploy(config: str | None, overrides: list[str], name: str = "scheduled-trai
         concurrency_limit=1, tags=["forgeline"], description="forgeline scheduled retraining",
         entrypoint_type=EntrypointType.MODULE_PATH, job_variables={"working_dir": str(Path.cwd())},
     )
-    deployment_id = deployment.apply(work_pool_name=pool)  # type: ignore[union-attr]  # sync here: no running event loop
+    deployment_id = deployment.apply(work_pool_name=pool)  # sync here: no running event loop
     return DeployResult(deployment_id=str(deployment_id), name=f"forgeline-retraining/{name}", pool=pool, cron=cron)

@@ -52,7 +52,7 @@ def start_temporary_server() -> str | None:
 
     server = server_module.SubprocessASGIServer()  # the instance every Prefect client in this process uses
     if not server.running:
-        server_module.subprocess = _OwnSession()  # type: ignore[assignment]  # the module's name for subprocess, shimmed
+        server_module.subprocess = _OwnSession()  # the module's name for subprocess, shimmed
         try:
             server.start()
         finally:

@@ -315,7 +315,7 @@ def retraining_flow(config: str | None = None, overrides: list[str] | None = Non
 
     cfg = load_config(config, overrides)
     logger = get_run_logger()
-    drift = task(check_drift, name="drift-check", persist_result=False, cache_policy=NO_CACHE)(cfg)  # type: ignore[call-overload]
+    drift = task(check_drift, name="drift-check", persist_result=False, cache_policy=NO_CACHE)(cfg)
     decision = "retrain" if (drift["retrain"] or force) else "skip"
     logger.info("drift check: %s (%s)", decision, "; ".join(drift["reasons"]))
     md = (f"# forgeline drift check: **{decision}**\n\n" + "\n".join(f"- {r}" for r in drift["reasons"]) +

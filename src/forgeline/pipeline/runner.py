@@ -127,7 +127,7 @@ class Stage(Generic[P, R]):
 
             kwargs = {"retries": self.io_retries, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
                       "retry_jitter_factor": 0.5, "retry_condition_fn": retry_on_io}
-        self.task = task(_execute, name=self.task_name or self.name, cache_policy=NO_CACHE,  # type: ignore[call-overload]
+        self.task = task(_execute, name=self.task_name or self.name, cache_policy=NO_CACHE,
                          persist_result=False, tags=list(self.tags), **kwargs)  # (Prefect's overloads name each keyword)
 
 

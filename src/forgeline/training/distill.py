@@ -78,7 +78,7 @@ def teacher_outputs(teacher: Model, ids: list[list[int]], pad_id: int, device: s
     teacher.eval()
     per_token = output_spec_of(teacher).tokens
     logits: torch.Tensor | list = [None] * len(ids) if per_token else torch.zeros(len(ids), teacher.config.num_labels)
-    states: list[torch.Tensor] | None = [None] * len(ids) if len(layers) else None  # type: ignore[list-item]
+    states: list[torch.Tensor] | None = [None] * len(ids) if len(layers) else None
     order = np.argsort([len(x) for x in ids], kind="stable")
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
