@@ -113,7 +113,10 @@ def test_the_onnx_graph_of_each_baseline_answers_as_scikit_learn_does(tmp_path, 
         frame["label"] = frame["label"].map(lambda v: tuple(sorted(v.split("|"))))
     task = get_task("single_label" if name == "pairs" else name)
     train, val, test = thirds(frame)
-    test.texts[0] = "ça très-bien, [Ünïcode] ok"  # non-ASCII words and punctuation tokenise alike
+    # non-ASCII words, punctuation and latin-1 mojibake with U+0085 (whitespace to str.split) tokenise alike
+    odd = "itâ\x80\x99s ça\x85va\x85bien très-bien, [Ünïcode] ok"
+    train.texts[:3] = [f"{odd} {t}" for t in train.texts[:3]]
+    test.texts[0] = odd
     fit = task.fit_classical(task.output_spec(labels, train.targets, name == "pairs"), train, val)
     path = export_classical(fit, tmp_path / "model.classical.onnx", name == "pairs")
     parity = classical_parity(fit, path, test)

@@ -66,9 +66,12 @@ class ClassicalFit:
 
 
 # The word pattern is an explicit class that Python's re and ONNX Runtime's re2 read alike (\w is Unicode
-# in one and ASCII in the other: "très" would split in the served graph), and the character n-grams are
-# plain "char": skl2onnx has no converter for "char_wb".
-WORD_PATTERN = r"[^ \t\n\r\f\v.,;:!?()\[\]{}<>\"'`/\\|@#$%^&*+=~_-]{2,}"
+# in one and ASCII in the other: "très" would split in the served graph), holding every character
+# str.isspace() counts (skl2onnx splits the vocabulary's bigrams with str.split(): a word holding U+0085,
+# as latin-1 mojibake does, failed the export of the confidence preset). The character n-grams are plain
+# "char": skl2onnx has no converter for "char_wb".
+_SPACES = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
+WORD_PATTERN = "[^" + _SPACES + r".,;:!?()\[\]{}<>\"'`/\\|@#$%^&*+=~_-]{2,}"
 """Tokens: runs of two or more characters other than whitespace and ASCII punctuation."""
 
 
