@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from mlflow.tracking import MlflowClient
 
 from forgeline.cli import main
@@ -28,6 +29,7 @@ def test_ui_without_a_store_is_an_error_and_creates_none(tmp_path, monkeypatch, 
     assert not (tmp_path / "wd" / "mlflow.db").exists()
 
 
+@pytest.mark.e2e  # a real tracking or UI server, started for this test
 def test_ui_serves_the_runs_of_the_workdir_store(tmp_path):
     workdir = tmp_path / "wd"
     workdir.mkdir()

@@ -231,6 +231,7 @@ def test_a_registry_error_caused_by_a_lost_server_is_retried_and_bad_input_is_no
     assert not retry_on_io(None, None, Failed(ConfigError("bad key")))
 
 
+@pytest.mark.e2e  # a real tracking or UI server, started for this test
 def test_two_runs_with_one_cache_key_on_a_tracking_server_keep_one_version(tmp_path, bundle, monkeypatch):
     """Two machines on one MLflow server (no shared lock): the later version waits for the earlier,
     deletes itself and reuses it."""

@@ -405,6 +405,7 @@ def test_new_versions_load_on_the_inference_thread_when_exclusive(exclusive):
     assert thread.startswith("infer") == exclusive
 
 
+@pytest.mark.e2e  # a real tracking or UI server, started for this test
 def test_loading_a_version_from_a_tracking_server_leaves_no_download_behind(tmp_path, bundle, monkeypatch):
     """From an MLflow server (how the serving images run), MLflow downloads the version into a temporary
     folder it never removes: about 150 MB for every load, so every hot swap, piled up in /tmp."""

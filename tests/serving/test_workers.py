@@ -9,6 +9,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.conftest import register_version
 from tests.serving.conftest import Server
@@ -30,6 +31,7 @@ def worker_versions(metrics: dict[str, float]) -> dict[int, float]:
     return {int(k.split('pid="')[1].split('"')[0]): v for k, v in metrics.items() if k.startswith("forgeline_model_version{")}
 
 
+@pytest.mark.e2e  # several real serve workers, a killed one and a drain
 def test_workers_share_the_port_add_up_metrics_survive_a_killed_worker_hot_swap_and_drain(tmp_path, registry, bundle):
     uri, client = registry
     srv = Server(uri, "m@champion", "poll_interval_s=0.3", log=tmp_path / "workers.log", extra=["--workers", "2"])
