@@ -167,3 +167,25 @@ def test_a_sigkilled_tune_leaves_its_trial_failed_and_its_run_killed_after_the_n
     assert parent.info.status == "FINISHED"  # resumed by the second tune, which owned and ended it
     running = client.search_runs([parent.info.experiment_id], "attributes.status = 'RUNNING'")
     assert running == [], [r.info.run_id for r in running]
+
+
+def test_a_new_studys_trial_0_is_the_preset_and_keys_outside_the_space_are_sampled(tmp_path):
+    """The search starts from what the user has: trial 0 asks for the preset's own values (so the study's
+    best on validation is never below them); a key whose preset value is outside its range is sampled,
+    and a study that already has trials gets no second trial 0."""
+    from forgeline.pipeline.tuning import PRESET_ATTR, enqueue_preset, sample
+
+    space = {"train.learning_rate": {"type": "float", "low": 1.0e-5, "high": 1.0e-3, "log": True},
+             "train.batch_size": {"type": "categorical", "choices": [16, 32, 64]},
+             "train.epochs": {"type": "int", "low": 5, "high": 9},  # the preset's 3 is outside
+             "model.dropout": {"type": "float", "low": 0.0, "high": 0.3}}  # unset in the preset
+    cfg = load_config("default", [f"tune.space={json.dumps(space)}", "train.learning_rate=5.0e-5", "train.batch_size=32",
+                                  "train.epochs=3"])
+    study = open_study(cfg, f"sqlite:///{tmp_path / 'optuna.db'}", "s", True)
+    assert enqueue_preset(study, cfg) == {"train.learning_rate": 5.0e-5, "train.batch_size": 32}
+    first = study.ask()
+    params = sample(first, cfg.tune.space)
+    assert params["train.learning_rate"] == 5.0e-5 and params["train.batch_size"] == 32
+    assert 5 <= params["train.epochs"] <= 9 and 0.0 <= params["model.dropout"] <= 0.3
+    assert first.user_attrs[PRESET_ATTR] is True
+    assert enqueue_preset(study, cfg) is None and len(study.trials) == 1
