@@ -475,7 +475,8 @@ def register(env: Env, trained: TrainResult, splits: Splits, evaluation: EvalRes
             "variants": ",".join(meta["variants"]), "parity_ok": str(parity_ok),
             **{f"default_variant.{d}": v for d, v in meta[DEFAULT_VARIANT_KEY].items()},
             "parity_max_abs_prob_diff": f"{parity_diff:.3g}", "mlflow_run_id": env.tracker.run_id,
-            "task": spec.task, CACHE_KEY_TAG: env.key, "model.family": family.name}
+            "task": spec.task, CACHE_KEY_TAG: env.key, "model.family": family.name,
+            **({"model.family.reason": family.reason[:4000]} if family.reason else {})}
     card = CardContext(
         data=str(cfg.data.path) if cfg.data.source == "file" else f"bundled corpus ({cfg.data.source})",
         rows=len(splits.train) + len(splits.val) + len(splits.test), splits=splits.sizes(), variants=table,
@@ -493,8 +494,7 @@ class Family:
 
     name: str = "encoder"
     reason: str = ""
-    comparison: dict[str, Any] = field(default_factory=dict)
-    """The classical baseline against the encoder's CPU variant on the validation split (``PairedComparison``)."""
+    """Why, with the classical baseline's validation comparison with the encoder's CPU variant."""
 
     @property
     def classical(self) -> bool:
@@ -536,9 +536,9 @@ def choose_family(env: Env, splits: Splits, baseline: Baseline, compressed: Comp
                 f"({encoder.variant}) {c.champion_value:.4f}, difference {c.diff:+.4f}, {c.confidence:.0%} CI "
                 f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]; a batch of {cfg.compress.latency_batch} on the CPU {speed}")
     if not worse and faster:
-        return Family(CLASSICAL, f"{baseline.name}, not significantly worse and faster: {evidence}", c.to_dict())
+        return Family(CLASSICAL, f"{baseline.name}, not significantly worse and faster: {evidence}")
     why = "significantly worse" if worse else "not faster"
-    return Family(reason=f"the classical baseline ({baseline.name}) is {why}: {evidence}", comparison=c.to_dict())
+    return Family(reason=f"the classical baseline ({baseline.name}) is {why}: {evidence}")
 
 
 def _student_origin(cfg: PipelineConfig, compressed: Compressed) -> str:
