@@ -61,6 +61,8 @@ def test_champion_moves_only_through_the_gate(mlflow_uri, bundle):
     better, _ = register_version(client, bundle, labels, 0.85)
     assert better.aliases == ["champion"]
     assert str(client.get_model_version_by_alias("m", "champion").version) == better.version
+    # the champion it replaced keeps an alias: what a rollback serves
+    assert str(client.get_model_version_by_alias("m", "previous").version) == "1"
 
 
 def test_registered_champion_predicts_labels_and_probabilities(mlflow_uri, bundle):

@@ -39,7 +39,7 @@ from forgeline.errors import RegistryError
 from forgeline.inference.tasks import TASK_KEY, OutputSpec
 from forgeline.tasks import Task, get_task
 from forgeline.inference.contract import CHECKSUMS_KEY, META_FILE, file_sha256
-from forgeline.registry.client import (CACHE_KEY_TAG, CHALLENGER, CHAMPION, COMPLETE_TAG, DAMAGED_TAG, bundle_tags,
+from forgeline.registry.client import (CACHE_KEY_TAG, CHALLENGER, CHAMPION, COMPLETE_TAG, DAMAGED_TAG, PREVIOUS, bundle_tags,
                                        current_champion, download_verified, is_complete,
                                        load_verified, mark_damaged)
 from forgeline.registry.card import CardContext, model_card
@@ -365,12 +365,26 @@ def register_and_gate(client: MlflowClient, run_id: str, cfg: RegistryConfig, bu
     # aliases last, on a complete version; if this fails, the retry finds the version by its cache key
     # and the gate, run again there, sets them (never delete a version an alias may already point at)
     if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        with contextlib.suppress(MlflowException):  # no challenger alias yet
-            client.delete_registered_model_alias(name, CHALLENGER)
+        promote(client, name, version, drop_challenger=True)
     else:
         client.set_registered_model_alias(name, CHALLENGER, version)
     return Registration(name=name, version=version, model_uri=f"models:/{name}/{version}", aliases=aliases, decision=decision)
+
+
+def promote(client: MlflowClient, name: str, version: str, drop_challenger: bool) -> None:
+    """``version`` becomes the champion; the one it replaces keeps ``previous`` (it was left with no alias:
+    a rollback had to find it by its tags) unless its files were found damaged, and the challenger alias
+    goes when asked."""
+    try:
+        old = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # the first champion
+        old = None
+    client.set_registered_model_alias(name, CHAMPION, version)
+    if old is not None and str(old.version) != str(version) and DAMAGED_TAG not in (old.tags or {}):
+        client.set_registered_model_alias(name, PREVIOUS, str(old.version))
+    if drop_challenger:
+        with contextlib.suppress(MlflowException):  # no challenger alias yet
+            client.delete_registered_model_alias(name, CHALLENGER)
 
 
 PEER_WAIT_S = 120.0
@@ -473,9 +487,7 @@ def reuse_registration(client: MlflowClient, run_id: str, cfg: RegistryConfig, v
         scored = score_against_champion(name, champion, model, eval_rows, task)
         gate = decide(policy, gate_evidence(candidate, tags.get("parity_ok") == "True", champion, scored))
         if gate.promote:
-            client.set_registered_model_alias(name, CHAMPION, version)
-            if CHALLENGER in aliases:
-                client.delete_registered_model_alias(name, CHALLENGER)
+            promote(client, name, version, drop_challenger=CHALLENGER in aliases)
             aliases = [a for a in aliases if a != CHALLENGER] + [CHAMPION]
             gate.reason = f"{same}; the gate, run again with the current registry settings, promoted it: {gate.reason}"
             word = "promoted"
