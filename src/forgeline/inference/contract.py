@@ -55,6 +55,8 @@ class VariantSpec:
     """The teacher with its smallest weights zeroed (unstructured: same file size and speed as fp32)."""
 
 
+CLASSICAL = "classical"
+"""The variant (and ``source``) of a classical bundle: no tokenizer, strings into the graph."""
 VARIANTS = (
     VariantSpec("fp32", "teacher", "fp32", "model.onnx", ("cpu", "cuda")),
     VariantSpec("fp16", "teacher", "fp16", "model.fp16.onnx", ("cuda",)),
@@ -65,11 +67,9 @@ VARIANTS = (
     VariantSpec("student_int8", "student", "int8", "model.student.int8.onnx", ("cpu",)),
     VariantSpec("student_int8_static", "student", "int8_static", "model.student.int8-static.onnx", ("cpu",)),
     VariantSpec("student_fp16", "student", "fp16", "model.student.fp16.onnx", ("cuda",)),
-    VariantSpec("classical", "classical", "tfidf", "model.classical.onnx", ("cpu", "cuda")),
+    VariantSpec(CLASSICAL, CLASSICAL, "tfidf", "model.classical.onnx", ("cpu", "cuda")),
 )
 """Every variant, declared once."""
-CLASSICAL = "classical"
-"""The variant (and ``source``) of a classical bundle: no tokenizer, strings into the graph."""
 VARIANT = {v.name: v for v in VARIANTS}
 VARIANT_FILES = {v.name: v.file for v in VARIANTS}
 """Bundle file name of each ONNX variant."""
@@ -80,8 +80,8 @@ PARITY_TOLERANCE = {"fp32": (1e-3, 1.0), "fp16": (2e-2, 0.99), "int8": (0.05, 0.
                     "tfidf": (0.01, 0.98)}
 """Per precision: (max mean |Δprob| over the test rows, min argmax agreement) of a variant against the
 PyTorch model it was made from (a classical graph: against scikit-learn; ONNX Runtime's TF-IDF op
-counts a few n-grams differently, moving probabilities by ~1e-3 on the demo texts). fp32's first number is ``export.parity_atol`` (a max, not a mean) at
-run time. A student variant that misses its tolerance is not registered."""
+counts a few n-grams differently, moving probabilities by ~1e-3 on the demo texts). fp32's first number
+is ``export.parity_atol`` (a max, not a mean) at run time. A student variant that misses its tolerance is not registered."""
 DEFAULT_VARIANT_KEY = "default_variant"
 """Key in the bundle metadata: {device: variant} chosen at registration from the measured table."""
 TOKENIZER_FILE = "tokenizer.json"

@@ -34,7 +34,7 @@ from forgeline.inference.tasks import DEFAULT_TASK, TASK_KEY, OutputSpec, spec_f
 from forgeline.settings import GPU_TAG, failpoint, store_lock
 from forgeline.tasks import get_task
 from forgeline.tasks import EvalResult
-from forgeline.tasks.classical import TextRows
+from forgeline.tasks.classical import ClassicalFit, TextRows
 from forgeline.training.distributed import launch, world_size
 from forgeline.training.loop import TrainResult, predict_proba, resolve_device, train_model
 
@@ -227,7 +227,7 @@ def baseline(env: Env, splits: Splits, labels: list[str]) -> Baseline:
         log.warning("no classical baseline: %s: %s", type(e).__name__, e)
         return Baseline(problem=f"{type(e).__name__}: {e}"[:2000])
     result = Baseline(fit.name, fit.val_metrics, test_metrics, _frame(outputs), _frame(fit.predict(val)), fit.spec.to_meta())
-    if cfg.model.family == "auto" and hasattr(fit, "weights"):
+    if cfg.model.family == "auto" and isinstance(fit, ClassicalFit):  # a linear layer (a CRF has no ONNX form)
         from forgeline.export.classical import classical_latency, classical_parity, export_classical
 
         try:

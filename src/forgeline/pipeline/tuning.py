@@ -73,6 +73,8 @@ def sample(trial, space: dict[str, ParamSpace]) -> dict[str, Any]:
 
 PRESET_ATTR = "forgeline.preset"
 """Trial user attribute (and enqueued user attribute) of trial 0: the preset's own settings."""
+SAMPLED_ATTR = "forgeline.preset.sampled"
+"""Trial 0's keys the sampler chose (the preset's value outside the space, or unset)."""
 
 
 def preset_params(cfg: PipelineConfig) -> tuple[dict[str, Any], list[str]]:
@@ -104,7 +106,7 @@ def enqueue_preset(study, cfg: PipelineConfig) -> dict[str, Any] | None:
     fixed, left = preset_params(cfg)
     if not fixed:
         return None
-    study.enqueue_trial(fixed, user_attrs={PRESET_ATTR: True, "forgeline.preset.sampled": left})
+    study.enqueue_trial(fixed, user_attrs={PRESET_ATTR: True, SAMPLED_ATTR: left})
     if left:
         log.info("trial 0 is the preset's settings; %s lie outside the space (or are unset) and are sampled",
                  ", ".join(left))
@@ -447,11 +449,11 @@ def summarize(study, primary_name: str, out: Path) -> tuple[dict[str, Any], list
     preset = next((t for t in study.trials if t.user_attrs.get(PRESET_ATTR)), None)
     if preset is not None:
         record["preset"] = {"number": preset.number, "state": preset.state.name.lower(), "value": preset.value,
-                            "params": preset.params, "sampled": preset.user_attrs.get("forgeline.preset.sampled", [])}
+                            "params": preset.params, "sampled": preset.user_attrs.get(SAMPLED_ATTR, [])}
         if complete and preset.value is not None:
             # how much the best trial beat trial 0 on validation, in the metric's better direction (>= 0)
             sign = 1.0 if study.direction.name.lower() == "maximize" else -1.0
-            record["best_gain_over_preset"] = sign * (study.best_trial.value - preset.value)
+            record["best_gain_over_preset"] = sign * (best.value - preset.value)
     plots: list[Path] = []
     out.mkdir(parents=True, exist_ok=True)
     import warnings

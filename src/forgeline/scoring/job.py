@@ -40,10 +40,10 @@ from forgeline.tasks.base import as_text
 MANIFEST, REJECTED, SUCCESS = "_manifest", "_rejected", "_SUCCESS"
 JOB = "job.json"
 PREDICTIONS = "drift/predictions.json"
-CLASSICAL_PREDICTIONS = "drift/predictions.classical.json"
-"""The classical baseline's, written by the baseline stage (``model.family: auto``)."""
 """Per variant, its prediction counts on the validation split (``OutputSpec.prediction_counts``), logged by
 the compress stage: the reference of a scoring job's prediction drift."""
+CLASSICAL_PREDICTIONS = "drift/predictions.classical.json"
+"""The classical baseline's, written by the baseline stage (``model.family: auto``)."""
 META_COLUMNS = ("model", "version", "variant")
 
 
